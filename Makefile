@@ -1,0 +1,91 @@
+# netconf.callhome: every target sets up what it needs, idempotently.
+#   make demo   the main job: listener, devices calling home, enrollment, registry
+#   make test   unit tests, integration tests against real peers, ansible-test sanity
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+PYTHON      ?= python3.11
+VENV        := $(ROOT)/.venv
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+ANSIBLE_PKG := ansible==12.3.0
+COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
+DEPS_DIR    := $(ROOT)/.deps/ansible_collections
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
+# Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
+DEB_PKGS    := gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
+               openssh-server openssh-client socat shellcheck git
+
+export PYTHONPATH := $(ROOT)/.collections
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: help setup system-deps venv collections peers unit integration sanity test demo bench clean
+
+help:
+	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
+	@echo "make test   unit + integration (real peers) + ansible-test sanity"
+	@echo "make bench  benchmarks (see docs/performance.md)"
+
+setup: system-deps venv collections
+
+system-deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	touch $@
+
+# ansible.netcommon and ansible.utils come from the 'ansible' wheel on PyPI (Galaxy is not reachable).
+collections: venv $(DEPS_DIR)/ansible/netcommon/.stamp $(COLL_LINK)
+
+$(DEPS_DIR)/ansible/netcommon/.stamp:
+	rm -rf $(ROOT)/.cache/ansible-wheel && mkdir -p $(ROOT)/.cache/ansible-wheel $(DEPS_DIR)/ansible
+	$(PIP) download -q --no-deps $(ANSIBLE_PKG) -d $(ROOT)/.cache/ansible-wheel
+	cd $(ROOT)/.cache/ansible-wheel && $(PY) -c "import zipfile,glob; \
+	  z=zipfile.ZipFile(glob.glob('ansible-*.whl')[0]); \
+	  [z.extract(n, 'x') for n in z.namelist() if n.startswith(('ansible_collections/ansible/netcommon/','ansible_collections/ansible/utils/'))]"
+	rm -rf $(DEPS_DIR)/ansible/netcommon $(DEPS_DIR)/ansible/utils
+	mv $(ROOT)/.cache/ansible-wheel/x/ansible_collections/ansible/netcommon $(DEPS_DIR)/ansible/
+	mv $(ROOT)/.cache/ansible-wheel/x/ansible_collections/ansible/utils $(DEPS_DIR)/ansible/
+	touch $@
+
+$(COLL_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../.. $@
+
+peers: setup
+	$(MAKE) -C tests/peers
+
+unit: setup
+	cd $(COLL_LINK) && $(PY) -m pytest -q -rs --import-mode=importlib tests/unit
+
+integration: setup peers
+	cd $(COLL_LINK) && $(PY) -m pytest -q -rs --import-mode=importlib tests/integration
+
+sanity: setup
+	$(PY) tests/sanity/run_sanity.py
+
+test: unit integration sanity
+
+demo: setup peers
+	$(PY) -m ansible_collections.netconf.callhome.listener.demo
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(ROOT)/.deps $(ROOT)/.collections $(ROOT)/.cache tests/peers/bin
