@@ -1,0 +1,188 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``callhome-listener``: run the listener and talk to it.
+
+    callhome-listener serve [--config FILE] [--ssh 0.0.0.0:4334] [--tls ...] ...
+    callhome-listener status | devices | device NAME | pending
+    callhome-listener approve FINGERPRINT [--device NAME]
+    callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
+    callhome-listener wait NAME [--timeout 60]
+    callhome-listener shutdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+    ControlClient,
+    default_control_address,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callhome-listener", description="NETCONF call-home (RFC 8071) listener")
+    parser.add_argument(
+        "--control", default=os.environ.get("NETCONF_CALLHOME_CONTROL") or None,
+        help="control address: unix:/path or tls://host:port (default: %s)" % default_control_address(),
+    )
+    parser.add_argument("--token-file", help="token for a remote (tls://) listener")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the listener in the foreground")
+    serve.add_argument("--config", help="YAML configuration file (options as in docs/listener.md)")
+    serve.add_argument("--home", help="state directory (trust store, registry, control socket)")
+    serve.add_argument("--ssh", action="append", dest="ssh_binds", metavar="HOST:PORT", help="SSH call-home bind (repeatable)")
+    serve.add_argument("--tls", action="append", dest="tls_binds", metavar="HOST:PORT", help="TLS call-home bind (repeatable)")
+    serve.add_argument("--trust-store", dest="trust_store")
+    serve.add_argument("--registry")
+    serve.add_argument("--control-socket", dest="control_socket")
+    serve.add_argument("--username", help="default user name the listener logs in to devices with")
+    serve.add_argument("--private-key", help="default private key file for device logins")
+    serve.add_argument("--password-file", help="default password file for device logins")
+    serve.add_argument("--password-env", help="environment variable holding the default device password")
+    serve.add_argument("--tls-client-cert", help="the listener's TLS certificate (presented to devices)")
+    serve.add_argument("--tls-client-key")
+    serve.add_argument("--device-ca", action="append", help="CA file for devices enrolled by certificate identity")
+    serve.add_argument("--keepalive-interval", type=float)
+    serve.add_argument("--keepalive-count-max", type=int)
+    serve.add_argument("--handshake-timeout", type=float)
+    serve.add_argument("--metrics", dest="metrics_bind", metavar="HOST:PORT", help="serve Prometheus metrics")
+    serve.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (embedded mode)")
+    serve.add_argument("--log-format", choices=("text", "json"))
+    serve.add_argument("--log-level")
+
+    sub.add_parser("status", help="listener status")
+    devices = sub.add_parser("devices", help="list devices")
+    devices.add_argument("--status")
+    device = sub.add_parser("device", help="show one device")
+    device.add_argument("name")
+    sub.add_parser("pending", help="list keys waiting for approval")
+    approve = sub.add_parser("approve", help="enroll a pending key")
+    approve.add_argument("fingerprint")
+    approve.add_argument("--device", default="", help="device name (default: the device it claims to be)")
+    revoke = sub.add_parser("revoke", help="remove a device's key (all keys without --identity)")
+    revoke.add_argument("name")
+    revoke.add_argument("--identity")
+    wait = sub.add_parser("wait", help="wait until a device is connected")
+    wait.add_argument("name")
+    wait.add_argument("--timeout", type=float, default=60.0)
+    sub.add_parser("shutdown", help="stop the listener")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .logs import setup_logging
+    from .service import CallHomeListener
+
+    overrides: Dict[str, Any] = {
+        k: getattr(args, k)
+        for k in (
+            "home", "ssh_binds", "tls_binds", "trust_store", "registry", "control_socket", "keepalive_interval",
+            "keepalive_count_max", "handshake_timeout", "metrics_bind", "idle_exit", "log_format", "log_level",
+        )
+    }
+    if args.control_socket is None and args.control and args.control.startswith("unix:"):
+        overrides["control_socket"] = args.control[5:]
+    creds = {
+        "username": args.username, "private_key_file": args.private_key,
+        "password_file": args.password_file, "password_env": args.password_env,
+    }
+    tls = {"client_cert": args.tls_client_cert, "client_key": args.tls_client_key, "device_cas": args.device_ca}
+    config = load_config(args.config)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    for key, value in creds.items():
+        if value is not None:
+            setattr(config.credentials, key, value)
+    for key, value in tls.items():
+        if value is not None:
+            setattr(config.tls, key, value)
+    config.__post_init__()
+    config.validate()
+    setup_logging(config.log_format, config.log_level)
+    _raise_nofile_limit()
+
+    async def main() -> None:
+        listener = CallHomeListener(config)
+        await listener.start()
+        await listener.serve_forever()
+
+    asyncio.run(main())
+    return 0
+
+
+def _raise_nofile_limit() -> None:
+    """Each held device is one socket; the default soft limit (1024) would cap us at ~1000."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _ts(value: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) if value else "-"
+
+
+def _table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c, "")) if not c.startswith(("first", "last_c", "last_s", "last_d")) else _ts(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        token = None
+        if args.token_file:
+            with open(args.token_file, "r", encoding="utf-8") as handle:
+                token = handle.read().strip()
+        client = ControlClient(args.control, token=token or os.environ.get("NETCONF_CALLHOME_TOKEN"))
+        if args.command == "status":
+            result = client.call("status")
+        elif args.command == "devices":
+            result = client.call("devices", **({"status": args.status} if args.status else {}))
+            if not args.json:
+                print(_table(result, ("name", "status", "transport", "peer", "fingerprint", "last_seen", "last_error")))
+                return 0
+        elif args.command == "device":
+            result = client.call("device", device=args.name)
+        elif args.command == "pending":
+            result = client.call("pending")
+            if not args.json:
+                print(_table(result, ("fingerprint", "key_type", "transport", "peer", "reason", "claimed_device", "count", "last_seen")))
+                return 0
+        elif args.command == "approve":
+            result = client.call("approve", fingerprint=args.fingerprint, device=args.device)
+        elif args.command == "revoke":
+            result = client.call("revoke", device=args.name, identity=args.identity)
+        elif args.command == "wait":
+            result = client.call("wait", timeout=args.timeout + 10, device=args.name, wait=args.timeout)
+        elif args.command == "shutdown":
+            result = client.call("shutdown")
+        else:  # pragma: no cover - argparse refuses unknown commands
+            raise SystemExit(2)
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    except CallHomeError as exc:
+        print("callhome-listener: %s" % exc.message, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

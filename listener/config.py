@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Listener options: one typed object, loaded from a YAML file and/or command-line overrides.
+
+Unknown keys are errors (a typo in ``keepalive_intervall`` must not silently keep the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import default_home
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+
+PORT_SSH = 4334
+PORT_TLS = 4335
+
+
+def parse_bind(value: str, default_port: int) -> Tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or ``:port``."""
+    value = str(value).strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif value.count(":") > 1:  # bare IPv6 address
+        host, port = value, str(default_port)
+    else:
+        host, _, port = value.partition(":")
+        port = port or str(default_port)
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("invalid bind address %r: port must be 0-65535" % value)
+    return host, int(port)
+
+
+@dataclass
+class Credentials:
+    """How the listener authenticates to devices (references only; secrets are read on use)."""
+
+    username: str = "netconf"
+    private_key_file: str = ""
+    password_file: str = ""
+    password_env: str = ""
+
+    def read_password(self) -> Optional[str]:
+        if self.password_file:
+            try:
+                with open(self.password_file, "r", encoding="utf-8") as handle:
+                    return handle.read().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError("cannot read password file %s: %s" % (self.password_file, exc.strerror)) from None
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError("password environment variable %s is not set" % self.password_env)
+            return value
+        return None
+
+
+@dataclass
+class TLSOptions:
+    client_cert: str = ""  # the listener's certificate, presented to devices (cert-to-name on the device)
+    client_key: str = ""
+    device_cas: List[str] = field(default_factory=list)  # CAs for devices enrolled by identity
+
+
+@dataclass
+class ControlTCPOptions:
+    """Remote control/lease access for AWX and containers: TLS plus a bearer token."""
+
+    bind: str = ""
+    cert: str = ""
+    key: str = ""
+    token_file: str = ""
+    token_env: str = ""
+
+
+@dataclass
+class ListenerConfig:
+    home: str = field(default_factory=default_home)
+    ssh_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_SSH, "[::]:%d" % PORT_SSH])
+    tls_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_TLS, "[::]:%d" % PORT_TLS])
+    trust_store: str = ""
+    registry: str = ""
+    control_socket: str = ""
+    control_socket_mode: int = 0o600
+    control_tcp: ControlTCPOptions = field(default_factory=ControlTCPOptions)
+    credentials: Credentials = field(default_factory=Credentials)
+    tls: TLSOptions = field(default_factory=TLSOptions)
+    handshake_timeout: float = 30.0
+    max_handshakes: int = 2000
+    keepalive_interval: float = 30.0
+    keepalive_count_max: int = 3
+    max_hello_bytes: int = 1024 * 1024
+    max_message_bytes: int = 256 * 1024 * 1024
+    lease_idle_timeout: float = 0.0  # 0: a lease lasts as long as its client keeps the socket
+    block_failures: int = 50  # failed handshakes from one address within block_window...
+    block_window: float = 60.0
+    block_seconds: float = 60.0  # ...block it this long (RFC 8071 section 4)
+    metrics_bind: str = ""
+    idle_exit: float = 0.0  # embedded mode: exit after this long with no control activity/leases
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.home = os.path.abspath(os.path.expanduser(self.home))
+        self.trust_store = self.trust_store or os.path.join(self.home, "trust.json")
+        self.registry = self.registry or os.path.join(self.home, "registry.sqlite")
+        self.control_socket = self.control_socket or os.path.join(self.home, "control.sock")
+
+    def validate(self) -> "ListenerConfig":
+        for bind in self.ssh_binds:
+            parse_bind(bind, PORT_SSH)
+        for bind in self.tls_binds:
+            parse_bind(bind, PORT_TLS)
+        if self.tls_binds and self.tls_enabled and not (self.tls.client_cert and self.tls.client_key):
+            raise ConfigError("TLS call home needs tls.client_cert and tls.client_key (the listener's certificate)")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be 'text' or 'json'")
+        for name in ("handshake_timeout", "keepalive_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError("%s must be positive" % name)
+        if self.control_tcp.bind and not (
+            self.control_tcp.cert and self.control_tcp.key and (self.control_tcp.token_file or self.control_tcp.token_env)
+        ):
+            raise ConfigError("control_tcp needs cert, key and token_file or token_env: remote access is never open")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls.client_cert)
+
+    @property
+    def dead_peer_seconds(self) -> float:
+        return self.keepalive_interval * self.keepalive_count_max
+
+
+def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError("%s must be a mapping" % where)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError("%s: unknown option(s) %s (known: %s)" % (where, ", ".join(unknown), ", ".join(sorted(known))))
+    kwargs: Dict[str, Any] = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, "%s.%s" % (where, name))
+        elif isinstance(default, list):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list):
+                raise ConfigError("%s.%s must be a list" % (where, name))
+            kwargs[name] = [str(v) for v in value]
+        elif isinstance(default, bool):
+            kwargs[name] = bool(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                kwargs[name] = type(default)(int(value, 8) if isinstance(value, str) and name.endswith("_mode") else value)
+            except (TypeError, ValueError):
+                raise ConfigError("%s.%s must be a number, got %r" % (where, name, value)) from None
+        else:
+            kwargs[name] = "" if value is None else str(value)
+    return cls(**kwargs)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> ListenerConfig:
+    data: Dict[str, Any] = {}
+    if path:
+        import yaml  # PyYAML comes with ansible-core; imported here so the module imports without it
+
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle) or {}
+        except OSError as exc:
+            raise ConfigError("cannot read listener configuration %s: %s" % (path, exc.strerror)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("listener configuration %s is not valid YAML: %s" % (path, exc)) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("listener configuration %s must be a mapping" % path)
+        data.update(loaded)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return _build(ListenerConfig, data, path or "listener configuration").validate()

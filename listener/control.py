@@ -1,0 +1,312 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Lifecycle layer, control side: the control socket (Unix, mode 0600) and the optional remote
+control endpoint (TCP + TLS + bearer token) for AWX and containers.
+
+The wire protocol is described in ``plugins/module_utils/control_client.py``. One request per
+connection; ``lease`` turns the connection into a NETCONF byte stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import ssl
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    CallHomeError,
+    ConfigError,
+    ControlError,
+    DeviceNotFoundError,
+    LeaseError,
+    NotAuthorizedError,
+)
+
+from .config import parse_bind
+
+if TYPE_CHECKING:
+    from .service import CallHomeListener
+
+log = logging.getLogger("netconf_callhome.control")
+VERSION = "0.1.0"
+_LINE_LIMIT = 1024 * 1024
+
+
+class ControlServer:
+    def __init__(self, listener: "CallHomeListener") -> None:
+        self.listener = listener
+        self.config = listener.config
+        self._servers: List[asyncio.AbstractServer] = []
+        self._token: Optional[bytes] = None
+        self._started = time.time()
+        self._ops: Dict[str, Callable[[Dict[str, Any]], Awaitable[Any]]] = {
+            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
+        }
+        self.tcp_address: Optional[str] = None
+
+    async def start(self) -> None:
+        path = self.config.control_socket
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket from a crashed listener; start() of a live one failed already
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(
+                lambda r, w: self._handle(r, w, remote=False), path=path, limit=_LINE_LIMIT
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.config.control_socket_mode)
+        self._servers.append(server)
+        tcp = self.config.control_tcp
+        if tcp.bind:
+            self._token = _read_token(tcp.token_file, tcp.token_env)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(tcp.cert, tcp.key)
+            host, port = parse_bind(tcp.bind, 4339)
+            server = await asyncio.start_server(
+                lambda r, w: self._handle(r, w, remote=True), host=host or None, port=port, ssl=ctx, limit=_LINE_LIMIT
+            )
+            self._servers.append(server)
+            sockname = server.sockets[0].getsockname()
+            self.tcp_address = "tls://%s:%d" % ((("[%s]" % sockname[0]) if ":" in sockname[0] else sockname[0]), sockname[1])
+            log.info("event=control.remote_enabled address=%s", self.tcp_address)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.control_socket)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, remote: bool) -> None:
+        self.listener.last_activity = time.monotonic()
+        op = "?"
+        try:
+            try:
+                line = await reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                raise ControlError("request line exceeds %d bytes" % _LINE_LIMIT) from None
+            if not line:
+                return
+            try:
+                request = json.loads(line)
+                op = str(request.pop("op"))
+            except (ValueError, KeyError, AttributeError, TypeError):
+                raise ControlError("request must be one JSON object line with an 'op' field") from None
+            token = request.pop("token", None)
+            if remote and not (
+                isinstance(token, str) and self._token and hmac.compare_digest(token.encode("utf-8"), self._token)
+            ):
+                log.warning("event=control.unauthorized peer=%s op=%s", writer.get_extra_info("peername"), op)
+                raise NotAuthorizedError("a valid token is required for remote access to the listener")
+            if op == "lease":
+                await self._lease(request, reader, writer)
+                return
+            if op == "shutdown" and remote:
+                raise NotAuthorizedError("shutdown is only accepted on the local control socket")
+            handler = self._ops.get(op)
+            if handler is None:
+                raise ControlError("unknown operation %r (known: %s)" % (op, ", ".join(sorted(self._ops) + ["lease"])))
+            result = await handler(request)
+            await _answer(writer, {"ok": True, "result": result})
+        except CallHomeError as exc:
+            if op == "lease":
+                self.listener.metrics.lease_errors.labels(code=exc.code).inc()
+            with contextlib.suppress(ConnectionError, OSError):
+                await _answer(writer, {"ok": False, "error": exc.to_dict()})
+        except (ConnectionError, OSError):
+            pass
+        except Exception as exc:  # never let one bad request take the listener down
+            log.exception("event=control.internal_error op=%s", op)
+            with contextlib.suppress(ConnectionError, OSError):
+                await _answer(writer, {"ok": False, "error": {"code": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}})
+        finally:
+            self.listener.last_activity = time.monotonic()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _lease(self, request: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        device = _require_str(request, "device")
+        wait = _number(request, "wait", 0.0)
+        held = await self.listener.wait_ready(device, wait)
+        lease_id = uuid.uuid4().hex[:12]
+        info = {
+            "lease": lease_id,
+            "device": device,
+            "mode": held.mode,
+            "transport": held.transport,
+            "peer": held.peer,
+            "fingerprint": held.fingerprint,
+            "capabilities": held.hello.capabilities if held.hello else [],
+        }
+        if request.get("listen"):
+            # For plain ncclient users: a one-shot Unix socket that manager.connect_uds(path) can open.
+            path = os.path.join(os.path.dirname(self.config.control_socket), "lease-%s.sock" % lease_id)
+            accepted: "asyncio.Future[tuple]" = asyncio.get_running_loop().create_future()
+
+            async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                if accepted.done():
+                    w.close()
+                    return
+                accepted.set_result((r, w))
+                await done_serving
+
+            done_serving: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+            old_umask = os.umask(0o177)
+            try:
+                server = await asyncio.start_unix_server(on_connect, path=path)
+            finally:
+                os.umask(old_umask)
+            try:
+                info["path"] = path
+                await _answer(writer, {"ok": True, "result": info})
+                try:
+                    r, w = await asyncio.wait_for(accepted, _number(request, "accept_timeout", 30.0))
+                except asyncio.TimeoutError:
+                    raise LeaseError("nobody connected to lease socket %s" % path) from None
+                finally:
+                    server.close()
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                await self._serve_lease(held, info, r, w)
+                w.close()
+            finally:
+                if not done_serving.done():
+                    done_serving.set_result(None)
+            return
+        await _answer(writer, {"ok": True, "result": info})
+        await self._serve_lease(held, info, reader, writer)
+
+    async def _serve_lease(self, held: Any, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        metrics = self.listener.metrics
+        metrics.leases.labels(mode=held.mode).inc()
+        metrics.active_leases.inc()
+        started = time.monotonic()
+        log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, held.mode)
+        try:
+            reason = await held.lease(reader, writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.drain()
+        finally:
+            metrics.active_leases.dec()
+        log.info(
+            "event=lease.end lease=%s device=%s seconds=%.3f reason=%r",
+            info["lease"], held.device, time.monotonic() - started, reason,
+        )
+
+    # -- plain operations ----------------------------------------------------------------------
+
+    async def _op_ping(self, request: Dict[str, Any]) -> Any:
+        return {"version": VERSION, "pid": os.getpid(), "uptime": round(time.time() - self._started, 1)}
+
+    async def _op_status(self, request: Dict[str, Any]) -> Any:
+        lst = self.listener
+        return {
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self._started, 1),
+            "ssh": ["%s:%d" % b for b in lst.bound["ssh"]],
+            "tls": ["%s:%d" % b for b in lst.bound["tls"]],
+            "control_socket": self.config.control_socket,
+            "control_tcp": self.tcp_address,
+            "trust_store": self.config.trust_store,
+            "registry": self.config.registry,
+            "devices": lst.registry.counts(),
+            "sessions": len(lst.sessions),
+            "active_leases": lst.sessions_leased(),
+            "pending": len(lst.registry.pending()),
+            "enrolled": len(lst.policy.index.devices),
+        }
+
+    async def _op_devices(self, request: Dict[str, Any]) -> Any:
+        status = request.get("status")
+        out = []
+        for rec in self.listener.registry.devices():
+            if status and rec.status != status:
+                continue
+            out.append(self._device_view(rec.name, rec.to_dict()))
+        for name in sorted(set(self.listener.policy.index.devices) - {r["name"] for r in out}):
+            if not status and self.listener.registry.get(name) is None:
+                out.append(self._device_view(name, {"name": name, "status": "never-seen"}))
+        return out
+
+    def _device_view(self, name: str, rec: Dict[str, Any]) -> Dict[str, Any]:
+        held = self.listener.sessions.get(name)
+        rec["enrolled"] = name in self.listener.policy.index.devices
+        rec["active_leases"] = held.active_leases if held else 0
+        return rec
+
+    async def _op_device(self, request: Dict[str, Any]) -> Any:
+        name = _require_str(request, "device")
+        rec = self.listener.registry.get(name)
+        if rec is None:
+            if name in self.listener.policy.index.devices:
+                return self._device_view(name, {"name": name, "status": "never-seen"})
+            raise DeviceNotFoundError("device %r is not enrolled and has never called home" % name, details={"device": name})
+        return self._device_view(name, rec.to_dict())
+
+    async def _op_pending(self, request: Dict[str, Any]) -> Any:
+        return [p.to_dict() for p in self.listener.registry.pending()]
+
+    async def _op_approve(self, request: Dict[str, Any]) -> Any:
+        return self.listener.approve(_require_str(request, "fingerprint"), str(request.get("device") or ""))
+
+    async def _op_revoke(self, request: Dict[str, Any]) -> Any:
+        identity = request.get("identity")
+        return self.listener.revoke(_require_str(request, "device"), str(identity) if identity else None)
+
+    async def _op_wait(self, request: Dict[str, Any]) -> Any:
+        device = _require_str(request, "device")
+        held = await self.listener.wait_ready(device, _number(request, "wait", 0.0))
+        rec = self.listener.registry.get(held.device)
+        return self._device_view(device, rec.to_dict() if rec else {"name": device})
+
+    async def _op_reload(self, request: Dict[str, Any]) -> Any:
+        return {"reloaded": self.listener.policy.reload(), "enrolled": len(self.listener.policy.index.devices)}
+
+    async def _op_shutdown(self, request: Dict[str, Any]) -> Any:
+        asyncio.get_running_loop().call_later(0.05, self.listener.request_stop)
+        return {"stopping": True}
+
+
+async def _answer(writer: asyncio.StreamWriter, payload: Dict[str, Any]) -> None:
+    writer.write(json.dumps(payload).encode("utf-8") + b"\n")
+    await writer.drain()
+
+
+def _require_str(request: Dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise ControlError("request needs a non-empty string %r" % key)
+    return value
+
+
+def _number(request: Dict[str, Any], key: str, default: float) -> float:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ControlError("%r must be a non-negative number" % key)
+    return float(value)
+
+
+def _read_token(token_file: str, token_env: str) -> bytes:
+    if token_file:
+        try:
+            with open(token_file, "rb") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError("cannot read control token file %s: %s" % (token_file, exc.strerror)) from None
+    else:
+        token = os.environ.get(token_env, "").encode("utf-8")
+    if len(token) < 16:
+        raise ConfigError("the control token must be at least 16 characters")
+    return token

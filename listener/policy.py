@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Policy layer: who may call home, and with which credentials the listener answers.
+
+A device is identified by its SSH host key or TLS certificate, never by its address (RFC 8071
+section 3.1 C5-C7). The peer address is used only as a *hint* to say which known device an
+unknown key probably belongs to, so that a changed key is reported as a key mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Sequence
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, TrustStoreError
+from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import cert_fingerprint_of_der
+from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import TrustIndex, TrustStore
+
+from .config import Credentials, TLSOptions
+
+log = logging.getLogger("netconf_callhome.policy")
+
+ACCEPTED = "accepted"
+UNKNOWN = "unknown-key"
+MISMATCH = "key-mismatch"
+
+
+@dataclass
+class Verdict:
+    outcome: str
+    device: str = ""  # the owner when accepted, the claimed/suspected owner otherwise
+    fingerprint: str = ""
+    # What names the suspected owner of a refused key: "identity" (the certificate names an
+    # enrolled device) is a claim; "address" (last device seen at that IP) is only a hint,
+    # since many devices may share one NAT address.
+    claim_source: str = ""
+    identities: List[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == ACCEPTED
+
+
+class TrustPolicy:
+    def __init__(self, store: TrustStore, tls: TLSOptions, default_credentials: Credentials) -> None:
+        self.store = store
+        self.default_credentials = default_credentials
+        self._signature: object = object()
+        self.index = TrustIndex({"devices": {}})
+        self._cas: List[x509.Certificate] = []
+        for path in tls.device_cas:
+            self._cas.extend(_load_pem_certs(path))
+        self.reload()
+
+    # -- trust store ---------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the trust store if the file changed; keep the old index if the new one is bad."""
+        signature = self.store.stat_signature()
+        if signature == self._signature:
+            return False
+        try:
+            data = self.store.load()
+            index = TrustIndex(data)
+        except TrustStoreError as exc:
+            log.error("event=trust.reload_failed error=%r (keeping the previous trust store)", exc.message)
+            return False
+        self.index = index
+        self._signature = signature
+        log.info("event=trust.loaded devices=%d path=%s", len(index.devices), self.store.path)
+        return True
+
+    def credentials_for(self, device: str) -> Credentials:
+        base = self.default_credentials
+        own = self.index.devices.get(device, {}).get("credentials", {})
+        return Credentials(
+            username=own.get("username") or base.username,
+            private_key_file=own.get("private_key_file", base.private_key_file if not own else ""),
+            password_file=own.get("password_file", base.password_file if not own else ""),
+            password_env=own.get("password_env", base.password_env if not own else ""),
+        )
+
+    # -- SSH -----------------------------------------------------------------------------------
+
+    def ssh_verdict(self, fingerprint: str, hint: str = "") -> Verdict:
+        owner = self.index.ssh.get(fingerprint)
+        if owner is not None:
+            return Verdict(ACCEPTED, owner, fingerprint)
+        if hint and self.index.has_ssh_identity(hint):
+            return Verdict(MISMATCH, hint, fingerprint, claim_source="address")
+        return Verdict(UNKNOWN, "", fingerprint)
+
+    # -- TLS -----------------------------------------------------------------------------------
+
+    def tls_verdict(self, chain_der: Sequence[bytes], hint: str = "") -> Verdict:
+        """``chain_der[0]`` is the device's certificate, the rest what it sent as intermediates."""
+        leaf_der = chain_der[0]
+        fingerprint = cert_fingerprint_of_der(leaf_der)
+        owner = self.index.tls.get(fingerprint)
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        identities = certificate_identities(leaf)
+        if owner is not None:
+            return Verdict(ACCEPTED, owner, fingerprint, identities)
+        claimed = ""
+        for ident in identities:
+            claimed = self.index.identities.get(ident, "")
+            if claimed:
+                break
+        if claimed:
+            if self._chains_to_ca(leaf, [x509.load_der_x509_certificate(d) for d in chain_der[1:]]):
+                return Verdict(ACCEPTED, claimed, fingerprint, identities)
+            log.warning("event=tls.chain_rejected device=%s fingerprint=%s", claimed, fingerprint)
+            return Verdict(MISMATCH, claimed, fingerprint, identities, claim_source="identity")
+        if hint and self.index.has_tls_identity(hint):
+            return Verdict(MISMATCH, hint, fingerprint, identities, claim_source="address")
+        return Verdict(UNKNOWN, "", fingerprint, identities)
+
+    def _chains_to_ca(self, leaf: x509.Certificate, intermediates: List[x509.Certificate]) -> bool:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = leaf
+        pool = list(intermediates)
+        for _depth in range(8):
+            if not _valid_now(cert, now):
+                return False
+            for ca in self._cas:
+                if _issued_by(cert, ca) and _valid_now(ca, now):
+                    return True
+            parent = next((c for c in pool if _issued_by(cert, c)), None)
+            if parent is None or not _is_ca(parent):
+                return False
+            pool.remove(parent)
+            cert = parent
+        return False
+
+
+def certificate_identities(cert: x509.Certificate) -> List[str]:
+    """Identities as the trust store writes them: ``cn:``, ``serial:``, ``dns:``, ``uri:``, ``ip:``."""
+    out: List[str] = []
+    for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        out.append("cn:%s" % attr.value)
+    for attr in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
+        out.append("serial:%s" % attr.value)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        out.extend("dns:%s" % v for v in san.get_values_for_type(x509.DNSName))
+        out.extend("uri:%s" % v for v in san.get_values_for_type(x509.UniformResourceIdentifier))
+        out.extend("ip:%s" % v for v in san.get_values_for_type(x509.IPAddress))
+    return out
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported key types alike
+        return False
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _valid_now(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _load_pem_certs(path: str) -> List[x509.Certificate]:
+    try:
+        with open(os.path.expanduser(path), "rb") as handle:
+            certs = x509.load_pem_x509_certificates(handle.read())
+    except OSError as exc:
+        raise ConfigError("cannot read device CA file %s: %s" % (path, exc.strerror)) from None
+    except ValueError as exc:
+        raise ConfigError("device CA file %s holds no valid PEM certificate: %s" % (path, exc)) from None
+    return certs
+

@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""State layer: the device registry and the pending-key list.
+
+The listener keeps the authoritative state in memory (one dict lookup per event, no I/O on the
+event loop's hot path) and writes it behind to a :class:`RegistryStore`. ``SQLiteStore`` is the
+embedded default. Several listeners sharing one PostgreSQL database later need only another
+store with the same four methods; nothing else in the listener touches SQL.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Iterable, List, Optional
+
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+UNKNOWN_KEY = "unknown-key"
+KEY_MISMATCH = "key-mismatch"
+AUTH_FAILED = "auth-failed"
+ERROR = "error"
+STATUSES = (CONNECTED, DISCONNECTED, UNKNOWN_KEY, KEY_MISMATCH, AUTH_FAILED, ERROR)
+
+
+@dataclass
+class DeviceRecord:
+    name: str
+    status: str = DISCONNECTED
+    transport: str = ""
+    peer: str = ""
+    fingerprint: str = ""
+    capabilities: List[str] = field(default_factory=list)
+    session_mode: str = ""  # "channel" (new NETCONF channel per lease) or "shared"
+    first_connected: Optional[float] = None
+    last_connected: Optional[float] = None
+    last_disconnected: Optional[float] = None
+    last_seen: Optional[float] = None
+    last_error: str = ""
+    connect_count: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PendingKey:
+    fingerprint: str
+    key_type: str
+    transport: str
+    public_key: str = ""  # OpenSSH public key line, or the PEM certificate for TLS
+    peer: str = ""
+    reason: str = UNKNOWN_KEY
+    claimed_device: str = ""  # which enrolled device this key probably belongs to
+    claim_source: str = ""  # "identity" (certificate names it) or "address" (a hint only)
+    identities: List[str] = field(default_factory=list)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    count: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class RegistryStore(abc.ABC):
+    """Persistence behind the registry; called from a writer thread, never from the loop."""
+
+    @abc.abstractmethod
+    def load(self) -> "tuple[List[DeviceRecord], List[PendingKey]]":
+        """Everything persisted, at start-up."""
+
+    @abc.abstractmethod
+    def save(self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]) -> None:
+        """Upsert the given records and delete the dropped pending fingerprints, atomically."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class SQLiteStore(RegistryStore):
+    """Records are stored as JSON documents keyed by name / fingerprint: the schema of the
+    dataclasses can grow without migrations, and a PostgreSQL twin is a JSONB copy of this."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        os.chmod(path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS devices (name TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS pending (fingerprint TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+
+    def load(self) -> "tuple[List[DeviceRecord], List[PendingKey]]":
+        devices = [_from_doc(DeviceRecord, doc) for (doc,) in self._db.execute("SELECT doc FROM devices")]
+        pending = [_from_doc(PendingKey, doc) for (doc,) in self._db.execute("SELECT doc FROM pending")]
+        return devices, pending
+
+    def save(self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO devices(name, doc) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET doc=excluded.doc",
+                [(d.name, json.dumps(d.to_dict())) for d in devices],
+            )
+            self._db.executemany(
+                "INSERT INTO pending(fingerprint, doc) VALUES(?, ?) "
+                "ON CONFLICT(fingerprint) DO UPDATE SET doc=excluded.doc",
+                [(p.fingerprint, json.dumps(p.to_dict())) for p in pending],
+            )
+            self._db.executemany("DELETE FROM pending WHERE fingerprint=?", [(fp,) for fp in dropped_pending])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _from_doc(cls: Any, doc: str) -> Any:
+    data = json.loads(doc)
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Registry:
+    """In-memory registry with write-behind persistence.
+
+    Writes are coalesced: a record changed ten times between flushes is written once. A flush
+    runs at most every ``flush_interval`` seconds in a thread, and at shutdown.
+    """
+
+    def __init__(self, store: RegistryStore, *, flush_interval: float = 0.5) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self._devices: Dict[str, DeviceRecord] = {}
+        self._pending: Dict[str, PendingKey] = {}
+        self._dirty_devices: Dict[str, None] = {}
+        self._dirty_pending: Dict[str, None] = {}
+        self._dropped: Dict[str, None] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+
+    def load(self) -> None:
+        devices, pending = self.store.load()
+        now = time.time()
+        for rec in devices:
+            if rec.status == CONNECTED:
+                # The sessions died with the previous process; say so instead of lying.
+                rec.status = DISCONNECTED
+                rec.last_disconnected = rec.last_disconnected or now
+                self._dirty_devices[rec.name] = None
+            self._devices[rec.name] = rec
+        self._pending = {p.fingerprint: p for p in pending}
+
+    # -- devices -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Optional[DeviceRecord]:
+        return self._devices.get(name)
+
+    def devices(self) -> List[DeviceRecord]:
+        return sorted(self._devices.values(), key=lambda r: r.name)
+
+    def update(self, name: str, **changes: Any) -> DeviceRecord:
+        rec = self._devices.get(name)
+        if rec is None:
+            rec = self._devices[name] = DeviceRecord(name=name)
+        for key, value in changes.items():
+            setattr(rec, key, value)
+        with self._lock:
+            self._dirty_devices[name] = None
+        return rec
+
+    def counts(self) -> Dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for rec in self._devices.values():
+            out[rec.status] = out.get(rec.status, 0) + 1
+        return out
+
+    # -- pending keys --------------------------------------------------------------------------
+
+    def pending(self) -> List[PendingKey]:
+        return sorted(self._pending.values(), key=lambda p: p.first_seen)
+
+    def get_pending(self, fingerprint: str) -> Optional[PendingKey]:
+        return self._pending.get(fingerprint)
+
+    def record_pending(self, key: PendingKey) -> PendingKey:
+        now = time.time()
+        old = self._pending.get(key.fingerprint)
+        if old is not None:
+            key.first_seen = old.first_seen
+            key.count = old.count
+            key.claimed_device = key.claimed_device or old.claimed_device
+        else:
+            key.first_seen = now
+        key.last_seen = now
+        key.count += 1
+        self._pending[key.fingerprint] = key
+        with self._lock:
+            self._dirty_pending[key.fingerprint] = None
+            self._dropped.pop(key.fingerprint, None)
+        return key
+
+    def drop_pending(self, fingerprint: str) -> Optional[PendingKey]:
+        key = self._pending.pop(fingerprint, None)
+        if key is not None:
+            with self._lock:
+                self._dirty_pending.pop(fingerprint, None)
+                self._dropped[fingerprint] = None
+        return key
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def has_unsaved(self) -> bool:
+        return bool(self._dirty_devices or self._dirty_pending or self._dropped)
+
+    def flush(self) -> None:
+        """Write what changed since the last flush (thread-safe; serialised)."""
+        with self._flush_lock:
+            with self._lock:
+                names, self._dirty_devices = list(self._dirty_devices), {}
+                fps, self._dirty_pending = list(self._dirty_pending), {}
+                dropped, self._dropped = list(self._dropped), {}
+            if not (names or fps or dropped):
+                return
+            devices = [_copy(self._devices[n]) for n in names if n in self._devices]
+            pending = [_copy(self._pending[f]) for f in fps if f in self._pending]
+            self.store.save(devices, pending, dropped)
+
+    def close(self) -> None:
+        self.flush()
+        self.store.close()
+
+
+def _copy(rec: Any) -> Any:
+    return type(rec)(**{f.name: getattr(rec, f.name) for f in fields(rec)})

@@ -1,0 +1,420 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Lifecycle layer: the call-home listener service.
+
+Owns the listening sockets, the held sessions (one per device: a device that calls again
+replaces its older connection), the registry, the trust policy and the control server, and
+turns every transport outcome into one registry update, one log line and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+import asyncssh
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    CallHomeError,
+    ConfigError,
+    DeviceNotFoundError,
+    DeviceNotReadyError,
+    WaitTimeoutError,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+    TrustStore,
+    add_identity,
+    remove_identity,
+)
+
+from . import ssh_transport, tls_transport
+from .config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
+from .metrics import Metrics
+from .policy import MISMATCH, TrustPolicy, Verdict
+from .registry import (
+    AUTH_FAILED,
+    CONNECTED,
+    DISCONNECTED,
+    ERROR,
+    KEY_MISMATCH,
+    PendingKey,
+    Registry,
+    SQLiteStore,
+)
+from .session import HeldSession
+
+log = logging.getLogger("netconf_callhome.listener")
+
+
+class CallHomeListener:
+    """The service. ``await start()``, then ``await serve_forever()`` or ``await stop()``."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        os.makedirs(config.home, mode=0o700, exist_ok=True)
+        self.trust_store = TrustStore(config.trust_store)
+        self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
+        self.registry = Registry(SQLiteStore(config.registry))
+        self.registry.load()
+        self.metrics = Metrics(self.registry.counts)
+        self.ssh_options = ssh_transport.client_options(self)
+        self.tls_context = (
+            tls_transport.client_context(config.tls.client_cert, config.tls.client_key) if config.tls_enabled else None
+        )
+        self.sessions: Dict[str, HeldSession] = {}
+        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": []}
+        self._acceptors: List[Any] = []
+        self._listen_socks: List[socket.socket] = []
+        self._tasks: Set["asyncio.Future[Any]"] = set()
+        self._waiters: Dict[str, List["asyncio.Future[None]"]] = {}
+        self._hints: Dict[Tuple[str, str], str] = {}
+        self._failures: Dict[str, Deque[float]] = {}
+        self._blocked: Dict[str, float] = {}
+        self._key_cache: Dict[str, Tuple[float, List[asyncssh.SSHKey]]] = {}
+        self._stopping = asyncio.Event()
+        self.last_activity = time.monotonic()
+        self.control: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from .control import ControlServer  # the control layer depends on us, not the reverse
+
+        try:
+            for bind in self.config.ssh_binds:
+                host, port = parse_bind(bind, PORT_SSH)
+                sock = ssh_transport.make_listening_socket(host, port)
+                self._listen_socks.append(sock)
+                self._acceptors.append(await ssh_transport.start_ssh(self, sock))
+                self.bound["ssh"].append(sock.getsockname()[:2])
+            if self.tls_context is not None:
+                for bind in self.config.tls_binds:
+                    host, port = parse_bind(bind, PORT_TLS)
+                    sock = ssh_transport.make_listening_socket(host, port)
+                    self._listen_socks.append(sock)
+                    self.track(asyncio.ensure_future(tls_transport.accept_loop(self, sock)))
+                    self.bound["tls"].append(sock.getsockname()[:2])
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError("cannot listen on %s: %s" % (bind, exc.strerror or exc)) from None
+        self.control = ControlServer(self)
+        await self.control.start()
+        self.track(asyncio.ensure_future(self._housekeeping()))
+        if self.config.metrics_bind:
+            self.metrics.serve(self.config.metrics_bind)
+        log.info(
+            "event=listener.started ssh=%s tls=%s control=%s trust_store=%s devices_enrolled=%d",
+            _binds(self.bound["ssh"]), _binds(self.bound["tls"]) or "off", self.config.control_socket,
+            self.config.trust_store, len(self.policy.index.devices),
+        )
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.policy.reload)
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        for acceptor in self._acceptors:
+            acceptor.close()
+        for sock in self._listen_socks:
+            sock.close()
+        if self.control is not None:
+            await self.control.stop()
+        for held in list(self.sessions.values()):
+            held.close("listener stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.registry.close()
+        log.info("event=listener.stopped")
+
+    def track(self, task: "asyncio.Future[Any]") -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.registry.flush_interval)
+            self.policy.reload()
+            if self.registry.has_unsaved():
+                await loop.run_in_executor(None, self.registry.flush)
+            if self.config.idle_exit and not self.sessions_leased() and time.monotonic() - self.last_activity > self.config.idle_exit:
+                log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
+                self._stopping.set()
+
+    def sessions_leased(self) -> int:
+        return sum(h.active_leases for h in self.sessions.values())
+
+    # -- policy helpers used by the transports -------------------------------------------------
+
+    def client_keys(self, path: str) -> List[asyncssh.SSHKey]:
+        """Private keys, read once and cached (re-read when the file changes)."""
+        if not path:
+            return []
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError as exc:
+            raise ConfigError("cannot read private key %s: %s" % (path, exc.strerror)) from None
+        cached = self._key_cache.get(path)
+        if cached is None or cached[0] != mtime:
+            try:
+                cached = (mtime, [asyncssh.read_private_key(path)])
+            except (OSError, asyncssh.KeyImportError) as exc:
+                raise ConfigError("cannot load private key %s: %s" % (path, exc)) from None
+            self._key_cache[path] = cached
+        return list(cached[1])
+
+    def is_blocked(self, peer_ip: str) -> bool:
+        until = self._blocked.get(peer_ip)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._blocked[peer_ip]
+        return False
+
+    def count_failure(self, transport: str, reason: str, peer_ip: str) -> None:
+        self.metrics.failures.labels(transport=transport, reason=reason).inc()
+        self.metrics.handshakes.labels(transport=transport, result="failed").inc()
+        if reason in ("host-key", "auth-failed"):
+            return  # a device waiting for enrollment retries; blocking it would delay approval
+        now = time.monotonic()
+        window = self._failures.setdefault(peer_ip, collections.deque())
+        window.append(now)
+        while window and now - window[0] > self.config.block_window:
+            window.popleft()
+        if len(window) >= self.config.block_failures:
+            self._blocked[peer_ip] = now + self.config.block_seconds
+            window.clear()
+            log.warning("event=peer.blocked peer_ip=%s seconds=%.0f reason=repeated_failures", peer_ip, self.config.block_seconds)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
+        """An unenrolled or mismatched key: record it, never authenticate, never hand it out."""
+        pending = self.registry.record_pending(
+            PendingKey(
+                fingerprint=verdict.fingerprint,
+                key_type=key_type,
+                transport=transport,
+                public_key=public_key,
+                peer=peer,
+                reason=verdict.outcome,
+                claimed_device=verdict.device,
+                claim_source=verdict.claim_source,
+                identities=list(verdict.identities),
+            )
+        )
+        if verdict.outcome == MISMATCH:
+            self.registry.update(
+                verdict.device,
+                status=KEY_MISMATCH,
+                last_seen=time.time(),
+                last_error="presented %s %s, which is not enrolled for it (from %s)" % (key_type, verdict.fingerprint, peer),
+            )
+            log.warning(
+                "event=device.key_mismatch device=%s peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
+                verdict.device, peer, transport, verdict.fingerprint, key_type, pending.count,
+            )
+        else:
+            log.warning(
+                "event=device.unknown_key peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
+                peer, transport, verdict.fingerprint, key_type, pending.count,
+            )
+
+    def ssh_failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
+        client = conn.get_owner()
+        peer = getattr(client, "peer", "") or "?"
+        peer_ip = getattr(client, "peer_ip", "") or "?"
+        verdict = getattr(client, "verdict", None)
+        reason, message = ssh_transport.describe_ssh_failure(exc)
+        if verdict is not None and not verdict.accepted:
+            reason = "host-key"  # already recorded by refused()
+        elif verdict is not None and verdict.accepted:
+            status = AUTH_FAILED if reason == "auth-failed" else ERROR
+            self.registry.update(verdict.device, status=status, peer=peer, transport="ssh", last_seen=time.time(), last_error=message)
+            log.warning("event=device.%s device=%s peer=%s transport=ssh error=%r", reason, verdict.device, peer, message)
+        else:
+            log.warning("event=handshake.failed peer=%s transport=ssh reason=%s error=%r", peer, reason, message)
+        self.count_failure("ssh", reason, peer_ip)
+
+    def session_failed(self, held: HeldSession, exc: BaseException, *, started: float) -> None:
+        if isinstance(exc, CallHomeError):
+            message = exc.message
+            reason = exc.code
+        else:
+            reason, message = ssh_transport.describe_ssh_failure(exc)
+        peer_ip = held.peer.rsplit(":", 1)[0].strip("[]")
+        if held.device:
+            self.registry.update(held.device, status=ERROR, peer=held.peer, transport=held.transport, last_seen=time.time(), last_error=message)
+            log.warning("event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r", held.device, held.peer, held.transport, reason, message)
+        else:
+            log.warning("event=handshake.failed peer=%s transport=%s reason=%s error=%r", held.peer, held.transport, reason, message)
+        self.count_failure(held.transport, reason, peer_ip)
+
+    def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
+        assert held.hello is not None
+        now = time.time()
+        old = self.sessions.get(held.device)
+        self.sessions[held.device] = held
+        held.on_closed = self._session_closed
+        if old is not None and old is not held:
+            old.close("replaced by a new call from %s" % held.peer)
+            log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", held.device, old.peer, held.peer)
+        rec = self.registry.get(held.device)
+        self.registry.update(
+            held.device,
+            status=CONNECTED,
+            transport=held.transport,
+            peer=held.peer,
+            fingerprint=held.fingerprint,
+            capabilities=list(held.hello.capabilities),
+            session_mode=held.mode,
+            first_connected=(rec.first_connected if rec and rec.first_connected else now),
+            last_connected=now,
+            last_seen=now,
+            last_error="",
+            connect_count=(rec.connect_count if rec else 0) + 1,
+        )
+        peer_ip = held.peer.rsplit(":", 1)[0].strip("[]")
+        self._hints[(peer_ip, held.transport)] = held.device
+        elapsed = time.monotonic() - started
+        self.metrics.handshakes.labels(transport=held.transport, result="ok").inc()
+        self.metrics.handshake_seconds.labels(transport=held.transport).observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "event=device.connected device=%s peer=%s transport=%s fingerprint=%s auth=%s mode=%s capabilities=%d handshake_ms=%.1f",
+                held.device, held.peer, held.transport, held.fingerprint, auth, held.mode, len(held.hello.capabilities), elapsed * 1000,
+            )
+        for fut in self._waiters.pop(held.device, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _session_closed(self, held: HeldSession, reason: str) -> None:
+        if self.sessions.get(held.device) is not held:
+            return  # an older, replaced session
+        del self.sessions[held.device]
+        now = time.time()
+        self.registry.update(held.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
+        log.info("event=device.disconnected device=%s peer=%s reason=%r", held.device, held.peer, reason)
+
+    # -- operations for the control layer ------------------------------------------------------
+
+    async def wait_ready(self, device: str, timeout: float) -> HeldSession:
+        """The device's open session, waiting up to ``timeout`` s for it to call home."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            held = self.sessions.get(device)
+            if held is not None and held.is_open:
+                return held
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._not_ready(device, timeout)
+            fut: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(device, []).append(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                waiters = self._waiters.get(device)
+                if waiters and fut in waiters:
+                    waiters.remove(fut)
+
+    def hint_for(self, peer_ip: str, transport: str) -> str:
+        """The device last connected from this address, if it has no live session now."""
+        device = self._hints.get((peer_ip, transport), "")
+        return "" if device in self.sessions else device
+
+    def _not_ready(self, device: str, timeout: float) -> CallHomeError:
+        rec = self.registry.get(device)
+        enrolled = device in self.policy.index.devices
+        if rec is None and not enrolled:
+            return DeviceNotFoundError(
+                "device %r is not enrolled and has never called home; enroll its host key or certificate "
+                "(callhome-listener approve / netconf.callhome.enroll)" % device,
+                details={"device": device},
+            )
+        details: Dict[str, Any] = {"device": device, "enrolled": enrolled, "waited": timeout}
+        if rec is not None:
+            details.update(rec.to_dict())
+            details.pop("capabilities", None)
+        if rec is not None and rec.status in (KEY_MISMATCH, AUTH_FAILED):
+            cls = DeviceNotReadyError
+        else:
+            cls = WaitTimeoutError
+        return cls(describe_not_ready(device, timeout, rec, enrolled), details=details)
+
+    def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]:
+        pending = self.registry.get_pending(fingerprint)
+        if pending is None:
+            raise DeviceNotFoundError("no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint)
+        name = device or (pending.claimed_device if pending.claim_source == "identity" else "")
+        if not name:
+            hint = " (it came from the address %s last used by %r)" % (pending.peer, pending.claimed_device) if pending.claimed_device else ""
+            raise ConfigError("say which device key %s belongs to (--device NAME)%s" % (fingerprint, hint))
+        if pending.transport == "ssh":
+            kind, value = "ssh_host_keys", pending.public_key
+        else:
+            kind, value = "tls_fingerprints", fingerprint
+        if pending.reason == MISMATCH and pending.claimed_device == name:
+            # Replacing a device's key is a deliberate act: the old key goes, the new one comes.
+            def mutate(data: Dict[str, Any]) -> bool:
+                data["devices"].get(name, {})[kind] = []
+                return add_identity(data, name, kind=kind, value=value)
+        else:
+            def mutate(data: Dict[str, Any]) -> bool:
+                return add_identity(data, name, kind=kind, value=value)
+        changed, _, _ = self.trust_store.update(mutate)
+        self.registry.drop_pending(fingerprint)
+        self.policy.reload()
+        log.info("event=key.approved device=%s fingerprint=%s transport=%s", name, fingerprint, pending.transport)
+        return {"device": name, "fingerprint": fingerprint, "transport": pending.transport, "changed": bool(changed)}
+
+    def revoke(self, device: str, identity: Optional[str] = None) -> Dict[str, Any]:
+        changed, _, _ = self.trust_store.update(lambda data: remove_identity(data, device, value=identity))
+        self.policy.reload()
+        held = self.sessions.get(device)
+        if held is not None and (identity is None or held.fingerprint not in self.policy.index.ssh and held.fingerprint not in self.policy.index.tls):
+            held.close("key revoked")
+        log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", changed)
+        return {"device": device, "identity": identity, "changed": bool(changed)}
+
+
+def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:
+    """The sentence an operator reads in a failed task: what happened and what to do."""
+    if rec is None:
+        return (
+            "device %r has not called home within %.0f s; it is enrolled but was never seen. Check that it is "
+            "configured to call home to this listener (netconf.callhome.config) and that port 4334/4335 is reachable"
+            % (device, timeout)
+        )
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec.last_seen)) if rec.last_seen else "never"
+    base = "device %r has no session after waiting %.0f s: status %s, last seen %s from %s" % (
+        device, timeout, rec.status, when, rec.peer or "nowhere",
+    )
+    if rec.status == KEY_MISMATCH:
+        return base + ". It presented a key that is not enrolled for it (%s); if the change is expected, " \
+            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s" % (rec.last_error, device)
+    if rec.status == AUTH_FAILED:
+        return base + ". The device rejected the listener's credentials (%s); fix the device's credentials " \
+            "in the trust store or the listener's defaults" % rec.last_error
+    if rec.last_error:
+        return base + " (last error: %s)" % rec.last_error
+    return base
+
+
+def _binds(bound: List[Tuple[str, int]]) -> str:
+    return ",".join("[%s]:%d" % b if ":" in b[0] else "%s:%d" % b for b in bound)

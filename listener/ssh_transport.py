@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Protocol layer, SSH: accept call-home TCP on 4334 and run the SSH *client* on it.
+
+asyncssh's ``listen_reverse`` does exactly the RFC 8071 role reversal. We give it listening
+sockets we made (so IPv6-only flags and port 0 work), one shared options object (built once: the
+per-connection cost is then the handshake itself), and a per-connection :class:`DeviceSSHClient`
+that asks the trust policy about the host key and supplies that device's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+
+import asyncssh
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, LeaseError
+
+from .config import Credentials
+from .policy import Verdict
+from .session import CHANNEL, HeldSession
+
+if TYPE_CHECKING:
+    from .service import CallHomeListener
+
+log = logging.getLogger("netconf_callhome.ssh")
+
+# Client preference decides which of a device's host keys it presents: a fixed order makes the
+# enrolled key predictable (ed25519 first, as OpenSSH does).
+HOST_KEY_ALGS = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+]
+
+
+class _HostKeyRejected(Exception):
+    pass
+
+
+class DeviceSSHClient(asyncssh.SSHClient):
+    """Per-connection SSH client: trust decision first, then this device's credentials only."""
+
+    def __init__(self, listener: "CallHomeListener") -> None:
+        self.listener = listener
+        self.conn: Optional[asyncssh.SSHClientConnection] = None
+        self.peer = ""
+        self.peer_ip = ""
+        self.verdict: Optional[Verdict] = None
+        self.key_type = ""
+        self.started = time.monotonic()
+        self._keys_left: List[asyncssh.SSHKey] = []
+        self._password_tried = False
+        self._auth_methods: List[str] = []
+        self._creds: Optional[Credentials] = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer_ip = str(peer[0])
+        self.peer = _fmt_peer(peer)
+        if self.listener.is_blocked(self.peer_ip):
+            conn.abort()
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        fingerprint = key.get_fingerprint("sha256")
+        self.key_type = key.get_algorithm()
+        verdict = self.listener.policy.ssh_verdict(fingerprint, hint=self.listener.hint_for(self.peer_ip, "ssh"))
+        self.verdict = verdict
+        if not verdict.accepted:
+            public_line = key.export_public_key("openssh").decode("ascii").strip()
+            self.listener.refused(verdict, transport="ssh", peer=self.peer, key_type=self.key_type, public_key=public_line)
+            return False
+        creds = self.listener.policy.credentials_for(verdict.device)
+        assert self.conn is not None
+        # asyncssh fixes the user name when the connection object is built, before we know who
+        # called; the user-auth request is only built after this point, so it can still change.
+        self.conn._username = creds.username  # pylint: disable=protected-access
+        try:
+            self._keys_left = self.listener.client_keys(creds.private_key_file)
+        except ConfigError as exc:
+            log.error("event=credentials.error device=%s error=%r", verdict.device, exc.message)
+            self._keys_left = []
+        self._creds = creds
+        return True
+
+    def public_key_auth_requested(self) -> Optional[asyncssh.SSHKey]:
+        if self._keys_left:
+            self._auth_methods.append("publickey")
+            return self._keys_left.pop(0)
+        return None
+
+    def password_auth_requested(self) -> Optional[str]:
+        if self._password_tried or self._creds is None or self.verdict is None:
+            return None
+        self._password_tried = True
+        try:
+            password = self._creds.read_password()
+        except ConfigError as exc:
+            log.error("event=credentials.error device=%s error=%r", self.verdict.device, exc.message)
+            return None
+        if password is not None:
+            self._auth_methods.append("password")
+        return password
+
+    def kbdint_auth_requested(self) -> Optional[str]:
+        return None
+
+
+class _ChannelCarrier(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """Feeds the held NETCONF channel into its :class:`HeldSession` (no task per device)."""
+
+    def __init__(self, held: HeldSession) -> None:
+        self.held = held
+        self.chan: Optional[asyncssh.SSHClientChannel] = None  # type: ignore[type-arg]
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.held.attach(self)
+
+    def data_received(self, data: bytes, datatype: Optional[int]) -> None:
+        self.held.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.held.connection_lost("NETCONF channel closed" + (": %s" % exc if exc else ""))
+
+    def write(self, data: bytes) -> None:
+        if self.chan is not None:
+            self.chan.write(data)
+
+    def close(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+
+
+def client_options(listener: "CallHomeListener") -> asyncssh.SSHClientConnectionOptions:
+    cfg = listener.config
+    return asyncssh.SSHClientConnectionOptions(
+        client_factory=lambda: DeviceSSHClient(listener),
+        known_hosts=([], [], []),  # empty, not None: every key goes to validate_host_public_key
+        server_host_key_algs=HOST_KEY_ALGS,
+        username="netconf",
+        client_keys=None,  # keys come per device from public_key_auth_requested
+        agent_path=None,
+        public_key_auth=True,
+        password_auth=True,
+        kbdint_auth=False,
+        host_based_auth=False,
+        gss_host=None,
+        login_timeout=cfg.handshake_timeout,
+        keepalive_interval=cfg.keepalive_interval,
+        keepalive_count_max=cfg.keepalive_count_max,
+        tcp_keepalive=True,
+        compression_algs=None,
+    )
+
+
+def make_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind one address; IPv6 sockets are v6-only so '0.0.0.0' and '::' can both be listed."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def set_tcp_keepalive(sock: Optional[socket.socket], idle: float, count: int) -> None:
+    """Kernel keepalives as a second dead-peer detector under the SSH/TLS ones."""
+    if sock is None:
+        return
+    idle_s = max(1, int(idle))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, count))
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        # Unacknowledged data must not keep a dead peer "connected" for the kernel's 15 minutes.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(idle * max(1, count) * 1000))
+
+
+async def start_ssh(listener: "CallHomeListener", sock: socket.socket) -> asyncssh.SSHAcceptor:
+    return await asyncssh.listen_reverse(
+        sock=sock,
+        options=listener.ssh_options,
+        acceptor=lambda conn: _spawn(listener, conn),
+        error_handler=lambda conn, exc: listener.ssh_failed(conn, exc),
+        config=None,
+    )
+
+
+def _spawn(listener: "CallHomeListener", conn: asyncssh.SSHClientConnection) -> None:
+    task = asyncio.ensure_future(open_netconf(listener, conn))
+    listener.track(task)
+
+
+async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientConnection) -> None:
+    client: DeviceSSHClient = conn.get_owner()  # type: ignore[assignment]
+    assert client.verdict is not None
+    cfg = listener.config
+    held = HeldSession(
+        device=client.verdict.device,
+        transport="ssh",
+        peer=client.peer,
+        fingerprint=client.verdict.fingerprint,
+        max_hello=cfg.max_hello_bytes,
+        max_message=cfg.max_message_bytes,
+    )
+    set_tcp_keepalive(conn.get_extra_info("socket"), cfg.keepalive_interval, cfg.keepalive_count_max)
+    try:
+        remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
+        async with asyncio.timeout(remaining):
+            await conn.create_session(lambda: _ChannelCarrier(held), subsystem="netconf", encoding=None)
+            await held.wait_hello()
+    except BaseException as exc:
+        conn.close()
+        listener.session_failed(held, exc, started=client.started)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return
+
+    async def open_channel() -> Tuple[Any, Any]:
+        try:
+            chan_writer, chan_reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+        except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
+            raise LeaseError("device refused another NETCONF channel: %s" % exc) from None
+        return chan_writer, chan_reader
+
+    held.mode = CHANNEL
+    held.open_channel = open_channel  # type: ignore[assignment]
+    conn_closed = conn.wait_closed()
+    listener.session_ready(held, started=client.started, auth=",".join(client._auth_methods))
+
+    async def watch() -> None:
+        await conn_closed
+        held.connection_lost("SSH connection closed")
+
+    listener.track(asyncio.ensure_future(watch()))
+
+
+def _fmt_peer(peer: Tuple[Any, ...]) -> str:
+    host, port = peer[0], peer[1]
+    return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
+
+
+def describe_ssh_failure(exc: BaseException) -> Tuple[str, str]:
+    """Map an asyncssh failure to (registry status reason, human message)."""
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "auth-failed", "device rejected the listener's credentials"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return "host-key", "host key not accepted"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", "handshake did not complete in time"
+    if isinstance(exc, asyncssh.ProtocolError):
+        return "protocol", "SSH protocol error: %s" % exc
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return "connection-lost", "connection lost during handshake: %s" % exc
+    if isinstance(exc, asyncssh.Error):
+        return "ssh-error", str(exc)
+    return "error", "%s: %s" % (type(exc).__name__, exc)
+

@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Protocol layer, TLS: accept call-home TCP on 4335 and run the TLS *client* on it (RFC 7589).
+
+The handshake runs with ``CERT_NONE`` on purpose: the policy layer must see the certificate of an
+*unknown* device to record it as pending, which a failing OpenSSL verification would hide. The
+policy then verifies it itself (pinned fingerprint, or chain to a configured CA plus an enrolled
+identity) before a single NETCONF byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, List, Optional
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import HandshakeError
+
+from .session import SHARED, HeldSession
+from .ssh_transport import _fmt_peer, set_tcp_keepalive
+
+if TYPE_CHECKING:
+    from .service import CallHomeListener
+
+log = logging.getLogger("netconf_callhome.tls")
+
+
+def client_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # verified by the policy layer; see module docstring
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class _TLSCarrier(asyncio.Protocol):
+    """Buffers what the device sends until the trust decision has made a HeldSession."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.held: Optional[HeldSession] = None
+        self._early: List[bytes] = []
+        self.lost: Optional[str] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def bind(self, held: HeldSession) -> None:
+        self.held = held
+        held.attach(self)
+        for data in self._early:
+            held.data_received(data)
+        self._early = []
+        if self.lost is not None:
+            held.connection_lost(self.lost)
+
+    def data_received(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.data_received(data)
+        elif sum(map(len, self._early)) < 1 << 20:
+            self._early.append(data)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.lost = "TLS connection closed" + (": %s" % exc if exc else "")
+        if self.held is not None:
+            self.held.connection_lost(self.lost)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def accept_loop(listener: "CallHomeListener", lsock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        sock, addr = await loop.sock_accept(lsock)
+        peer_ip = str(addr[0])
+        if listener.is_blocked(peer_ip):
+            sock.close()
+            continue
+        listener.track(asyncio.ensure_future(handle_tls(listener, sock, _fmt_peer(addr), peer_ip)))
+
+
+async def handle_tls(listener: "CallHomeListener", sock: socket.socket, peer: str, peer_ip: str) -> None:
+    cfg = listener.config
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    set_tcp_keepalive(sock, cfg.keepalive_interval, cfg.keepalive_count_max)
+    carrier = _TLSCarrier()
+    held: Optional[HeldSession] = None
+    try:
+        async with asyncio.timeout(cfg.handshake_timeout):
+            transport, _ = await loop.create_connection(
+                lambda: carrier, sock=sock, ssl=listener.tls_context, server_hostname=""
+            )
+            ssl_object = transport.get_extra_info("ssl_object")
+            chain = _peer_chain(ssl_object)
+            if not chain:
+                raise HandshakeError("device presented no certificate")
+            verdict = listener.policy.tls_verdict(chain, hint=listener.hint_for(peer_ip, "tls"))
+            if not verdict.accepted:
+                listener.refused(
+                    verdict, transport="tls", peer=peer, key_type="x509", public_key=ssl.DER_cert_to_PEM_cert(chain[0])
+                )
+                transport.close()
+                listener.count_failure("tls", "host-key", peer_ip)
+                return
+            held = HeldSession(
+                device=verdict.device,
+                transport="tls",
+                peer=peer,
+                fingerprint=verdict.fingerprint,
+                max_hello=cfg.max_hello_bytes,
+                max_message=cfg.max_message_bytes,
+            )
+            held.mode = SHARED  # RFC 7589: one NETCONF session per TLS connection
+            carrier.bind(held)
+            await held.wait_hello()
+    except BaseException as exc:
+        if carrier.transport is not None:
+            carrier.transport.abort()
+        else:
+            sock.close()
+        if held is None:
+            held = HeldSession(device="", transport="tls", peer=peer, fingerprint="", max_hello=1, max_message=1)
+        listener.session_failed(held, exc, started=started)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return
+    listener.session_ready(held, started=started, auth="tls-certificate")
+
+
+def _peer_chain(ssl_object: Optional[ssl.SSLObject]) -> List[bytes]:
+    if ssl_object is None:
+        return []
+    # CPython 3.10-3.12 keep the chain accessor private (public as get_unverified_chain in 3.13).
+    for owner in (ssl_object, getattr(ssl_object, "_sslobj", None)):
+        getter = getattr(owner, "get_unverified_chain", None)
+        if getter is not None:
+            chain = getter() or []
+            return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []

@@ -1,0 +1,185 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Client of the listener's control protocol.
+
+**PRIVATE** to the collection. Stdlib only: modules, the connection plugin, the inventory plugin
+and the ``callhome-listener`` command line all talk to the listener through this.
+
+Protocol: newline-delimited JSON over a Unix socket (mode 0600) or, for remote listeners
+(AWX, containers), over TCP with TLS and a bearer token. A request is one line
+``{"op": "<name>", ...arguments}``; the answer is one line ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code", "message", "details"}}``. After a successful ``lease`` answer
+the same connection stops carrying JSON and carries the raw NETCONF session (the client sends
+its ``<hello>`` first, exactly as over SSH), until either side closes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import typing as t
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    ControlError,
+    ListenerUnreachableError,
+    error_from_dict,
+)
+
+MAX_LINE = 16 * 1024 * 1024
+ENV_HOME = "NETCONF_CALLHOME_HOME"
+
+
+def default_home() -> str:
+    """Where an embedded listener keeps its state when no configuration says otherwise."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.join(os.path.expanduser("~"), ".netconf-callhome")
+
+
+def default_control_address() -> str:
+    return "unix:" + os.path.join(default_home(), "control.sock")
+
+
+class ControlAddress(t.NamedTuple):
+    kind: str  # "unix" or "tls"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return "unix:%s" % self.path if self.kind == "unix" else "tls://%s:%d" % (self.host, self.port)
+
+
+def parse_address(address: str) -> ControlAddress:
+    """``/path``, ``unix:/path``, or ``tls://host:port`` (``[v6]:port`` for IPv6)."""
+    address = address.strip()
+    if address.startswith("tls://") or address.startswith("tcp+tls://"):
+        hostport = address.split("://", 1)[1].rstrip("/")
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            port_s = rest.lstrip(":")
+        else:
+            host, _, port_s = hostport.rpartition(":")
+        if not host or not port_s.isdigit():
+            raise ControlError("listener address %r must be tls://HOST:PORT" % address)
+        return ControlAddress("tls", host=host, port=int(port_s))
+    if address.startswith("unix:"):
+        address = address[5:]
+    if not address.startswith("/"):
+        address = os.path.abspath(os.path.expanduser(address))
+    return ControlAddress("unix", path=address)
+
+
+class ControlClient:
+    """One request per connection; cheap enough (a local socket) and it keeps failures simple."""
+
+    def __init__(
+        self,
+        address: t.Optional[str] = None,
+        *,
+        token: t.Optional[str] = None,
+        timeout: float = 30.0,
+        tls_ca_file: t.Optional[str] = None,
+        tls_verify: bool = True,
+    ) -> None:
+        self.address = parse_address(address or default_control_address())
+        self.token = token
+        self.timeout = timeout
+        self.tls_ca_file = tls_ca_file
+        self.tls_verify = tls_verify
+
+    def _open(self, timeout: float) -> socket.socket:
+        try:
+            if self.address.kind == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(self.address.path)
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+            raw = socket.create_connection((self.address.host, self.address.port), timeout=timeout)
+            ctx = ssl.create_default_context(cafile=self.tls_ca_file)
+            if not self.tls_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            return ctx.wrap_socket(raw, server_hostname=self.address.host)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenerUnreachableError(
+                "no call-home listener answers at %s: %s" % (self.address, getattr(exc, "strerror", None) or exc),
+                details={"address": str(self.address)},
+            ) from None
+
+    def _request(self, sock: socket.socket, op: str, args: t.Mapping[str, t.Any]) -> t.Any:
+        payload = dict(args)
+        payload["op"] = op
+        if self.token:
+            payload["token"] = self.token
+        sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
+        line = _read_line(sock)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise ControlError("listener sent a malformed answer to %r" % op) from None
+        if not answer.get("ok"):
+            raise error_from_dict(answer.get("error") or {})
+        return answer.get("result")
+
+    def call(self, op: str, *, timeout: t.Optional[float] = None, **args: t.Any) -> t.Any:
+        """Run one control operation; ``timeout`` bounds the whole exchange."""
+        wait = self.timeout if timeout is None else timeout
+        sock = self._open(wait)
+        try:
+            sock.settimeout(wait)
+            return self._request(sock, op, args)
+        except socket.timeout:
+            raise ControlError("listener at %s did not answer %r within %.0f s" % (self.address, op, wait)) from None
+        except OSError as exc:
+            raise ControlError("connection to listener at %s failed during %r: %s" % (self.address, op, exc)) from None
+        finally:
+            sock.close()
+
+    def lease(self, device: str, *, wait: float = 0.0, **args: t.Any) -> t.Tuple[socket.socket, t.Dict[str, t.Any]]:
+        """Lease a NETCONF session on ``device``; returns the socket now carrying NETCONF.
+
+        ``wait`` is how long the listener waits for the device to call home first.
+        The lease ends when the socket is closed.
+        """
+        sock = self._open(self.timeout)
+        try:
+            sock.settimeout(wait + self.timeout)
+            info = self._request(sock, "lease", dict(args, device=device, wait=wait))
+            sock.settimeout(None)
+            return sock, info
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """Read one newline-terminated line without consuming bytes past it (NETCONF may follow)."""
+    chunks = []
+    size = 0
+    while True:
+        byte_run = sock.recv(1) if isinstance(sock, ssl.SSLSocket) else _recv_until_newline(sock)
+        if not byte_run:
+            raise ControlError("listener closed the control connection without an answer")
+        chunks.append(byte_run)
+        size += len(byte_run)
+        if byte_run.endswith(b"\n"):
+            return b"".join(chunks)
+        if size > MAX_LINE:
+            raise ControlError("listener answer exceeds %d bytes" % MAX_LINE)
+
+
+def _recv_until_newline(sock: socket.socket) -> bytes:
+    # Peek so that bytes after the newline (the device's hello) stay in the socket for ncclient.
+    peek = sock.recv(65536, socket.MSG_PEEK)
+    if not peek:
+        return b""
+    end = peek.find(b"\n")
+    return sock.recv(len(peek) if end < 0 else end + 1)

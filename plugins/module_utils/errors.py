@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The one exception hierarchy of netconf.callhome.
+
+**PRIVATE** to the collection. The listener raises these; the Ansible edge (connection plugin,
+modules) maps them to ``AnsibleConnectionFailure`` / ``fail_json``. Every error carries a stable
+machine-readable ``code`` (it crosses the control socket as JSON) and optional ``details``.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+
+class CallHomeError(Exception):
+    """Base class: every failure the collection reports on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, details: t.Optional[t.Dict[str, t.Any]] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: t.Dict[str, t.Any] = dict(details or {})
+
+    def to_dict(self) -> t.Dict[str, t.Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class ConfigError(CallHomeError):
+    """The listener or a module was given a configuration that cannot work."""
+
+    code = "config"
+
+
+class TrustStoreError(CallHomeError):
+    """The trust store file cannot be read, parsed or written."""
+
+    code = "trust-store"
+
+
+class UnknownKeyError(CallHomeError):
+    """A device presented a host key or certificate that is not enrolled."""
+
+    code = "unknown-key"
+
+
+class KeyMismatchError(CallHomeError):
+    """A device presented a key different from the one enrolled for it."""
+
+    code = "key-mismatch"
+
+
+class AuthFailedError(CallHomeError):
+    """The listener could not authenticate to the device with its credentials."""
+
+    code = "auth-failed"
+
+
+class HandshakeError(CallHomeError):
+    """SSH/TLS/NETCONF hello did not complete (timeout, garbage, protocol error)."""
+
+    code = "handshake"
+
+
+class FramingError(CallHomeError):
+    """A NETCONF message violates RFC 6242 framing or is not acceptable XML."""
+
+    code = "framing"
+
+
+class MessageTooLargeError(FramingError):
+    """A NETCONF message exceeded the configured size limit."""
+
+    code = "message-too-large"
+
+
+class ControlError(CallHomeError):
+    """The control socket request failed (bad request, unknown operation)."""
+
+    code = "control"
+
+
+class ListenerUnreachableError(ControlError):
+    """No listener answers at the configured control address."""
+
+    code = "listener-unreachable"
+
+
+class NotAuthorizedError(ControlError):
+    """The control client did not present a valid token."""
+
+    code = "not-authorized"
+
+
+class DeviceNotFoundError(ControlError):
+    """The listener has never heard of the named device."""
+
+    code = "device-not-found"
+
+
+class WaitTimeoutError(ControlError):
+    """The device did not call home (or was not ready) within the timeout."""
+
+    code = "timeout"
+
+
+class DeviceNotReadyError(ControlError):
+    """The device is known but has no usable session (refused key, auth failure...)."""
+
+    code = "device-not-ready"
+
+
+class LeaseError(ControlError):
+    """A NETCONF session could not be leased or was lost during the lease."""
+
+    code = "lease"
+
+
+_BY_CODE: t.Dict[str, t.Type[CallHomeError]] = {}
+
+
+def _index(cls: t.Type[CallHomeError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+_index(CallHomeError)
+
+
+def error_from_dict(data: t.Mapping[str, t.Any]) -> CallHomeError:
+    """Rebuild the error a peer sent as ``{"code", "message", "details"}``."""
+    cls = _BY_CODE.get(str(data.get("code", "")), CallHomeError)
+    return cls(str(data.get("message", "unknown error")), details=data.get("details") or {})

@@ -1,0 +1,294 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The trust store: which device owns which SSH host key / TLS certificate identity.
+
+**PRIVATE** to the collection. Stdlib only: the listener, the enroll module and the CLI share it.
+
+The file is JSON (human-readable, diff-friendly: sorted keys, two-space indent)::
+
+    {
+      "version": 1,
+      "devices": {
+        "r1": {
+          "ssh_host_keys": ["ssh-ed25519 AAAAC3... r1", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"],
+          "tls_fingerprints": ["SHA256:AB:CD:..."],
+          "tls_identities": ["serial:PID-1234", "cn:r1.example.net"],
+          "credentials": {"username": "netconf", "private_key_file": "/etc/callhome/id_ed25519"}
+        }
+      }
+    }
+
+Credentials are *references* (files, environment variable names), never secrets, so the store
+can be read by operators. RFC 8071 section 3.1 C7: credentials are used only with the host key
+they are filed under, which is why they live in the device entry.
+
+Writers take an exclusive ``flock`` on ``<file>.lock``, re-read, modify, then write a temporary
+file in the same directory, fsync it, chmod 0600 and rename it over the store, so a reader (the
+listener reloading) sees either the old or the new file, and two writers never lose an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import tempfile
+import typing as t
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, TrustStoreError
+from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import (
+    normalize_cert_fingerprint,
+    normalize_ssh_fingerprint,
+    ssh_fingerprint,
+)
+
+FORMAT_VERSION = 1
+DEVICE_KEYS = ("ssh_host_keys", "tls_fingerprints", "tls_identities", "credentials", "comment")
+CREDENTIAL_KEYS = ("username", "private_key_file", "password_file", "password_env")
+IDENTITY_PREFIXES = ("cn:", "serial:", "dns:", "uri:", "ip:")
+
+TrustData = t.Dict[str, t.Any]
+
+
+def empty_store() -> TrustData:
+    return {"version": FORMAT_VERSION, "devices": {}}
+
+
+def ssh_key_fingerprint(entry: str) -> str:
+    """Fingerprint of a trust-store SSH entry: a public key line or a bare fingerprint."""
+    if entry.strip().upper().startswith("SHA256:"):
+        return normalize_ssh_fingerprint(entry)
+    return ssh_fingerprint(entry)
+
+
+def normalize_identity(value: str) -> str:
+    value = value.strip()
+    prefix, sep, rest = value.partition(":")
+    if not sep or prefix.lower() + ":" not in IDENTITY_PREFIXES or not rest:
+        raise ConfigError(
+            "TLS identity must be one of %s followed by a value, e.g. 'serial:FOC1234X' or 'cn:r1': %r"
+            % (", ".join(IDENTITY_PREFIXES), value)
+        )
+    return prefix.lower() + ":" + rest
+
+
+def validate(data: t.Any, *, source: str = "trust store") -> TrustData:
+    """Check the structure and every key/fingerprint; raise TrustStoreError naming the culprit."""
+    if not isinstance(data, dict) or not isinstance(data.get("devices", {}), dict):
+        raise TrustStoreError("%s: top level must be an object with a 'devices' object" % source)
+    version = data.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise TrustStoreError("%s: unsupported format version %r (this code reads %d)" % (source, version, FORMAT_VERSION))
+    for name, entry in data.get("devices", {}).items():
+        where = "%s: device %r" % (source, name)
+        if not isinstance(entry, dict):
+            raise TrustStoreError("%s must be an object" % where)
+        unknown = set(entry) - set(DEVICE_KEYS)
+        if unknown:
+            raise TrustStoreError("%s has unknown fields: %s" % (where, ", ".join(sorted(unknown))))
+        try:
+            for key in entry.get("ssh_host_keys", []):
+                ssh_key_fingerprint(key)
+            for fp in entry.get("tls_fingerprints", []):
+                normalize_cert_fingerprint(fp)
+            for ident in entry.get("tls_identities", []):
+                normalize_identity(ident)
+        except ConfigError as exc:
+            raise TrustStoreError("%s: %s" % (where, exc.message)) from None
+        creds = entry.get("credentials", {})
+        if not isinstance(creds, dict) or set(creds) - set(CREDENTIAL_KEYS):
+            raise TrustStoreError("%s: credentials may only hold %s" % (where, ", ".join(CREDENTIAL_KEYS)))
+        if "password" in creds:
+            raise TrustStoreError("%s: passwords are never stored here; use password_file or password_env" % where)
+    data.setdefault("version", FORMAT_VERSION)
+    data.setdefault("devices", {})
+    return data
+
+
+class TrustStore:
+    """A trust store file with safe concurrent read-modify-write."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+
+    @property
+    def lock_path(self) -> str:
+        return self.path + ".lock"
+
+    def stat_signature(self) -> t.Optional[t.Tuple[int, int, int]]:
+        """Cheap change detector for reloads (inode, size, mtime_ns)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load(self) -> TrustData:
+        try:
+            with open(self.path, "r", encoding="utf-8") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return empty_store()
+        except OSError as exc:
+            raise TrustStoreError("cannot read trust store %s: %s" % (self.path, exc.strerror)) from None
+        if not raw.strip():
+            return empty_store()
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise TrustStoreError("trust store %s is not valid JSON: %s" % (self.path, exc)) from None
+        return validate(data, source=self.path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> t.Iterator[None]:
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _write(self, data: TrustData) -> None:
+        directory = os.path.dirname(self.path)
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=".trust-", suffix=".tmp", dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def update(self, mutate: t.Callable[[TrustData], t.Any], *, dry_run: bool = False) -> t.Tuple[t.Any, TrustData, TrustData]:
+        """Apply ``mutate`` to a fresh copy under the lock; write only when it changed something.
+
+        Returns ``(mutate's result, before, after)``; ``dry_run`` computes without writing
+        (Ansible check mode).
+        """
+        with self._locked():
+            before = self.load()
+            after = copy.deepcopy(before)
+            result = mutate(after)
+            validate(after, source=self.path)
+            if after != before and not dry_run:
+                self._write(after)
+        return result, before, after
+
+
+class TrustIndex:
+    """Lookup tables built from trust data: fingerprint/identity -> device name."""
+
+    def __init__(self, data: TrustData) -> None:
+        self.devices: t.Dict[str, t.Dict[str, t.Any]] = data.get("devices", {})
+        self.ssh: t.Dict[str, str] = {}
+        self.tls: t.Dict[str, str] = {}
+        self.identities: t.Dict[str, str] = {}
+        for name, entry in self.devices.items():
+            for key in entry.get("ssh_host_keys", []):
+                self.ssh[ssh_key_fingerprint(key)] = name
+            for fp in entry.get("tls_fingerprints", []):
+                self.tls[normalize_cert_fingerprint(fp)] = name
+            for ident in entry.get("tls_identities", []):
+                self.identities[normalize_identity(ident)] = name
+
+    def has_ssh_identity(self, device: str) -> bool:
+        return bool(self.devices.get(device, {}).get("ssh_host_keys"))
+
+    def has_tls_identity(self, device: str) -> bool:
+        entry = self.devices.get(device, {})
+        return bool(entry.get("tls_fingerprints") or entry.get("tls_identities"))
+
+
+# -- mutations shared by the listener's approve/revoke and the enroll module ---------------------
+
+
+def add_identity(data: TrustData, device: str, *, kind: str, value: str) -> bool:
+    """Enroll one identity (``kind`` in ssh_host_keys / tls_fingerprints / tls_identities).
+
+    Refuses to move an identity silently from one device to another: that is how a stolen or
+    re-used key would take over another device's credentials.
+    """
+    if not device or "/" in device or device.strip() != device:
+        raise ConfigError("invalid device name %r" % device)
+    index = TrustIndex(data)
+    if kind == "ssh_host_keys":
+        fp = ssh_key_fingerprint(value)
+        owner = index.ssh.get(fp)
+        canonical = value.strip()
+    elif kind == "tls_fingerprints":
+        fp = canonical = normalize_cert_fingerprint(value)
+        owner = index.tls.get(fp)
+    elif kind == "tls_identities":
+        fp = canonical = normalize_identity(value)
+        owner = index.identities.get(fp)
+    else:
+        raise ConfigError("unknown identity kind %r" % kind)
+    if owner is not None and owner != device:
+        raise ConfigError("%s is already enrolled for device %r; revoke it there first" % (fp, owner))
+    entry = data.setdefault("devices", {}).setdefault(device, {})
+    if owner == device:
+        return False
+    entry.setdefault(kind, []).append(canonical)
+    return True
+
+
+_CANONICAL: t.Dict[str, t.Callable[[str], str]] = {
+    "ssh_host_keys": ssh_key_fingerprint,
+    "tls_fingerprints": normalize_cert_fingerprint,
+    "tls_identities": normalize_identity,
+}
+
+
+def remove_identity(data: TrustData, device: str, *, kind: t.Optional[str] = None, value: t.Optional[str] = None) -> bool:
+    """Remove one identity, or the whole device when ``value`` is None."""
+    devices = data.get("devices", {})
+    if device not in devices:
+        return False
+    if value is None:
+        del devices[device]
+        return True
+    entry = devices[device]
+    kinds = [kind] if kind else ["ssh_host_keys", "tls_fingerprints", "tls_identities"]
+    changed = False
+    for k in kinds:
+        items = entry.get(k, [])
+        canon = _CANONICAL[k]
+        try:
+            target = canon(value)
+        except ConfigError:
+            continue  # the value is not of this kind
+        keep = [i for i in items if canon(i) != target]
+        if len(keep) != len(items):
+            entry[k] = keep
+            changed = True
+    return changed
+
+
+def set_credentials(data: TrustData, device: str, credentials: t.Mapping[str, t.Any]) -> bool:
+    clean = {k: v for k, v in credentials.items() if v not in (None, "")}
+    bad = set(clean) - set(CREDENTIAL_KEYS)
+    if bad:
+        raise ConfigError("unsupported credential fields: %s" % ", ".join(sorted(bad)))
+    entry = data.setdefault("devices", {}).setdefault(device, {})
+    if entry.get("credentials", {}) == clean:
+        return False
+    if clean:
+        entry["credentials"] = clean
+    else:
+        entry.pop("credentials", None)
+    return True
