@@ -25,6 +25,7 @@ Usage: ``.venv/bin/python tests/sanity/run_sanity.py [extra ansible-test sanity 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib.util
 import os
 import re
@@ -113,7 +114,9 @@ def stage_tree(repo: Path, files: Iterable[str], dest: Path) -> None:
             shutil.copy2(src, target)
 
 
-def link_dependencies(deps_root: Path, stage_root: Path, dependencies: Sequence[tuple[str, str]]) -> None:
+def link_dependencies(
+    deps_root: Path, stage_root: Path, dependencies: Sequence[tuple[str, str]]
+) -> None:
     """Link each dependency collection into ``stage_root`` (an ``ansible_collections`` folder).
 
     Links are per collection, so a namespace shared with ours could not shadow our collection.
@@ -121,7 +124,9 @@ def link_dependencies(deps_root: Path, stage_root: Path, dependencies: Sequence[
     for namespace, name in dependencies:
         src = deps_root / namespace / name
         if not (src / "plugins").is_dir() and not (src / "MANIFEST.json").is_file():
-            raise FileNotFoundError(f"dependency {namespace}.{name} missing at {src}; run 'make setup'")
+            raise FileNotFoundError(
+                f"dependency {namespace}.{name} missing at {src}; run 'make setup'"
+            )
         link = stage_root / namespace / name
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
@@ -229,15 +234,34 @@ def summarize(outcomes: Sequence[Outcome], available: Sequence[str]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Stage the collection, prepare the offline bootstrap and run ``ansible-test sanity``."""
-    started = time.monotonic()
     bin_dir = Path(sys.executable).parent
     ansible_test = bin_dir / "ansible-test"
     spec = importlib.util.find_spec("ansible_test")
     if not ansible_test.exists() or spec is None or spec.origin is None:
-        log(f"ansible-test not found beside {sys.executable}; run with the venv python (make setup)")
+        log(f"ansible-test not found beside {sys.executable}; use the venv python (make setup)")
         return 2
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
 
+    # Several people run `make test` in one checkout; one staging tree means one run at a time.
+    STAGE_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    with open(STAGE_ROOT.parent / ".lock", "w", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another sanity run holds the staging tree; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_locked(argv, bin_dir, ansible_test, Path(spec.origin).parent, python_version)
+
+
+def _run_locked(
+    argv: Sequence[str],
+    bin_dir: Path,
+    ansible_test: Path,
+    ansible_test_dir: Path,
+    python_version: str,
+) -> int:
+    """Do the run while holding the staging lock (see ``main``)."""
+    started = time.monotonic()
     collection = STAGE_ROOT / NAMESPACE / NAME
     files = collection_files(ROOT)
     stage_tree(ROOT, files, collection)
@@ -245,7 +269,7 @@ def main(argv: Sequence[str]) -> int:
     link_dependencies(DEPS_ROOT, STAGE_ROOT, DEPENDENCIES)
     log(f"staged {len(files)} files in {collection}")
 
-    versions = ansible_test_pip_versions(Path(spec.origin).parent)
+    versions = ansible_test_pip_versions(ansible_test_dir)
     for path in install_get_pip(PIP_CACHE_DIR, versions):
         log(f"wrote offline pip bootstrap {path}")
     if shutil.which("shellcheck") is None:
