@@ -1,0 +1,519 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Connection plugin ``netconf.callhome.netconf``: NETCONF over sessions devices opened by calling home.
+
+Why a subclass of ansible.netcommon's netconf connection: the persistent-connection machinery, the
+netconf sub-plugins chosen by ``ansible_network_os`` and their ``__rpc__`` methods are what
+``ansible.netcommon.netconf_get`` / ``netconf_config`` / ``netconf_rpc`` talk to. Only ``_connect``
+changes: instead of dialling the device it leases the session the device opened to the call-home
+listener, and adopts the leased socket as an ncclient Unix-socket session. The file must be named
+``netconf.py``: netcommon's netconf action plugin accepts only connections named ``*.netconf``.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+author:
+  - netconf.callhome contributors
+name: netconf
+short_description: NETCONF over sessions that devices opened by calling home (RFC 8071)
+description:
+  - Runs NETCONF tasks (M(ansible.netcommon.netconf_get), M(ansible.netcommon.netconf_config),
+    M(ansible.netcommon.netconf_rpc) and this collection's modules) over the NETCONF session a
+    device opened by calling home to the call-home listener. It never connects to the device.
+  - On the first task of a host it asks the listener for a lease on the device named by
+    O(callhome_device) (by default the inventory host name), waiting up to O(callhome_timeout)
+    seconds for the device to call home. With C(-v), the device it waits for and what the
+    listener knows of it are shown.
+  - When no listener answers at the default local address, it starts one on this machine (the
+    embedded default), shared by every host and fork and stopping after O(callhome_idle_exit)
+    idle seconds. A remote listener (AWX, containers) is reached with a C(tls://HOST:PORT)
+    address and a token.
+  - Built on the C(ansible.netcommon.netconf) connection, so the netconf sub-plugins chosen by
+    C(ansible_network_os) work unchanged. Requires ncclient on the controller.
+version_added: 1.0.0
+requirements:
+  - ncclient
+extends_documentation_fragment:
+  - ansible.netcommon.connection_persistent
+options:
+  host:
+    description:
+      - Name of the host as Ansible knows it. Not used to connect anywhere; the device is found
+        by O(callhome_device).
+    default: inventory_hostname
+    type: string
+    vars:
+      - name: inventory_hostname
+      - name: ansible_host
+  callhome_device:
+    description:
+      - Name of the device in the listener's trust store and registry.
+      - Defaults to the inventory host name.
+    type: string
+    vars:
+      - name: inventory_hostname
+      - name: callhome_device
+      - name: ansible_callhome_device
+  callhome_listener:
+    description:
+      - Address of the call-home listener's control endpoint, V(unix:/path/control.sock) or
+        V(tls://HOST:PORT) for a remote listener.
+      - Defaults to V(unix:~/.netconf-callhome/control.sock), or the C(control.sock) under
+        E(NETCONF_CALLHOME_HOME) when that is set.
+    type: string
+    env:
+      - name: NETCONF_CALLHOME_LISTENER
+    ini:
+      - section: callhome_connection
+        key: listener
+    vars:
+      - name: ansible_callhome_listener
+  callhome_token:
+    description:
+      - Bearer token for a remote (V(tls://)) listener. Never logged or displayed.
+      - An AWX credential can inject it as the environment variable.
+    type: string
+    env:
+      - name: NETCONF_CALLHOME_TOKEN
+    vars:
+      - name: ansible_callhome_token
+  callhome_tls_ca_file:
+    description:
+      - CA certificate file that verifies a remote listener's TLS certificate. Without it the
+        system trust store is used.
+    type: path
+    env:
+      - name: NETCONF_CALLHOME_TLS_CA_FILE
+    ini:
+      - section: callhome_connection
+        key: tls_ca_file
+    vars:
+      - name: ansible_callhome_tls_ca_file
+  callhome_timeout:
+    description:
+      - Seconds to wait for the device to call home when the first task of the host needs it.
+      - Call home is slow by nature (a device dials in on its own schedule), hence a long default;
+        netcommon's 30 s connect timeout does not apply to this wait.
+    type: int
+    default: 300
+    env:
+      - name: NETCONF_CALLHOME_TIMEOUT
+    ini:
+      - section: callhome_connection
+        key: timeout
+    vars:
+      - name: ansible_callhome_timeout
+  callhome_progress_interval:
+    description:
+      - While waiting, how often (seconds) to report what the listener knows of the device.
+    type: int
+    default: 5
+    vars:
+      - name: ansible_callhome_progress_interval
+  callhome_embedded:
+    description:
+      - Start a listener on this machine when none answers at the default local address.
+      - Only applies to the default address; an explicit O(callhome_listener) is never started.
+    type: boolean
+    default: true
+    env:
+      - name: NETCONF_CALLHOME_EMBEDDED
+    ini:
+      - section: callhome_connection
+        key: embedded
+    vars:
+      - name: ansible_callhome_embedded
+  callhome_listener_config:
+    description:
+      - YAML configuration file for an embedded listener (binds, credentials, TLS).
+    type: path
+    env:
+      - name: NETCONF_CALLHOME_LISTENER_CONFIG
+    ini:
+      - section: callhome_connection
+        key: listener_config
+    vars:
+      - name: ansible_callhome_listener_config
+  callhome_idle_exit:
+    description:
+      - An embedded listener exits after this many seconds without control requests or leases.
+    type: int
+    default: 900
+    env:
+      - name: NETCONF_CALLHOME_IDLE_EXIT
+    ini:
+      - section: callhome_connection
+        key: idle_exit
+    vars:
+      - name: ansible_callhome_idle_exit
+  network_os:
+    description:
+      - Device platform; selects the netconf sub-plugin and the ncclient device handler.
+      - V(auto) (the default) derives it from the capabilities in the device's hello, which the
+        listener already holds. It never dials the device to guess.
+    type: string
+    default: auto
+    vars:
+      - name: ansible_network_os
+  persistent_log_messages:
+    type: boolean
+    description:
+      - Log every request and reply of the persistent connection to the Ansible log file
+        (needs C(log_path)). This logs configuration data unredacted.
+    default: false
+    ini:
+      - section: persistent_connection
+        key: log_messages
+    env:
+      - name: ANSIBLE_PERSISTENT_LOG_MESSAGES
+    vars:
+      - name: ansible_persistent_log_messages
+notes:
+  - The command timeout (O(persistent_command_timeout), C(ansible_command_timeout)) bounds every
+    NETCONF request; a device that drops its session mid-task fails that task, and the next task
+    leases a new session.
+seealso:
+  - module: netconf.callhome.wait_for_devices
+  - module: netconf.callhome.listener_info
+"""
+
+EXAMPLES = r"""
+# inventory (group_vars/routers.yml)
+# ansible_connection: netconf.callhome.netconf
+# ansible_network_os: auto
+# ansible_callhome_timeout: 600
+
+- name: Read the running configuration of every router that calls home
+  hosts: routers
+  gather_facts: false
+  tasks:
+    - name: Get running config
+      ansible.netcommon.netconf_get:
+        source: running
+"""
+
+import os
+import signal
+import threading
+import time
+import typing as t
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.common.text.converters import to_bytes, to_native
+from ansible.plugins.loader import netconf_loader
+from ansible.utils.display import Display
+
+from ansible_collections.ansible.netcommon.plugins.connection.netconf import (
+    Connection as NetconfConnection,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+    ControlClient,
+    default_control_address,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    CallHomeError,
+    DeviceNotFoundError,
+    DeviceNotReadyError,
+    ListenerUnreachableError,
+    NotAuthorizedError,
+    WaitTimeoutError,
+)
+from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import (
+    ensure_listener,
+    is_default_address,
+)
+from ansible_collections.netconf.callhome.plugins.plugin_utils.lease_socket import adoptable
+from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import (
+    DEFAULT,
+    platform_from_capabilities,
+)
+
+try:
+    from ncclient import manager as nc_manager
+    from ncclient.transport import UnixSocketSession
+    from ncclient.transport.session import SessionListener
+
+    HAS_NCCLIENT = True
+    NCCLIENT_IMP_ERR: t.Optional[BaseException] = None
+except Exception as err:  # same reasons as netcommon: paramiko/gssapi/FIPS raise odd errors
+    HAS_NCCLIENT = False
+    NCCLIENT_IMP_ERR = err
+    SessionListener = object  # type: ignore[misc,assignment]
+
+display = Display()
+
+# network_os -> ncclient device handler, for platforms whose netconf sub-plugin is not installed.
+_HANDLERS = {
+    "junos": "junos", "iosxr": "iosxr", "iosxe": "iosxe", "nxos": "nexus", "sros": "sros",
+    "ce": "huaweiyang", "h3c": "h3c", "ericsson": "ericsson", "default": "default",
+}
+
+
+class _DropWatcher(SessionListener):  # type: ignore[misc,valid-type]
+    """Marks the connection unconnected when the leased session ends, so the next task re-leases."""
+
+    def __init__(self, conn: "Connection") -> None:
+        self._conn = conn
+
+    def callback(self, root: t.Any, raw: t.Any) -> None:
+        return None
+
+    def errback(self, ex: Exception) -> None:
+        self._conn._lease_lost(ex)
+
+
+class Connection(NetconfConnection):
+    """ansible.netcommon's netconf connection, with sessions leased from a call-home listener."""
+
+    transport = "netconf.callhome.netconf"
+    has_pipelining = False
+
+    def __init__(self, play_context: t.Any, new_stdin: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(play_context, new_stdin, *args, **kwargs)
+        self._lease_info: t.Dict[str, t.Any] = {}
+        self._lease_socket: t.Any = None
+        self._drop_reason: t.Optional[str] = None
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def _device_name(self) -> str:
+        return self.get_option("callhome_device") or self._play_context.remote_addr
+
+    def _listener_address(self) -> str:
+        return self.get_option("callhome_listener") or default_control_address()
+
+    def _control_client(self, timeout: float = 30.0) -> ControlClient:
+        """A client for the configured listener; the token stays inside it, never in messages."""
+        try:
+            return ControlClient(
+                self._listener_address(),
+                token=self.get_option("callhome_token") or None,
+                timeout=timeout,
+                tls_ca_file=self.get_option("callhome_tls_ca_file") or None,
+            )
+        except CallHomeError as exc:
+            raise AnsibleConnectionFailure(
+                "invalid call-home listener address (ansible_callhome_listener): %s" % exc.message
+            ) from None
+
+    def _progress(self, level: str, message: str) -> None:
+        """Queued messages reach ``-v`` output; the log file gets them as they happen."""
+        self.queue_message(level, message)
+        display.display("%s: %s" % (self._device_name(), message), log_only=True)
+
+    # -- connect ---------------------------------------------------------------------------------
+
+    def _connect(self) -> t.Any:
+        if not HAS_NCCLIENT:
+            raise AnsibleError("%s: %s" % (missing_required_lib("ncclient"), to_native(NCCLIENT_IMP_ERR)))
+        if self._manager is not None:  # a lease that ended under a previous task
+            self.queue_message("vvv", "previous leased session ended (%s); leasing a new one" % self._drop_reason)
+            self.close()
+            self._conn_closed = False
+        device = self._device_name()
+        wait = float(self.get_option("callhome_timeout"))
+        command_timeout = int(self.get_option("persistent_command_timeout"))
+        client = self._control_client()
+        self._ensure_listener(client)
+
+        # ansible-connection runs each request under alarm(command timeout); the wait for a device
+        # to call home is longer by design, so the alarm is widened for it and restored after.
+        armed = _rearm_alarm(int(wait) + command_timeout + 30)
+        try:
+            sock, info = self._lease(client, device, wait)
+        finally:
+            if armed:
+                _rearm_alarm(command_timeout)
+        try:
+            self._adopt(sock, info, command_timeout)
+        except BaseException:
+            _close_quietly(sock)
+            raise
+        self._connected = True
+        self._drop_reason = None
+        self.queue_message(
+            "vvv",
+            "leased NETCONF session %s of device %s (lease %s, %s over %s from %s, network_os %s)"
+            % (self._manager.session_id, device, info.get("lease"), info.get("mode"), info.get("transport"),
+               info.get("peer"), self._network_os),
+        )
+        return 0, to_bytes(self._manager.session_id or "", errors="surrogate_or_strict"), b""
+
+    def _ensure_listener(self, client: ControlClient) -> None:
+        address = self._listener_address()
+        if not (self.get_option("callhome_embedded") and is_default_address(address)):
+            return
+        try:
+            started, answer = ensure_listener(
+                config_file=self.get_option("callhome_listener_config") or None,
+                idle_exit=float(self.get_option("callhome_idle_exit")),
+                log=lambda msg: self._progress("v", msg),
+            )
+        except CallHomeError as exc:
+            raise AnsibleConnectionFailure(exc.message) from None
+        if started:
+            self._progress("v", "started an embedded call-home listener (pid %s) at %s" % (answer.get("pid"), address))
+
+    def _describe_device(self, client: ControlClient, device: str) -> str:
+        """One line on what the listener knows of ``device`` (for progress messages)."""
+        try:
+            rec = client.call("device", device=device, timeout=5.0)
+        except DeviceNotFoundError:
+            return "not enrolled and never seen (its key may be waiting in 'callhome-listener pending')"
+        except CallHomeError as exc:
+            return "unknown (%s)" % exc.message
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["last_seen"])) if rec.get("last_seen") else "never"
+        text = "status %s, last seen %s from %s" % (rec.get("status"), when, rec.get("peer") or "nowhere")
+        if rec.get("last_error"):
+            text += ", last error: %s" % rec["last_error"]
+        return text
+
+    def _lease(self, client: ControlClient, device: str, wait: float) -> t.Tuple[t.Any, t.Dict[str, t.Any]]:
+        address = str(client.address)
+        try:
+            known = self._describe_device(client, device)
+        except ListenerUnreachableError as exc:
+            raise AnsibleConnectionFailure(self._unreachable(exc)) from None
+        self._progress(
+            "v", "waiting up to %.0f s for device %s to call home (listener %s: %s)" % (wait, device, address, known)
+        )
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(client, device, stop), name="callhome-wait-progress", daemon=True
+        )
+        watcher.start()
+        started = time.monotonic()
+        try:
+            sock, info = client.lease(device, wait=wait)
+        except ListenerUnreachableError as exc:
+            raise AnsibleConnectionFailure(self._unreachable(exc)) from None
+        except NotAuthorizedError as exc:
+            raise AnsibleConnectionFailure(
+                "the call-home listener at %s refused the request: %s. Set ansible_callhome_token (or "
+                "NETCONF_CALLHOME_TOKEN) to the listener's control token" % (address, exc.message)
+            ) from None
+        except (WaitTimeoutError, DeviceNotReadyError, DeviceNotFoundError) as exc:
+            raise AnsibleConnectionFailure(exc.message) from None
+        except CallHomeError as exc:
+            raise AnsibleConnectionFailure(
+                "could not lease a NETCONF session on device %s from the listener at %s: %s (%s)"
+                % (device, address, exc.message, exc.code)
+            ) from None
+        finally:
+            stop.set()
+        self._progress("v", "device %s is connected; lease %s after %.1f s" % (device, info.get("lease"), time.monotonic() - started))
+        return sock, info
+
+    def _watch(self, client: ControlClient, device: str, stop: threading.Event) -> None:
+        interval = max(1, int(self.get_option("callhome_progress_interval")))
+        started = time.monotonic()
+        while not stop.wait(interval):
+            self._progress(
+                "v", "still waiting for %s (%.0f s): %s" % (device, time.monotonic() - started, self._describe_device(client, device))
+            )
+
+    def _unreachable(self, exc: CallHomeError) -> str:
+        address = self._listener_address()
+        how = (
+            "ansible_callhome_listener / NETCONF_CALLHOME_LISTENER"
+            if self.get_option("callhome_listener")
+            else "the default address (NETCONF_CALLHOME_HOME=%s)" % os.environ.get("NETCONF_CALLHOME_HOME", "unset")
+        )
+        advice = (
+            "start it ('python -m ansible_collections.netconf.callhome.listener serve') or point "
+            "ansible_callhome_listener at a running one"
+        )
+        if address.startswith(("tls://", "tcp+tls://")):
+            advice = "check that the listener runs with control_tcp enabled and that this host can reach it"
+        return "%s (looked for it at %s, from %s); %s" % (exc.message, address, how, advice)
+
+    def _adopt(self, sock: t.Any, info: t.Dict[str, t.Any], command_timeout: int) -> None:
+        """Build the ncclient manager over the leased socket with the right device handler."""
+        network_os = self.get_option("network_os") or self._play_context.network_os or "auto"
+        if network_os == "auto":
+            platform = platform_from_capabilities(info.get("capabilities") or [])
+            self._load_sub_plugin(platform.network_os)
+            handler = platform.device_handler
+            self._progress("vvv", "derived network_os %s from the device's capabilities" % platform.network_os)
+        else:
+            self._network_os = network_os
+            handler = _HANDLERS.get(network_os, DEFAULT.device_handler)
+            if self.netconf is not None and self.netconf._load_name.split(".")[-1] != "default":
+                try:
+                    handler = self.netconf.get_option("ncclient_device_handler") or handler
+                except KeyError:
+                    pass
+        self._progress("vvv", "ncclient device handler: %s" % handler)
+        device_handler = nc_manager.make_device_handler({"name": handler})
+        session = UnixSocketSession(device_handler)
+        session._socket = adoptable(sock)
+        session._connected = True
+        try:
+            session._post_connect(timeout=max(command_timeout, 10))
+        except Exception as exc:
+            session.close()
+            raise AnsibleConnectionFailure(
+                "device %s: the NETCONF hello over the leased session failed: %s" % (self._device_name(), exc)
+            ) from None
+        session.add_listener(_DropWatcher(self))
+        self._lease_socket = sock
+        self._lease_info = info
+        self._manager = nc_manager.Manager(session, device_handler, timeout=command_timeout)
+        self._manager._timeout = command_timeout
+
+    def _load_sub_plugin(self, network_os: str) -> None:
+        self._network_os = network_os
+        sub = netconf_loader.get(network_os, self) or netconf_loader.get("default", self)
+        if sub is self.netconf:
+            return
+        self.netconf = sub
+        self._sub_plugin = {"type": "netconf", "name": sub._load_name, "obj": sub}
+        try:
+            sub.set_options()
+        except Exception:  # a sub-plugin without options of its own
+            pass
+
+    def _lease_lost(self, exc: Exception) -> None:
+        """Called from ncclient's reader thread when the leased session ends."""
+        self._drop_reason = "%s: %s" % (type(exc).__name__, exc)
+        self._connected = False
+        display.display(
+            "%s: leased NETCONF session ended: %s" % (self._device_name(), self._drop_reason), log_only=True
+        )
+
+    def close(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            try:
+                if manager.connected:
+                    manager.close_session()
+            except Exception:  # the device may be gone already; closing the socket ends the lease
+                pass
+            try:
+                manager._session.close()
+            except Exception:
+                pass
+        if self._lease_socket is not None:
+            _close_quietly(self._lease_socket)
+            self._lease_socket = None
+        self._conn_closed = True
+        self._connected = False
+
+
+def _rearm_alarm(seconds: int) -> bool:
+    """Re-arm a pending SIGALRM (ansible-connection's command timeout); False if none was set."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getitimer(signal.ITIMER_REAL)[0] <= 0:
+        return False
+    signal.alarm(max(1, seconds))
+    return True
+
+
+def _close_quietly(sock: t.Any) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass

@@ -1,0 +1,39 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Options shared by every module that talks to the call-home listener."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    DOCUMENTATION = r"""
+options:
+  listener:
+    description:
+      - Address of the listener's control endpoint, V(unix:/path/control.sock) or V(tls://HOST:PORT).
+      - Defaults to E(NETCONF_CALLHOME_LISTENER), else the local default
+        V(unix:~/.netconf-callhome/control.sock) (the C(control.sock) under E(NETCONF_CALLHOME_HOME)
+        when that is set).
+    type: str
+  token:
+    description:
+      - Token for a remote (V(tls://)) listener. Defaults to E(NETCONF_CALLHOME_TOKEN).
+    type: str
+  tls_ca_file:
+    description:
+      - CA certificate file that verifies a remote listener's TLS certificate.
+    type: path
+  tls_verify:
+    description:
+      - Verify a remote listener's TLS certificate and host name.
+    type: bool
+    default: true
+  request_timeout:
+    description:
+      - Seconds one control request may take.
+    type: float
+    default: 30
+notes:
+  - Runs on the controller, where the listener's control socket is; delegate the task to
+    C(localhost) or run it in a play on C(localhost).
+"""

@@ -1,0 +1,137 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Module netconf.callhome.wait_for_devices: the call-home counterpart of wait_for_connection."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wait_for_devices
+short_description: Wait until devices have called home to the listener
+version_added: 1.0.0
+description:
+  - Waits until every device in O(devices) holds a NETCONF session with the call-home listener,
+    or until O(timeout) passes, and reports per device what the listener knows of it.
+  - The call-home counterpart of M(ansible.builtin.wait_for_connection). A device that calls
+    home is ready for the M(ansible.netcommon.netconf_get) family through the
+    P(netconf.callhome.netconf#connection) connection.
+author:
+  - netconf.callhome contributors
+extends_documentation_fragment:
+  - netconf.callhome.listener
+options:
+  devices:
+    description:
+      - Names of the devices to wait for (as enrolled in the listener's trust store).
+    type: list
+    elements: str
+    required: true
+  timeout:
+    description:
+      - Seconds to wait for all of them.
+    type: float
+    default: 300
+  poll_interval:
+    description:
+      - Seconds between two looks at the listener's registry.
+    type: float
+    default: 1
+  fail_on_missing:
+    description:
+      - Fail when a device has not called home within O(timeout). With V(false) the result lists
+        the missing devices and the task succeeds.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: Only reads the listener's registry; runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    description: Runs on the controller, next to the listener's control socket.
+"""
+
+EXAMPLES = r"""
+---
+- name: Wait for the routers of this rollout to call home
+  netconf.callhome.wait_for_devices:
+    devices: "{{ groups['routers'] }}"
+    timeout: 600
+  delegate_to: localhost
+  run_once: true
+
+- name: Wait on a remote listener (AWX)
+  netconf.callhome.wait_for_devices:
+    devices: [edge1, edge2]
+    listener: tls://callhome.example.net:4339
+    token: "{{ callhome_token }}"
+    fail_on_missing: false
+  register: waited
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+ready:
+  description: Devices that hold a session with the listener.
+  returned: always
+  type: list
+  elements: str
+  sample: [edge1]
+missing:
+  description: Devices that did not call home within the timeout.
+  returned: always
+  type: list
+  elements: str
+  sample: [edge2]
+elapsed:
+  description: Seconds spent waiting.
+  returned: always
+  type: float
+  sample: 12.5
+devices:
+  description: Per device, what the listener knows of it, plus C(ready) and C(waited).
+  returned: always
+  type: dict
+  sample:
+    edge1: {name: edge1, ready: true, waited: 3.2, status: connected, transport: ssh, peer: "192.0.2.1:53122"}
+    edge2: {name: edge2, ready: false, waited: null, status: key-mismatch, last_error: "presented ..."}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_api import (
+    CONNECTION_ARGS,
+    client_from_params,
+    describe_missing,
+    error_result,
+    wait_for_devices,
+)
+
+
+def main() -> None:
+    argument_spec = dict(
+        CONNECTION_ARGS,
+        devices={"type": "list", "elements": "str", "required": True},
+        timeout={"type": "float", "default": 300.0},
+        poll_interval={"type": "float", "default": 1.0},
+        fail_on_missing={"type": "bool", "default": True},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    try:
+        result = wait_for_devices(
+            client_from_params(params), params["devices"], timeout=params["timeout"],
+            poll_interval=max(0.05, params["poll_interval"]),
+        )
+    except CallHomeError as exc:
+        module.fail_json(**error_result(exc))
+    if result["missing"] and params["fail_on_missing"]:
+        module.fail_json(msg=describe_missing(result, params["timeout"]), **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()
