@@ -1,0 +1,451 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Drive ``lnc2-device``, a libnetconf2 2.0.x NETCONF server that calls home (RFC 8071).
+
+Why: the listener must be tested against a NETCONF implementation nobody here wrote. This module
+builds (``make -C tests/peers``) and runs ``tests/peers/bin/lnc2-device`` as a subprocess,
+captures its stderr event log, lets a test wait for a log line, and stops it (SIGTERM, then
+SIGKILL) so no process outlives the test.
+
+Device command line (see the comment at the top of ``libnetconf2/device.c``)::
+
+    lnc2-device --name NAME --yang-dir DIR [--yang-dir DIR ...] [--verbose]
+        [--ssh-ch HOST:PORT --hostkey PRIVKEY [--hostkey ...] --user USER
+         (--authorized-key PUBFILE [...] | --password PW)]
+        [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca CA_PEM [...]
+         --ctn-fingerprint SHA256_FP [--ctn-user USER]]
+
+Typical use against a listener on 127.0.0.1::
+
+    pki = make_pki(tmp_path / "pki", device_name="dev1")
+    with Lnc2Device.from_pki(pki, ssh_port=listener_ssh_port, tls_port=listener_tls_port) as dev:
+        dev.wait_for(r"ch-ssh session \\d+ established")
+
+SSH: the listener (SSH client) must log in as ``username`` (default ``netconf``) with the private
+key ``pki.listener_ssh_key.private_path`` (or ``password`` if given), and will see one of
+``pki.host_keys`` as the device's host key. TLS: the listener (TLS client) must present
+``pki.listener_cert`` (signed by ``pki.listener_ca``, which the device trusts, and mapped to
+NETCONF user ``ctn_user`` by cert-to-name); the device presents ``pki.device_cert``
+(CN = device name, signed by ``pki.device_ca``) or, with ``self_signed=True``,
+``pki.device_self_signed``.
+
+Event lines (stderr, one per event, prefix ``lnc2-device: ``): ``started name=.. pid=..``,
+``ch-ssh connecting to H:P ...`` (once), ``ch-ssh connect attempt to H:P`` (each TCP attempt,
+about once a second while nobody listens), ``ch-ssh tcp connected to H:P``,
+``ssh password auth for user=.. accepted|rejected``, ``ch-ssh session N established client=..
+user=.. host=.. port=..``, ``session N rpc <name>``, ``ch-ssh session N closed reason=..``, ``stopping``,
+``stopped``; ``ch-tls`` likewise; libnetconf2's own warnings/errors as ``libnetconf2 WRN: ..``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pki import TestPki  # noqa: E402
+else:  # pragma: no cover - imported as a package module
+    from .pki import TestPki
+
+__all__ = (
+    "PEERS_DIR",
+    "DEVICE_BINARY",
+    "PeerBuildError",
+    "SshCallHome",
+    "TlsCallHome",
+    "Lnc2Device",
+    "build_device",
+    "default_yang_dirs",
+)
+
+PEERS_DIR = Path(__file__).resolve().parent
+DEVICE_BINARY = PEERS_DIR / "bin" / "lnc2-device"
+_REQUIRED_YANG = ("ietf-netconf.yang", "ietf-netconf-monitoring.yang", "ietf-inet-types.yang")
+
+
+class PeerBuildError(RuntimeError):
+    """``make -C tests/peers`` failed (for example libnetconf2-dev is missing); the message
+    carries make's output so a test can skip with a useful reason."""
+
+
+def build_device(timeout: float = 300.0) -> Path:
+    """Build ``lnc2-device`` (idempotent; make only rebuilds on change) and return its path.
+
+    :raises PeerBuildError: when make is missing or the build fails.
+    """
+    try:
+        proc = subprocess.run(
+            ["make", "-C", str(PEERS_DIR)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerBuildError(f"cannot run make for tests/peers: {exc}") from exc
+    if proc.returncode != 0 or not DEVICE_BINARY.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise PeerBuildError(f"building lnc2-device failed (rc={proc.returncode}):\n{tail}")
+    return DEVICE_BINARY
+
+
+def default_yang_dirs() -> list[Path]:
+    """YANG directories holding ietf-netconf & co.
+
+    Debian's libnetconf2 package ships no ietf-netconf.yang, so use pyang's copies, found
+    relative to the running interpreter's ``sys.prefix`` (the project venv) rather than a fixed
+    path.
+
+    :raises FileNotFoundError: when pyang's module directory is not there.
+    """
+    candidates = [
+        Path(sys.prefix) / "share" / "yang" / "modules" / "ietf",
+        Path(sys.base_prefix) / "share" / "yang" / "modules" / "ietf",
+    ]
+    for cand in candidates:
+        if all((cand / name).is_file() for name in _REQUIRED_YANG):
+            return [cand]
+    raise FileNotFoundError(
+        "no directory with ietf-netconf.yang found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); install pyang into this Python environment"
+    )
+
+
+@dataclass(frozen=True)
+class SshCallHome:
+    """SSH call-home settings of the device.
+
+    :ivar host: listener address (``127.0.0.1`` or ``::1``).
+    :ivar port: listener's SSH call-home port.
+    :ivar host_keys: device host key private key files.
+    :ivar username: the username the listener must log in with.
+    :ivar authorized_keys: public key files accepted for ``username``.
+    :ivar password: password accepted for ``username`` (optional, may be combined with keys).
+    """
+
+    host: str
+    port: int
+    host_keys: Sequence[Path]
+    username: str = "netconf"
+    authorized_keys: Sequence[Path] = ()
+    password: str | None = None
+
+    def args(self) -> list[str]:
+        """Command-line arguments for lnc2-device."""
+        out = ["--ssh-ch", _hostport(self.host, self.port), "--user", self.username]
+        for key in self.host_keys:
+            out += ["--hostkey", str(key)]
+        for pub in self.authorized_keys:
+            out += ["--authorized-key", str(pub)]
+        if self.password is not None:
+            out += ["--password", self.password]
+        return out
+
+
+@dataclass(frozen=True)
+class TlsCallHome:
+    """TLS call-home settings of the device.
+
+    :ivar host: listener address.
+    :ivar port: listener's TLS call-home port.
+    :ivar cert: device server certificate (PEM).
+    :ivar key: its private key (PEM).
+    :ivar trusted_certs: PEM certificates the device trusts for the listener's client
+        certificate (normally the listener's CA).
+    :ivar ctn_fingerprint: SHA-256 fingerprint (``AB:CD:..``) of the client certificate or of
+        its CA, for cert-to-name.
+    :ivar ctn_user: NETCONF username for a matching certificate; None maps the client
+        certificate's common name.
+    """
+
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    trusted_certs: Sequence[Path]
+    ctn_fingerprint: str
+    ctn_user: str | None = "netconf"
+
+    def args(self) -> list[str]:
+        """Command-line arguments for lnc2-device."""
+        out = [
+            "--tls-ch",
+            _hostport(self.host, self.port),
+            "--tls-cert",
+            str(self.cert),
+            "--tls-key",
+            str(self.key),
+            "--ctn-fingerprint",
+            self.ctn_fingerprint,
+        ]
+        for ca in self.trusted_certs:
+            out += ["--tls-ca", str(ca)]
+        if self.ctn_user is not None:
+            out += ["--ctn-user", self.ctn_user]
+        return out
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class _Log:
+    """Lines read from the device's stderr, shared between the reader thread and tests."""
+
+    lines: list[str] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
+
+
+class Lnc2Device:
+    """One running ``lnc2-device`` process; use as a context manager.
+
+    The constructor only records settings; :meth:`start` (or ``with``) builds nothing and
+    expects the binary to exist (call :func:`build_device` once per session first).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        ssh: SshCallHome | None = None,
+        tls: TlsCallHome | None = None,
+        yang_dirs: Sequence[Path] | None = None,
+        verbose: bool = False,
+        binary: Path = DEVICE_BINARY,
+        log_file: Path | None = None,
+    ) -> None:
+        if ssh is None and tls is None:
+            raise ValueError("give ssh and/or tls call-home settings")
+        self.name = name
+        self.ssh = ssh
+        self.tls = tls
+        self.yang_dirs = list(yang_dirs) if yang_dirs is not None else default_yang_dirs()
+        self.verbose = verbose
+        self.binary = binary
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._log = _Log()
+
+    @classmethod
+    def from_pki(
+        cls,
+        pki: TestPki,
+        *,
+        host: str = "127.0.0.1",
+        ssh_port: int | None = None,
+        tls_port: int | None = None,
+        username: str = "netconf",
+        password: str | None = None,
+        use_key: bool = True,
+        self_signed: bool = False,
+        **kwargs: object,
+    ) -> Lnc2Device:
+        """A device configured from :func:`pki.make_pki` output.
+
+        SSH (if ``ssh_port``): all of ``pki.host_keys``; the listener logs in as ``username``
+        with ``pki.listener_ssh_key`` (if ``use_key``) and/or ``password``.
+        TLS (if ``tls_port``): presents ``pki.device_cert`` (or ``pki.device_self_signed``),
+        trusts ``pki.listener_ca`` and maps ``pki.listener_cert`` to ``username``.
+        """
+        ssh = None
+        if ssh_port is not None:
+            ssh = SshCallHome(
+                host=host,
+                port=ssh_port,
+                host_keys=[k.private_path for k in pki.host_keys.values()],
+                username=username,
+                authorized_keys=[pki.listener_ssh_key.public_path] if use_key else [],
+                password=password,
+            )
+        tls = None
+        if tls_port is not None:
+            cert = pki.device_self_signed if self_signed else pki.device_cert
+            tls = TlsCallHome(
+                host=host,
+                port=tls_port,
+                cert=cert.cert_path,
+                key=cert.key_path,
+                trusted_certs=[pki.listener_ca.cert_path],
+                ctn_fingerprint=pki.listener_cert.fingerprint,
+                ctn_user=username,
+            )
+        return cls(pki.device_name, ssh=ssh, tls=tls, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ process control
+
+    def command(self) -> list[str]:
+        """The full argv the device is started with."""
+        argv = [str(self.binary), "--name", self.name]
+        for d in self.yang_dirs:
+            argv += ["--yang-dir", str(d)]
+        if self.verbose:
+            argv.append("--verbose")
+        if self.ssh is not None:
+            argv += self.ssh.args()
+        if self.tls is not None:
+            argv += self.tls.args()
+        return argv
+
+    def start(self, timeout: float = 10.0) -> Lnc2Device:
+        """Start the process and wait for its ``started`` line.
+
+        :raises RuntimeError: when it exits or does not report ``started`` in time.
+        """
+        if self._proc is not None:
+            raise RuntimeError("device already started")
+        if not self.binary.exists():
+            raise FileNotFoundError(f"{self.binary} missing; call build_device() first")
+        self._log = _Log()
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # keep terminal signals (Ctrl-C) away from it
+        )
+        assert self._proc.stderr is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._proc.stderr,), name=f"lnc2-{self.name}", daemon=True
+        )
+        self._reader.start()
+        try:
+            self.wait_for(r"^lnc2-device: started ", timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _read(self, stream: IO[bytes]) -> None:
+        sink = self.log_file.open("a", encoding="utf-8") if self.log_file else None
+        try:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if sink is not None:
+                    sink.write(line + "\n")
+                    sink.flush()
+                with self._log.cond:
+                    self._log.lines.append(line)
+                    self._log.cond.notify_all()
+        finally:
+            if sink is not None:
+                sink.close()
+            with self._log.cond:
+                self._log.closed = True
+                self._log.cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit status."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        return proc.returncode
+
+    def __enter__(self) -> Lnc2Device:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while running (None before start)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once the process ended, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    # ------------------------------------------------------------------ log access
+
+    @property
+    def lines(self) -> list[str]:
+        """A copy of all log lines so far."""
+        with self._log.cond:
+            return list(self._log.lines)
+
+    @property
+    def log(self) -> str:
+        """The whole log so far, for assertion messages."""
+        return "\n".join(self.lines)
+
+    def mark(self) -> int:
+        """Current number of log lines; pass to :meth:`wait_for` (``since=``) to only look at
+        lines logged after this point."""
+        with self._log.cond:
+            return len(self._log.lines)
+
+    def count(self, pattern: str | re.Pattern[str], since: int = 0) -> int:
+        """How many log lines (from index ``since``) match ``pattern`` (``re.search``)."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        return sum(1 for line in self.lines[since:] if rx.search(line))
+
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = 10.0, since: int = 0
+    ) -> re.Match[str]:
+        """Block until a log line at index >= ``since`` matches ``pattern``; return the match.
+
+        :raises TimeoutError: with the log so far, if nothing matched in ``timeout`` seconds
+            or the process exited first.
+        """
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        idx = since
+        with self._log.cond:
+            while True:
+                while idx < len(self._log.lines):
+                    m = rx.search(self._log.lines[idx])
+                    idx += 1
+                    if m:
+                        return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._log.closed:
+                    why = "device exited" if self._log.closed else f"{timeout}s timeout"
+                    raise TimeoutError(
+                        f"no log line matching {rx.pattern!r} ({why}); log:\n"
+                        + "\n".join(self._log.lines)
+                    )
+                self._log.cond.wait(remaining)
+
+    async def await_line(
+        self, pattern: str | re.Pattern[str], timeout: float = 10.0, since: int = 0
+    ) -> re.Match[str]:
+        """:meth:`wait_for` for coroutines: waits in a worker thread so the event loop (and
+        the test's own listener running on it) keeps going."""
+        return await asyncio.to_thread(self.wait_for, pattern, timeout, since)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual smoke run
+    print(build_device())
+    print(os.pathsep.join(str(p) for p in default_yang_dirs()))
