@@ -1,0 +1,156 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Which shape of ietf-netconf-server a device implements, and how to find out.
+
+**PRIVATE** to the collection. The model changed across its drafts (netopeer2 #86, #385, #1687):
+the host key reference was ``keystore-reference`` and became ``central-keystore-reference``,
+SSH client keys moved from ``users/user/authorized-key`` to ``public-keys/inline-definition``,
+``reconnect-strategy/max-wait`` appeared. Each :class:`Profile` names the revision it was
+checked against (the YANG files shipped by CESNET netopeer2 / libnetconf2) and the
+differences the XML builder needs. An unknown revision is refused: pushing a guessed shape
+would at best be rejected and at worst half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+from dataclasses import dataclass
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+
+NCS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-server"
+YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+CAP_YANGLIB_10 = "urn:ietf:params:netconf:capability:yang-library:1.0"
+CAP_YANGLIB_11 = "urn:ietf:params:netconf:capability:yang-library:1.1"
+CAP_CANDIDATE = "urn:ietf:params:netconf:capability:candidate:1.0"
+CAP_CONFIRMED_10 = "urn:ietf:params:netconf:capability:confirmed-commit:1.0"
+CAP_CONFIRMED_11 = "urn:ietf:params:netconf:capability:confirmed-commit:1.1"
+CAP_WRITABLE_RUNNING = "urn:ietf:params:netconf:capability:writable-running:1.0"
+JUNOS_CAPS = ("http://xml.juniper.net/netconf/junos/1.0", "http://xml.juniper.net/dmi/system/1.0")
+
+
+class UnsupportedRevisionError(ConfigError):
+    """The device implements a revision of ietf-netconf-server this collection cannot write."""
+
+    code = "unsupported-revision"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What differs between supported revisions, for the XML builder."""
+
+    revision: str
+    source: str  # which YANG file the shape was checked against
+    keystore_leaf: str  # host key reference leaf under .../host-key/public-key
+    ssh_user_keys: str  # "inline-definition" (2023+) or "authorized-key" (2019 drafts)
+    has_reconnect_max_wait: bool
+    supports_tls: bool
+
+
+PROFILES: t.Dict[str, Profile] = {
+    "2019-07-02": Profile(
+        revision="2019-07-02",
+        source="CESNET/netopeer2 modules/ietf-netconf-server@2019-07-02.yang, ietf-ssh-server@2019-07-02, ietf-keystore@2019-07-02",
+        keystore_leaf="keystore-reference",
+        ssh_user_keys="authorized-key",
+        has_reconnect_max_wait=False,
+        supports_tls=False,
+    ),
+    "2023-12-28": Profile(
+        revision="2023-12-28",
+        source="CESNET/libnetconf2 modules/ietf-netconf-server@2023-12-28.yang, ietf-ssh-server@2023-12-28",
+        keystore_leaf="central-keystore-reference",
+        ssh_user_keys="inline-definition",
+        has_reconnect_max_wait=True,
+        supports_tls=True,
+    ),
+    "2025-04-24": Profile(
+        revision="2025-04-24",
+        source="CESNET/libnetconf2 modules/ietf-netconf-server@2025-04-24.yang (draft -39)",
+        keystore_leaf="central-keystore-reference",
+        ssh_user_keys="inline-definition",
+        has_reconnect_max_wait=True,
+        supports_tls=True,
+    ),
+}
+
+# ``&amp;`` too: a capability copied from XML text (or sent by a peer that escaped it twice).
+_CAP_MODULE = re.compile(r"[?&;]module=ietf-netconf-server(?:&|$)")
+_CAP_REVISION = re.compile(r"[?&;]revision=(\d{4}-\d{2}-\d{2})")
+
+
+def revision_from_capabilities(capabilities: t.Iterable[str]) -> t.Optional[str]:
+    """YANG 1.0 style: ``urn:...:ietf-netconf-server?module=ietf-netconf-server&revision=D``."""
+    for cap in capabilities:
+        cap = cap.strip()
+        if cap.startswith(NCS_NS) and _CAP_MODULE.search(cap):
+            match = _CAP_REVISION.search(cap)
+            return match.group(1) if match else ""
+    return None
+
+
+def has_yang_library(capabilities: t.Iterable[str]) -> bool:
+    return any(c.strip().startswith((CAP_YANGLIB_10, CAP_YANGLIB_11)) for c in capabilities)
+
+
+def yang_library_filter() -> str:
+    """Subtree filter for the module's entry in RFC 8525 and RFC 7895 yang-library (one ``get``)."""
+    return (
+        '<filter type="subtree">'
+        '<yang-library xmlns="%s"><module-set><module><name>ietf-netconf-server</name>'
+        "<revision/></module></module-set></yang-library>"
+        '<modules-state xmlns="%s"><module><name>ietf-netconf-server</name><revision/></module></modules-state>'
+        "</filter>" % (YANGLIB_NS, YANGLIB_NS)
+    )
+
+
+def revision_from_yang_library(data_xml: str) -> t.Optional[str]:
+    """Find ietf-netconf-server's revision in a ``<get>`` reply (either yang-library flavour)."""
+    from lxml import etree  # ncclient's dependency; imported late so the module can report its absence
+
+    try:
+        root = etree.fromstring(data_xml.encode("utf-8") if isinstance(data_xml, str) else data_xml)
+    except etree.XMLSyntaxError:
+        return None
+    for module in root.iter("{%s}module" % YANGLIB_NS):
+        if (module.findtext("{%s}name" % YANGLIB_NS) or "").strip() == "ietf-netconf-server":
+            return (module.findtext("{%s}revision" % YANGLIB_NS) or "").strip()
+    return None
+
+
+def is_junos(capabilities: t.Iterable[str]) -> bool:
+    return any(c.strip().startswith(JUNOS_CAPS) for c in capabilities)
+
+
+def profile_for(found: t.Optional[str], *, where: str = "the device") -> Profile:
+    """The profile for a detected (or configured) revision; a clear refusal otherwise."""
+    if found is None:
+        raise UnsupportedRevisionError(
+            "%s does not advertise the ietf-netconf-server module (neither in its hello capabilities nor in "
+            "yang-library), so it cannot be configured to call home over NETCONF; set revision explicitly if "
+            "you know it implements one of %s" % (where, ", ".join(sorted(PROFILES))),
+            details={"found": None, "supported": sorted(PROFILES)},
+        )
+    profile = PROFILES.get(found)
+    if profile is None:
+        raise UnsupportedRevisionError(
+            "%s implements ietf-netconf-server revision %r, which this collection does not know how to "
+            "write (supported: %s); refusing rather than pushing a guessed shape"
+            % (where, found or "(no revision)", ", ".join(sorted(PROFILES))),
+            details={"found": found, "supported": sorted(PROFILES)},
+        )
+    return profile
+
+
+__all__ = (
+    "PROFILES",
+    "Profile",
+    "UnsupportedRevisionError",
+    "has_yang_library",
+    "is_junos",
+    "profile_for",
+    "revision_from_capabilities",
+    "revision_from_yang_library",
+    "yang_library_filter",
+)
