@@ -1,0 +1,413 @@
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Enrolling device identities in the listener's trust store (``netconf.callhome.enroll``).
+
+**PRIVATE** to the collection. The rule throughout: a key nobody vouched for is never enrolled.
+A key given explicitly (public key, fingerprint, certificate, CA identity) is vouched for by
+whoever wrote the playbook. A key *observed* (read from the device over SSH, or recorded by the
+listener when the device called) is only enrolled when it matches ``expected_fingerprint``, or
+when the caller said ``trust_on_first_use``; and an observed key that differs from one already
+enrolled for the device is a key mismatch, refused unless ``replace_existing``.
+
+Writes go through the listener's control socket when it runs (op ``enroll``; until the listener
+has it, the trust store file is written under its lock and the listener is told to ``reload``),
+and to the trust store file directly when no listener answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient, default_home
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    CallHomeError,
+    ConfigError,
+    ControlError,
+    KeyMismatchError,
+    ListenerUnreachableError,
+    UnknownKeyError,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import (
+    cert_fingerprint_of_der,
+    normalize_cert_fingerprint,
+    normalize_ssh_fingerprint,
+    pem_to_der,
+    ssh_fingerprint,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+    TrustData,
+    TrustStore,
+    add_identity,
+    normalize_identity,
+    remove_identity,
+    set_credentials,
+    ssh_key_fingerprint,
+)
+
+SOURCES = ("pending", "ssh_scan", "public_key", "fingerprint", "certificate", "tls_fingerprint", "tls_identity")
+OBSERVED = ("pending", "ssh_scan")
+_CANON: t.Dict[str, t.Callable[[str], str]] = {
+    "ssh_host_keys": ssh_key_fingerprint,
+    "tls_fingerprints": normalize_cert_fingerprint,
+    "tls_identities": normalize_identity,
+}
+
+
+@dataclass
+class Identity:
+    kind: str  # ssh_host_keys | tls_fingerprints | tls_identities
+    value: str  # what goes in the trust store
+    fingerprint: str  # canonical form, what the task returns
+    observed: bool = False  # read from the device rather than given
+    pending: t.Optional[t.Dict[str, t.Any]] = None
+
+
+@dataclass
+class EnrollResult:
+    changed: bool
+    device: str
+    fingerprint: t.Optional[str] = None
+    kind: t.Optional[str] = None
+    source: str = ""
+    written_via: str = ""
+    trust_store: str = ""
+    before: t.List[str] = field(default_factory=list)
+    after: t.List[str] = field(default_factory=list)
+    warnings: t.List[str] = field(default_factory=list)
+
+    def to_dict(self) -> t.Dict[str, t.Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "warnings"}
+
+
+# -- reading a key from the device --------------------------------------------------------------
+
+
+def scan_ssh_host_key(host: str, port: int = 830, *, timeout: float = 10.0, key_type: t.Optional[str] = None) -> str:
+    """The host key the device presents on a direct SSH connection, as an OpenSSH line.
+
+    Like ``ssh-keyscan``: key exchange only, no authentication. asyncssh when available
+    (it is the listener's library), paramiko (ncclient's) otherwise.
+    """
+    try:
+        import asyncssh
+    except ImportError:  # pragma: no cover - depends on the controller
+        return _scan_paramiko(host, port, timeout, key_type)
+
+    async def scan() -> str:
+        kwargs: t.Dict[str, t.Any] = {}
+        if key_type:
+            kwargs["server_host_key_algs"] = [key_type]
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, **kwargs), timeout)
+        if key is None:
+            raise ConfigError("%s:%d presented no host key" % (host, port))
+        return key.export_public_key("openssh").decode("ascii").strip()
+
+    try:
+        return asyncio.run(scan())
+    except asyncio.TimeoutError:
+        raise ConfigError("no SSH host key from %s:%d within %.0f s" % (host, port, timeout)) from None
+    except (OSError, asyncssh.Error) as exc:
+        raise ConfigError("cannot read the SSH host key of %s:%d: %s" % (host, port, exc)) from None
+
+
+def _scan_paramiko(host: str, port: int, timeout: float, key_type: t.Optional[str]) -> str:  # pragma: no cover
+    import socket
+
+    import paramiko
+
+    sock = socket.create_connection((host, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        if key_type:
+            transport.get_security_options().key_types = [key_type]
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        return "%s %s" % (key.get_name(), key.get_base64())
+    except (paramiko.SSHException, OSError) as exc:
+        raise ConfigError("cannot read the SSH host key of %s:%d: %s" % (host, port, exc)) from None
+    finally:
+        transport.close()
+
+
+# -- the identity to enroll --------------------------------------------------------------------
+
+
+def explicit_identity(source: str, value: str) -> Identity:
+    """An identity given in the playbook (vouched for by its author)."""
+    if source == "public_key":
+        return Identity("ssh_host_keys", value.strip(), ssh_fingerprint(value))
+    if source == "fingerprint":
+        fp = normalize_ssh_fingerprint(value)
+        return Identity("ssh_host_keys", fp, fp)
+    if source == "certificate":
+        fp = cert_fingerprint_of_der(pem_to_der(value))
+        return Identity("tls_fingerprints", fp, fp)
+    if source == "tls_fingerprint":
+        fp = normalize_cert_fingerprint(value)
+        return Identity("tls_fingerprints", fp, fp)
+    if source == "tls_identity":
+        ident = normalize_identity(value)
+        return Identity("tls_identities", ident, ident)
+    raise ConfigError("source %r takes no explicit value" % source)
+
+
+def same_fingerprint(kind: str, a: str, b: str) -> bool:
+    try:
+        return _CANON[kind](a) == _CANON[kind](b)
+    except ConfigError:
+        return False
+
+
+def check_observed(identity: Identity, *, expected: t.Optional[str], tofu: bool, where: str) -> None:
+    """Refuse an observed key that nobody vouched for, or that differs from the expected one."""
+    if expected:
+        if not same_fingerprint(identity.kind, identity.fingerprint, expected):
+            raise KeyMismatchError(
+                "%s presents %s, not the expected %s; NOT enrolled (a different key can mean a replaced "
+                "device or someone in the middle: check before changing expected_fingerprint)"
+                % (where, identity.fingerprint, expected),
+                details={"presented": identity.fingerprint, "expected": expected},
+            )
+        return
+    if not tofu:
+        raise UnknownKeyError(
+            "%s presents %s; refusing to enroll a key nobody vouched for. Compare it with the device's "
+            "console (ssh-keygen -lf on its host key) and pass expected_fingerprint: %s, or set "
+            "trust_on_first_use: true" % (where, identity.fingerprint, identity.fingerprint),
+            details={"presented": identity.fingerprint},
+        )
+
+
+def check_conflict(data: TrustData, device: str, identity: Identity, *, replace: bool) -> t.List[str]:
+    """Other identities of the same kind already enrolled for ``device`` (a mismatch for observed keys)."""
+    entry = data.get("devices", {}).get(device, {})
+    others = [v for v in entry.get(identity.kind, []) if not same_fingerprint(identity.kind, v, identity.value)]
+    if others and identity.observed and not replace:
+        raise KeyMismatchError(
+            "device %r already has %s enrolled, and it now presents %s; NOT enrolled. If the device's key "
+            "was really replaced, set replace_existing: true" % (
+                device, ", ".join(_CANON[identity.kind](o) for o in others), identity.fingerprint),
+            details={"enrolled": others, "presented": identity.fingerprint},
+        )
+    return others
+
+
+def mutate_add(device: str, identity: Identity, *, replace: bool,
+               credentials: t.Optional[t.Mapping[str, t.Any]]) -> t.Callable[[TrustData], bool]:
+    def mutate(data: TrustData) -> bool:
+        check_conflict(data, device, identity, replace=replace)
+        changed = False
+        entry = data.setdefault("devices", {}).get(device)
+        if replace and entry:
+            keep = [v for v in entry.get(identity.kind, []) if same_fingerprint(identity.kind, v, identity.value)]
+            if keep != entry.get(identity.kind, []):
+                entry[identity.kind] = keep
+                changed = True
+        changed = add_identity(data, device, kind=identity.kind, value=identity.value) or changed
+        if credentials:
+            changed = set_credentials(data, device, credentials) or changed
+        return changed
+
+    return mutate
+
+
+def mutate_remove(device: str, identity: t.Optional[Identity]) -> t.Callable[[TrustData], bool]:
+    def mutate(data: TrustData) -> bool:
+        if identity is None:
+            return remove_identity(data, device)
+        return remove_identity(data, device, kind=identity.kind, value=identity.value)
+
+    return mutate
+
+
+def identities_of(data: TrustData, device: str) -> t.List[str]:
+    entry = data.get("devices", {}).get(device, {})
+    out: t.List[str] = []
+    for kind, canon in _CANON.items():
+        out.extend(canon(v) for v in entry.get(kind, []))
+    return out
+
+
+# -- where to write ----------------------------------------------------------------------------
+
+
+class Enroller:
+    """One run of the enroll module against a listener (if it answers) or a trust store file."""
+
+    def __init__(self, *, listener: t.Optional[str], token: t.Optional[str], trust_store: t.Optional[str],
+                 check_mode: bool) -> None:
+        self.client = ControlClient(listener, token=token, timeout=15.0)
+        self.trust_store_path = trust_store
+        self.check_mode = check_mode
+        self._status: t.Optional[t.Dict[str, t.Any]] = None
+        self._reachable: t.Optional[bool] = None
+
+    @property
+    def listener_up(self) -> bool:
+        if self._reachable is None:
+            try:
+                self._status = self.client.call("status")
+                self._reachable = True
+            except ListenerUnreachableError:
+                self._reachable = False
+        return self._reachable
+
+    def store(self) -> TrustStore:
+        path = self.trust_store_path
+        if not path and self.listener_up and self._status:
+            path = self._status.get("trust_store")
+        if not path:
+            path = os.path.join(default_home(), "trust.json")
+        return TrustStore(path)
+
+    def pending(self) -> t.List[t.Dict[str, t.Any]]:
+        if not self.listener_up:
+            raise ListenerUnreachableError(
+                "source: pending needs the running listener (keys devices presented are recorded there); "
+                "no listener answers at %s" % self.client.address
+            )
+        return list(self.client.call("pending") or [])
+
+    def write(self, device: str, mutate: t.Callable[[TrustData], bool], op_args: t.Dict[str, t.Any],
+              result: EnrollResult) -> None:
+        """Through the listener's ``enroll``/``revoke`` op when it has one, else the file + ``reload``.
+
+        Check mode never sends a mutating op to the listener (``revoke`` has no dry run): it
+        computes the change on the trust store file, or asks ``enroll`` with ``dry_run``.
+        """
+        op = op_args.pop("op")
+        store_readable = os.access(self.store().path, os.R_OK) or not os.path.exists(self.store().path)
+        use_listener = self.listener_up and (not self.check_mode or (op == "enroll" and not store_readable))
+        if use_listener:
+            try:
+                args = dict(op_args, dry_run=True) if self.check_mode else op_args
+                answer = self.client.call(op, **args) or {}
+                result.changed = bool(answer.get("changed"))
+                result.written_via = "listener"
+                result.before = list(answer.get("before") or result.before)
+                result.after = list(answer.get("after") or result.after)
+                return
+            except ControlError as exc:
+                if "unknown operation" not in exc.message:
+                    raise
+        store = self.store()
+        changed, before, after = store.update(mutate, dry_run=self.check_mode)
+        result.changed = bool(changed)
+        result.trust_store = store.path
+        result.before = identities_of(before, device)
+        result.after = identities_of(after, device)
+        result.written_via = "file"
+        if self.listener_up and changed and not self.check_mode:
+            try:
+                self.client.call("reload")
+                result.written_via = "file+reload"
+            except CallHomeError as exc:
+                result.warnings.append("trust store written, but the listener did not reload it: %s "
+                                       "(it re-reads the file by itself within a second)" % exc.message)
+
+
+def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
+        scan: t.Callable[..., str] = scan_ssh_host_key) -> EnrollResult:
+    """The whole module: resolve the identity, check it, write it (see module docs)."""
+    device = params["device"]
+    state = params.get("state") or "present"
+    source = params.get("source")
+    enroller = Enroller(listener=params.get("listener"), token=params.get("listener_token"),
+                        trust_store=params.get("trust_store"), check_mode=check_mode)
+    expected = params.get("expected_fingerprint")
+    tofu = bool(params.get("trust_on_first_use"))
+    replace = bool(params.get("replace_existing"))
+    result = EnrollResult(changed=False, device=device, source=source or "")
+
+    if state == "absent":
+        identity = explicit_identity(source, params["value"]) if source and params.get("value") else None
+        if source and source not in OBSERVED and not params.get("value"):
+            raise ConfigError("state: absent with source %s needs value" % source)
+        result.kind = identity.kind if identity else None
+        result.fingerprint = identity.fingerprint if identity else None
+        enroller.write(device, mutate_remove(device, identity),
+                       {"op": "revoke", "device": device, "identity": identity.value if identity else None}, result)
+        return result
+
+    if source not in SOURCES:
+        raise ConfigError("source must be one of %s" % ", ".join(SOURCES))
+    if source == "pending":
+        return _approve_pending(enroller, params, device, expected, tofu, replace, result)
+    if source == "ssh_scan":
+        host = params.get("host")
+        if not host:
+            raise ConfigError("source: ssh_scan needs host (the device's address for a direct SSH connection)")
+        port = int(params.get("port") or 830)
+        line = scan(host, port, timeout=float(params.get("timeout") or 10), key_type=params.get("key_type"))
+        identity = Identity("ssh_host_keys", line, ssh_fingerprint(line), observed=True)
+        check_observed(identity, expected=expected, tofu=tofu, where="%s:%d" % (host, port))
+        if not expected:
+            result.warnings.append("trusted on first use: %s from %s:%d" % (identity.fingerprint, host, port))
+    else:
+        if not params.get("value"):
+            raise ConfigError("source: %s needs value" % source)
+        identity = explicit_identity(source, params["value"])
+        if expected and not same_fingerprint(identity.kind, identity.fingerprint, expected):
+            raise KeyMismatchError("the given %s has fingerprint %s, not the expected %s; NOT enrolled"
+                                   % (source, identity.fingerprint, expected))
+    result.kind = identity.kind
+    result.fingerprint = identity.fingerprint
+    creds = {k: v for k, v in (params.get("credentials") or {}).items() if v not in (None, "")}
+    op_args: t.Dict[str, t.Any] = {"op": "enroll", "device": device, "kind": identity.kind, "value": identity.value,
+                                   "replace": replace, "observed": identity.observed}
+    if creds:
+        op_args["credentials"] = creds
+    enroller.write(device, mutate_add(device, identity, replace=replace, credentials=creds), op_args, result)
+    return result
+
+
+def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: str, expected: t.Optional[str],
+                     tofu: bool, replace: bool, result: EnrollResult) -> EnrollResult:
+    entries = enroller.pending()
+    if expected:
+        chosen = [p for p in entries if same_fingerprint(_kind(p), p.get("fingerprint", ""), expected)]
+    else:
+        host = params.get("host")
+        chosen = [p for p in entries if p.get("claimed_device") == device
+                  or (host and str(p.get("peer", "")).rsplit(":", 1)[0].strip("[]") == host)]
+    data = enroller.store().load() if os.access(enroller.store().path, os.R_OK) else {"devices": {}}
+    if not chosen:
+        if expected and any(same_fingerprint("ssh_host_keys", v, expected) or same_fingerprint("tls_fingerprints", v, expected)
+                            for v in identities_of(data, device)):
+            result.fingerprint = expected
+            result.after = result.before = identities_of(data, device)
+            return result  # already enrolled: nothing pending, nothing to do
+        raise UnknownKeyError(
+            "no pending key %s for device %r at the listener (pending: %s)" % (
+                "with fingerprint %s" % expected if expected else "claimed by or coming from it", device,
+                ", ".join("%s from %s" % (p.get("fingerprint"), p.get("peer")) for p in entries) or "none"),
+        )
+    if len(chosen) > 1:
+        raise ConfigError("several pending keys could belong to %r (%s); pass expected_fingerprint"
+                          % (device, ", ".join(p.get("fingerprint", "?") for p in chosen)))
+    pending = chosen[0]
+    kind = _kind(pending)
+    identity = Identity(kind, pending.get("public_key") if kind == "ssh_host_keys" else pending["fingerprint"],
+                        pending["fingerprint"], observed=True, pending=pending)
+    check_observed(identity, expected=expected, tofu=tofu, where="the key device %r presented from %s" % (device, pending.get("peer")))
+    check_conflict(data, device, identity, replace=replace)
+    result.kind, result.fingerprint = kind, identity.fingerprint
+    result.before = identities_of(data, device)
+    result.changed = True
+    result.written_via = "listener"
+    if not enroller.check_mode:
+        answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device)
+        result.changed = bool(answer.get("changed", True))
+        result.after = identities_of(enroller.store().load(), device) if os.access(enroller.store().path, os.R_OK) else []
+    return result
+
+
+def _kind(pending: t.Mapping[str, t.Any]) -> str:
+    return "ssh_host_keys" if pending.get("transport", "ssh") == "ssh" else "tls_fingerprints"
+
+
+__all__ = ("EnrollResult", "Enroller", "Identity", "check_conflict", "check_observed", "explicit_identity",
+           "run", "scan_ssh_host_key")

@@ -1,0 +1,221 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""netconf.callhome.enroll: enroll a device identity in the listener's trust store."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: enroll
+short_description: Enroll a device's SSH host key or TLS identity with the call-home listener
+version_added: 0.1.0
+description:
+  - Files an identity under a device name in the listener's trust store, so that the listener
+    accepts the device when it calls home, and uses that device's credentials with it only
+    (RFC 8071 section 3.1 C7).
+  - Sources. C(pending) approves a key the listener recorded when the device called
+    (optionally only if it has O(expected_fingerprint)). C(ssh_scan) reads the host key the device
+    presents on a direct SSH connection (like C(ssh-keyscan)). C(public_key), C(fingerprint)
+    (SSH), C(certificate) (PEM), C(tls_fingerprint) and C(tls_identity) (C(serial:...), C(cn:...),
+    for devices whose certificate chains to a configured CA) take the identity from O(value).
+  - Observed keys (C(pending), C(ssh_scan)) are never enrolled silently. They must match
+    O(expected_fingerprint), or O(trust_on_first_use) must be set; a key that differs from one
+    already enrolled for the device is refused unless O(replace_existing).
+  - Writes through the listener's control socket when it runs, and to the trust store file
+    (under its lock, atomically) otherwise; a running listener re-reads the file within a second
+    and is also told to reload.
+author:
+  - netconf.callhome contributors
+options:
+  device:
+    description: Device name in the trust store (usually the inventory hostname).
+    type: str
+    required: true
+  state:
+    description: C(present) enrolls the identity; C(absent) removes it (or the whole device when no O(source) is given).
+    type: str
+    choices: [present, absent]
+    default: present
+  source:
+    description: Where the identity comes from.
+    type: str
+    choices: [pending, ssh_scan, public_key, fingerprint, certificate, tls_fingerprint, tls_identity]
+  value:
+    description: The identity for the explicit sources (key line, fingerprint, PEM, C(serial:...)).
+    type: str
+  expected_fingerprint:
+    description: Fingerprint the observed or given key must have (C(SHA256:...) as C(ssh-keygen -l) prints, or a certificate's SHA-256).
+    type: str
+  trust_on_first_use:
+    description: Enroll an observed key without O(expected_fingerprint). Explicit opt-in.
+    type: bool
+    default: false
+  replace_existing:
+    description: Replace the device's enrolled identities of the same kind with the observed one.
+    type: bool
+    default: false
+  host:
+    description: Device address for C(ssh_scan); for C(pending), selects the entry that came from this address.
+    type: str
+  port:
+    description: SSH port for C(ssh_scan).
+    type: int
+    default: 830
+  key_type:
+    description: Host key algorithm to ask for in C(ssh_scan), for example C(ssh-ed25519).
+    type: str
+  timeout:
+    description: Seconds for C(ssh_scan).
+    type: int
+    default: 10
+  credentials:
+    description: Credential references the listener uses with this device (never secrets).
+    type: dict
+    suboptions:
+      username:
+        description: User name.
+        type: str
+      private_key_file:
+        description: Private key file on the listener host.
+        type: str
+      password_file:
+        description: File holding the password, on the listener host.
+        type: str
+      password_env:
+        description: Environment variable holding the password, in the listener's environment.
+        type: str
+  listener:
+    description: Listener control address (C(unix:/path), C(tls://host:port)); default E(NETCONF_CALLHOME_CONTROL) or C(~/.netconf-callhome/control.sock).
+    type: str
+  listener_token:
+    description: Token for a remote listener.
+    type: str
+  trust_store:
+    description: Trust store file when the listener does not run (default C(~/.netconf-callhome/trust.json), or the one the running listener reports).
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: Computes the change on the trust store without writing or approving.
+  diff_mode:
+    support: full
+    description: Returns the device's identities before and after.
+  idempotent:
+    support: full
+    description: Enrolling an enrolled identity reports no change.
+notes:
+  - Runs on the controller (or wherever the listener's control socket is); use C(delegate_to) or C(connection: local).
+"""
+
+EXAMPLES = r"""
+---
+- name: Enroll the key r1 presents on its management address, checked against the known fingerprint
+  netconf.callhome.enroll:
+    device: r1
+    source: ssh_scan
+    host: 192.0.2.1
+    port: 830
+    expected_fingerprint: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+  delegate_to: localhost
+
+- name: Approve the key r2 presented when it called home
+  netconf.callhome.enroll:
+    device: r2
+    source: pending
+    expected_fingerprint: "{{ r2_fingerprint }}"
+  delegate_to: localhost
+
+- name: Enroll a TLS device by its IDevID serial number (chains to a configured CA)
+  netconf.callhome.enroll:
+    device: r3
+    source: tls_identity
+    value: "serial:FOC1234X"
+  delegate_to: localhost
+
+- name: Remove a device from the trust store
+  netconf.callhome.enroll:
+    device: r4
+    state: absent
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+fingerprint:
+  description: Canonical fingerprint (or identity) enrolled or removed.
+  returned: when an identity was given or observed
+  type: str
+  sample: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+kind:
+  description: Trust store list the identity belongs to.
+  returned: when an identity was given or observed
+  type: str
+  sample: ssh_host_keys
+before:
+  description: The device's enrolled fingerprints/identities before the task.
+  returned: always
+  type: list
+  elements: str
+after:
+  description: The device's enrolled fingerprints/identities after the task.
+  returned: always
+  type: list
+  elements: str
+written_via:
+  description: C(listener), C(file+reload) or C(file).
+  returned: when something was computed against a store
+  type: str
+trust_store:
+  description: Trust store file written (file paths only).
+  returned: when the file was used
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import run
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            device=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            source=dict(type="str", choices=["pending", "ssh_scan", "public_key", "fingerprint", "certificate",
+                                             "tls_fingerprint", "tls_identity"]),
+            value=dict(type="str"),
+            expected_fingerprint=dict(type="str"),
+            trust_on_first_use=dict(type="bool", default=False),
+            replace_existing=dict(type="bool", default=False),
+            host=dict(type="str"),
+            port=dict(type="int", default=830),
+            key_type=dict(type="str", no_log=False),
+            timeout=dict(type="int", default=10),
+            credentials=dict(type="dict", options=dict(
+                username=dict(type="str"),
+                private_key_file=dict(type="str", no_log=False),
+                password_file=dict(type="str", no_log=False),
+                password_env=dict(type="str", no_log=False),
+            )),
+            listener=dict(type="str"),
+            listener_token=dict(type="str", no_log=True),
+            trust_store=dict(type="path"),
+        ),
+        required_if=[("state", "present", ["source"])],
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module.params, check_mode=module.check_mode)
+    except CallHomeError as exc:
+        module.fail_json(msg=exc.message, error_code=exc.code, details=exc.details)
+    out = result.to_dict()
+    if module._diff:
+        out["diff"] = {"before": "\n".join(result.before) + "\n", "after": "\n".join(result.after) + "\n"}
+    for warning in result.warnings:
+        module.warn(warning)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
