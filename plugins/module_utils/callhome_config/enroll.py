@@ -267,7 +267,7 @@ class Enroller:
         if not self.listener_up:
             raise ListenerUnreachableError(
                 "source: pending needs the running listener (keys devices presented are recorded there); "
-                "no listener answers at %s" % self.client.address
+                "no listener answers at %s" % (self.client.address,)
             )
         return list(self.client.call("pending") or [])
 
