@@ -67,11 +67,16 @@ def make_peer() -> Iterator[Any]:
         assert procs_mentioning(workdir) == [], "sshd/socat processes left behind"
 
 
-async def listen(trusted_line: str, **kw: Any) -> tuple[asyncssh.SSHAcceptor, int, asyncio.Queue[Any]]:
+async def listen(
+    trusted_line: str, **kw: Any
+) -> tuple[asyncssh.SSHAcceptor, int, asyncio.Queue[Any]]:
     conns: asyncio.Queue[Any] = asyncio.Queue()
     acc = await asyncssh.listen_reverse(
-        "127.0.0.1", 0, known_hosts=([asyncssh.import_public_key(trusted_line)], [], []),
-        acceptor=conns.put_nowait, **kw,
+        "127.0.0.1",
+        0,
+        known_hosts=([asyncssh.import_public_key(trusted_line)], [], []),
+        acceptor=conns.put_nowait,
+        **kw,
     )
     return acc, acc.sockets[0].getsockname()[1], conns
 
@@ -81,8 +86,9 @@ def test_netconf_through_openssh_password(make_peer: Any) -> None:
         # The listener must know the peer's key before it listens, and the peer must know the
         # port: create the peer with a placeholder port, then point it at the real one.
         peer = make_peer(0, password_auth=True, hostname="ossh-dev")
-        acc, port, conns = await listen(peer.host_key_line, username=peer.username,
-                                        password=peer.password, client_keys=None)
+        acc, port, conns = await listen(
+            peer.host_key_line, username=peer.username, password=peer.password, client_keys=None
+        )
         peer.listener = ("127.0.0.1", port)
         peer.start_dialing()
         conn = await asyncio.wait_for(conns.get(), 30)
@@ -95,13 +101,17 @@ def test_netconf_through_openssh_password(make_peer: Any) -> None:
             nc = MiniClient(reader, writer, base11=base11)
             await asyncio.wait_for(nc.hello(), 20)
             assert nc.chunked is base11
-            reply = await asyncio.wait_for(nc.rpc("<get-config><source><running/></source></get-config>"), 10)
+            reply = await asyncio.wait_for(
+                nc.rpc("<get-config><source><running/></source></get-config>"), 10
+            )
             expected = "ossh-dev" if base11 else "via-openssh"
             assert hostname_of(reply) == expected
             if base11:
-                edit = ("<edit-config><target><running/></target><config>"
-                        f'<system xmlns="{SYSTEM_NS}"><hostname>via-openssh</hostname></system>'
-                        "</config></edit-config>")
+                edit = (
+                    "<edit-config><target><running/></target><config>"
+                    f'<system xmlns="{SYSTEM_NS}"><hostname>via-openssh</hostname></system>'
+                    "</config></edit-config>"
+                )
                 assert (await nc.rpc(edit)).find(q("ok")) is not None
                 reply = await nc.rpc("<get-config><source><running/></source></get-config>")
                 assert hostname_of(reply) == "via-openssh"
@@ -122,8 +132,9 @@ def test_publickey_auth_and_redial(make_peer: Any) -> None:
         client_key = asyncssh.generate_private_key("ssh-ed25519")
         peer = make_peer(0, password_auth=False, redial=True, retry=0.2)
         peer.add_authorized_key(client_key.export_public_key("openssh").decode())
-        acc, port, conns = await listen(peer.host_key_line, username=peer.username,
-                                        client_keys=[client_key], password=None)
+        acc, port, conns = await listen(
+            peer.host_key_line, username=peer.username, client_keys=[client_key], password=None
+        )
         peer.listener = ("127.0.0.1", port)
         peer.start_dialing()
         first = await asyncio.wait_for(conns.get(), 30)

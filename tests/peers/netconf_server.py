@@ -322,7 +322,9 @@ def _edit_node(parent: ET.Element, new: ET.Element, inherited: str) -> None:
     if op in ("delete", "remove"):
         if existing is None:
             if op == "delete":
-                raise RpcError("data-missing", f"{local(new.tag)} does not exist", error_type="application")
+                raise RpcError(
+                    "data-missing", f"{local(new.tag)} does not exist", error_type="application"
+                )
             return
         parent.remove(existing)
         return
@@ -358,8 +360,11 @@ def subtree_filter(data: ET.Element, flt: Optional[ET.Element]) -> ET.Element:
             out.append(copy.deepcopy(child))
         return out
     if flt.get("type", "subtree") != "subtree":
-        raise RpcError("operation-not-supported", "only subtree filters are supported",
-                       error_type="application")
+        raise RpcError(
+            "operation-not-supported",
+            "only subtree filters are supported",
+            error_type="application",
+        )
     for f in flt:
         for child in data:
             res = _filter_node(child, f)
@@ -484,14 +489,20 @@ class NetconfSession:
             self.send_message(self._reply({}, [err.to_element()]))
             return
         if root.tag != q("rpc"):
-            err = RpcError("unknown-element", f"expected rpc, got {local(root.tag)}", error_type="rpc")
+            err = RpcError(
+                "unknown-element", f"expected rpc, got {local(root.tag)}", error_type="rpc"
+            )
             self.send_message(self._reply({}, [err.to_element()]))
             return
         self.rpc_count += 1
         attrs = dict(root.attrib)
         if "message-id" not in attrs:
-            err = RpcError("missing-attribute", "message-id missing", error_type="rpc",
-                           info={"bad-attribute": "message-id", "bad-element": "rpc"})
+            err = RpcError(
+                "missing-attribute",
+                "message-id missing",
+                error_type="rpc",
+                info={"bad-attribute": "message-id", "bad-element": "rpc"},
+            )
             self.send_message(self._reply(attrs, [err.to_element()]))
             return
         op = root[0] if len(root) else None
@@ -513,7 +524,7 @@ class NetconfSession:
             self.terminate(f"bad client hello: {exc}")
             return
         if root.tag != q("hello"):
-            self.terminate("first message is not a hello")
+            self.terminate(f"first message is not a hello but {root.tag}")
             return
         if root.find(q("session-id")) is not None:
             self.terminate("client hello carries a session-id")
@@ -541,8 +552,12 @@ class NetconfSession:
     def _datastore(self, parent: ET.Element, which: str) -> str:
         el = parent.find(q(which))
         if el is None or len(el) == 0:
-            raise RpcError("missing-element", f"<{which}> missing", error_type="protocol",
-                           info={"bad-element": which})
+            raise RpcError(
+                "missing-element",
+                f"<{which}> missing",
+                error_type="protocol",
+                info={"bad-element": which},
+            )
         name = local(el[0].tag)
         if name == "candidate" and not self.device.has_candidate:
             raise RpcError("invalid-value", "candidate not supported")
@@ -553,15 +568,17 @@ class NetconfSession:
     def _check_lock(self, ds: str) -> None:
         owner = self.device.locks.get(ds)
         if owner is not None and owner != self.session_id:
-            raise RpcError("in-use", f"{ds} is locked", error_type="protocol",
-                           info={"session-id": str(owner)})
+            raise RpcError(
+                "in-use", f"{ds} is locked", error_type="protocol", info={"session-id": str(owner)}
+            )
 
     def _dispatch(self, op: ET.Element) -> tuple[list[ET.Element], bool]:
         name = local(op.tag)
         dev = self.device
         if _ns(op.tag) != BASE_NS:
-            raise RpcError("operation-not-supported", f"{name} is not supported",
-                           error_type="protocol")
+            raise RpcError(
+                "operation-not-supported", f"{name} is not supported", error_type="protocol"
+            )
         if name in ("get", "get-config"):
             src = dev.running
             if name == "get-config":
@@ -574,7 +591,9 @@ class NetconfSession:
             self._check_lock(target)
             config = op.find(q("config"))
             if config is None:
-                raise RpcError("missing-element", "<config> missing", info={"bad-element": "config"})
+                raise RpcError(
+                    "missing-element", "<config> missing", info={"bad-element": "config"}
+                )
             default_op = (op.findtext(q("default-operation")) or "merge").strip()
             store = copy.deepcopy(dev.candidate if target == "candidate" else dev.running)
             if default_op == "replace":
@@ -593,18 +612,23 @@ class NetconfSession:
             ds = self._datastore(op, "target")
             owner = dev.locks.get(ds)
             if owner is not None:
-                raise RpcError("lock-denied", f"{ds} is locked by session {owner}",
-                               info={"session-id": str(owner)})
+                raise RpcError(
+                    "lock-denied",
+                    f"{ds} is locked by session {owner}",
+                    info={"session-id": str(owner)},
+                )
             if ds == "candidate" and dev.candidate_dirty:
-                raise RpcError("lock-denied", "candidate has uncommitted changes",
-                               info={"session-id": "0"})
+                raise RpcError(
+                    "lock-denied", "candidate has uncommitted changes", info={"session-id": "0"}
+                )
             dev.locks[ds] = self.session_id
             return [], False
         if name == "unlock":
             ds = self._datastore(op, "target")
             if dev.locks.get(ds) != self.session_id:
-                raise RpcError("operation-failed", f"{ds} is not locked by this session",
-                               error_type="protocol")
+                raise RpcError(
+                    "operation-failed", f"{ds} is not locked by this session", error_type="protocol"
+                )
             del dev.locks[ds]
             return [], False
         if name == "commit":
@@ -640,8 +664,7 @@ class NetconfSession:
         if dev.rollback is not None:
             # A commit while a confirmed commit is pending confirms (or extends) it.
             if dev.confirm_persist is not None and persist_id != dev.confirm_persist:
-                raise RpcError("invalid-value", "persist-id does not match",
-                               error_type="protocol")
+                raise RpcError("invalid-value", "persist-id does not match", error_type="protocol")
             if not confirmed:
                 dev.set_running(copy.deepcopy(dev.candidate))
                 dev.candidate_dirty = False
@@ -713,7 +736,7 @@ class MiniClient:
         return self.server_hello
 
     async def rpc(self, body: str, attrs: str = "") -> ET.Element:
-        """Send ``<rpc>`` wrapping ``body`` (XML text in the base namespace) and return the reply."""
+        """Send ``<rpc>`` around ``body`` (XML text in the base namespace); return the reply."""
         self._msg_id += 1
         msg = f'<rpc xmlns="{BASE_NS}" message-id="{self._msg_id}"{attrs}>{body}</rpc>'.encode()
         self.writer.write(frame_chunked(msg) if self.chunked else frame_eom(msg))  # type: ignore[attr-defined]

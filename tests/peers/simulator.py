@@ -18,6 +18,7 @@ Progress goes to stdout, one machine-readable line per event::
     TCP-CONNECTED <name> <fault>      a raw-TCP fault device (garbage/stall/slow-banner) connected
     DISCONNECTED <name> <reason>      the connection (or dial attempt) ended
     LISTENING <name> <host>:<port>    direct (non-call-home) SSH server is up (--direct)
+    STARTED <count> <unix-time>       keys loaded, all device tasks created (dialing begins)
     SUMMARY {json}                    on SIGTERM/SIGINT, before exiting
 """
 
@@ -51,7 +52,6 @@ from netconf_server import (  # noqa: E402
     DEFAULT_CAPABILITIES,
     NetconfDevice,
     NetconfSession,
-    build_hello,
 )
 
 FAULTS = (
@@ -85,7 +85,9 @@ def public_line(key: asyncssh.SSHKey) -> str:
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
 
 
-def ensure_keys(keys_dir: Path, names: Sequence[str], key_type: str = "ed25519") -> dict[str, asyncssh.SSHKey]:
+def ensure_keys(
+    keys_dir: Path, names: Sequence[str], key_type: str = "ed25519"
+) -> dict[str, asyncssh.SSHKey]:
     """Load each device's host key from ``keys_dir``, generating it on first use.
 
     Why persistent: the listener pins host keys, so a device must present the same key across
@@ -99,7 +101,9 @@ def ensure_keys(keys_dir: Path, names: Sequence[str], key_type: str = "ed25519")
         if path.exists():
             keys[name] = asyncssh.read_private_key(path)
             continue
-        key = asyncssh.generate_private_key(alg, comment=name, **({"key_size": 2048} if key_type == "rsa" else {}))
+        key = asyncssh.generate_private_key(
+            alg, comment=name, **({"key_size": 2048} if key_type == "rsa" else {})
+        )
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(key.export_private_key("openssh"))
         os.chmod(tmp, 0o600)
@@ -200,8 +204,18 @@ class _Device:
     """Small per-device record: identity, live connection, lazily built NETCONF state."""
 
     __slots__ = (
-        "sim", "name", "index", "key", "fault", "conn", "nc", "channels", "connects",
-        "task", "reason", "ready_sessions",
+        "sim",
+        "name",
+        "index",
+        "key",
+        "fault",
+        "conn",
+        "nc",
+        "channels",
+        "connects",
+        "task",
+        "reason",
+        "ready_sessions",
     )
 
     def __init__(self, sim: "Simulator", name: str, index: int, key: asyncssh.SSHKey) -> None:
@@ -270,11 +284,15 @@ class _NetconfChannel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
         def close(reason: str) -> None:
             if self.nc is not None:
-                dev.sim.emit("SESSION-END", dev.name, f"{self.nc.session_id} {reason.replace(' ', '_')}")
+                dev.sim.emit(
+                    "SESSION-END", dev.name, f"{self.nc.session_id} {reason.replace(' ', '_')}"
+                )
             chan.write_eof()
             chan.close()
 
-        self.nc = NetconfSession(dev.netconf(), send, close, hello_override=hello, on_ready=self._ready)
+        self.nc = NetconfSession(
+            dev.netconf(), send, close, hello_override=hello, on_ready=self._ready
+        )
         self.nc.start()
 
     def _ready(self, session: NetconfSession) -> None:
@@ -369,7 +387,11 @@ class Simulator:
         self.devices: dict[str, _Device] = {}
         self.authorized: set[bytes] = set()
         self.stats: dict[str, int] = {
-            "connects": 0, "disconnects": 0, "dial_failures": 0, "sessions": 0, "rpcs": 0,
+            "connects": 0,
+            "disconnects": 0,
+            "dial_failures": 0,
+            "sessions": 0,
+            "rpcs": 0,
         }
         self.stopping = False
         self._sem: Optional[asyncio.Semaphore] = None
@@ -392,14 +414,17 @@ class Simulator:
         """How many events of ``kind`` (optionally for one device) were recorded."""
         return sum(1 for k, n, _ in self.events if k == kind and (name is None or n == name))
 
-    async def wait_for(self, kind: str, count: int = 1, *, name: Optional[str] = None,
-                       timeout: float = 30.0) -> None:
+    async def wait_for(
+        self, kind: str, count: int = 1, *, name: Optional[str] = None, timeout: float = 30.0
+    ) -> None:
         """Wait until ``count`` events of ``kind`` were recorded; raise TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while self.count_events(kind, name) < count:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"{count} x {kind} {name or ''}: saw {self.count_events(kind, name)}")
+                raise TimeoutError(
+                    f"{count} x {kind} {name or ''}: saw {self.count_events(kind, name)}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
@@ -445,9 +470,14 @@ class Simulator:
             host, base = cfg.direct
             for dev in self.devices.values():
                 acc = await asyncssh.listen(
-                    host, base + dev.index - 1, server_factory=self._factory(dev),
-                    server_host_keys=[dev.key], encoding=None, login_timeout=cfg.login_timeout,
-                    reuse_address=True, server_version="NetconfSim_1.0",
+                    host,
+                    base + dev.index - 1,
+                    server_factory=self._factory(dev),
+                    server_host_keys=[dev.key],
+                    encoding=None,
+                    login_timeout=cfg.login_timeout,
+                    reuse_address=True,
+                    server_version="NetconfSim_1.0",
                 )
                 self._listeners.append(acc)
                 self.emit("LISTENING", dev.name, f"{host}:{base + dev.index - 1}")
@@ -645,7 +675,9 @@ class SimulatorProcess:
         self._cond = threading.Condition()
         self._threads = [
             threading.Thread(target=self._drain, args=(self.proc.stdout, self.lines), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr_lines), daemon=True),
+            threading.Thread(
+                target=self._drain, args=(self.proc.stderr, self.stderr_lines), daemon=True
+            ),
         ]
         for t in self._threads:
             t.start()
@@ -662,19 +694,23 @@ class SimulatorProcess:
         """Number of stdout lines ``KIND [name]`` seen so far."""
         with self._cond:
             return sum(
-                1 for ln in self.lines
+                1
+                for ln in self.lines
                 if ln.split(" ", 1)[0] == kind and (name is None or ln.split(" ")[1:2] == [name])
             )
 
-    def wait_for(self, kind: str, count: int = 1, *, name: Optional[str] = None,
-                 timeout: float = 30.0) -> None:
+    def wait_for(
+        self, kind: str, count: int = 1, *, name: Optional[str] = None, timeout: float = 30.0
+    ) -> None:
         """Block until ``count`` lines of ``kind`` appeared; raise TimeoutError with stderr."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 seen = sum(
-                    1 for ln in self.lines
-                    if ln.split(" ", 1)[0] == kind and (name is None or ln.split(" ")[1:2] == [name])
+                    1
+                    for ln in self.lines
+                    if ln.split(" ", 1)[0] == kind
+                    and (name is None or ln.split(" ")[1:2] == [name])
                 )
                 if seen >= count:
                     return
@@ -699,7 +735,7 @@ class SimulatorProcess:
             t.join(5)
         for ln in reversed(self.lines):
             if ln.startswith("SUMMARY "):
-                return dict(json.loads(ln[len("SUMMARY "):]))
+                return dict(json.loads(ln[len("SUMMARY ") :]))
         return None
 
     def __enter__(self) -> "SimulatorProcess":
@@ -710,13 +746,18 @@ class SimulatorProcess:
 
 
 def start_simulator_process(
-    args: Sequence[str], *, wait_connected: int = 0, timeout: float = 60.0,
+    args: Sequence[str],
+    *,
+    wait_connected: int = 0,
+    timeout: float = 60.0,
     env: Optional[dict[str, str]] = None,
 ) -> SimulatorProcess:
     """Run ``simulator.py args...`` in a child process; optionally wait for N CONNECTED lines.
 
     The returned object exposes ``.proc`` (the Popen), ``.lines``, ``wait_for`` and ``stop``.
     """
+    if "--exit-with-parent" not in args:
+        args = [*args, "--exit-with-parent"]
     sp = SimulatorProcess(args, env=env)
     if wait_connected:
         try:
@@ -744,39 +785,77 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
-    p.add_argument("--listener", type=_hostport, help="call-home listener HOST:PORT (e.g. 127.0.0.1:4334)")
+    p.add_argument(
+        "--listener", type=_hostport, help="call-home listener HOST:PORT (e.g. 127.0.0.1:4334)"
+    )
     p.add_argument("--count", type=int, default=1, help="number of devices (default 1)")
     p.add_argument("--name-prefix", default="sim", help="device name prefix (sim -> sim0001...)")
-    p.add_argument("--keys-dir", type=Path, default=Path("sim-keys"),
-                   help="host keys: DIR/<name> (OpenSSH private) and DIR/<name>.pub, made once")
+    p.add_argument(
+        "--keys-dir",
+        type=Path,
+        default=Path("sim-keys"),
+        help="host keys: DIR/<name> (OpenSSH private) and DIR/<name>.pub, made once",
+    )
     p.add_argument("--key-type", choices=sorted(KEY_ALGS), default="ed25519")
-    p.add_argument("--manifest", type=Path, help="write {name: {public_key, fingerprint}} JSON here")
+    p.add_argument(
+        "--manifest", type=Path, help="write {name: {public_key, fingerprint}} JSON here"
+    )
     p.add_argument("--user", default="netconf", help="username the listener must log in as")
     p.add_argument("--password", help="password accepted for --user")
     p.add_argument("--password-file", type=Path, help="read the password from this file")
     p.add_argument("--authorized-keys", type=Path, help="listener public keys accepted for --user")
-    p.add_argument("--retry", type=float, default=1.0, help="seconds before re-dialing after a drop")
+    p.add_argument(
+        "--retry", type=float, default=1.0, help="seconds before re-dialing after a drop"
+    )
     p.add_argument("--no-reconnect", action="store_true", help="dial once per device only")
-    p.add_argument("--concurrency", type=int, default=0, help="max simultaneous dials (0 = no limit)")
+    p.add_argument(
+        "--concurrency", type=int, default=0, help="max simultaneous dials (0 = no limit)"
+    )
     p.add_argument("--stagger", type=float, default=0.0, help="seconds between device start times")
-    p.add_argument("--single-session", action="store_true", help="refuse a second concurrent channel")
-    p.add_argument("--direct", type=_hostport,
-                   help="also serve direct SSH: device i listens on HOST:BASEPORT+i-1")
-    p.add_argument("--fault", action="append", default=[], metavar="MODE[=NAME,...]",
-                   help=f"fault mode for all (or the named) devices: {', '.join(FAULTS)}")
+    p.add_argument(
+        "--single-session", action="store_true", help="refuse a second concurrent channel"
+    )
+    p.add_argument(
+        "--direct",
+        type=_hostport,
+        help="also serve direct SSH: device i listens on HOST:BASEPORT+i-1",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="MODE[=NAME,...]",
+        help=f"fault mode for all (or the named) devices: {', '.join(FAULTS)}",
+    )
     p.add_argument("--big-hello-mib", type=float, default=16.0, help="size for --fault big-hello")
     p.add_argument("--slow-delay", type=float, default=1.0, help="seconds per byte for slow-banner")
-    p.add_argument("--outbound-ssh-preamble", action="store_true",
-                   help="send the Junos outbound-ssh DEVICE-CONN-INFO preamble before SSH")
-    p.add_argument("--outbound-ssh-host-key", action="store_true", help="add HOST-KEY to the preamble")
+    p.add_argument(
+        "--outbound-ssh-preamble",
+        action="store_true",
+        help="send the Junos outbound-ssh DEVICE-CONN-INFO preamble before SSH",
+    )
+    p.add_argument(
+        "--outbound-ssh-host-key", action="store_true", help="add HOST-KEY to the preamble"
+    )
     p.add_argument("--outbound-ssh-secret", help="add HMAC-SHA1(secret, HOST-KEY) to the preamble")
-    p.add_argument("--capability", action="append", default=None,
-                   help="capability besides base:1.0/1.1 (repeatable; default candidate, "
-                        "confirmed-commit:1.1, writable-running)")
+    p.add_argument(
+        "--capability",
+        action="append",
+        default=None,
+        help="capability besides base:1.0/1.1 (repeatable; default candidate, "
+        "confirmed-commit:1.1, writable-running)",
+    )
     p.add_argument("--login-timeout", type=float, default=120.0)
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--keepalive-interval", type=float, default=0.0)
-    p.add_argument("--processes", type=int, default=1, help="split devices across K worker processes")
+    p.add_argument(
+        "--processes", type=int, default=1, help="split devices across K worker processes"
+    )
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the parent process exits (set by start_simulator_process)",
+    )
     p.add_argument("--worker-range", help=argparse.SUPPRESS)
     return p
 
@@ -791,20 +870,36 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         a, _, b = args.worker_range.partition(":")
         first, last = int(a), int(b)
     return SimConfig(
-        listener=args.listener, count=args.count, name_prefix=args.name_prefix,
-        keys_dir=args.keys_dir, key_type=args.key_type,
+        listener=args.listener,
+        count=args.count,
+        name_prefix=args.name_prefix,
+        keys_dir=args.keys_dir,
+        key_type=args.key_type,
         manifest=None if args.worker_range else args.manifest,
-        user=args.user, password=password, authorized_keys=args.authorized_keys,
-        retry=args.retry, concurrency=args.concurrency, stagger=args.stagger,
-        single_session=args.single_session, direct=args.direct, faults=parse_faults(args.fault),
+        user=args.user,
+        password=password,
+        authorized_keys=args.authorized_keys,
+        retry=args.retry,
+        concurrency=args.concurrency,
+        stagger=args.stagger,
+        single_session=args.single_session,
+        direct=args.direct,
+        faults=parse_faults(args.fault),
         outbound_ssh_preamble=args.outbound_ssh_preamble,
         outbound_ssh_host_key=args.outbound_ssh_host_key,
-        outbound_ssh_secret=args.outbound_ssh_secret, big_hello_mib=args.big_hello_mib,
+        outbound_ssh_secret=args.outbound_ssh_secret,
+        big_hello_mib=args.big_hello_mib,
         slow_delay=args.slow_delay,
-        capabilities=tuple(args.capability) if args.capability is not None else DEFAULT_CAPABILITIES,
-        login_timeout=args.login_timeout, connect_timeout=args.connect_timeout,
-        keepalive_interval=args.keepalive_interval, reconnect=not args.no_reconnect,
-        first_index=first, last_index=last, verbose_events=False,
+        capabilities=(
+            tuple(args.capability) if args.capability is not None else DEFAULT_CAPABILITIES
+        ),
+        login_timeout=args.login_timeout,
+        connect_timeout=args.connect_timeout,
+        keepalive_interval=args.keepalive_interval,
+        reconnect=not args.no_reconnect,
+        first_index=first,
+        last_index=last,
+        verbose_events=False,
     )
 
 
@@ -816,14 +911,34 @@ def _print_line(line: str) -> None:
         pass
 
 
-async def _run_single(cfg: SimConfig) -> int:
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the parent process dies, so a crashed test never leaves devices dialing."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            stop.set()
+
+
+async def _run_single(cfg: SimConfig, exit_with_parent: bool = False) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     sim = Simulator(cfg, out=_print_line)
     await sim.start()
-    await stop.wait()
+    # Keys are loaded and every device task exists: benchmarks time the storm from here.
+    _print_line(f"STARTED {len(sim.devices)} {time.time():.3f}")
+    waits = [asyncio.create_task(stop.wait())]
+    if exit_with_parent:
+        waits.append(asyncio.create_task(_watch_parent(stop)))
+    tasks = [d.task for d in sim.devices.values() if d.task is not None]
+    if not cfg.reconnect and cfg.direct is None and tasks:
+        # --no-reconnect: every device dials once; exit when all of them are done.
+        waits.append(asyncio.create_task(asyncio.wait(tasks)))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     summary = await sim.stop()
     tag = "WORKER-SUMMARY" if cfg.last_index is not None else "SUMMARY"
     _print_line(f"{tag} {json.dumps(summary, sort_keys=True)}")
@@ -843,10 +958,16 @@ async def _run_workers(argv: list[str], cfg: SimConfig, processes: int) -> int:
         first, last = w * per + 1, min(cfg.count, (w + 1) * per)
         if first > last:
             break
-        children.append(await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), *forward,
-            "--worker-range", f"{first}:{last}", stdout=subprocess.PIPE,
-        ))
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).resolve()),
+                *forward,
+                "--worker-range",
+                f"{first}:{last}",
+                stdout=subprocess.PIPE,
+            )
+        )
     summaries: list[dict[str, Any]] = []
 
     async def relay(child: asyncio.subprocess.Process) -> None:
@@ -907,7 +1028,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         build_parser().error(str(exc))
     if args.processes > 1 and not args.worker_range:
         return asyncio.run(_run_workers(argv, cfg, args.processes))
-    return asyncio.run(_run_single(cfg))
+    return asyncio.run(_run_single(cfg, args.exit_with_parent or bool(args.worker_range)))
 
 
 if __name__ == "__main__":

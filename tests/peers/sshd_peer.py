@@ -56,8 +56,11 @@ def pick_python(user: str) -> tuple[str, str]:
     for py in candidates:
         if not Path(py).exists():
             continue
-        r = subprocess.run(["runuser", "-u", user, "--", py, "-c", "import asyncio"],
-                           capture_output=True, timeout=30)
+        r = subprocess.run(
+            ["runuser", "-u", user, "--", py, "-c", "import asyncio"],
+            capture_output=True,
+            timeout=30,
+        )
         if r.returncode == 0:
             note = "" if py == candidates[0] else f"{candidates[0]} not executable by {user}"
             return py, note
@@ -128,8 +131,20 @@ class SshdPeer:
         os.chmod(wd, 0o755)  # the login user must reach the state directory
         self.host_key = wd / "ssh_host_ed25519_key"
         if not self.host_key.exists():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.hostname,
-                  "-f", str(self.host_key)])
+            _run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    self.hostname,
+                    "-f",
+                    str(self.host_key),
+                ]
+            )
         self.authorized_keys = wd / "authorized_keys"
         self.authorized_keys.touch()
         os.chmod(self.authorized_keys, 0o644)
@@ -148,26 +163,28 @@ class SshdPeer:
             f"--state-file {state / 'running.xml'}"
         )
         self.config.write_text(
-            "\n".join([
-                f"HostKey {self.host_key}",
-                "PidFile none",
-                "UsePAM no",
-                f"AllowUsers {self.username}",
-                "PermitRootLogin no",
-                "PubkeyAuthentication yes",
-                f"AuthorizedKeysFile {self.authorized_keys}",
-                f"PasswordAuthentication {'yes' if self.password_auth else 'no'}",
-                "KbdInteractiveAuthentication no",
-                "PermitEmptyPasswords no",
-                "StrictModes no",
-                "X11Forwarding no",
-                "AllowTcpForwarding no",
-                "AllowAgentForwarding no",
-                "PrintMotd no",
-                "LogLevel VERBOSE",
-                f"Subsystem netconf {subsystem}",
-                "",
-            ])
+            "\n".join(
+                [
+                    f"HostKey {self.host_key}",
+                    "PidFile none",
+                    "UsePAM no",
+                    f"AllowUsers {self.username}",
+                    "PermitRootLogin no",
+                    "PubkeyAuthentication yes",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    f"PasswordAuthentication {'yes' if self.password_auth else 'no'}",
+                    "KbdInteractiveAuthentication no",
+                    "PermitEmptyPasswords no",
+                    "StrictModes no",
+                    "X11Forwarding no",
+                    "AllowTcpForwarding no",
+                    "AllowAgentForwarding no",
+                    "PrintMotd no",
+                    "LogLevel VERBOSE",
+                    f"Subsystem netconf {subsystem}",
+                    "",
+                ]
+            )
         )
         _run([SSHD, "-t", "-f", str(self.config)])
 
@@ -212,8 +229,12 @@ class SshdPeer:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                self._proc = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
                 self.dials += 1
             _, err = self._proc.communicate()
             if err:
