@@ -929,7 +929,7 @@ async def _run_single(cfg: SimConfig, exit_with_parent: bool = False) -> int:
     await sim.start()
     # Keys are loaded and every device task exists: benchmarks time the storm from here.
     _print_line(f"STARTED {len(sim.devices)} {time.time():.3f}")
-    waits = [asyncio.create_task(stop.wait())]
+    waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if exit_with_parent:
         waits.append(asyncio.create_task(_watch_parent(stop)))
     tasks = [d.task for d in sim.devices.values() if d.task is not None]
