@@ -170,6 +170,9 @@ options:
     vars:
       - name: ansible_persistent_log_messages
 notes:
+  - A device that has not called home within O(callhome_timeout), whose key is not enrolled or
+    does not match, or a listener that does not answer, makes the host B(unreachable) (as an SSH
+    host that does not answer would), with the listener's explanation as the message.
   - The command timeout (O(persistent_command_timeout), C(ansible_command_timeout)) bounds every
     NETCONF request; a device that drops its session mid-task fails that task, and the next task
     leases a new session.
@@ -195,6 +198,7 @@ EXAMPLES = r"""
 
 import os
 import signal
+import sys
 import threading
 import time
 import typing as t
@@ -275,6 +279,7 @@ class Connection(NetconfConnection):
         self._lease_info: t.Dict[str, t.Any] = {}
         self._lease_socket: t.Any = None
         self._drop_reason: t.Optional[str] = None
+        self._prewaited = False
 
     # -- options ---------------------------------------------------------------------------------
 
@@ -341,7 +346,8 @@ class Connection(NetconfConnection):
         )
         return 0, to_bytes(self._manager.session_id or "", errors="surrogate_or_strict"), b""
 
-    def _ensure_listener(self, client: ControlClient) -> None:
+    def _ensure_listener(self, client: ControlClient, show: t.Optional[t.Callable[[str, str], None]] = None) -> None:
+        show = show or self._progress
         address = self._listener_address()
         if not (self.get_option("callhome_embedded") and is_default_address(address)):
             return
@@ -349,12 +355,12 @@ class Connection(NetconfConnection):
             started, answer = ensure_listener(
                 config_file=self.get_option("callhome_listener_config") or None,
                 idle_exit=float(self.get_option("callhome_idle_exit")),
-                log=lambda msg: self._progress("v", msg),
+                log=lambda msg: show("v", msg),
             )
         except CallHomeError as exc:
             raise AnsibleConnectionFailure(exc.message) from None
         if started:
-            self._progress("v", "started an embedded call-home listener (pid %s) at %s" % (answer.get("pid"), address))
+            show("v", "started an embedded call-home listener (pid %s) at %s" % (answer.get("pid"), address))
 
     def _describe_device(self, client: ControlClient, device: str) -> str:
         """One line on what the listener knows of ``device`` (for progress messages)."""
@@ -371,46 +377,101 @@ class Connection(NetconfConnection):
         return text
 
     def _lease(self, client: ControlClient, device: str, wait: float) -> t.Tuple[t.Any, t.Dict[str, t.Any]]:
-        address = str(client.address)
         try:
             known = self._describe_device(client, device)
         except ListenerUnreachableError as exc:
             raise AnsibleConnectionFailure(self._unreachable(exc)) from None
         self._progress(
-            "v", "waiting up to %.0f s for device %s to call home (listener %s: %s)" % (wait, device, address, known)
+            "vvv", "leasing device %s, waiting up to %.0f s (listener %s: %s)" % (device, wait, client.address, known)
         )
         stop = threading.Event()
         watcher = threading.Thread(
-            target=self._watch, args=(client, device, stop), name="callhome-wait-progress", daemon=True
+            target=self._watch, args=(client, device, stop, self._progress), name="callhome-wait-progress", daemon=True
         )
         watcher.start()
         started = time.monotonic()
         try:
             sock, info = client.lease(device, wait=wait)
-        except ListenerUnreachableError as exc:
-            raise AnsibleConnectionFailure(self._unreachable(exc)) from None
-        except NotAuthorizedError as exc:
-            raise AnsibleConnectionFailure(
-                "the call-home listener at %s refused the request: %s. Set ansible_callhome_token (or "
-                "NETCONF_CALLHOME_TOKEN) to the listener's control token" % (address, exc.message)
-            ) from None
-        except (WaitTimeoutError, DeviceNotReadyError, DeviceNotFoundError) as exc:
-            raise AnsibleConnectionFailure(exc.message) from None
         except CallHomeError as exc:
-            raise AnsibleConnectionFailure(
-                "could not lease a NETCONF session on device %s from the listener at %s: %s (%s)"
-                % (device, address, exc.message, exc.code)
-            ) from None
+            raise self._failure(exc, device, str(client.address)) from None
         finally:
             stop.set()
-        self._progress("v", "device %s is connected; lease %s after %.1f s" % (device, info.get("lease"), time.monotonic() - started))
+        self._progress("vvv", "device %s leased (lease %s) after %.1f s" % (device, info.get("lease"), time.monotonic() - started))
         return sock, info
 
-    def _watch(self, client: ControlClient, device: str, stop: threading.Event) -> None:
+    def _failure(self, exc: CallHomeError, device: str, address: str) -> AnsibleConnectionFailure:
+        """The listener's error as the message an operator reads in the failed task."""
+        if isinstance(exc, ListenerUnreachableError):
+            return AnsibleConnectionFailure(self._unreachable(exc))
+        if isinstance(exc, NotAuthorizedError):
+            return AnsibleConnectionFailure(
+                "the call-home listener at %s refused the request: %s. Set ansible_callhome_token (or "
+                "NETCONF_CALLHOME_TOKEN) to the listener's control token" % (address, exc.message)
+            )
+        if isinstance(exc, (WaitTimeoutError, DeviceNotReadyError, DeviceNotFoundError)):
+            return AnsibleConnectionFailure(exc.message)
+        return AnsibleConnectionFailure(
+            "could not lease a NETCONF session on device %s from the listener at %s: %s (%s)"
+            % (device, address, exc.message, exc.code)
+        )
+
+    # -- waiting, in the worker process --------------------------------------------------------
+
+    def get_options(self, hostvars: t.Any = None) -> t.Any:
+        """Also the last call the task executor makes before it starts ``ansible-connection``.
+
+        Why wait here: ``_connect`` runs in the ``ansible-connection`` process, whose output is
+        discarded until the task ends. Waiting for the device in the worker first lets ``-v``
+        show, while it happens, which device the host waits for and what the listener knows of
+        it; ``_connect`` then finds the device connected and leases at once.
+        """
+        options = super().get_options(hostvars=hostvars)
+        if hostvars is None and not self._connected and not self._prewaited and _in_worker():
+            self._prewaited = True
+            self._wait_in_worker()
+        return options
+
+    def _wait_in_worker(self) -> None:
+        device = self._device_name()
+        wait = float(self.get_option("callhome_timeout"))
+        host = self._play_context.remote_addr
+
+        def show(level: str, message: str) -> None:
+            getattr(display, level)(message, host=host)
+
+        client = self._control_client()
+        self._ensure_listener(client, show)
+        try:
+            known = self._describe_device(client, device)
+        except ListenerUnreachableError as exc:
+            raise AnsibleConnectionFailure(self._unreachable(exc)) from None
+        show("v", "waiting up to %.0f s for device %s to call home (listener %s: %s)" % (wait, device, client.address, known))
+        outcome: t.Dict[str, t.Any] = {}
+
+        def wait_op() -> None:
+            try:
+                client.call("wait", device=device, wait=wait, timeout=wait + 30)
+            except CallHomeError as exc:
+                outcome["error"] = exc
+
+        started = time.monotonic()
+        waiter = threading.Thread(target=wait_op, name="callhome-wait", daemon=True)
+        waiter.start()
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(client, device, stop, show), daemon=True)
+        watcher.start()
+        waiter.join()
+        stop.set()
+        if "error" in outcome:
+            raise self._failure(outcome["error"], device, str(client.address))
+        show("v", "device %s has called home (waited %.1f s)" % (device, time.monotonic() - started))
+
+    def _watch(self, client: ControlClient, device: str, stop: threading.Event,
+               show: t.Callable[[str, str], None]) -> None:
         interval = max(1, int(self.get_option("callhome_progress_interval")))
         started = time.monotonic()
         while not stop.wait(interval):
-            self._progress(
+            show(
                 "v", "still waiting for %s (%.0f s): %s" % (device, time.monotonic() - started, self._describe_device(client, device))
             )
 
@@ -500,6 +561,11 @@ class Connection(NetconfConnection):
             self._lease_socket = None
         self._conn_closed = True
         self._connected = False
+
+
+def _in_worker() -> bool:
+    """True in ansible-playbook's worker, False in the ansible-connection process."""
+    return not os.path.basename(sys.argv[0] if sys.argv else "").startswith("ansible_connection_cli_stub")
 
 
 def _rearm_alarm(seconds: int) -> bool:

@@ -108,6 +108,7 @@ except ImportError:
     HAS_JMESPATH = False
 
 CONNECTION = "netconf.callhome.netconf"
+_DEVICE_DATA = frozenset(("callhome", "callhome_capabilities"))
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -174,7 +175,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 "callhome_enrolled": rec.get("enrolled"),
             }
             for key, value in hostvars.items():
-                self.inventory.set_variable(host, key, make_unsafe(value))
+                # what the device itself sent (capabilities, errors) is never templated
+                self.inventory.set_variable(host, key, make_unsafe(value) if key in _DEVICE_DATA else value)
             for group in (
                 "%s%s" % (prefix, _safe(str(rec.get("status") or "unknown"))),
                 "%s%s" % (prefix, _safe(str(rec.get("transport")))) if rec.get("transport") else None,
