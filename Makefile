@@ -16,7 +16,7 @@ COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
-DEB_PKGS    := gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
+DEB_PKGS    := python3.11-venv gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
                openssh-server openssh-client socat shellcheck git
 
 export PYTHONPATH := $(ROOT)/.collections

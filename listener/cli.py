@@ -97,18 +97,13 @@ def _serve(args: argparse.Namespace) -> int:
         "password_file": args.password_file, "password_env": args.password_env,
     }
     tls = {"client_cert": args.tls_client_cert, "client_key": args.tls_client_key, "device_cas": args.device_ca}
-    config = load_config(args.config)
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
-    for key, value in creds.items():
-        if value is not None:
-            setattr(config.credentials, key, value)
-    for key, value in tls.items():
-        if value is not None:
-            setattr(config.tls, key, value)
-    config.__post_init__()
-    config.validate()
+    creds = {k: v for k, v in creds.items() if v is not None}
+    tls = {k: v for k, v in tls.items() if v is not None}
+    if creds:
+        overrides["credentials"] = creds
+    if tls:
+        overrides["tls"] = tls
+    config = load_config(args.config, overrides)
     setup_logging(config.log_format, config.log_level)
     _raise_nofile_limit()
 

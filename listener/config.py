@@ -182,6 +182,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any
             raise ConfigError("listener configuration %s must be a mapping" % path)
         data.update(loaded)
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = dict(data[key], **value)  # command-line fields refine the file's section
+        else:
             data[key] = value
     return _build(ListenerConfig, data, path or "listener configuration").validate()

@@ -19,7 +19,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
 
 BASE_10 = "urn:ietf:params:netconf:base:1.0"
 BASE_11 = "urn:ietf:params:netconf:base:1.1"
-NS_BASE = BASE_10
+NS_BASE = "urn:ietf:params:xml:ns:netconf:base:1.0"
 EOM = b"]]>]]>"
 MAX_CHUNK = 4294967295
 _CHUNK_HEADER = re.compile(rb"\n#([1-9][0-9]{0,9})\n")

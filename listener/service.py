@@ -307,8 +307,9 @@ class CallHomeListener:
             return  # an older, replaced session
         del self.sessions[held.device]
         now = time.time()
-        self.registry.update(held.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
-        log.info("event=device.disconnected device=%s peer=%s reason=%r", held.device, held.peer, reason)
+        status = ERROR if held.failed else DISCONNECTED
+        self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
+        log.info("event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason)
 
     # -- operations for the control layer ------------------------------------------------------
 

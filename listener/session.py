@@ -64,6 +64,7 @@ class HeldSession:
         self._swallow: Dict[bytes, None] = {}
         self._lease_lock = asyncio.Lock()
         self.active_leases = 0
+        self.failed = False  # closed because the device broke the protocol, not a plain drop
         # Set by the SSH transport: opens a new ``netconf`` channel for a lease.
         self.open_channel: Optional[Callable[[], "asyncio.Future[tuple]"]] = None
         self.on_closed: Optional[Callable[["HeldSession", str], None]] = None
@@ -76,11 +77,10 @@ class HeldSession:
 
     def data_received(self, data: bytes) -> None:
         try:
-            messages = self._framer.feed(data)
+            self._dispatch(self._framer.feed(data))
         except FramingError as exc:
+            self.failed = True
             self.close("device broke NETCONF framing: %s" % exc.message)
-            return
-        self._dispatch(messages)
 
     def _dispatch(self, messages: "list[bytes]") -> None:
         for msg in messages:
@@ -116,7 +116,10 @@ class HeldSession:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def wait_hello(self) -> Hello:
-        return await self._hello_waiter
+        hello = await self._hello_waiter
+        if self.closed.done():  # the hello came, but the device broke the session right after
+            raise HandshakeError(self.closed.result())
+        return hello
 
     def send(self, message: bytes) -> None:
         if self._carrier is None or self.closed.done():

@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Helpers and fixtures shared by the integration tests: a real listener process driven through its CLI and
+control socket, and the simulated devices of ``tests/peers/simulator.py`` in their own process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "tests" / "peers"
+if str(PEERS) not in sys.path:
+    sys.path.insert(0, str(PEERS))
+
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient  # noqa: E402
+from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (  # noqa: E402
+    TrustStore,
+    add_identity,
+    set_credentials,
+)
+
+LISTENER_CMD = [sys.executable, "-m", "ansible_collections.netconf.callhome.listener"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / ".collections") + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+class ListenerProcess:
+    """``callhome-listener serve`` in a child process, logs captured, stopped at the end."""
+
+    def __init__(self, home: Path, args: List[str]) -> None:
+        self.home = home
+        self.args = args
+        self.log_path = home / "listener.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.control = ControlClient("unix:%s" % (home / "control.sock"), timeout=30)
+
+    def start(self, timeout: float = 20.0) -> "ListenerProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            LISTENER_CMD + ["serve", "--home", str(self.home)] + self.args,
+            stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.status = self.control.call("status", timeout=2)
+                return self
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("listener did not start (rc=%s):\n%s" % (self.proc.poll(), self.log()))
+                time.sleep(0.1)
+
+    @property
+    def ssh_port(self) -> int:
+        return int(self.status["ssh"][0].rsplit(":", 1)[1])
+
+    @property
+    def tls_port(self) -> int:
+        return int(self.status["tls"][0].rsplit(":", 1)[1])
+
+    def call(self, op: str, **args: Any) -> Any:
+        return self.control.call(op, **args)
+
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run(
+            LISTENER_CMD + ["--control", "unix:%s" % (self.home / "control.sock")] + list(argv),
+            capture_output=True, text=True, env=child_env(), timeout=120,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError("CLI %s failed (%d): %s" % (argv, res.returncode, res.stderr))
+        return res
+
+    def wait_device(self, name: str, status: str, timeout: float = 20.0) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        rec: Dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                rec = self.call("device", device=name)
+                if rec.get("status") == status:
+                    return rec
+            time.sleep(0.1)
+        raise AssertionError("device %s did not reach status %s; last record %s\nlog:\n%s" % (name, status, rec, self.log()[-3000:]))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Fleet:
+    """Enrollment helpers around the simulator's key files."""
+
+    def __init__(self, base: Path, password: str = "sim-secret") -> None:
+        self.base = base
+        self.keys_dir = base / "keys"
+        self.password = password
+        self.password_file = base / "device-password"
+        base.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(password + "\n")
+        os.chmod(self.password_file, 0o600)
+
+    def keys(self, names: List[str], keys_dir: Optional[Path] = None) -> Dict[str, Any]:
+        import simulator  # tests/peers
+
+        return simulator.ensure_keys(keys_dir or self.keys_dir, names)
+
+    def enroll(self, trust_path: Path, names: List[str], keys_dir: Optional[Path] = None) -> None:
+        keys = self.keys(names, keys_dir)
+        store = TrustStore(str(trust_path))
+
+        def mutate(data: Dict[str, Any]) -> None:
+            for name in names:
+                add_identity(data, name, kind="ssh_host_keys", value=keys[name].export_public_key().decode().strip())
+
+        store.update(mutate)
+
+    def simulator(self, port: int, count: int, *extra: str, keys_dir: Optional[Path] = None, wait_connected: int = 0, timeout: float = 60.0):
+        import simulator
+
+        args = [
+            "--listener", "127.0.0.1:%d" % port, "--count", str(count), "--keys-dir", str(keys_dir or self.keys_dir),
+            "--user", "netconf", "--password", self.password, "--retry", "0.2",
+        ] + list(extra)
+        return simulator.start_simulator_process(args, wait_connected=wait_connected, timeout=timeout, env=child_env())
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return Fleet(tmp_path / "fleet")
+
+
+@pytest.fixture
+def listener_factory(tmp_path: Path, fleet: Fleet) -> Iterator[Any]:
+    started: List[ListenerProcess] = []
+
+    def make(*extra: str, home: Optional[Path] = None, ssh_port: int = 0, password_file: Optional[Path] = None) -> ListenerProcess:
+        args = [
+            "--ssh", "127.0.0.1:%d" % ssh_port, "--username", "netconf",
+            "--password-file", str(password_file or fleet.password_file),
+            "--keepalive-interval", "1", "--keepalive-count-max", "2", "--handshake-timeout", "3",
+            "--log-level", "INFO",
+        ] + list(extra)
+        lp = ListenerProcess(home or (tmp_path / "home"), args)
+        started.append(lp)
+        return lp
+
+    yield make
+    for lp in started:
+        lp.stop()
+
+
+@contextlib.contextmanager
+def running(sim: Any) -> Iterator[Any]:
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def ncclient_over_lease(control: ControlClient, device: str, wait: float = 10.0):
+    """A real ncclient Manager over a lease, the way the connection plugin builds it."""
+    from ncclient.devices.default import DefaultDeviceHandler
+    from ncclient.manager import Manager
+    from ncclient.transport.unixSocket import UnixSocketSession
+
+    sock, info = control.lease(device, wait=wait)
+    handler = DefaultDeviceHandler()
+    session = UnixSocketSession(handler)
+    session._socket = sock
+    session._connected = True
+    session._post_connect()
+    return Manager(session, handler, timeout=30), info
+
+
+def read_json_lines(text: str) -> List[Dict[str, Any]]:
+    return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+

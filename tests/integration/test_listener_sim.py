@@ -1,0 +1,291 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The listener against simulated devices (asyncssh, in their own process): trust, credentials,
+registry, leases, dead-peer detection, restarts and bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import stat
+import time
+import urllib.request
+
+import pytest
+from harness import free_port, ncclient_over_lease, running
+
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+    DeviceNotFoundError,
+    DeviceNotReadyError,
+    WaitTimeoutError,
+)
+
+
+def test_enrolled_devices_get_sessions_and_leases(listener_factory, fleet):
+    names = ["sim0001", "sim0002", "sim0003"]
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", names)
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 3, wait_connected=3)):
+        for name in names:
+            rec = lst.call("wait", device=name, wait=20, timeout=30)
+            assert rec["status"] == "connected" and rec["transport"] == "ssh"
+            assert "urn:ietf:params:netconf:capability:candidate:1.0" in rec["capabilities"]
+            assert rec["session_mode"] == "channel"
+        mgr, info = ncclient_over_lease(lst.control, "sim0002")
+        with mgr:
+            assert info["device"] == "sim0002" and info["mode"] == "channel"
+            reply = mgr.get_config("running")
+            assert "sim0002" in reply.xml  # the simulator puts its hostname in running
+        status = lst.call("status")
+        assert status["devices"]["connected"] == 3 and status["pending"] == 0
+    assert "event=device.connected device=sim0001" in lst.log()
+    # credentials never reach the log
+    assert fleet.password not in lst.log()
+
+
+def test_unknown_key_is_pending_until_approved(listener_factory, fleet):
+    lst = listener_factory().start()
+    keys = fleet.keys(["sim0001"])
+    fingerprint = keys["sim0001"].get_fingerprint("sha256")
+    with running(fleet.simulator(lst.ssh_port, 1)):
+        deadline = time.monotonic() + 20
+        pending = []
+        while time.monotonic() < deadline and not pending:
+            pending = lst.call("pending")
+            time.sleep(0.1)
+        assert [p["fingerprint"] for p in pending] == [fingerprint]
+        assert pending[0]["reason"] == "unknown-key" and pending[0]["public_key"].startswith("ssh-ed25519 ")
+        # never authenticated to, never handed out
+        with pytest.raises(DeviceNotFoundError, match="not enrolled"):
+            lst.control.lease("sim0001", wait=1)
+        assert "auth=" not in lst.log()
+        time.sleep(0.5)
+        assert lst.call("pending")[0]["count"] >= 2  # the device keeps calling, we keep counting
+        # the operator's command enrolls it; the next call succeeds without a restart
+        res = lst.cli("approve", fingerprint, "--device", "sim0001")
+        assert json.loads(res.stdout)["device"] == "sim0001"
+        rec = lst.call("wait", device="sim0001", wait=20, timeout=30)
+        assert rec["status"] == "connected" and rec["fingerprint"] == fingerprint
+        assert lst.call("pending") == []
+        trust = json.loads((lst.home / "trust.json").read_text())
+        assert trust["devices"]["sim0001"]["ssh_host_keys"][0].startswith("ssh-ed25519 ")
+        assert stat.S_IMODE(os.stat(lst.home / "trust.json").st_mode) == 0o600
+
+
+def test_mismatched_key_is_refused_and_reported(listener_factory, fleet, tmp_path):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)) as sim:
+        lst.wait_device("sim0001", "connected")
+    sim.stop()
+    lst.wait_device("sim0001", "disconnected")
+    # the "same" device comes back with another host key (reinstalled, or an impostor)
+    other_keys = tmp_path / "other-keys"
+    with running(fleet.simulator(lst.ssh_port, 1, keys_dir=other_keys)):
+        rec = lst.wait_device("sim0001", "key-mismatch")
+        assert "not enrolled for it" in rec["last_error"]
+        with pytest.raises(DeviceNotReadyError, match="approve"):
+            lst.control.lease("sim0001", wait=1)
+        pending = lst.call("pending")
+        assert pending[0]["reason"] == "key-mismatch" and pending[0]["claimed_device"] == "sim0001"
+        # an address is only a hint: approving needs the operator to name the device
+        res = lst.cli("approve", pending[0]["fingerprint"], check=False)
+        assert res.returncode == 1 and "--device" in res.stderr
+    assert "event=device.key_mismatch device=sim0001" in lst.log()
+
+
+def test_wrong_credentials_are_recorded_as_auth_failed(listener_factory, fleet, tmp_path):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    lst = listener_factory(password_file=wrong)
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 1)):
+        rec = lst.wait_device("sim0001", "auth-failed")
+        assert "credentials" in rec["last_error"]
+        with pytest.raises(DeviceNotReadyError, match="rejected the listener's credentials"):
+            lst.control.lease("sim0001", wait=1)
+    assert "not-the-password" not in lst.log()
+
+
+def test_dead_peer_detected_and_reconnect(listener_factory, fleet):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    sim = fleet.simulator(lst.ssh_port, 1, wait_connected=1)
+    with running(sim):
+        lst.wait_device("sim0001", "connected")
+        # a frozen device answers nothing: only keepalives can tell (1 s x 2 here)
+        os.kill(sim.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            rec = lst.wait_device("sim0001", "disconnected", timeout=15)
+            assert time.monotonic() - t0 < 10
+        finally:
+            os.kill(sim.proc.pid, signal.SIGCONT)
+        rec = lst.wait_device("sim0001", "connected", timeout=20)
+        assert rec["connect_count"] >= 2
+
+
+def test_new_call_replaces_older_connection(listener_factory, fleet):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
+        first = lst.wait_device("sim0001", "connected")
+        with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
+            deadline = time.monotonic() + 10
+            while lst.call("device", device="sim0001")["connect_count"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            rec = lst.call("device", device="sim0001")
+            assert rec["connect_count"] >= 2 and rec["peer"] != first["peer"]
+            assert "event=device.replaced device=sim0001" in lst.log()
+            assert lst.call("status")["sessions"] == 1
+
+
+def test_listener_restart_keeps_registry(listener_factory, fleet):
+    port = free_port()
+    lst = listener_factory(ssh_port=port)
+    fleet.enroll(lst.home / "trust.json", ["sim0001", "sim0002"])
+    lst.start()
+    with running(fleet.simulator(port, 2, wait_connected=2)):
+        before = lst.wait_device("sim0002", "connected")
+        lst.stop()
+        lst.start()
+        rec = lst.call("device", device="sim0002")
+        # the record survived; its old session did not, and the device calls again by itself
+        assert rec["first_connected"] == before["first_connected"]
+        assert rec["status"] in ("disconnected", "connected")
+        rec = lst.wait_device("sim0002", "connected", timeout=20)
+        assert rec["connect_count"] == before["connect_count"] + 1
+
+
+def test_single_session_device_is_shared_across_leases(listener_factory, fleet):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 1, "--single-session", wait_connected=1)):
+        lst.wait_device("sim0001", "connected")
+        for i in range(3):
+            mgr, info = ncclient_over_lease(lst.control, "sim0001")
+            with mgr:
+                mgr.edit_config(target="running", config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><note xmlns="urn:example:sim">n%d</note></config>' % i)
+                assert "n%d" % i in mgr.get_config("running").xml
+            assert info["mode"] in ("channel", "shared")
+        rec = lst.call("device", device="sim0001")
+        # close-session of each lease was answered by the listener: the device session lives on
+        assert rec["session_mode"] in ("channel", "shared") and rec["connect_count"] == 1
+        assert rec["status"] == "connected"
+        assert "mode=shared" in lst.log()
+
+
+def test_leases_on_different_devices_run_side_by_side(listener_factory, fleet):
+    names = ["sim0001", "sim0002", "sim0003", "sim0004"]
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", names)
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 4, "--single-session", wait_connected=4)):
+        for name in names:
+            lst.wait_device(name, "connected")
+        # hold a lease on sim0001 open while the others lease and work
+        held, _ = ncclient_over_lease(lst.control, "sim0001")
+
+        def work(name):
+            mgr, _ = ncclient_over_lease(lst.control, name, wait=5)
+            with mgr:
+                return name in mgr.get_config("running").xml
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            assert all(pool.map(work, names[1:], timeout=30))
+        assert held.get_config("running").ok
+        held.close_session()
+
+
+def test_plain_ncclient_connect_uds_on_a_lease_socket(listener_factory, fleet):
+    from ncclient import manager
+
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
+        info = lst.call("lease", device="sim0001", wait=10, listen=True)
+        assert stat.S_IMODE(os.stat(info["path"]).st_mode) == 0o600
+        with manager.connect_uds(info["path"], device_params={"name": "default"}) as mgr:
+            assert "sim0001" in mgr.get_config("running").xml
+        assert not os.path.exists(info["path"])
+
+
+def test_wait_for_a_device_that_never_calls(listener_factory, fleet):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0009"])
+    lst.start()
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeoutError, match="has not called home within 1 s"):
+        lst.call("wait", device="sim0009", wait=1, timeout=10)
+    assert 0.9 < time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("fault", ["garbage", "stall", "big-hello", "entity-hello", "bad-framing"])
+def test_bad_peers_do_not_disturb_good_ones(listener_factory, fleet, fault):
+    names = ["sim0001", "sim0002", "sim0003"]
+    lst = listener_factory("--metrics", "127.0.0.1:%d" % free_port())
+    fleet.enroll(lst.home / "trust.json", names)
+    lst.start()
+    extra = ["--fault", "%s=sim0003" % fault, "--big-hello-mib", "4"]
+    with running(fleet.simulator(lst.ssh_port, 3, *extra)):
+        for name in names[:2]:
+            lst.wait_device(name, "connected", timeout=30)
+        if fault in ("big-hello", "entity-hello", "bad-framing"):
+            rec = lst.wait_device("sim0003", "error", timeout=30)
+            assert rec["last_error"]
+        else:
+            time.sleep(4)  # longer than the 3 s handshake bound
+            assert lst.call("device", device="sim0003")["status"] != "connected" if _known(lst, "sim0003") else True
+            assert "event=handshake.failed peer=127.0.0.1:" in lst.log()
+        # the good sessions are still usable
+        mgr, _ = ncclient_over_lease(lst.control, "sim0001")
+        with mgr:
+            assert mgr.get_config("running").ok
+        assert lst.proc.poll() is None
+
+
+def _known(lst, name):
+    return any(d["name"] == name and d["status"] != "never-seen" for d in lst.call("devices"))
+
+
+def test_control_socket_is_private_and_metrics_are_exported(listener_factory, fleet):
+    port = free_port()
+    lst = listener_factory("--metrics", "127.0.0.1:%d" % port)
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    assert stat.S_IMODE(os.stat(lst.home / "control.sock").st_mode) == 0o600
+    with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
+        lst.wait_device("sim0001", "connected")
+        mgr, _ = ncclient_over_lease(lst.control, "sim0001")
+        mgr.close_session()
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+    assert 'callhome_devices{status="connected"} 1.0' in body
+    assert 'callhome_handshakes_total{result="ok",transport="ssh"}' in body
+    assert 'callhome_leases_total{mode="channel"} 1.0' in body
+    assert "callhome_handshake_seconds_bucket" in body
+
+
+def test_connection_flood_is_bounded(listener_factory, fleet):
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    socks = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", lst.ssh_port))
+            socks.append(s)
+        with running(fleet.simulator(lst.ssh_port, 1)):
+            lst.wait_device("sim0001", "connected", timeout=30)
+    finally:
+        for s in socks:
+            s.close()
+    assert lst.proc.poll() is None
