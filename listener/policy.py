@@ -105,7 +105,7 @@ class TrustPolicy:
         leaf = x509.load_der_x509_certificate(leaf_der)
         identities = certificate_identities(leaf)
         if owner is not None:
-            return Verdict(ACCEPTED, owner, fingerprint, identities)
+            return Verdict(ACCEPTED, owner, fingerprint, identities=identities)
         claimed = ""
         for ident in identities:
             claimed = self.index.identities.get(ident, "")
@@ -113,12 +113,12 @@ class TrustPolicy:
                 break
         if claimed:
             if self._chains_to_ca(leaf, [x509.load_der_x509_certificate(d) for d in chain_der[1:]]):
-                return Verdict(ACCEPTED, claimed, fingerprint, identities)
+                return Verdict(ACCEPTED, claimed, fingerprint, identities=identities)
             log.warning("event=tls.chain_rejected device=%s fingerprint=%s", claimed, fingerprint)
-            return Verdict(MISMATCH, claimed, fingerprint, identities, claim_source="identity")
+            return Verdict(MISMATCH, claimed, fingerprint, claim_source="identity", identities=identities)
         if hint and self.index.has_tls_identity(hint):
-            return Verdict(MISMATCH, hint, fingerprint, identities, claim_source="address")
-        return Verdict(UNKNOWN, "", fingerprint, identities)
+            return Verdict(MISMATCH, hint, fingerprint, claim_source="address", identities=identities)
+        return Verdict(UNKNOWN, "", fingerprint, identities=identities)
 
     def _chains_to_ca(self, leaf: x509.Certificate, intermediates: List[x509.Certificate]) -> bool:
         now = datetime.datetime.now(datetime.timezone.utc)
