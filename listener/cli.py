@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """``callhome-listener``: run the listener and talk to it.
 
-    callhome-listener serve [--config FILE] [--ssh 0.0.0.0:4334] [--tls ...] ...
-    callhome-listener status | devices | device NAME | pending
-    callhome-listener approve FINGERPRINT [--device NAME]
-    callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
-    callhome-listener wait NAME [--timeout 60]
-    callhome-listener shutdown
+callhome-listener serve [--config FILE] [--ssh 0.0.0.0:4334] [--tls ...] ...
+callhome-listener status | devices | device NAME | pending
+callhome-listener approve FINGERPRINT [--device NAME]
+callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
+callhome-listener wait NAME [--timeout 60]
+callhome-listener shutdown
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from ansible_collections.netconf.callhome.plugins.module_utils.errors import Cal
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callhome-listener", description="NETCONF call-home (RFC 8071) listener")
     parser.add_argument(
-        "--control", default=os.environ.get("NETCONF_CALLHOME_CONTROL") or None,
+        "--control",
+        default=os.environ.get("NETCONF_CALLHOME_CONTROL") or None,
         help="control address: unix:/path or tls://host:port (default: %s)" % default_control_address(),
     )
     parser.add_argument("--token-file", help="token for a remote (tls://) listener")
@@ -39,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the listener in the foreground")
     serve.add_argument("--config", help="YAML configuration file (options as in docs/listener.md)")
     serve.add_argument("--home", help="state directory (trust store, registry, control socket)")
-    serve.add_argument("--ssh", action="append", dest="ssh_binds", metavar="HOST:PORT", help="SSH call-home bind (repeatable)")
-    serve.add_argument("--tls", action="append", dest="tls_binds", metavar="HOST:PORT", help="TLS call-home bind (repeatable)")
+    serve.add_argument(
+        "--ssh", action="append", dest="ssh_binds", metavar="HOST:PORT", help="SSH call-home bind (repeatable)"
+    )
+    serve.add_argument(
+        "--tls", action="append", dest="tls_binds", metavar="HOST:PORT", help="TLS call-home bind (repeatable)"
+    )
     serve.add_argument("--trust-store", dest="trust_store")
     serve.add_argument("--registry")
     serve.add_argument("--control-socket", dest="control_socket")
@@ -86,15 +91,28 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: Dict[str, Any] = {
         k: getattr(args, k)
         for k in (
-            "home", "ssh_binds", "tls_binds", "trust_store", "registry", "control_socket", "keepalive_interval",
-            "keepalive_count_max", "handshake_timeout", "metrics_bind", "idle_exit", "log_format", "log_level",
+            "home",
+            "ssh_binds",
+            "tls_binds",
+            "trust_store",
+            "registry",
+            "control_socket",
+            "keepalive_interval",
+            "keepalive_count_max",
+            "handshake_timeout",
+            "metrics_bind",
+            "idle_exit",
+            "log_format",
+            "log_level",
         )
     }
     if args.control_socket is None and args.control and args.control.startswith("unix:"):
         overrides["control_socket"] = args.control[5:]
     creds = {
-        "username": args.username, "private_key_file": args.private_key,
-        "password_file": args.password_file, "password_env": args.password_env,
+        "username": args.username,
+        "private_key_file": args.private_key,
+        "password_file": args.password_file,
+        "password_env": args.password_env,
     }
     tls = {"client_cert": args.tls_client_cert, "client_key": args.tls_client_key, "device_cas": args.device_ca}
     creds = {k: v for k, v in creds.items() if v is not None}
@@ -133,7 +151,13 @@ def _ts(value: Optional[float]) -> str:
 
 
 def _table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c, "")) if not c.startswith(("first", "last_c", "last_s", "last_d")) else _ts(r.get(c)) for c in columns] for r in rows]
+    cells = [
+        [
+            str(r.get(c, "")) if not c.startswith(("first", "last_c", "last_s", "last_d")) else _ts(r.get(c))
+            for c in columns
+        ]
+        for r in rows
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -162,7 +186,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "pending":
             result = client.call("pending")
             if not args.json:
-                print(_table(result, ("fingerprint", "key_type", "transport", "peer", "reason", "claimed_device", "count", "last_seen")))
+                print(
+                    _table(
+                        result,
+                        (
+                            "fingerprint",
+                            "key_type",
+                            "transport",
+                            "peer",
+                            "reason",
+                            "claimed_device",
+                            "count",
+                            "last_seen",
+                        ),
+                    )
+                )
                 return 0
         elif args.command == "approve":
             result = client.call("approve", fingerprint=args.fingerprint, device=args.device)

@@ -22,12 +22,12 @@ def parse_bind(value: str, default_port: int) -> Tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or ``:port``."""
     value = str(value).strip()
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
+        host, _sep, rest = value[1:].partition("]")
         port = rest.lstrip(":") or str(default_port)
     elif value.count(":") > 1:  # bare IPv6 address
         host, port = value, str(default_port)
     else:
-        host, _, port = value.partition(":")
+        host, _sep, port = value.partition(":")
         port = port or str(default_port)
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("invalid bind address %r: port must be 0-65535" % value)
@@ -122,7 +122,9 @@ class ListenerConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError("%s must be positive" % name)
         if self.control_tcp.bind and not (
-            self.control_tcp.cert and self.control_tcp.key and (self.control_tcp.token_file or self.control_tcp.token_env)
+            self.control_tcp.cert
+            and self.control_tcp.key
+            and (self.control_tcp.token_file or self.control_tcp.token_env)
         ):
             raise ConfigError("control_tcp needs cert, key and token_file or token_env: remote access is never open")
         return self
@@ -142,7 +144,9 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError("%s: unknown option(s) %s (known: %s)" % (where, ", ".join(unknown), ", ".join(sorted(known))))
+        raise ConfigError(
+            "%s: unknown option(s) %s (known: %s)" % (where, ", ".join(unknown), ", ".join(sorted(known)))
+        )
     kwargs: Dict[str, Any] = {}
     for name, value in data.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default  # type: ignore[misc]
@@ -158,7 +162,9 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
             kwargs[name] = bool(value)
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             try:
-                kwargs[name] = type(default)(int(value, 8) if isinstance(value, str) and name.endswith("_mode") else value)
+                kwargs[name] = type(default)(
+                    int(value, 8) if isinstance(value, str) and name.endswith("_mode") else value
+                )
             except (TypeError, ValueError):
                 raise ConfigError("%s.%s must be a number, got %r" % (where, name, value)) from None
         else:

@@ -76,7 +76,10 @@ class ControlServer:
             )
             self._servers.append(server)
             sockname = server.sockets[0].getsockname()
-            self.tcp_address = "tls://%s:%d" % ((("[%s]" % sockname[0]) if ":" in sockname[0] else sockname[0]), sockname[1])
+            self.tcp_address = "tls://%s:%d" % (
+                (("[%s]" % sockname[0]) if ":" in sockname[0] else sockname[0]),
+                sockname[1],
+            )
             log.info("event=control.remote_enabled address=%s", self.tcp_address)
 
     async def stop(self) -> None:
@@ -126,7 +129,10 @@ class ControlServer:
         except Exception as exc:  # never let one bad request take the listener down
             log.exception("event=control.internal_error op=%s", op)
             with contextlib.suppress(ConnectionError, OSError):
-                await _answer(writer, {"ok": False, "error": {"code": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}})
+                await _answer(
+                    writer,
+                    {"ok": False, "error": {"code": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}},
+                )
         finally:
             self.listener.last_activity = time.monotonic()
             writer.close()
@@ -187,7 +193,9 @@ class ControlServer:
         await _answer(writer, {"ok": True, "result": info})
         await self._serve_lease(held, info, reader, writer)
 
-    async def _serve_lease(self, held: Any, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_lease(
+        self, held: Any, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         metrics = self.listener.metrics
         metrics.leases.labels(mode=held.mode).inc()
         metrics.active_leases.inc()
@@ -201,7 +209,10 @@ class ControlServer:
             metrics.active_leases.dec()
         log.info(
             "event=lease.end lease=%s device=%s seconds=%.3f reason=%r",
-            info["lease"], held.device, time.monotonic() - started, reason,
+            info["lease"],
+            held.device,
+            time.monotonic() - started,
+            reason,
         )
 
     # -- plain operations ----------------------------------------------------------------------
@@ -252,7 +263,9 @@ class ControlServer:
         if rec is None:
             if name in self.listener.policy.index.devices:
                 return self._device_view(name, {"name": name, "status": "never-seen"})
-            raise DeviceNotFoundError("device %r is not enrolled and has never called home" % name, details={"device": name})
+            raise DeviceNotFoundError(
+                "device %r is not enrolled and has never called home" % name, details={"device": name}
+            )
         return self._device_view(name, rec.to_dict())
 
     async def _op_pending(self, request: Dict[str, Any]) -> Any:

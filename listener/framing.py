@@ -150,11 +150,7 @@ def parse_hello(message: bytes) -> Hello:
         raise FramingError("hello is not well-formed XML: %s" % exc) from None
     if _local(root.tag) != "hello":
         raise FramingError("expected <hello>, got <%s>" % _local(root.tag))
-    caps = [
-        (el.text or "").strip()
-        for el in root.iter()
-        if _local(el.tag) == "capability" and (el.text or "").strip()
-    ]
+    caps = [(el.text or "").strip() for el in root.iter() if _local(el.tag) == "capability" and (el.text or "").strip()]
     if BASE_10 not in caps and BASE_11 not in caps:
         raise FramingError("hello advertises neither base:1.0 nor base:1.1")
     sid = None

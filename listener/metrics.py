@@ -15,15 +15,21 @@ class Metrics:
     def __init__(self, device_counts: Callable[[], Dict[str, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.handshakes = Counter(
-            "callhome_handshakes_total", "Call-home handshakes by transport and result", ["transport", "result"],
+            "callhome_handshakes_total",
+            "Call-home handshakes by transport and result",
+            ["transport", "result"],
             registry=self.registry,
         )
         self.failures = Counter(
-            "callhome_failures_total", "Failed call-home attempts by transport and reason", ["transport", "reason"],
+            "callhome_failures_total",
+            "Failed call-home attempts by transport and reason",
+            ["transport", "reason"],
             registry=self.registry,
         )
         self.leases = Counter("callhome_leases_total", "Leases granted", ["mode"], registry=self.registry)
-        self.lease_errors = Counter("callhome_lease_errors_total", "Lease requests refused", ["code"], registry=self.registry)
+        self.lease_errors = Counter(
+            "callhome_lease_errors_total", "Lease requests refused", ["code"], registry=self.registry
+        )
         self.active_leases = Gauge("callhome_active_leases", "Leases in progress", registry=self.registry)
         self.handshake_seconds = Histogram(
             "callhome_handshake_seconds",

@@ -184,4 +184,3 @@ def _load_pem_certs(path: str) -> List[x509.Certificate]:
     except ValueError as exc:
         raise ConfigError("device CA file %s holds no valid PEM certificate: %s" % (path, exc)) from None
     return certs
-

@@ -74,7 +74,9 @@ class RegistryStore(abc.ABC):
         """Everything persisted, at start-up."""
 
     @abc.abstractmethod
-    def save(self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]) -> None:
+    def save(
+        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+    ) -> None:
         """Upsert the given records and delete the dropped pending fingerprints, atomically."""
 
     @abc.abstractmethod
@@ -101,7 +103,9 @@ class SQLiteStore(RegistryStore):
         pending = [_from_doc(PendingKey, doc) for (doc,) in self._db.execute("SELECT doc FROM pending")]
         return devices, pending
 
-    def save(self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]) -> None:
+    def save(
+        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+    ) -> None:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(

@@ -109,8 +109,11 @@ class CallHomeListener:
             self.metrics.serve(self.config.metrics_bind)
         log.info(
             "event=listener.started ssh=%s tls=%s control=%s trust_store=%s devices_enrolled=%d",
-            _binds(self.bound["ssh"]), _binds(self.bound["tls"]) or "off", self.config.control_socket,
-            self.config.trust_store, len(self.policy.index.devices),
+            _binds(self.bound["ssh"]),
+            _binds(self.bound["tls"]) or "off",
+            self.config.control_socket,
+            self.config.trust_store,
+            len(self.policy.index.devices),
         )
 
     async def serve_forever(self) -> None:
@@ -150,7 +153,11 @@ class CallHomeListener:
             self.policy.reload()
             if self.registry.has_unsaved():
                 await loop.run_in_executor(None, self.registry.flush)
-            if self.config.idle_exit and not self.sessions_leased() and time.monotonic() - self.last_activity > self.config.idle_exit:
+            if (
+                self.config.idle_exit
+                and not self.sessions_leased()
+                and time.monotonic() - self.last_activity > self.config.idle_exit
+            ):
                 log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
                 self._stopping.set()
 
@@ -198,7 +205,11 @@ class CallHomeListener:
         if len(window) >= self.config.block_failures:
             self._blocked[peer_ip] = now + self.config.block_seconds
             window.clear()
-            log.warning("event=peer.blocked peer_ip=%s seconds=%.0f reason=repeated_failures", peer_ip, self.config.block_seconds)
+            log.warning(
+                "event=peer.blocked peer_ip=%s seconds=%.0f reason=repeated_failures",
+                peer_ip,
+                self.config.block_seconds,
+            )
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -222,16 +233,26 @@ class CallHomeListener:
                 verdict.device,
                 status=KEY_MISMATCH,
                 last_seen=time.time(),
-                last_error="presented %s %s, which is not enrolled for it (from %s)" % (key_type, verdict.fingerprint, peer),
+                last_error="presented %s %s, which is not enrolled for it (from %s)"
+                % (key_type, verdict.fingerprint, peer),
             )
             log.warning(
                 "event=device.key_mismatch device=%s peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
-                verdict.device, peer, transport, verdict.fingerprint, key_type, pending.count,
+                verdict.device,
+                peer,
+                transport,
+                verdict.fingerprint,
+                key_type,
+                pending.count,
             )
         else:
             log.warning(
                 "event=device.unknown_key peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
-                peer, transport, verdict.fingerprint, key_type, pending.count,
+                peer,
+                transport,
+                verdict.fingerprint,
+                key_type,
+                pending.count,
             )
 
     def ssh_failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
@@ -244,8 +265,12 @@ class CallHomeListener:
             reason = "host-key"  # already recorded by refused()
         elif verdict is not None and verdict.accepted:
             status = AUTH_FAILED if reason == "auth-failed" else ERROR
-            self.registry.update(verdict.device, status=status, peer=peer, transport="ssh", last_seen=time.time(), last_error=message)
-            log.warning("event=device.%s device=%s peer=%s transport=ssh error=%r", reason, verdict.device, peer, message)
+            self.registry.update(
+                verdict.device, status=status, peer=peer, transport="ssh", last_seen=time.time(), last_error=message
+            )
+            log.warning(
+                "event=device.%s device=%s peer=%s transport=ssh error=%r", reason, verdict.device, peer, message
+            )
         else:
             log.warning("event=handshake.failed peer=%s transport=ssh reason=%s error=%r", peer, reason, message)
         self.count_failure("ssh", reason, peer_ip)
@@ -258,10 +283,30 @@ class CallHomeListener:
             reason, message = ssh_transport.describe_ssh_failure(exc)
         peer_ip = held.peer.rsplit(":", 1)[0].strip("[]")
         if held.device:
-            self.registry.update(held.device, status=ERROR, peer=held.peer, transport=held.transport, last_seen=time.time(), last_error=message)
-            log.warning("event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r", held.device, held.peer, held.transport, reason, message)
+            self.registry.update(
+                held.device,
+                status=ERROR,
+                peer=held.peer,
+                transport=held.transport,
+                last_seen=time.time(),
+                last_error=message,
+            )
+            log.warning(
+                "event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r",
+                held.device,
+                held.peer,
+                held.transport,
+                reason,
+                message,
+            )
         else:
-            log.warning("event=handshake.failed peer=%s transport=%s reason=%s error=%r", held.peer, held.transport, reason, message)
+            log.warning(
+                "event=handshake.failed peer=%s transport=%s reason=%s error=%r",
+                held.peer,
+                held.transport,
+                reason,
+                message,
+            )
         self.count_failure(held.transport, reason, peer_ip)
 
     def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
@@ -296,7 +341,14 @@ class CallHomeListener:
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "event=device.connected device=%s peer=%s transport=%s fingerprint=%s auth=%s mode=%s capabilities=%d handshake_ms=%.1f",
-                held.device, held.peer, held.transport, held.fingerprint, auth, held.mode, len(held.hello.capabilities), elapsed * 1000,
+                held.device,
+                held.peer,
+                held.transport,
+                held.fingerprint,
+                auth,
+                held.mode,
+                len(held.hello.capabilities),
+                elapsed * 1000,
             )
         for fut in self._waiters.pop(held.device, []):
             if not fut.done():
@@ -309,7 +361,9 @@ class CallHomeListener:
         now = time.time()
         status = ERROR if held.failed else DISCONNECTED
         self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
-        log.info("event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason)
+        log.info(
+            "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
+        )
 
     # -- operations for the control layer ------------------------------------------------------
 
@@ -361,10 +415,16 @@ class CallHomeListener:
     def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]:
         pending = self.registry.get_pending(fingerprint)
         if pending is None:
-            raise DeviceNotFoundError("no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint)
+            raise DeviceNotFoundError(
+                "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
+            )
         name = device or (pending.claimed_device if pending.claim_source == "identity" else "")
         if not name:
-            hint = " (it came from the address %s last used by %r)" % (pending.peer, pending.claimed_device) if pending.claimed_device else ""
+            hint = (
+                " (it came from the address %s last used by %r)" % (pending.peer, pending.claimed_device)
+                if pending.claimed_device
+                else ""
+            )
             raise ConfigError("say which device key %s belongs to (--device NAME)%s" % (fingerprint, hint))
         if pending.transport == "ssh":
             kind, value = "ssh_host_keys", pending.public_key
@@ -375,20 +435,27 @@ class CallHomeListener:
             def mutate(data: Dict[str, Any]) -> bool:
                 data["devices"].get(name, {})[kind] = []
                 return add_identity(data, name, kind=kind, value=value)
+
         else:
+
             def mutate(data: Dict[str, Any]) -> bool:
                 return add_identity(data, name, kind=kind, value=value)
-        changed, _, _ = self.trust_store.update(mutate)
+
+        changed = self.trust_store.update(mutate)[0]
         self.registry.drop_pending(fingerprint)
         self.policy.reload()
         log.info("event=key.approved device=%s fingerprint=%s transport=%s", name, fingerprint, pending.transport)
         return {"device": name, "fingerprint": fingerprint, "transport": pending.transport, "changed": bool(changed)}
 
     def revoke(self, device: str, identity: Optional[str] = None) -> Dict[str, Any]:
-        changed, _, _ = self.trust_store.update(lambda data: remove_identity(data, device, value=identity))
+        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity))[0]
         self.policy.reload()
         held = self.sessions.get(device)
-        if held is not None and (identity is None or held.fingerprint not in self.policy.index.ssh and held.fingerprint not in self.policy.index.tls):
+        if held is not None and (
+            identity is None
+            or held.fingerprint not in self.policy.index.ssh
+            and held.fingerprint not in self.policy.index.tls
+        ):
             held.close("key revoked")
         log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", changed)
         return {"device": device, "identity": identity, "changed": bool(changed)}
@@ -404,14 +471,23 @@ def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) ->
         )
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec.last_seen)) if rec.last_seen else "never"
     base = "device %r has no session after waiting %.0f s: status %s, last seen %s from %s" % (
-        device, timeout, rec.status, when, rec.peer or "nowhere",
+        device,
+        timeout,
+        rec.status,
+        when,
+        rec.peer or "nowhere",
     )
     if rec.status == KEY_MISMATCH:
-        return base + ". It presented a key that is not enrolled for it (%s); if the change is expected, " \
-            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s" % (rec.last_error, device)
+        return (
+            base + ". It presented a key that is not enrolled for it (%s); if the change is expected, "
+            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s"
+            % (rec.last_error, device)
+        )
     if rec.status == AUTH_FAILED:
-        return base + ". The device rejected the listener's credentials (%s); fix the device's credentials " \
+        return (
+            base + ". The device rejected the listener's credentials (%s); fix the device's credentials "
             "in the trust store or the listener's defaults" % rec.last_error
+        )
     if rec.last_error:
         return base + " (last error: %s)" % rec.last_error
     return base

@@ -47,7 +47,9 @@ class Carrier(Protocol):
 class HeldSession:
     """The NETCONF session the listener opened on a device's call-home connection."""
 
-    def __init__(self, *, device: str, transport: str, peer: str, fingerprint: str, max_hello: int, max_message: int) -> None:
+    def __init__(
+        self, *, device: str, transport: str, peer: str, fingerprint: str, max_hello: int, max_message: int
+    ) -> None:
         self.device = device
         self.transport = transport
         self.peer = peer
@@ -172,7 +174,7 @@ class HeldSession:
         try:
             while True:
                 read = asyncio.ensure_future(reader.read(_READ))
-                done, _ = await asyncio.wait({read, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done = (await asyncio.wait({read, closed_wait}, return_when=asyncio.FIRST_COMPLETED))[0]
                 if closed_wait in done:
                     read.cancel()
                     return "device session closed: %s" % self.closed.result()
@@ -201,7 +203,9 @@ class HeldSession:
             # Replies to RPCs the client abandoned must not reach the next lease.
             self._swallow.update(outstanding)
 
-    def _client_message(self, msg: bytes, outstanding: Dict[bytes, None], writer: asyncio.StreamWriter, to_client: Framer) -> bool:
+    def _client_message(
+        self, msg: bytes, outstanding: Dict[bytes, None], writer: asyncio.StreamWriter, to_client: Framer
+    ) -> bool:
         """Forward one client message; True when it was ``<close-session>`` (answered here)."""
         if is_close_session(msg):
             writer.write(to_client.encode(ok_reply(message_id(msg))))
@@ -234,7 +238,7 @@ async def _pipe(
     down = asyncio.ensure_future(copy(chan_reader, writer, "device closed the NETCONF channel"))
     closed_wait = asyncio.ensure_future(asyncio.shield(device_closed))
     try:
-        done, _ = await asyncio.wait({up, down, closed_wait}, return_when=asyncio.FIRST_COMPLETED)
+        done = (await asyncio.wait({up, down, closed_wait}, return_when=asyncio.FIRST_COMPLETED))[0]
         first = done.pop()
         if first is closed_wait:
             return "device session closed: %s" % device_closed.result()

@@ -10,6 +10,7 @@ that asks the trust policy about the host key and supplies that device's credent
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -76,7 +77,9 @@ class DeviceSSHClient(asyncssh.SSHClient):
         self.verdict = verdict
         if not verdict.accepted:
             public_line = key.export_public_key("openssh").decode("ascii").strip()
-            self.listener.refused(verdict, transport="ssh", peer=self.peer, key_type=self.key_type, public_key=public_line)
+            self.listener.refused(
+                verdict, transport="ssh", peer=self.peer, key_type=self.key_type, public_key=public_line
+            )
             return False
         creds = self.listener.policy.credentials_for(verdict.device)
         assert self.conn is not None
@@ -168,7 +171,7 @@ def client_options(listener: "CallHomeListener") -> asyncssh.SSHClientConnection
 def make_listening_socket(host: str, port: int) -> socket.socket:
     """Bind one address; IPv6 sockets are v6-only so '0.0.0.0' and '::' can both be listed."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
+    family, addr = infos[0][0], infos[0][4]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,8 +205,8 @@ async def start_ssh(listener: "CallHomeListener", sock: socket.socket) -> asyncs
     return await asyncssh.listen_reverse(
         sock=sock,
         options=listener.ssh_options,
-        acceptor=lambda conn: _spawn(listener, conn),
-        error_handler=lambda conn, exc: listener.ssh_failed(conn, exc),
+        acceptor=functools.partial(_spawn, listener),
+        error_handler=listener.ssh_failed,
         config=None,
     )
 
@@ -240,7 +243,7 @@ async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientCon
 
     async def open_channel() -> Tuple[Any, Any]:
         try:
-            chan_writer, chan_reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+            chan_writer, chan_reader = (await conn.open_session(subsystem="netconf", encoding=None))[:2]
         except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
             raise LeaseError("device refused another NETCONF channel: %s" % exc) from None
         return chan_writer, chan_reader
@@ -277,4 +280,3 @@ def describe_ssh_failure(exc: BaseException) -> Tuple[str, str]:
     if isinstance(exc, asyncssh.Error):
         return "ssh-error", str(exc)
     return "error", "%s: %s" % (type(exc).__name__, exc)
-

@@ -97,9 +97,9 @@ async def handle_tls(listener: "CallHomeListener", sock: socket.socket, peer: st
     held: Optional[HeldSession] = None
     try:
         async with asyncio.timeout(cfg.handshake_timeout):
-            transport, _ = await loop.create_connection(
-                lambda: carrier, sock=sock, ssl=listener.tls_context, server_hostname=""
-            )
+            transport = (
+                await loop.create_connection(lambda: carrier, sock=sock, ssl=listener.tls_context, server_hostname="")
+            )[0]
             ssl_object = transport.get_extra_info("ssl_object")
             chain = _peer_chain(ssl_object)
             if not chain:

@@ -59,10 +59,10 @@ def parse_address(address: str) -> ControlAddress:
     if address.startswith("tls://") or address.startswith("tcp+tls://"):
         hostport = address.split("://", 1)[1].rstrip("/")
         if hostport.startswith("["):
-            host, _, rest = hostport[1:].partition("]")
+            host, _sep, rest = hostport[1:].partition("]")
             port_s = rest.lstrip(":")
         else:
-            host, _, port_s = hostport.rpartition(":")
+            host, _sep, port_s = hostport.rpartition(":")
         if not host or not port_s.isdigit():
             raise ControlError("listener address %r must be tls://HOST:PORT" % address)
         return ControlAddress("tls", host=host, port=int(port_s))

@@ -80,7 +80,9 @@ def validate(data: t.Any, *, source: str = "trust store") -> TrustData:
         raise TrustStoreError("%s: top level must be an object with a 'devices' object" % source)
     version = data.get("version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise TrustStoreError("%s: unsupported format version %r (this code reads %d)" % (source, version, FORMAT_VERSION))
+        raise TrustStoreError(
+            "%s: unsupported format version %r (this code reads %d)" % (source, version, FORMAT_VERSION)
+        )
     for name, entry in data.get("devices", {}).items():
         where = "%s: device %r" % (source, name)
         if not isinstance(entry, dict):
@@ -174,7 +176,9 @@ class TrustStore:
         finally:
             os.close(dir_fd)
 
-    def update(self, mutate: t.Callable[[TrustData], t.Any], *, dry_run: bool = False) -> t.Tuple[t.Any, TrustData, TrustData]:
+    def update(
+        self, mutate: t.Callable[[TrustData], t.Any], *, dry_run: bool = False
+    ) -> t.Tuple[t.Any, TrustData, TrustData]:
         """Apply ``mutate`` to a fresh copy under the lock; write only when it changed something.
 
         Returns ``(mutate's result, before, after)``; ``dry_run`` computes without writing
@@ -254,7 +258,9 @@ _CANONICAL: t.Dict[str, t.Callable[[str], str]] = {
 }
 
 
-def remove_identity(data: TrustData, device: str, *, kind: t.Optional[str] = None, value: t.Optional[str] = None) -> bool:
+def remove_identity(
+    data: TrustData, device: str, *, kind: t.Optional[str] = None, value: t.Optional[str] = None
+) -> bool:
     """Remove one identity, or the whole device when ``value`` is None."""
     devices = data.get("devices", {})
     if device not in devices:

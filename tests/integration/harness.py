@@ -26,7 +26,6 @@ from ansible_collections.netconf.callhome.plugins.module_utils.control_client im
 from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (  # noqa: E402
     TrustStore,
     add_identity,
-    set_credentials,
 )
 
 LISTENER_CMD = [sys.executable, "-m", "ansible_collections.netconf.callhome.listener"]
@@ -60,7 +59,10 @@ class ListenerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             LISTENER_CMD + ["serve", "--home", str(self.home)] + self.args,
-            stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -87,7 +89,10 @@ class ListenerProcess:
     def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run(
             LISTENER_CMD + ["--control", "unix:%s" % (self.home / "control.sock")] + list(argv),
-            capture_output=True, text=True, env=child_env(), timeout=120,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=120,
         )
         if check and res.returncode != 0:
             raise AssertionError("CLI %s failed (%d): %s" % (argv, res.returncode, res.stderr))
@@ -102,7 +107,9 @@ class ListenerProcess:
                 if rec.get("status") == status:
                     return rec
             time.sleep(0.1)
-        raise AssertionError("device %s did not reach status %s; last record %s\nlog:\n%s" % (name, status, rec, self.log()[-3000:]))
+        raise AssertionError(
+            "device %s did not reach status %s; last record %s\nlog:\n%s" % (name, status, rec, self.log()[-3000:])
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -144,12 +151,30 @@ class Fleet:
 
         store.update(mutate)
 
-    def simulator(self, port: int, count: int, *extra: str, keys_dir: Optional[Path] = None, wait_connected: int = 0, timeout: float = 60.0):
+    def simulator(
+        self,
+        port: int,
+        count: int,
+        *extra: str,
+        keys_dir: Optional[Path] = None,
+        wait_connected: int = 0,
+        timeout: float = 60.0,
+    ):
         import simulator
 
         args = [
-            "--listener", "127.0.0.1:%d" % port, "--count", str(count), "--keys-dir", str(keys_dir or self.keys_dir),
-            "--user", "netconf", "--password", self.password, "--retry", "0.2",
+            "--listener",
+            "127.0.0.1:%d" % port,
+            "--count",
+            str(count),
+            "--keys-dir",
+            str(keys_dir or self.keys_dir),
+            "--user",
+            "netconf",
+            "--password",
+            self.password,
+            "--retry",
+            "0.2",
         ] + list(extra)
         return simulator.start_simulator_process(args, wait_connected=wait_connected, timeout=timeout, env=child_env())
 
@@ -163,12 +188,24 @@ def fleet(tmp_path: Path) -> Fleet:
 def listener_factory(tmp_path: Path, fleet: Fleet) -> Iterator[Any]:
     started: List[ListenerProcess] = []
 
-    def make(*extra: str, home: Optional[Path] = None, ssh_port: int = 0, password_file: Optional[Path] = None) -> ListenerProcess:
+    def make(
+        *extra: str, home: Optional[Path] = None, ssh_port: int = 0, password_file: Optional[Path] = None
+    ) -> ListenerProcess:
         args = [
-            "--ssh", "127.0.0.1:%d" % ssh_port, "--username", "netconf",
-            "--password-file", str(password_file or fleet.password_file),
-            "--keepalive-interval", "1", "--keepalive-count-max", "2", "--handshake-timeout", "3",
-            "--log-level", "INFO",
+            "--ssh",
+            "127.0.0.1:%d" % ssh_port,
+            "--username",
+            "netconf",
+            "--password-file",
+            str(password_file or fleet.password_file),
+            "--keepalive-interval",
+            "1",
+            "--keepalive-count-max",
+            "2",
+            "--handshake-timeout",
+            "3",
+            "--log-level",
+            "INFO",
         ] + list(extra)
         lp = ListenerProcess(home or (tmp_path / "home"), args)
         started.append(lp)
@@ -204,4 +241,3 @@ def ncclient_over_lease(control: ControlClient, device: str, wait: float = 10.0)
 
 def read_json_lines(text: str) -> List[Dict[str, Any]]:
     return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
-

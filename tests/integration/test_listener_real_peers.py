@@ -47,8 +47,14 @@ def _enroll(home, device, *, ssh_key=None, tls_fp=None, identity=None, username=
 
 
 def _tls_args(pki, *extra):
-    return ("--tls", "127.0.0.1:0", "--tls-client-cert", str(pki.listener_cert.cert_path),
-            "--tls-client-key", str(pki.listener_cert.key_path)) + extra
+    return (
+        "--tls",
+        "127.0.0.1:0",
+        "--tls-client-cert",
+        str(pki.listener_cert.cert_path),
+        "--tls-client-key",
+        str(pki.listener_cert.key_path),
+    ) + extra
 
 
 def _read_config(lst, device):
@@ -63,8 +69,12 @@ def test_libnetconf2_ssh_enrolled_key(lnc2_binary, pki, listener_factory):
     from lnc2_peer import Lnc2Device
 
     lst = listener_factory()
-    _enroll(lst.home, "lnc2-dev1", ssh_key=pki.host_keys["ed25519"].public_line,
-            private_key=pki.listener_ssh_key.private_path)
+    _enroll(
+        lst.home,
+        "lnc2-dev1",
+        ssh_key=pki.host_keys["ed25519"].public_line,
+        private_key=pki.listener_ssh_key.private_path,
+    )
     lst.start()
     with Lnc2Device.from_pki(pki, ssh_port=lst.ssh_port):
         rec = lst.wait_device("lnc2-dev1", "connected", timeout=30)
@@ -164,8 +174,13 @@ def test_openssh_sshd_over_reversed_tcp(listener_factory, tmp_path):
         pytest.skip("OpenSSH peer unavailable: %s" % exc)
     try:
         peer.add_authorized_key(client_key.public_line)
-        _enroll(lst.home, "sshd-dev", ssh_key=peer.host_key_line, username=peer.username,
-                private_key=client_key.private_path)
+        _enroll(
+            lst.home,
+            "sshd-dev",
+            ssh_key=peer.host_key_line,
+            username=peer.username,
+            private_key=client_key.private_path,
+        )
         lst.call("reload")
         peer.start_dialing()
         rec = lst.wait_device("sshd-dev", "connected", timeout=30)

@@ -173,7 +173,11 @@ def test_single_session_device_is_shared_across_leases(listener_factory, fleet):
         for i in range(3):
             mgr, info = ncclient_over_lease(lst.control, "sim0001")
             with mgr:
-                mgr.edit_config(target="running", config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><note xmlns="urn:example:sim">n%d</note></config>' % i)
+                mgr.edit_config(
+                    target="running",
+                    config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><note xmlns="urn:example:sim">n%d</note></config>'
+                    % i,
+                )
                 assert "n%d" % i in mgr.get_config("running").xml
             assert info["mode"] in ("channel", "shared")
         rec = lst.call("device", device="sim0001")

@@ -80,7 +80,12 @@ def test_identity_cannot_move_between_devices_silently(tmp_path):
 def test_remove_by_fingerprint_and_whole_device(tmp_path):
     store = TrustStore(str(tmp_path / "trust.json"))
     k1, k2 = _pub(), _pub()
-    store.update(lambda d: (add_identity(d, "r1", kind="ssh_host_keys", value=k1), add_identity(d, "r1", kind="ssh_host_keys", value=k2)))
+    store.update(
+        lambda d: (
+            add_identity(d, "r1", kind="ssh_host_keys", value=k1),
+            add_identity(d, "r1", kind="ssh_host_keys", value=k2),
+        )
+    )
     changed, _, after = store.update(lambda d: remove_identity(d, "r1", value=ssh_fingerprint(k1)))
     assert changed and after["devices"]["r1"]["ssh_host_keys"] == [k2]
     changed, _, after = store.update(lambda d: remove_identity(d, "r1"))
