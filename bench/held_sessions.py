@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Held sessions: the listener's resident memory per idle session and its idle CPU with keepalives.
+
+For each fleet size N: start the listener (and, as a floor, the bare asyncssh server) with a short
+``--keepalive-interval``, read VmRSS when idle, let N devices call home (the simulator in its own
+process(es), no keepalives of its own), wait until N sessions are held and a settle delay passed,
+read VmRSS again: per session = (after - before) / N. Then read utime+stime over an idle window
+in which every session sees at least two listener keepalives. ``--tracemalloc N`` instead runs
+the listener inside this process to say where the memory goes (snapshot diff by line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as b  # noqa: E402
+from storm import BareServer  # noqa: E402
+
+
+def held_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, keepalive: float, window: float,
+              settle: float, sim_processes: int, timeout: float) -> Dict[str, Any]:
+    server: Any = b.Listener(manifest, keepalive=keepalive) if kind == "listener" else BareServer("ssh", keepalive)
+    sim = None
+    try:
+        time.sleep(0.5)
+        rss0 = b.rss_kib(server.pid)
+        # At most 400 handshakes in flight per simulator process: 10,000 at once would outlast the
+        # listener's 30 s handshake timeout, and timeouts from one address trip its block list.
+        sim = b.start_simulator(listener=server.port, count=n, processes=sim_processes, retry=2.0,
+                                extra=["--concurrency", "400"])
+        count = (lambda: server.sessions()) if kind == "listener" else server.ready
+        ok = b.wait_until(lambda: count() >= n, timeout, interval=0.5)
+        held = count()
+        time.sleep(settle)
+        rss1 = b.rss_kib(server.pid)
+        fds = b.open_fds(server.pid)
+        cpu0, t0 = b.cpu_seconds(server.pid), time.monotonic()
+        sim_cpu0 = b.process_tree_cpu(sim.pid)
+        time.sleep(window)
+        cpu1, t1 = b.cpu_seconds(server.pid), time.monotonic()
+        sim_cpu1 = b.process_tree_cpu(sim.pid)
+        held_after = count()
+        res: Dict[str, Any] = {
+            "server": kind,
+            "devices": n,
+            "held": held,
+            "complete": ok,
+            "held_after_window": held_after,
+            "rss_before_kib": rss0,
+            "rss_after_kib": rss1,
+            "kib_per_session": round((rss1 - rss0) / max(1, held), 2),
+            "open_fds": fds,
+            "idle_window_s": round(t1 - t0, 2),
+            "idle_cpu_pct_of_core": round((cpu1 - cpu0) / (t1 - t0) * 100, 3),
+            "idle_cpu_s": round(cpu1 - cpu0, 3),
+            "simulator_cpu_pct_in_window": round((sim_cpu1 - sim_cpu0) / (t1 - t0) * 100, 2),
+            "simulator_disconnects": sim.count("DISCONNECTED"),
+        }
+        res["keepalive_interval_s"] = keepalive
+        if keepalive > 0:
+            res["keepalives_expected_in_window"] = int(held * (t1 - t0) / keepalive)
+            if res["keepalives_expected_in_window"]:
+                res["cpu_us_per_keepalive"] = round((cpu1 - cpu0) / res["keepalives_expected_in_window"] * 1e6, 1)
+        return res
+    finally:
+        if sim is not None:
+            sim.stop(60)
+        server.stop()
+
+
+async def _tracemalloc_inproc(n: int, manifest: Dict[str, Dict[str, str]], top: int) -> Dict[str, Any]:
+    """The listener in this process; tracemalloc snapshots before and after N sessions."""
+    import tempfile
+    import tracemalloc
+
+    from ansible_collections.netconf.callhome.listener import framing, session
+    from ansible_collections.netconf.callhome.listener.config import load_config
+    from ansible_collections.netconf.callhome.listener.service import CallHomeListener
+
+    if b.hello_needs_patch():  # same correction as bench/listener_shim.py
+        fixed = framing.CLIENT_HELLO.replace(b'xmlns="urn:ietf:params:netconf:base:1.0"',
+                                             b'xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"')
+        framing.CLIENT_HELLO = session.CLIENT_HELLO = fixed
+    home = Path(tempfile.mkdtemp(prefix="bench-tm-"))
+    b.write_trust_store(home / "trust.json", manifest)
+    port = b.free_port()
+    cfg = load_config(None, {
+        "home": str(home), "ssh_binds": ["127.0.0.1:%d" % port], "tls_binds": [],
+        "credentials": {"username": b.USER, "password_file": str(b.password_file())}, "log_level": "WARNING",
+    })
+    listener = CallHomeListener(cfg)
+    await listener.start()
+    tracemalloc.start(1)
+    snap0 = tracemalloc.take_snapshot()
+    loop = asyncio.get_running_loop()
+    sim = await loop.run_in_executor(None, lambda: b.start_simulator(listener=port, count=n))
+    try:
+        deadline = time.monotonic() + 300
+        while len(listener.sessions) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        snap1 = tracemalloc.take_snapshot()
+        held = len(listener.sessions)
+        stats = snap1.compare_to(snap0, "lineno")
+        total = sum(s.size_diff for s in stats)
+        by_file: Dict[str, int] = {}
+        for s in stats:
+            fname = s.traceback[0].filename
+            key = fname.split("site-packages/")[-1].split("/work/main/")[-1]
+            by_file[key] = by_file.get(key, 0) + s.size_diff
+        return {
+            "devices": n,
+            "held": held,
+            "traced_bytes_per_session": round(total / max(1, held)),
+            "top_lines_bytes_per_session": [
+                [str(s.traceback[0]).split("site-packages/")[-1].split("/work/main/")[-1], round(s.size_diff / max(1, held))]
+                for s in stats[:top]
+            ],
+            "top_files_bytes_per_session": [
+                [k, round(v / max(1, held))] for k, v in sorted(by_file.items(), key=lambda kv: -kv[1])[:top]
+            ],
+        }
+    finally:
+        tracemalloc.stop()
+        await loop.run_in_executor(None, sim.stop)
+        await listener.stop()
+
+
+def run(ns: List[int], *, keepalive: float, window: float, settle: float, timeout: float,
+        kinds: List[str], tracemalloc_n: int = 0) -> Dict[str, Any]:
+    manifest_all = b.ensure_fleet(max(ns + [tracemalloc_n]))
+    out: Dict[str, Any] = {"runs": []}
+    for n in ns:
+        manifest = {k: v for i, (k, v) in enumerate(sorted(manifest_all.items())) if i < n}
+        procs = 1 if n <= 2000 else 2  # one process holds at most ~10,000 sockets under a 20,000 fd limit
+        for kind in kinds:
+            b.log("held: %s with %d devices (keepalive %.0f s, window %.0f s)" % (kind, n, keepalive, window))
+            res = held_once(kind, n, manifest, keepalive=keepalive, window=window, settle=settle,
+                            sim_processes=procs, timeout=timeout)
+            b.log("  -> %s" % json.dumps(res, sort_keys=True))
+            out["runs"].append(res)
+    if tracemalloc_n:
+        manifest = {k: v for i, (k, v) in enumerate(sorted(manifest_all.items())) if i < tracemalloc_n}
+        b.log("held: tracemalloc experiment, listener in-process, %d devices" % tracemalloc_n)
+        out["tracemalloc"] = asyncio.run(_tracemalloc_inproc(tracemalloc_n, manifest, 15))
+        b.log("  -> %s" % json.dumps(out["tracemalloc"], sort_keys=True))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--servers", nargs="+", default=["bare-ssh", "listener"])
+    p.add_argument("--keepalive", type=float, default=10.0, help="listener --keepalive-interval (s)")
+    p.add_argument("--window", type=float, default=30.0, help="idle CPU window (s)")
+    p.add_argument("--settle", type=float, default=3.0)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--tracemalloc", type=int, default=0, help="also run the in-process memory experiment")
+    p.add_argument("--json", type=Path)
+    a = p.parse_args()
+    b.raise_nofile()
+    res = run(a.devices, keepalive=a.keepalive, window=a.window, settle=a.settle, timeout=a.timeout,
+              kinds=a.servers, tracemalloc_n=a.tracemalloc)
+    if a.json:
+        b.write_json(a.json, res)
+    print(json.dumps(res, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Playbook wall time: ``ansible.netcommon.netconf_get`` on N hosts, call home versus direct.
+
+The same N simulated devices call home to a listener AND serve direct NETCONF over SSH
+(``--direct``, device i on BASE+i-1). One inventory, two groups with the same hosts' devices:
+
+* ``callhome``  ansible_connection=netconf.callhome.netconf, leases through the listener's
+                control socket (the devices' SSH connections are already up)
+* ``direct``    ansible_connection=ansible.netcommon.netconf to 127.0.0.1:BASE+i-1, password auth
+
+Both use ansible_network_os=ansible.netcommon.default and the same forks. Runs alternate
+(direct, call home, direct, call home, ...); each run gets its own persistent-connection
+directory so no run reuses another's ``ansible-connection`` processes. Reported: median wall
+time per mode and the ratio call home / direct; a run counts only if every host was ok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as b  # noqa: E402
+
+PLAY = """\
+- name: netconf_get on every host
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Get the running configuration
+      ansible.netcommon.netconf_get:
+        source: running
+"""
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def plugin_available() -> str:
+    """Empty when the call-home connection plugin can be used; otherwise why not."""
+    path = b.ROOT / "plugins" / "connection" / "netconf.py"
+    if not path.exists():
+        return "plugins/connection/netconf.py does not exist yet"
+    text = path.read_text()
+    if "def _connect" not in text:
+        return "plugins/connection/netconf.py has no _connect yet"
+    return ""
+
+
+def write_inventory(path: Path, n: int, base: int, control: str) -> None:
+    lines = ["all:", "  children:", "    callhome:", "      vars:",
+             "        ansible_connection: netconf.callhome.netconf",
+             "        ansible_callhome_listener: unix:%s" % control,
+             "        ansible_callhome_timeout: 60",
+             "        ansible_callhome_embedded: false",
+             "        ansible_network_os: ansible.netcommon.default",
+             "      hosts:"]
+    for i in range(1, n + 1):
+        lines.append("        sim%04d: {}" % i)
+    lines += ["    direct:", "      vars:",
+              "        ansible_connection: ansible.netcommon.netconf",
+              "        ansible_network_os: ansible.netcommon.default",
+              "        ansible_user: %s" % b.USER,
+              "        ansible_password: %s" % b.PASSWORD,
+              "        ansible_host: 127.0.0.1",
+              "        ansible_host_key_checking: false",
+              "        ansible_netconf_look_for_keys: false",
+              "      hosts:"]
+    for i in range(1, n + 1):
+        lines.append("        direct%04d: {ansible_port: %d}" % (i, base + i - 1))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_playbook(workdir: Path, group: str, forks: int, n: int) -> Dict[str, Any]:
+    control_dir = Path(tempfile.mkdtemp(prefix="pc-", dir=workdir))
+    e = b.env()
+    e.update({
+        "ANSIBLE_CONFIG": str(b.ROOT / "ansible.cfg"),
+        "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(control_dir),
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "PATH": str(Path(b.PYTHON).parent) + os.pathsep + e.get("PATH", ""),
+    })
+    cmd = [str(Path(b.PYTHON).parent / "ansible-playbook"), "-i", str(workdir / "inventory.yml"),
+           "-l", group, "-f", str(forks), str(workdir / "play.yml")]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=str(b.ROOT), env=e, capture_output=True, text=True, timeout=1200)
+    wall = time.monotonic() - t0
+    recap = RECAP.findall(proc.stdout)
+    good = sum(1 for _h, ok, unreach, failed in recap if int(ok) >= 1 and unreach == "0" and failed == "0")
+    shutil.rmtree(control_dir, ignore_errors=True)
+    res: Dict[str, Any] = {"group": group, "hosts": n, "wall_s": round(wall, 3), "hosts_ok": good,
+                           "rc": proc.returncode, "command": " ".join(cmd)}
+    if good != n:
+        tail = [ln for ln in proc.stdout.splitlines() if "fatal" in ln or "FAILED" in ln or "UNREACHABLE" in ln]
+        res["error"] = (tail[:3] or proc.stdout.splitlines()[-5:]) + proc.stderr.splitlines()[-3:]
+    return res
+
+
+def run(ns: List[int], *, forks: int, repeat: int) -> Dict[str, Any]:
+    why = plugin_available()
+    out: Dict[str, Any] = {"runs": [], "summary": {}, "forks": forks}
+    if why:
+        out["skipped_callhome"] = why
+        b.log("playbook: call-home plugin not usable (%s); measuring direct only" % why)
+    manifest_all = b.ensure_fleet(max(ns))
+    for n in ns:
+        manifest = {k: v for i, (k, v) in enumerate(sorted(manifest_all.items())) if i < n}
+        workdir = Path(tempfile.mkdtemp(prefix="bench-play-"))
+        (workdir / "tmp").mkdir()
+        listener = b.Listener(manifest)
+        base = b.free_port_block(n)
+        sim = b.start_simulator(listener=listener.port, count=n, direct=base)
+        try:
+            if not b.wait_until(lambda: listener.sessions() >= n, 120):
+                raise RuntimeError("only %d of %d devices called home" % (listener.sessions(), n))
+            if not sim.wait_for("LISTENING", n, 60):
+                raise RuntimeError("direct endpoints not up: %s" % sim.tail())
+            write_inventory(workdir / "inventory.yml", n, base, listener.control_path)
+            (workdir / "play.yml").write_text(PLAY)
+            groups = ["direct"] + ([] if why else ["callhome"])
+            for r in range(repeat):
+                for g in groups:
+                    b.log("playbook: %s, %d hosts, run %d" % (g, n, r + 1))
+                    res = run_playbook(workdir, g, forks, n)
+                    b.log("  -> %s" % json.dumps({k: v for k, v in res.items() if k != "command"}))
+                    out["runs"].append(res)
+            out["command_example"] = res["command"]
+            summ: Dict[str, Any] = {}
+            for g in groups:
+                walls = [r["wall_s"] for r in out["runs"] if r["hosts"] == n and r["group"] == g and r["hosts_ok"] == n]
+                summ[g + "_median_s"] = round(statistics.median(walls), 3) if walls else None
+                summ[g + "_good_runs"] = len(walls)
+            if summ.get("callhome_median_s") and summ.get("direct_median_s"):
+                summ["ratio_callhome_vs_direct"] = round(summ["callhome_median_s"] / summ["direct_median_s"], 3)
+            out["summary"][str(n)] = summ
+        finally:
+            sim.stop()
+            listener.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hosts", type=int, nargs="+", default=[20, 50])
+    p.add_argument("--forks", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--json", type=Path)
+    a = p.parse_args()
+    b.raise_nofile()
+    res = run(a.hosts, forks=a.forks, repeat=a.repeat)
+    if a.json:
+        b.write_json(a.json, res)
+    print(json.dumps(res, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
