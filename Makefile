@@ -82,7 +82,7 @@ sanity: setup
 test: unit integration sanity
 
 demo: setup peers
-	$(PY) -m ansible_collections.netconf.callhome.listener.demo
+	cd $(ROOT) && $(PY) demo/run_demo.py
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
     ControlClient,
     default_control_address,
+    default_home,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the listener in the foreground")
-    serve.add_argument("--config", help="YAML configuration file (options as in docs/listener.md)")
+    serve.add_argument("--config", help="YAML configuration file (default: HOME/listener.yml if it exists)")
     serve.add_argument("--home", help="state directory (trust store, registry, control socket)")
     serve.add_argument(
         "--ssh", action="append", dest="ssh_binds", metavar="HOST:PORT", help="SSH call-home bind (repeatable)"
@@ -121,7 +122,13 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["credentials"] = creds
     if tls:
         overrides["tls"] = tls
-    config = load_config(args.config, overrides)
+    config_file = args.config
+    if config_file is None:
+        # An embedded listener started by the connection plugin gets no --config: the operator's
+        # settings then live in the state directory.
+        candidate = os.path.join(os.path.abspath(os.path.expanduser(args.home or default_home())), "listener.yml")
+        config_file = candidate if os.path.exists(candidate) else None
+    config = load_config(config_file, overrides)
     setup_logging(config.log_format, config.log_level)
     _raise_nofile_limit()
 

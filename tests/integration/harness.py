@@ -90,6 +90,7 @@ class ListenerProcess:
         res = subprocess.run(
             LISTENER_CMD + ["--control", "unix:%s" % (self.home / "control.sock")] + list(argv),
             capture_output=True,
+            check=False,
             text=True,
             env=child_env(),
             timeout=120,

@@ -128,7 +128,7 @@ def test_libnetconf2_tls_pinned_certificate(lnc2_binary, pki, listener_factory):
     with Lnc2Device.from_pki(pki, tls_port=lst.tls_port, self_signed=True):
         rec = lst.wait_device("lnc2-dev1", "connected", timeout=30)
         assert rec["transport"] == "tls" and rec["session_mode"] == "shared"
-        info, _ = _read_config(lst, "lnc2-dev1")
+        info = _read_config(lst, "lnc2-dev1")[0]
         assert info["mode"] == "shared"
         _read_config(lst, "lnc2-dev1")  # the one TLS session outlives each lease
         assert lst.call("device", device="lnc2-dev1")["connect_count"] == 1

@@ -196,10 +196,10 @@ def test_leases_on_different_devices_run_side_by_side(listener_factory, fleet):
         for name in names:
             lst.wait_device(name, "connected")
         # hold a lease on sim0001 open while the others lease and work
-        held, _ = ncclient_over_lease(lst.control, "sim0001")
+        held = ncclient_over_lease(lst.control, "sim0001")[0]
 
         def work(name):
-            mgr, _ = ncclient_over_lease(lst.control, name, wait=5)
+            mgr = ncclient_over_lease(lst.control, name, wait=5)[0]
             with mgr:
                 return name in mgr.get_config("running").xml
 
@@ -251,7 +251,7 @@ def test_bad_peers_do_not_disturb_good_ones(listener_factory, fleet, fault):
             assert lst.call("device", device="sim0003")["status"] != "connected" if _known(lst, "sim0003") else True
             assert "event=handshake.failed peer=127.0.0.1:" in lst.log()
         # the good sessions are still usable
-        mgr, _ = ncclient_over_lease(lst.control, "sim0001")
+        mgr = ncclient_over_lease(lst.control, "sim0001")[0]
         with mgr:
             assert mgr.get_config("running").ok
         assert lst.proc.poll() is None
@@ -269,7 +269,7 @@ def test_control_socket_is_private_and_metrics_are_exported(listener_factory, fl
     assert stat.S_IMODE(os.stat(lst.home / "control.sock").st_mode) == 0o600
     with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
         lst.wait_device("sim0001", "connected")
-        mgr, _ = ncclient_over_lease(lst.control, "sim0001")
+        mgr = ncclient_over_lease(lst.control, "sim0001")[0]
         mgr.close_session()
         body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
     assert 'callhome_devices{status="connected"} 1.0' in body
@@ -284,7 +284,7 @@ def test_connection_flood_is_bounded(listener_factory, fleet):
     lst.start()
     socks = []
     try:
-        for _ in range(300):
+        for _attempt in range(300):
             s = socket.create_connection(("127.0.0.1", lst.ssh_port))
             socks.append(s)
         with running(fleet.simulator(lst.ssh_port, 1)):

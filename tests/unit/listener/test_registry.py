@@ -40,11 +40,11 @@ def test_flush_coalesces_and_is_idempotent(tmp_path):
     class CountingStore(SQLiteStore):
         calls = 0
 
-        def save(self, devices, pending, dropped):
+        def save(self, devices, pending, dropped_pending):
             CountingStore.calls += 1
             devices = list(devices)
             assert len(devices) == 1
-            super().save(devices, pending, dropped)
+            super().save(devices, pending, dropped_pending)
 
     reg = Registry(CountingStore(str(tmp_path / "r.sqlite")))
     reg.load()

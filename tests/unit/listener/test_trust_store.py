@@ -58,14 +58,14 @@ def test_atomic_write_mode_and_roundtrip(tmp_path):
     assert json.load(open(store.path))["devices"]["r1"]["ssh_host_keys"] == [key]
     # idempotent: a second identical update writes nothing
     mtime = os.stat(store.path).st_mtime_ns
-    changed, _, _ = store.update(lambda d: add_identity(d, "r1", kind="ssh_host_keys", value=key))
+    changed = store.update(lambda d: add_identity(d, "r1", kind="ssh_host_keys", value=key))[0]
     assert not changed and os.stat(store.path).st_mtime_ns == mtime
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_dry_run_does_not_write(tmp_path):
     store = TrustStore(str(tmp_path / "trust.json"))
-    _, before, after = store.update(lambda d: add_identity(d, "r1", kind="ssh_host_keys", value=_pub()), dry_run=True)
+    before, after = store.update(lambda d: add_identity(d, "r1", kind="ssh_host_keys", value=_pub()), dry_run=True)[1:]
     assert before != after and not os.path.exists(store.path)
 
 
@@ -86,9 +86,9 @@ def test_remove_by_fingerprint_and_whole_device(tmp_path):
             add_identity(d, "r1", kind="ssh_host_keys", value=k2),
         )
     )
-    changed, _, after = store.update(lambda d: remove_identity(d, "r1", value=ssh_fingerprint(k1)))
+    changed, after = store.update(lambda d: remove_identity(d, "r1", value=ssh_fingerprint(k1)))[::2]
     assert changed and after["devices"]["r1"]["ssh_host_keys"] == [k2]
-    changed, _, after = store.update(lambda d: remove_identity(d, "r1"))
+    changed, after = store.update(lambda d: remove_identity(d, "r1"))[::2]
     assert changed and after["devices"] == {}
 
 
@@ -116,7 +116,7 @@ def _writer(path, name, keys):
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "trust.json")
-    jobs = {"w%d" % i: [_pub() for _ in range(10)] for i in range(4)}
+    jobs = {"w%d" % i: [_pub() for _index in range(10)] for i in range(4)}
     procs = [multiprocessing.Process(target=_writer, args=(path, n, ks)) for n, ks in jobs.items()]
     for p in procs:
         p.start()
