@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Remote control of the listener (AWX, containers): TCP + TLS + token, and leases streamed over it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trustme
+from harness import free_port, running
+
+from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ListenerUnreachableError, NotAuthorizedError
+
+TOKEN = "t0ken-for-the-remote-listener-0123456789"
+
+
+@pytest.fixture
+def remote_listener(listener_factory, fleet, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_pem, key_pem, ca_pem = tmp_path / "srv.pem", tmp_path / "srv.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    config = tmp_path / "listener.yml"
+    config.write_text(json.dumps({"control_tcp": {"bind": "127.0.0.1:%d" % port, "cert": str(cert_pem),
+                                                  "key": str(key_pem), "token_file": str(token_file)}}))
+    lst = listener_factory("--config", str(config))
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    return lst, "tls://127.0.0.1:%d" % port, str(ca_pem)
+
+
+def test_remote_control_needs_the_token(remote_listener):
+    lst, address, ca = remote_listener
+    assert lst.call("status")["control_tcp"] == address
+    with pytest.raises(NotAuthorizedError):
+        ControlClient(address, tls_ca_file=ca).call("status")
+    with pytest.raises(NotAuthorizedError):
+        ControlClient(address, token="wrong-token-wrong-token", tls_ca_file=ca).call("devices")
+    with pytest.raises(NotAuthorizedError, match="only accepted on the local control socket"):
+        ControlClient(address, token=TOKEN, tls_ca_file=ca).call("shutdown")
+    assert ControlClient(address, token=TOKEN, tls_ca_file=ca).call("status")["enrolled"] == 1
+    # an unverified server certificate is refused by default
+    with pytest.raises(ListenerUnreachableError):
+        ControlClient(address, token=TOKEN).call("status")
+    assert TOKEN not in lst.log()
+
+
+def test_lease_streams_over_tls(remote_listener, fleet):
+    from ncclient.devices.default import DefaultDeviceHandler
+    from ncclient.manager import Manager
+    from ncclient.transport.unixSocket import UnixSocketSession
+
+    from ansible_collections.netconf.callhome.plugins.plugin_utils.lease_socket import adoptable
+
+    lst, address, ca = remote_listener
+    with running(fleet.simulator(lst.ssh_port, 1, "--single-session", wait_connected=1)):
+        for _round in range(2):
+            sock, info = ControlClient(address, token=TOKEN, tls_ca_file=ca).lease("sim0001", wait=10)
+            handler = DefaultDeviceHandler()
+            session = UnixSocketSession(handler)
+            session._socket = adoptable(sock)
+            session._connected = True
+            session._post_connect()
+            with Manager(session, handler, timeout=30) as mgr:
+                assert "sim0001" in mgr.get_config("running").xml
+                big = "x" * 300000  # larger than any single TLS record or socket buffer
+                mgr.edit_config(target="running", config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                                '<note xmlns="urn:example:sim">%s</note></config>' % big)
+                assert big in mgr.get_config("running").xml
