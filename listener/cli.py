@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tls", action="append", dest="tls_binds", metavar="HOST:PORT", help="TLS call-home bind (repeatable)"
     )
+    serve.add_argument(
+        "--outbound-ssh", action="append", dest="outbound_ssh_binds", metavar="HOST:PORT",
+        help="Junos outbound-ssh bind: devices send a DEVICE-CONN-INFO preamble before SSH (repeatable)",
+    )
     serve.add_argument("--trust-store", dest="trust_store")
     serve.add_argument("--registry")
     serve.add_argument("--control-socket", dest="control_socket")
@@ -95,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
             "home",
             "ssh_binds",
             "tls_binds",
+            "outbound_ssh_binds",
             "trust_store",
             "registry",
             "control_socket",

@@ -81,6 +81,7 @@ class ListenerConfig:
     home: str = field(default_factory=default_home)
     ssh_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_SSH, "[::]:%d" % PORT_SSH])
     tls_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_TLS, "[::]:%d" % PORT_TLS])
+    outbound_ssh_binds: List[str] = field(default_factory=list)  # Junos outbound-ssh (preamble first)
     trust_store: str = ""
     registry: str = ""
     control_socket: str = ""
@@ -114,6 +115,8 @@ class ListenerConfig:
             parse_bind(bind, PORT_SSH)
         for bind in self.tls_binds:
             parse_bind(bind, PORT_TLS)
+        for bind in self.outbound_ssh_binds:
+            parse_bind(bind, PORT_SSH)
         if self.tls_binds and self.tls_enabled and not (self.tls.client_cert and self.tls.client_key):
             raise ConfigError("TLS call home needs tls.client_cert and tls.client_key (the listener's certificate)")
         if self.log_format not in ("text", "json"):

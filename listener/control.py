@@ -228,6 +228,7 @@ class ControlServer:
             "uptime": round(time.time() - self._started, 1),
             "ssh": ["%s:%d" % b for b in lst.bound["ssh"]],
             "tls": ["%s:%d" % b for b in lst.bound["tls"]],
+            "outbound_ssh": ["%s:%d" % b for b in lst.bound["outbound_ssh"]],
             "control_socket": self.config.control_socket,
             "control_tcp": self.tcp_address,
             "trust_store": self.config.trust_store,

@@ -87,10 +87,17 @@ class TrustPolicy:
 
     # -- SSH -----------------------------------------------------------------------------------
 
-    def ssh_verdict(self, fingerprint: str, hint: str = "") -> Verdict:
+    def ssh_verdict(self, fingerprint: str, hint: str = "", device_id: str = "") -> Verdict:
+        """``device_id`` is what a Junos outbound-ssh preamble says; like the address, it is the
+        device's own assertion, so it can name a suspect but never grant trust."""
         owner = self.index.ssh.get(fingerprint)
         if owner is not None:
+            if device_id and device_id != owner:
+                log.warning("event=device.id_differs device=%s device_id=%s fingerprint=%s", owner, device_id, fingerprint)
             return Verdict(ACCEPTED, owner, fingerprint)
+        if device_id:
+            outcome = MISMATCH if self.index.has_ssh_identity(device_id) else UNKNOWN
+            return Verdict(outcome, device_id, fingerprint, claim_source="device-id")
         if hint and self.index.has_ssh_identity(hint):
             return Verdict(MISMATCH, hint, fingerprint, claim_source="address")
         return Verdict(UNKNOWN, "", fingerprint)

@@ -67,7 +67,7 @@ class CallHomeListener:
             tls_transport.client_context(config.tls.client_cert, config.tls.client_key) if config.tls_enabled else None
         )
         self.sessions: Dict[str, HeldSession] = {}
-        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": []}
+        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": []}
         self._acceptors: List[Any] = []
         self._listen_socks: List[socket.socket] = []
         self._tasks: Set["asyncio.Future[Any]"] = set()
@@ -92,6 +92,12 @@ class CallHomeListener:
                 self._listen_socks.append(sock)
                 self._acceptors.append(await ssh_transport.start_ssh(self, sock))
                 self.bound["ssh"].append(sock.getsockname()[:2])
+            for bind in self.config.outbound_ssh_binds:
+                host, port = parse_bind(bind, PORT_SSH)
+                sock = ssh_transport.make_listening_socket(host, port)
+                self._listen_socks.append(sock)
+                self.track(asyncio.ensure_future(ssh_transport.outbound_ssh_accept_loop(self, sock)))
+                self.bound["outbound_ssh"].append(sock.getsockname()[:2])
             if self.tls_context is not None:
                 for bind in self.config.tls_binds:
                     host, port = parse_bind(bind, PORT_TLS)
@@ -228,7 +234,7 @@ class CallHomeListener:
                 identities=list(verdict.identities),
             )
         )
-        if verdict.outcome == MISMATCH:
+        if verdict.outcome == MISMATCH and verdict.device:
             self.registry.update(
                 verdict.device,
                 status=KEY_MISMATCH,

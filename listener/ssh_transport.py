@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import asyncssh
 
@@ -49,8 +49,9 @@ class _HostKeyRejected(Exception):
 class DeviceSSHClient(asyncssh.SSHClient):
     """Per-connection SSH client: trust decision first, then this device's credentials only."""
 
-    def __init__(self, listener: "CallHomeListener") -> None:
+    def __init__(self, listener: "CallHomeListener", device_id: str = "") -> None:
         self.listener = listener
+        self.device_id = device_id  # from a Junos outbound-ssh preamble, if any
         self.conn: Optional[asyncssh.SSHClientConnection] = None
         self.peer = ""
         self.peer_ip = ""
@@ -73,7 +74,9 @@ class DeviceSSHClient(asyncssh.SSHClient):
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
         self.key_type = key.get_algorithm()
-        verdict = self.listener.policy.ssh_verdict(fingerprint, hint=self.listener.hint_for(self.peer_ip, "ssh"))
+        verdict = self.listener.policy.ssh_verdict(
+            fingerprint, hint=self.listener.hint_for(self.peer_ip, "ssh"), device_id=self.device_id
+        )
         self.verdict = verdict
         if not verdict.accepted:
             public_line = key.export_public_key("openssh").decode("ascii").strip()
@@ -280,3 +283,87 @@ def describe_ssh_failure(exc: BaseException) -> Tuple[str, str]:
     if isinstance(exc, asyncssh.Error):
         return "ssh-error", str(exc)
     return "error", "%s: %s" % (type(exc).__name__, exc)
+
+
+# -- Junos outbound-ssh ------------------------------------------------------------------------
+
+_PREAMBLE_LIMIT = 16 * 1024
+
+
+async def outbound_ssh_accept_loop(listener: "CallHomeListener", lsock: socket.socket) -> None:
+    """Junos ``outbound-ssh`` sends ``MSG-ID: DEVICE-CONN-INFO`` lines before SSH starts; on these
+    ports the listener reads them (for the DEVICE-ID), then runs the same SSH client as on 4334."""
+    loop = asyncio.get_running_loop()
+    while True:
+        sock, addr = await loop.sock_accept(lsock)
+        if listener.is_blocked(str(addr[0])):
+            sock.close()
+            continue
+        listener.track(asyncio.ensure_future(_outbound_ssh(listener, sock, addr)))
+
+
+async def _outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
+    loop = asyncio.get_running_loop()
+    peer = _fmt_peer(addr)
+    try:
+        async with asyncio.timeout(listener.config.handshake_timeout):
+            fields = await read_outbound_ssh_preamble(loop, sock)
+    except (TimeoutError, OSError, ValueError) as exc:
+        sock.close()
+        log.warning("event=handshake.failed peer=%s transport=ssh reason=outbound-ssh-preamble error=%r", peer, str(exc))
+        listener.count_failure("ssh", "outbound-ssh-preamble", str(addr[0]))
+        return
+    device_id = fields.get("DEVICE-ID", "")
+    log.info("event=outbound_ssh.preamble peer=%s device_id=%s msg_ver=%s", peer, device_id, fields.get("MSG-VER", ""))
+    options = asyncssh.SSHClientConnectionOptions(
+        options=listener.ssh_options, client_factory=functools.partial(DeviceSSHClient, listener, device_id)
+    )
+
+    def factory() -> asyncssh.SSHClientConnection:
+        return asyncssh.SSHClientConnection(
+            loop, options, functools.partial(_spawn, listener), listener.ssh_failed  # type: ignore[call-arg]
+        )
+
+    try:
+        await loop.create_connection(factory, sock=sock)
+    except OSError as exc:
+        sock.close()
+        log.warning("event=handshake.failed peer=%s transport=ssh error=%r", peer, str(exc))
+
+
+async def read_outbound_ssh_preamble(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Dict[str, str]:
+    """Consume the ``KEY: value`` lines before the SSH banner, leaving the banner in the socket."""
+    sock.setblocking(False)
+    fields: Dict[str, str] = {}
+    consumed = 0
+    while True:
+        ready: "asyncio.Future[None]" = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        data = sock.recv(_PREAMBLE_LIMIT, socket.MSG_PEEK)
+        if not data:
+            raise ValueError("connection closed during the outbound-ssh preamble")
+        if data.startswith(b"SSH-"):
+            if not fields:
+                raise ValueError("no outbound-ssh preamble before the SSH banner")
+            return fields
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) >= _PREAMBLE_LIMIT:
+                raise ValueError("outbound-ssh preamble line too long")
+            continue
+        ssh_at = data.find(b"\nSSH-")
+        take = ssh_at + 1 if 0 <= ssh_at < end else end + 1
+        chunk = sock.recv(take)
+        consumed += len(chunk)
+        if consumed > _PREAMBLE_LIMIT:
+            raise ValueError("outbound-ssh preamble exceeds %d bytes" % _PREAMBLE_LIMIT)
+        for line in chunk.decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip():
+                fields[key.strip().upper()] = value.strip()
+        if "MSG-ID" in fields and fields["MSG-ID"] != "DEVICE-CONN-INFO":
+            raise ValueError("unexpected outbound-ssh MSG-ID %r" % fields["MSG-ID"])
