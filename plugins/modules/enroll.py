@@ -105,7 +105,7 @@ attributes:
     support: full
     description: Enrolling an enrolled identity reports no change.
 notes:
-  - Runs on the controller (or wherever the listener's control socket is); use C(delegate_to) or C(connection: local).
+  - "Runs on the controller (or wherever the listener's control socket is): use C(delegate_to=localhost) or a local connection."
 """
 
 EXAMPLES = r"""
