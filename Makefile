@@ -23,7 +23,7 @@ export PYTHONPATH := $(ROOT)/.collections
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup system-deps venv collections peers unit integration sanity test demo bench clean
+.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity test demo bench clean
 
 help:
 	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
@@ -79,7 +79,13 @@ integration: setup peers
 sanity: setup
 	$(PY) tests/sanity/run_sanity.py
 
-test: unit integration sanity
+# The listener is typed library code: every function annotated, checked strictly.
+typecheck: setup
+	cd $(ROOT)/.collections && MYPYPATH=$(ROOT)/.collections $(PY) -m mypy --namespace-packages \
+	  --explicit-package-bases --ignore-missing-imports --disallow-untyped-defs \
+	  -p ansible_collections.netconf.callhome.listener
+
+test: unit typecheck integration sanity
 
 demo: setup peers
 	cd $(ROOT) && $(PY) demo/run_demo.py

@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "--tls", action="append", dest="tls_binds", metavar="HOST:PORT", help="TLS call-home bind (repeatable)"
     )
     serve.add_argument(
-        "--outbound-ssh", action="append", dest="outbound_ssh_binds", metavar="HOST:PORT",
+        "--outbound-ssh",
+        action="append",
+        dest="outbound_ssh_binds",
+        metavar="HOST:PORT",
         help="Junos outbound-ssh bind: devices send a DEVICE-CONN-INFO preamble before SSH (repeatable)",
     )
     serve.add_argument("--trust-store", dest="trust_store")

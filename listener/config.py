@@ -152,7 +152,8 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
         )
     kwargs: Dict[str, Any] = {}
     for name, value in data.items():
-        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default  # type: ignore[misc]
+        spec = known[name]
+        default = spec.default_factory() if callable(spec.default_factory) else spec.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, "%s.%s" % (where, name))
         elif isinstance(default, list):

@@ -68,7 +68,7 @@ class Framer:
         return self._chunked_messages() if self.chunked else self._eom_messages()
 
     def _eom_messages(self) -> List[bytes]:
-        out = []
+        out: List[bytes] = []
         while True:
             end = self._buf.find(EOM)
             if end < 0:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .config import parse_bind
 from .registry import STATUSES
+
+
+def _count(device_counts: Callable[[], Dict[str, int]], status: str) -> float:
+    return float(device_counts().get(status, 0))
 
 
 class Metrics:
@@ -40,7 +45,7 @@ class Metrics:
         )
         devices = Gauge("callhome_devices", "Devices in the registry by status", ["status"], registry=self.registry)
         for status in STATUSES:
-            devices.labels(status=status).set_function(lambda s=status: device_counts().get(s, 0))
+            devices.labels(status=status).set_function(functools.partial(_count, device_counts, status))
 
     def serve(self, bind: str) -> None:
         host, port = parse_bind(bind, 9834)

@@ -93,7 +93,9 @@ class TrustPolicy:
         owner = self.index.ssh.get(fingerprint)
         if owner is not None:
             if device_id and device_id != owner:
-                log.warning("event=device.id_differs device=%s device_id=%s fingerprint=%s", owner, device_id, fingerprint)
+                log.warning(
+                    "event=device.id_differs device=%s device_id=%s fingerprint=%s", owner, device_id, fingerprint
+                )
             return Verdict(ACCEPTED, owner, fingerprint)
         if device_id:
             outcome = MISMATCH if self.index.has_ssh_identity(device_id) else UNKNOWN
@@ -149,9 +151,9 @@ def certificate_identities(cert: x509.Certificate) -> List[str]:
     """Identities as the trust store writes them: ``cn:``, ``serial:``, ``dns:``, ``uri:``, ``ip:``."""
     out: List[str] = []
     for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
-        out.append("cn:%s" % attr.value)
+        out.append("cn:%s" % _text(attr.value))
     for attr in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
-        out.append("serial:%s" % attr.value)
+        out.append("serial:%s" % _text(attr.value))
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -161,6 +163,10 @@ def certificate_identities(cert: x509.Certificate) -> List[str]:
         out.extend("uri:%s" % v for v in san.get_values_for_type(x509.UniformResourceIdentifier))
         out.extend("ip:%s" % v for v in san.get_values_for_type(x509.IPAddress))
     return out
+
+
+def _text(value: "str | bytes") -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

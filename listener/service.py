@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Type
 
 import asyncssh
 
@@ -412,10 +412,9 @@ class CallHomeListener:
         if rec is not None:
             details.update(rec.to_dict())
             details.pop("capabilities", None)
+        cls: Type[CallHomeError] = WaitTimeoutError
         if rec is not None and rec.status in (KEY_MISMATCH, AUTH_FAILED):
             cls = DeviceNotReadyError
-        else:
-            cls = WaitTimeoutError
         return cls(describe_not_ready(device, timeout, rec, enrolled), details=details)
 
     def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]:

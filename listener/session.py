@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     FramingError,
@@ -170,10 +170,10 @@ class HeldSession:
 
         got_hello = False
         self._sink = deliver
-        closed_wait = asyncio.ensure_future(asyncio.shield(self.closed))
+        closed_wait: "asyncio.Future[str]" = asyncio.ensure_future(asyncio.shield(self.closed))
         try:
             while True:
-                read = asyncio.ensure_future(reader.read(_READ))
+                read: "asyncio.Future[Any]" = asyncio.ensure_future(reader.read(_READ))
                 done = (await asyncio.wait({read, closed_wait}, return_when=asyncio.FIRST_COMPLETED))[0]
                 if closed_wait in done:
                     read.cancel()

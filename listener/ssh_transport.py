@@ -310,7 +310,9 @@ async def _outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr:
             fields = await read_outbound_ssh_preamble(loop, sock)
     except (TimeoutError, OSError, ValueError) as exc:
         sock.close()
-        log.warning("event=handshake.failed peer=%s transport=ssh reason=outbound-ssh-preamble error=%r", peer, str(exc))
+        log.warning(
+            "event=handshake.failed peer=%s transport=ssh reason=outbound-ssh-preamble error=%r", peer, str(exc)
+        )
         listener.count_failure("ssh", "outbound-ssh-preamble", str(addr[0]))
         return
     device_id = fields.get("DEVICE-ID", "")
@@ -321,7 +323,7 @@ async def _outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr:
 
     def factory() -> asyncssh.SSHClientConnection:
         return asyncssh.SSHClientConnection(
-            loop, options, functools.partial(_spawn, listener), listener.ssh_failed  # type: ignore[call-arg]
+            loop, options, functools.partial(_spawn, listener), listener.ssh_failed  # type: ignore[arg-type]
         )
 
     try:
@@ -331,6 +333,11 @@ async def _outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr:
         log.warning("event=handshake.failed peer=%s transport=ssh error=%r", peer, str(exc))
 
 
+def _resolve(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def read_outbound_ssh_preamble(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Dict[str, str]:
     """Consume the ``KEY: value`` lines before the SSH banner, leaving the banner in the socket."""
     sock.setblocking(False)
@@ -338,7 +345,7 @@ async def read_outbound_ssh_preamble(loop: asyncio.AbstractEventLoop, sock: sock
     consumed = 0
     while True:
         ready: "asyncio.Future[None]" = loop.create_future()
-        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(sock.fileno(), _resolve, ready)
         try:
             await ready
         finally:
