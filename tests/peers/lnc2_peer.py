@@ -13,6 +13,16 @@ Device command line (see the comment at the top of ``libnetconf2/device.c``)::
          (--authorized-key PUBFILE [...] | --password PW)]
         [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca CA_PEM [...]
          --ctn-fingerprint SHA256_FP [--ctn-user USER]]
+        [--direct-ssh HOST:PORT]   (listening NETCONF over SSH, same SSH credentials)
+
+Pushed call-home configuration: the device serves ``ietf-netconf-server`` revision 2023-12-28
+(trimmed modules in ``libnetconf2/yang/``) with :candidate, :confirmed-commit:1.1 and
+:writable-running, and applies ``/netconf-server/call-home/netconf-client`` of its running
+datastore to its own call-home clients whenever running changes. Its keystore holds the host keys
+as ``hostkey0``, ``hostkey1``, ... (``Lnc2Device.hostkey_names``), the TLS key as ``tls-key``
+with certificate ``tls-cert``; its truststore the ``--tls-ca`` certificates as bag
+``listener-ca``. Start a device without call home but with ``direct_port`` and push
+configuration through :meth:`Lnc2Device.connect_direct`.
 
 Typical use against a listener on 127.0.0.1::
 
@@ -42,6 +52,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,9 +75,11 @@ __all__ = (
     "PeerBuildError",
     "SshCallHome",
     "TlsCallHome",
+    "DirectSsh",
     "Lnc2Device",
     "build_device",
     "default_yang_dirs",
+    "free_port",
 )
 
 PEERS_DIR = Path(__file__).resolve().parent
@@ -115,7 +128,9 @@ def default_yang_dirs() -> list[Path]:
     ]
     for cand in candidates:
         if all((cand / name).is_file() for name in _REQUIRED_YANG):
-            return [cand]
+            # iana-crypt-hash (imported by ietf-ssh-server) lives in the sibling "iana" directory
+            iana = cand.parent / "iana"
+            return [cand, iana] if iana.is_dir() else [cand]
     raise FileNotFoundError(
         "no directory with ietf-netconf.yang found (looked in "
         + ", ".join(str(c) for c in candidates)
@@ -197,6 +212,47 @@ class TlsCallHome:
         return out
 
 
+@dataclass(frozen=True)
+class DirectSsh:
+    """The device's listening (non-call-home) NETCONF over SSH endpoint (``--direct-ssh``).
+
+    The SSH credentials are the same as for SSH call home; when the device also has
+    :class:`SshCallHome` settings those are used and the ones here are ignored.
+
+    :ivar host: address to listen on (loopback).
+    :ivar port: port to listen on (pick one with :func:`free_port`).
+    """
+
+    host: str
+    port: int
+    host_keys: Sequence[Path]
+    username: str = "netconf"
+    authorized_keys: Sequence[Path] = ()
+    password: str | None = None
+
+    def args(self, with_credentials: bool = True) -> list[str]:
+        """Command-line arguments for lnc2-device."""
+        out = ["--direct-ssh", _hostport(self.host, self.port)]
+        if with_credentials:
+            out += ["--user", self.username]
+            for key in self.host_keys:
+                out += ["--hostkey", str(key)]
+            for pub in self.authorized_keys:
+                out += ["--authorized-key", str(pub)]
+            if self.password is not None:
+                out += ["--password", self.password]
+        return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral TCP port that is free right now (for a server that cannot bind port 0 and
+    report it, like lnc2-device's --direct-ssh)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -223,20 +279,27 @@ class Lnc2Device:
         *,
         ssh: SshCallHome | None = None,
         tls: TlsCallHome | None = None,
+        direct: DirectSsh | None = None,
         yang_dirs: Sequence[Path] | None = None,
         verbose: bool = False,
         binary: Path = DEVICE_BINARY,
         log_file: Path | None = None,
+        listener_key: Path | None = None,
     ) -> None:
-        if ssh is None and tls is None:
-            raise ValueError("give ssh and/or tls call-home settings")
+        if ssh is None and tls is None and direct is None:
+            raise ValueError("give ssh and/or tls call-home settings, or a direct endpoint")
         self.name = name
         self.ssh = ssh
         self.tls = tls
+        self.direct = direct
+        #: private key that logs in to the direct endpoint (:meth:`connect_direct`)
+        self.listener_key = listener_key
         self.yang_dirs = list(yang_dirs) if yang_dirs is not None else default_yang_dirs()
         self.verbose = verbose
         self.binary = binary
         self.log_file = log_file
+        #: further command-line arguments (e.g. TLS credentials without --tls-ch)
+        self.extra_args: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._log = _Log()
@@ -253,9 +316,15 @@ class Lnc2Device:
         password: str | None = None,
         use_key: bool = True,
         self_signed: bool = False,
+        direct_port: int | None = None,
+        tls_credentials: bool = False,
         **kwargs: object,
     ) -> Lnc2Device:
         """A device configured from :func:`pki.make_pki` output.
+
+        Direct (if ``direct_port``): listens for NETCONF over SSH on ``host:direct_port`` with
+        the same host keys and credentials. ``tls_credentials`` gives the device its TLS
+        certificate, key and trusted CA even without ``tls_port`` (for pushed TLS call home).
 
         SSH (if ``ssh_port``): all of ``pki.host_keys``; the listener logs in as ``username``
         with ``pki.listener_ssh_key`` (if ``use_key``) and/or ``password``.
@@ -284,7 +353,31 @@ class Lnc2Device:
                 ctn_fingerprint=pki.listener_cert.fingerprint,
                 ctn_user=username,
             )
-        return cls(pki.device_name, ssh=ssh, tls=tls, **kwargs)  # type: ignore[arg-type]
+        direct = None
+        if direct_port is not None:
+            direct = DirectSsh(
+                host=host,
+                port=direct_port,
+                host_keys=[k.private_path for k in pki.host_keys.values()],
+                username=username,
+                authorized_keys=[pki.listener_ssh_key.public_path] if use_key else [],
+                password=password,
+            )
+        extra: list[str] = []
+        if tls_credentials and tls is None:
+            cert = pki.device_self_signed if self_signed else pki.device_cert
+            extra = ["--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path),
+                     "--tls-ca", str(pki.listener_ca.cert_path)]
+        dev = cls(
+            pki.device_name,
+            ssh=ssh,
+            tls=tls,
+            direct=direct,
+            listener_key=pki.listener_ssh_key.private_path if use_key else None,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        dev.extra_args = extra
+        return dev
 
     # ------------------------------------------------------------------ process control
 
@@ -299,7 +392,9 @@ class Lnc2Device:
             argv += self.ssh.args()
         if self.tls is not None:
             argv += self.tls.args()
-        return argv
+        if self.direct is not None:
+            argv += self.direct.args(with_credentials=self.ssh is None)
+        return argv + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> Lnc2Device:
         """Start the process and wait for its ``started`` line.
@@ -325,6 +420,8 @@ class Lnc2Device:
         self._reader.start()
         try:
             self.wait_for(r"^lnc2-device: started ", timeout=timeout)
+            if self.direct is not None:
+                self.wait_for(r"^lnc2-device: direct-ssh listening on ", timeout=timeout)
         except Exception:
             self.stop()
             raise
@@ -376,6 +473,53 @@ class Lnc2Device:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # ------------------------------------------------------------------ direct endpoint
+
+    @property
+    def direct_port(self) -> int | None:
+        """Port of the listening NETCONF/SSH endpoint, or None without one."""
+        return self.direct.port if self.direct is not None else None
+
+    @property
+    def hostkey_names(self) -> list[str]:
+        """Keystore names of the host keys (``hostkey0``, ...), in ``--hostkey`` order: what
+        pushed configuration references as ``central-keystore-reference``."""
+        keys = self.ssh.host_keys if self.ssh is not None else self.direct.host_keys if self.direct else []
+        return [f"hostkey{i}" for i in range(len(keys))]
+
+    def connect_direct(self, timeout: float = 15.0) -> Any:
+        """An ncclient manager on the direct endpoint (the caller closes it).
+
+        Logs in with :attr:`listener_key` (or the password), without checking the host key: the
+        device's host keys are test keys made for this run.
+        """
+        from ncclient import manager  # imported late: only tests that push configuration need it
+
+        if self.direct is None:
+            raise RuntimeError("the device has no direct endpoint (direct_port)")
+        creds = self.ssh or self.direct
+        kwargs: dict[str, Any] = {}
+        if self.listener_key is not None:
+            kwargs["key_filename"] = str(self.listener_key)
+        if creds.password is not None:
+            kwargs["password"] = creds.password
+        return manager.connect(
+            host=self.direct.host,
+            port=self.direct.port,
+            username=creds.username,
+            hostkey_verify=False,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    def running_config(self, source: str = "running", timeout: float = 15.0) -> str:
+        """The device's ``source`` datastore (``running`` or ``candidate``) as XML text, read
+        over a fresh direct session."""
+        with self.connect_direct(timeout) as mgr:
+            return str(mgr.get_config(source).data_xml)
 
     @property
     def pid(self) -> int | None:

@@ -10,6 +10,7 @@
  *        (--authorized-key PUBFILE [--authorized-key ...] | --password PW)]
  *       [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca CA_PEM [--tls-ca ...]
  *        --ctn-fingerprint FP [--ctn-user USER]]
+ *       [--direct-ssh HOST:PORT]
  *
  *   --name             device name; stored in /callhome-test-device:device/name of the
  *                      running datastore and used in call-home client names.
@@ -34,22 +35,54 @@
  *                      prefixed "04:" (RFC 7407 tls-fingerprint) or "SHA256:".
  *   --ctn-user         NETCONF username for a matching certificate (map type "specified");
  *                      without it the certificate's common name is used.
+ *   --direct-ssh       also LISTEN on HOST:PORT for ordinary (non-call-home) NETCONF over SSH,
+ *                      with the same --hostkey / --user / --authorized-key / --password.
+ *                      --tls-cert/--tls-key/--tls-ca may be given without --tls-ch: then they
+ *                      serve pushed TLS call-home configuration only.
  *   --verbose          forward libnetconf2 verbose messages too (default: warnings and errors).
  *
- * Behaviour: one call-home client per transport ("NAME-ssh", "NAME-tls"), connection type
- * persistent, one endpoint each. libnetconf2 retries about once a second while the listener is
- * unreachable and reconnects at once when an established session ends.
- * RPCs: get / get-config return the running tree (filters are ignored, the whole tree is
- * returned), edit-config merges <config> into running (target running only; nc:operation
- * attributes other than merge are not supported), lock / unlock / kill-session reply <ok/>,
- * close-session and get-schema are handled by libnetconf2, any other RPC of the loaded models
- * (copy-config, delete-config, ...) gets operation-not-supported. RPCs that are not in the
- * loaded models at all (e.g. <commit/>, as :candidate is not enabled) are rejected by
- * libnetconf2's parser itself with an operation-failed rpc-error.
+ * Behaviour: one call-home client per command-line transport ("NAME-ssh", "NAME-tls"),
+ * connection type persistent, one endpoint each. libnetconf2 retries about once a second while the
+ * listener is unreachable and reconnects at once when an established session ends.
+ *
+ * Datastores: running and candidate (:writable-running, :candidate, :confirmed-commit:1.1; the
+ * ietf-netconf features are enabled so libnetconf2 advertises them and parses commit & co.).
+ * Models: callhome-test-device, ietf-netconf-server@2023-12-28 with its groupings' modules
+ * (trimmed copies in yang/, see yang/README.md), ietf-keystore / ietf-truststore. At start the
+ * keystore holds the host keys as "hostkey0", "hostkey1", ... (--hostkey order) and the TLS key
+ * as "tls-key" with certificate "tls-cert"; the truststore holds the --tls-ca certificates as
+ * bag "listener-ca" ("ca0", ...). Private keys are shown as hidden-private-key.
+ * RPCs: get (running + ietf-yang-library state) / get-config (running or candidate) with a
+ * subtree filter applied to top-level nodes only; edit-config on running or candidate with
+ * nc:operation merge / replace / create / delete / remove / none and default-operation (the
+ * result is validated; running edits apply at once); commit, commit with confirmed /
+ * confirm-timeout / persist, confirming commit (same session, or persist-id), cancel-commit,
+ * rollback when the confirm-timeout passes or (without persist) the session ends;
+ * discard-changes; lock / unlock / kill-session reply <ok/> (no real locking); close-session
+ * and get-schema by libnetconf2; anything else operation-not-supported.
+ *
+ * Applying running: whenever running changes, /netconf-server/call-home/netconf-client entries
+ * become libnetconf2 call-home clients (endpoints ssh or tls, remote address and port, TCP
+ * keepalives, persistent or periodic (period, idle-timeout), reconnect-strategy start-with and
+ * max-attempts; max-wait and anchor-time are not supported by libnetconf2 2.0 and ignored). SSH:
+ * host keys must be central-keystore-references to hostkeyN; users' public keys (inline or a
+ * truststore public-key bag) become authorized keys (the command line's keys and password keep
+ * working; configured password hashes are not supported). TLS: the server identity must
+ * reference tls-key; the trusted certificates are the --tls-ca ones; cert-to-name entries are
+ * applied. A removed entry's client is deleted and its sessions closed; a changed entry is
+ * deleted and created again (under the libnetconf2 name "NAME#N").
  *
  * Every event is one line on stderr, prefixed "lnc2-device: ", e.g.
  *   lnc2-device: started name=dev1 pid=1234
  *   lnc2-device: ch-ssh connecting to 127.0.0.1:4334 (client dev1-ssh)   (once, at start)
+ *   lnc2-device: direct-ssh listening on 127.0.0.1:8300
+ *   lnc2-device: direct-ssh session 2 established user=netconf host=127.0.0.1 port=51234
+ *   lnc2-device: running changed (edit-config|commit|confirmed commit|rollback)
+ *   lnc2-device: callhome client NAME added / removed
+ *   lnc2-device: ch-ssh connecting to H:P (client NAME endpoint EP)     (pushed clients)
+ *   lnc2-device: confirmed commit pending timeout=Ns persist=yes|no / confirmed
+ *   lnc2-device: confirmed commit rolled back (timeout|cancel-commit|session closed)
+ *   lnc2-device: ch-ssh session 3 closed reason=client-removed
  *   lnc2-device: ch-ssh connect attempt to 127.0.0.1:4334                (every TCP attempt)
  *   lnc2-device: ch-ssh tcp connected to 127.0.0.1:4334
  *   lnc2-device: ssh password auth for user=netconf accepted             (or rejected)
@@ -76,6 +109,11 @@
 #include <unistd.h>
 
 #include <libyang/libyang.h>
+#include <libssh/libssh.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <sys/stat.h>
 
 /* Debian's nc_server.h defines these itself; keep them for other builds. */
 #ifndef NC_ENABLED_SSH
@@ -203,6 +241,8 @@ static struct {
     int tls_ca_count;
     char *ctn_fingerprint;
     const char *ctn_user;
+
+    struct endpoint direct;
 } opts;
 
 static volatile sig_atomic_t stop_requested;
@@ -286,7 +326,8 @@ usage(void)
             "usage: " PROG " --name NAME --yang-dir DIR [--verbose]\n"
             "  [--ssh-ch HOST:PORT --hostkey KEY --user USER (--authorized-key PUB | --password PW)]\n"
             "  [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca PEM --ctn-fingerprint FP"
-            " [--ctn-user USER]]\n");
+            " [--ctn-user USER]]\n"
+            "  [--direct-ssh HOST:PORT]\n");
     exit(2);
 }
 
@@ -317,6 +358,7 @@ parse_args(int argc, char **argv)
         {"tls-ca", required_argument, NULL, 'C'},
         {"ctn-fingerprint", required_argument, NULL, 'f'},
         {"ctn-user", required_argument, NULL, 'U'},
+        {"direct-ssh", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -338,18 +380,19 @@ parse_args(int argc, char **argv)
         case 'C': add_multi(opts.tls_cas, &opts.tls_ca_count, optarg, "--tls-ca"); break;
         case 'f': opts.ctn_fingerprint = normalize_fingerprint(optarg); break;
         case 'U': opts.ctn_user = optarg; break;
+        case 'D': parse_endpoint(optarg, &opts.direct); break;
         default: usage();
         }
     }
     if (optind != argc || !opts.name) {
         usage();
     }
-    if (!opts.ssh.host && !opts.tls.host) {
-        die("nothing to do: give --ssh-ch and/or --tls-ch");
+    if (!opts.ssh.host && !opts.tls.host && !opts.direct.host) {
+        die("nothing to do: give --ssh-ch, --tls-ch and/or --direct-ssh");
     }
-    if (opts.ssh.host) {
+    if (opts.ssh.host || opts.direct.host) {
         if (!opts.hostkey_count || !opts.user || (!opts.authkey_count && !opts.password)) {
-            die("--ssh-ch needs --hostkey, --user and --authorized-key and/or --password");
+            die("--ssh-ch and --direct-ssh need --hostkey, --user and --authorized-key and/or --password");
         }
     }
     if (opts.tls.host) {
@@ -425,14 +468,72 @@ trusted_cert_list_clb(const char *name, void *user_data, char ***cert_paths, int
 
 /* ---------------------------------------------------------------- datastore */
 
-/* Only the poll thread (main) touches these after start-up. */
+#define NCS_MODULE "ietf-netconf-server"
+#define NCS_CLIENTS "/" NCS_MODULE ":netconf-server/call-home/netconf-client"
+#define MAX_PUSHED 32
+#define MAX_CH_SESSIONS 64
+
+/* Only the poll thread (main) touches these after start-up (RPC callbacks run in it too). */
 static struct ly_ctx *ctx;
 static struct lyd_node *running;
+static struct lyd_node *candidate; /* always a separate tree; equal to running unless dirty */
+static int candidate_dirty;
 static struct nc_pollsession *ps;
+static char authkey_dir[] = "/tmp/lnc2-device-XXXXXX";
+static int authkey_dir_made;
+
+/* a pending confirmed commit (RFC 6241 section 8.4) */
+static struct {
+    int active;
+    struct lyd_node *backup; /* running before the first confirmed commit */
+    struct timespec deadline; /* CLOCK_MONOTONIC */
+    char *persist;            /* persist token, or NULL: then bound to session `sid` */
+    uint32_t sid;
+} pending;
+
+/* call-home clients created from the running configuration */
+static struct pushed_client {
+    char *name;    /* list key in the configuration */
+    char *lnc_name; /* libnetconf2 client name: name, or name#GEN after an update */
+    char *sig;     /* the entry printed as XML; a different print means "changed" */
+    char *authkeys[MAX_MULTI * 2]; /* files registered with nc_server_ssh_add_authkey_path */
+    int authkey_count;
+} pushed[MAX_PUSHED];
+static int pushed_count;
+static unsigned generation;
+
+/* established call-home sessions and their libnetconf2 client (added by call-home threads) */
+static pthread_mutex_t chs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    struct nc_session *session;
+    char client[160];
+    int close; /* set by reconcile: the poll thread closes it after the current RPC */
+} chs[MAX_CH_SESSIONS];
+
+/* libnetconf2 client names that were removed (chs_lock): never reused, because the old
+ * call-home thread may still be finishing; sessions a removed client establishes are dropped */
+static char *removed_names[256];
+static int removed_count;
+
+static int
+was_removed(const char *lnc_name)
+{
+    int i, found = 0;
+
+    pthread_mutex_lock(&chs_lock);
+    for (i = 0; i < removed_count && !found; i++) {
+        found = !strcmp(removed_names[i], lnc_name);
+    }
+    pthread_mutex_unlock(&chs_lock);
+    return found;
+}
 
 static const char *
 transport_label(const struct nc_session *session)
 {
+    if (!nc_session_is_callhome(session)) {
+        return "direct-ssh";
+    }
     switch (nc_session_get_ti(session)) {
     case NC_TI_LIBSSH: return "ch-ssh";
     case NC_TI_OPENSSL: return "ch-tls";
@@ -451,19 +552,834 @@ reply_error(NC_ERR tag, NC_ERR_TYPE type, const char *msg)
     return nc_server_reply_err(err);
 }
 
-/** Reply to get / get-config: a copy of the running tree inside the RPC's <data> output. */
+/** An invalid-value / data-missing / ... error carrying libyang's message and path. */
 static struct nc_server_reply *
-reply_with_running(struct lyd_node *rpc)
+reply_ly_error(NC_ERR tag, const char *fallback)
 {
-    struct lyd_node *output = NULL, *data = NULL;
+    struct lyd_node *err = nc_err(ctx, tag, NC_ERR_TYPE_APP);
+    const char *path = ly_errpath(ctx);
+
+    nc_err_set_msg(err, ly_errmsg(ctx) ? ly_errmsg(ctx) : fallback, "en");
+    if (path) {
+        nc_err_set_path(err, path);
+    }
+    return nc_server_reply_err(err);
+}
+
+static int
+timespec_passed(const struct timespec *t)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
+static char *
+b64(const unsigned char *data, int len)
+{
+    char *out = malloc(4 * ((len + 2) / 3) + 1);
+
+    EVP_EncodeBlock((unsigned char *)out, data, len);
+    return out;
+}
+
+/* ------------------------------------------------ keystore / truststore content */
+
+/** The device's own credentials as /ietf-keystore:keystore and /ietf-truststore:truststore
+ * entries, so that pushed call-home configuration can reference them (the references are
+ * leafrefs). SSH host keys are "hostkey0", "hostkey1", ... (the --hostkey order); the TLS key is
+ * "tls-key" with certificate "tls-cert"; the --tls-ca certificates form the certificate bag
+ * "listener-ca" (certificates "ca0", "ca1", ...). Private keys are "hidden". */
+static void
+new_path(struct lyd_node **tree, const char *path, const char *value)
+{
+    if (lyd_new_path(*tree, ctx, path, value, 0, *tree ? NULL : tree)) {
+        die("cannot create %s", path);
+    }
+}
+
+static void
+add_keystore(struct lyd_node **running_tree)
+{
+    struct lyd_node *extra = NULL, **tree = &extra;
+    char path[256], *pub;
+    ssh_key key = NULL, pubkey = NULL;
+    int i;
+
+    for (i = 0; i < opts.hostkey_count; i++) {
+        if (ssh_pki_import_privkey_file(opts.hostkeys[i], NULL, NULL, NULL, &key) != SSH_OK ||
+                ssh_pki_export_privkey_to_pubkey(key, &pubkey) != SSH_OK ||
+                ssh_pki_export_pubkey_base64(pubkey, &pub) != SSH_OK) {
+            die("cannot read host key %s", opts.hostkeys[i]);
+        }
+        snprintf(path, sizeof path, "/ietf-keystore:keystore/asymmetric-keys/asymmetric-key[name='hostkey%d']", i);
+        strcat(path, "/public-key-format");
+        new_path(tree, path, "ietf-crypto-types:ssh-public-key-format");
+        strcpy(strrchr(path, '/'), "/public-key");
+        new_path(tree, path, pub);
+        strcpy(strrchr(path, '/'), "/hidden-private-key");
+        new_path(tree, path, NULL);
+        ssh_string_free_char(pub);
+        ssh_key_free(pubkey);
+        ssh_key_free(key);
+    }
+    if (opts.tls_cert) {
+        FILE *f = fopen(opts.tls_cert, "r");
+        X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+        unsigned char *der = NULL;
+        int len;
+        char *data;
+        const char *base = "/ietf-keystore:keystore/asymmetric-keys/asymmetric-key[name='tls-key']";
+
+        if (f) {
+            fclose(f);
+        }
+        if (!cert) {
+            die("cannot read --tls-cert %s", opts.tls_cert);
+        }
+        len = i2d_PUBKEY(X509_get0_pubkey(cert), &der);
+        data = b64(der, len);
+        OPENSSL_free(der);
+        der = NULL;
+        snprintf(path, sizeof path, "%s/public-key-format", base);
+        new_path(tree, path, "ietf-crypto-types:subject-public-key-info-format");
+        snprintf(path, sizeof path, "%s/public-key", base);
+        new_path(tree, path, data);
+        free(data);
+        snprintf(path, sizeof path, "%s/hidden-private-key", base);
+        new_path(tree, path, NULL);
+        len = i2d_X509(cert, &der);
+        data = b64(der, len);
+        OPENSSL_free(der);
+        snprintf(path, sizeof path, "%s/certificates/certificate[name='tls-cert']/cert-data", base);
+        new_path(tree, path, data);
+        free(data);
+        X509_free(cert);
+    }
+    for (i = 0; i < opts.tls_ca_count; i++) {
+        FILE *f = fopen(opts.tls_cas[i], "r");
+        X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+        unsigned char *der = NULL;
+        int len;
+        char *data;
+
+        if (f) {
+            fclose(f);
+        }
+        if (!cert) {
+            die("cannot read --tls-ca %s", opts.tls_cas[i]);
+        }
+        len = i2d_X509(cert, &der);
+        data = b64(der, len);
+        OPENSSL_free(der);
+        snprintf(path, sizeof path, "/ietf-truststore:truststore/certificate-bags/certificate-bag[name='listener-ca']"
+                "/certificate[name='ca%d']/cert-data", i);
+        new_path(tree, path, data);
+        free(data);
+        X509_free(cert);
+    }
+    if (extra && lyd_merge_siblings(running_tree, lyd_first_sibling(extra), LYD_MERGE_DESTRUCT)) {
+        die("cannot add the keystore");
+    }
+}
+
+/* ------------------------------------------------ applying the configuration */
+
+static void
+mark_sessions_for_close(const char *lnc_name)
+{
+    int i;
+
+    pthread_mutex_lock(&chs_lock);
+    for (i = 0; i < MAX_CH_SESSIONS; i++) {
+        if (chs[i].session && !strcmp(chs[i].client, lnc_name)) {
+            chs[i].close = 1;
+        }
+    }
+    pthread_mutex_unlock(&chs_lock);
+}
+
+static void
+forget_session(struct nc_session *session)
+{
+    int i;
+
+    pthread_mutex_lock(&chs_lock);
+    for (i = 0; i < MAX_CH_SESSIONS; i++) {
+        if (chs[i].session == session) {
+            chs[i].session = NULL;
+        }
+    }
+    pthread_mutex_unlock(&chs_lock);
+}
+
+/** Poll thread, between RPCs: close the sessions of removed call-home clients. */
+static void
+close_marked_sessions(void)
+{
+    struct nc_session *victims[MAX_CH_SESSIONS];
+    int i, n = 0;
+
+    pthread_mutex_lock(&chs_lock);
+    for (i = 0; i < MAX_CH_SESSIONS; i++) {
+        if (chs[i].session && chs[i].close) {
+            victims[n++] = chs[i].session;
+            chs[i].session = NULL;
+        }
+    }
+    pthread_mutex_unlock(&chs_lock);
+    for (i = 0; i < n; i++) {
+        logline("%s session %u closed reason=client-removed", transport_label(victims[i]), nc_session_get_id(victims[i]));
+        nc_ps_del_session(ps, victims[i]);
+        nc_session_free(victims[i], NULL);
+    }
+}
+
+static void
+remove_pushed(int idx)
+{
+    struct pushed_client *pc = &pushed[idx];
+    int i;
+
+    pthread_mutex_lock(&chs_lock);
+    if (removed_count < 256) {
+        removed_names[removed_count++] = strdup(pc->lnc_name);
+    }
+    pthread_mutex_unlock(&chs_lock);
+    nc_server_ch_del_client(pc->lnc_name);
+    mark_sessions_for_close(pc->lnc_name);
+    for (i = 0; i < pc->authkey_count; i++) {
+        nc_server_ssh_del_authkey(pc->authkeys[i], NULL, 0, NULL);
+        unlink(pc->authkeys[i]);
+        free(pc->authkeys[i]);
+    }
+    logline("callhome client %s removed", pc->name);
+    free(pc->name);
+    free(pc->lnc_name);
+    free(pc->sig);
+    pushed[idx] = pushed[--pushed_count];
+    memset(&pushed[pushed_count], 0, sizeof pushed[pushed_count]);
+}
+
+static const char *
+leaf_value(const struct lyd_node *parent, const char *path)
+{
+    struct lyd_node *node = NULL;
+
+    if (lyd_find_path(parent, path, 0, &node) || !node) {
+        return NULL;
+    }
+    return lyd_get_value(node);
+}
+
+/** SSH wire-format public key (base64) -> "TYPE BASE64" line in a file of our own. */
+static char *
+write_authkey(const char *base64)
+{
+    static unsigned counter;
+    unsigned char raw[8192];
+    char type[64], *path;
+    uint32_t tlen;
+    int len;
+    FILE *f;
+
+    len = EVP_DecodeBlock(raw, (const unsigned char *)base64, strlen(base64));
+    if (len < 5) {
+        return NULL;
+    }
+    tlen = ((uint32_t)raw[0] << 24) | ((uint32_t)raw[1] << 16) | ((uint32_t)raw[2] << 8) | raw[3];
+    if (tlen == 0 || tlen >= sizeof type || (int)tlen > len - 4) {
+        return NULL;
+    }
+    memcpy(type, raw + 4, tlen);
+    type[tlen] = '\0';
+    if (!authkey_dir_made) {
+        if (!mkdtemp(authkey_dir)) {
+            return NULL;
+        }
+        authkey_dir_made = 1;
+    }
+    if (asprintf(&path, "%s/key%u.pub", authkey_dir, counter++) < 0) {
+        return NULL;
+    }
+    f = fopen(path, "w");
+    if (!f) {
+        free(path);
+        return NULL;
+    }
+    fprintf(f, "%s %s\n", type, base64);
+    fclose(f);
+    return path;
+}
+
+static int
+ssh_endpoint(struct pushed_client *pc, const char *ep, struct lyd_node *ssh)
+{
+    struct ly_set *set = NULL;
+    const char *ref, *user;
+    char keyname[32];
+    int methods = 0, idx;
+    uint32_t i, j;
+
+    /* host keys: only references into the keystore (our keys are hostkey0, hostkey1, ...) */
+    if (!lyd_find_xpath(ssh, "ssh-server-parameters/server-identity/host-key", &set)) {
+        for (i = 0; i < set->count; i++) {
+            ref = leaf_value(set->dnodes[i], "public-key/central-keystore-reference");
+            if (!ref || sscanf(ref, "hostkey%d", &idx) != 1 || idx < 0 || idx >= opts.hostkey_count) {
+                logline("callhome client %s endpoint %s: host key %s is not a keystore reference to a host key, skipped",
+                        pc->name, ep, leaf_value(set->dnodes[i], "name"));
+                continue;
+            }
+            snprintf(keyname, sizeof keyname, "hostkey%d", idx);
+            if (nc_server_ssh_ch_client_endpt_add_hostkey(pc->lnc_name, ep, keyname, -1)) {
+                ly_set_free(set, NULL);
+                return -1;
+            }
+        }
+        ly_set_free(set, NULL);
+    }
+    /* users: inline public keys (or a truststore public-key bag) become authorized keys */
+    if (!lyd_find_xpath(ssh, "ssh-server-parameters/client-authentication/users/user", &set)) {
+        for (i = 0; i < set->count; i++) {
+            struct ly_set *keys = NULL;
+            char xpath[512];
+            const char *bag;
+
+            user = leaf_value(set->dnodes[i], "name");
+            bag = leaf_value(set->dnodes[i], "public-keys/central-truststore-reference");
+            if (bag) {
+                snprintf(xpath, sizeof xpath, "/ietf-truststore:truststore/public-key-bags/public-key-bag[name='%s']"
+                        "/public-key", bag);
+                lyd_find_xpath(running, xpath, &keys);
+            } else {
+                lyd_find_xpath(set->dnodes[i], "public-keys/inline-definition/public-key", &keys);
+            }
+            for (j = 0; keys && j < keys->count; j++) {
+                const char *data = leaf_value(keys->dnodes[j], "public-key");
+                char *file = data ? write_authkey(data) : NULL;
+
+                if (!file || pc->authkey_count >= MAX_MULTI * 2 || nc_server_ssh_add_authkey_path(file, user)) {
+                    logline("callhome client %s: cannot use public key %s of user %s", pc->name,
+                            leaf_value(keys->dnodes[j], "name"), user);
+                    free(file);
+                    continue;
+                }
+                pc->authkeys[pc->authkey_count++] = file;
+                methods |= NC_SSH_AUTH_PUBLICKEY;
+            }
+            ly_set_free(keys, NULL);
+            if (leaf_value(set->dnodes[i], "password")) {
+                logline("callhome client %s: user %s: configured password hashes are not supported; only the "
+                        "--password of the command line is accepted", pc->name, user);
+            }
+        }
+        ly_set_free(set, NULL);
+    }
+    /* the command line's credentials keep working too */
+    if (opts.authkey_count) {
+        methods |= NC_SSH_AUTH_PUBLICKEY;
+    }
+    if (opts.password) {
+        methods |= NC_SSH_AUTH_PASSWORD;
+    }
+    return nc_server_ssh_ch_client_endpt_set_auth_methods(pc->lnc_name, ep, methods);
+}
+
+static NC_TLS_CTN_MAPTYPE
+ctn_map_type(const char *identity)
+{
+    const char *name = identity ? strchr(identity, ':') : NULL;
+
+    name = name ? name + 1 : identity;
+    if (!name) return NC_TLS_CTN_UNKNOWN;
+    if (!strcmp(name, "specified")) return NC_TLS_CTN_SPECIFIED;
+    if (!strcmp(name, "san-rfc822-name")) return NC_TLS_CTN_SAN_RFC822_NAME;
+    if (!strcmp(name, "san-dns-name")) return NC_TLS_CTN_SAN_DNS_NAME;
+    if (!strcmp(name, "san-ip-address")) return NC_TLS_CTN_SAN_IP_ADDRESS;
+    if (!strcmp(name, "san-any")) return NC_TLS_CTN_SAN_ANY;
+    if (!strcmp(name, "common-name")) return NC_TLS_CTN_COMMON_NAME;
+    return NC_TLS_CTN_UNKNOWN;
+}
+
+static int
+tls_endpoint(struct pushed_client *pc, const char *ep, struct lyd_node *tls)
+{
+    struct ly_set *set = NULL;
+    const char *key, *bag;
+    uint32_t i;
+    int r = 0;
+
+    if (!opts.tls_cert || !opts.tls_key || !opts.tls_ca_count) {
+        logline("callhome client %s endpoint %s: TLS needs --tls-cert, --tls-key and --tls-ca on the command line",
+                pc->name, ep);
+        return -1;
+    }
+    key = leaf_value(tls, "tls-server-parameters/server-identity/certificate/central-keystore-reference/asymmetric-key");
+    if (!key || strcmp(key, "tls-key")) {
+        logline("callhome client %s endpoint %s: server identity must reference keystore key tls-key", pc->name, ep);
+        return -1;
+    }
+    r |= nc_server_tls_ch_client_endpt_set_server_cert(pc->lnc_name, ep, key);
+    bag = leaf_value(tls, "tls-server-parameters/client-authentication/ca-certs/central-truststore-reference");
+    if (!bag) {
+        bag = leaf_value(tls, "tls-server-parameters/client-authentication/ee-certs/central-truststore-reference");
+    }
+    /* the trusted-cert-list callback serves the --tls-ca certificates (= bag listener-ca) */
+    r |= nc_server_tls_ch_client_endpt_add_trusted_cert_list(pc->lnc_name, ep, bag ? bag : "listener-ca");
+    if (!lyd_find_xpath(tls, "netconf-server-parameters/client-identity-mappings/cert-to-name", &set)) {
+        for (i = 0; i < set->count; i++) {
+            const char *id = leaf_value(set->dnodes[i], "id");
+            const char *fp = leaf_value(set->dnodes[i], "fingerprint");
+
+            r |= nc_server_tls_ch_client_endpt_add_ctn(pc->lnc_name, ep, (uint32_t)strtoul(id, NULL, 10),
+                    fp ? fp : "", ctn_map_type(leaf_value(set->dnodes[i], "map-type")),
+                    leaf_value(set->dnodes[i], "name"));
+        }
+        ly_set_free(set, NULL);
+    }
+    return r ? -1 : 0;
+}
+
+static int ch_session_clb(const char *client_name, struct nc_session *new_session);
+
+/** Create the libnetconf2 call-home client for one netconf-client entry and start its thread. */
+static int
+add_pushed(struct lyd_node *entry, const char *name, char *sig)
+{
+    struct pushed_client *pc;
+    struct ly_set *eps = NULL;
+    const char *v;
+    uint32_t i;
+    int r = 0;
+
+    if (pushed_count >= MAX_PUSHED) {
+        return -1;
+    }
+    pc = &pushed[pushed_count];
+    memset(pc, 0, sizeof *pc);
+    pc->name = strdup(name);
+    pc->sig = sig;
+    if (was_removed(name) || nc_server_ch_is_client(name)) {
+        (void)!asprintf(&pc->lnc_name, "%s#%u", name, ++generation);
+    } else {
+        pc->lnc_name = strdup(name);
+    }
+    if (nc_server_ch_add_client(pc->lnc_name)) {
+        free(pc->name);
+        free(pc->lnc_name);
+        free(pc->sig);
+        return -1;
+    }
+    pushed_count++;
+    lyd_find_xpath(entry, "endpoints/endpoint", &eps);
+    for (i = 0; eps && i < eps->count && !r; i++) {
+        struct lyd_node *ep = eps->dnodes[i], *tr = NULL;
+        const char *epname = leaf_value(ep, "name");
+        int is_ssh = !lyd_find_path(ep, "ssh", 0, &tr);
+
+        if (!is_ssh && lyd_find_path(ep, "tls", 0, &tr)) {
+            continue;
+        }
+        r |= nc_server_ch_client_add_endpt(pc->lnc_name, epname, is_ssh ? NC_TI_LIBSSH : NC_TI_OPENSSL);
+        r |= nc_server_ch_client_endpt_set_address(pc->lnc_name, epname, leaf_value(tr, "tcp-client-parameters/remote-address"));
+        v = leaf_value(tr, "tcp-client-parameters/remote-port");
+        r |= nc_server_ch_client_endpt_set_port(pc->lnc_name, epname, (uint16_t)atoi(v ? v : "0"));
+        if (!r && (v = leaf_value(tr, "tcp-client-parameters/keepalives/idle-time"))) {
+            r |= nc_server_ch_client_endpt_enable_keepalives(pc->lnc_name, epname, 1);
+            r |= nc_server_ch_client_endpt_set_keepalives(pc->lnc_name, epname, atoi(v),
+                    atoi(leaf_value(tr, "tcp-client-parameters/keepalives/max-probes")),
+                    atoi(leaf_value(tr, "tcp-client-parameters/keepalives/probe-interval")));
+        }
+        if (!r) {
+            r = is_ssh ? ssh_endpoint(pc, epname, tr) : tls_endpoint(pc, epname, tr);
+        }
+        if (!r) {
+            logline("%s connecting to %s:%s (client %s endpoint %s)", is_ssh ? "ch-ssh" : "ch-tls",
+                    leaf_value(tr, "tcp-client-parameters/remote-address"),
+                    leaf_value(tr, "tcp-client-parameters/remote-port"), pc->name, epname);
+        }
+    }
+    ly_set_free(eps, NULL);
+    if (!r && leaf_value(entry, "connection-type/periodic/period")) {
+        r |= nc_server_ch_client_set_conn_type(pc->lnc_name, NC_CH_PERIOD);
+        r |= nc_server_ch_client_periodic_set_period(pc->lnc_name,
+                (uint16_t)atoi(leaf_value(entry, "connection-type/periodic/period")));
+        if ((v = leaf_value(entry, "connection-type/periodic/idle-timeout"))) {
+            r |= nc_server_ch_client_periodic_set_idle_timeout(pc->lnc_name, (uint16_t)atoi(v));
+        }
+    } else if (!r) {
+        r |= nc_server_ch_client_set_conn_type(pc->lnc_name, NC_CH_PERSIST);
+    }
+    if (!r && (v = leaf_value(entry, "reconnect-strategy/start-with"))) {
+        r |= nc_server_ch_client_set_start_with(pc->lnc_name, !strcmp(v, "last-connected") ? NC_CH_LAST_CONNECTED :
+                !strcmp(v, "random-selection") ? NC_CH_RANDOM : NC_CH_FIRST_LISTED);
+    }
+    if (!r && (v = leaf_value(entry, "reconnect-strategy/max-attempts"))) {
+        r |= nc_server_ch_client_set_max_attempts(pc->lnc_name, (uint8_t)atoi(v));
+    }
+    if (!r) {
+        r = nc_connect_ch_client_dispatch(pc->lnc_name, ch_session_clb);
+    }
+    if (r) {
+        logline("callhome client %s: cannot apply the configuration", name);
+        remove_pushed(pushed_count - 1);
+        return -1;
+    }
+    logline("callhome client %s added", name);
+    return 0;
+}
+
+/** Make the device's call-home clients match /netconf-server/call-home/netconf-client of running. */
+static void
+reconcile(void)
+{
+    struct ly_set *set = NULL;
+    char *sigs[MAX_PUSHED];
+    const char *names[MAX_PUSHED];
+    int keep[MAX_PUSHED];
+    uint32_t i, n = 0;
+    int j, found;
+
+    if (running) {
+        lyd_find_xpath(running, NCS_CLIENTS, &set);
+    }
+    for (i = 0; set && i < set->count && n < MAX_PUSHED; i++, n++) {
+        names[n] = leaf_value(set->dnodes[i], "name");
+        sigs[n] = NULL;
+        lyd_print_mem(&sigs[n], set->dnodes[i], LYD_XML, LYD_PRINT_SHRINK | LYD_PRINT_WD_ALL);
+    }
+    /* removed or changed clients go away */
+    for (j = pushed_count - 1; j >= 0; j--) {
+        found = 0;
+        for (i = 0; i < n; i++) {
+            if (!strcmp(pushed[j].name, names[i]) && sigs[i] && !strcmp(pushed[j].sig, sigs[i])) {
+                found = 1;
+            }
+        }
+        if (!found) {
+            remove_pushed(j);
+        }
+    }
+    /* new (or changed) clients come */
+    for (i = 0; i < n; i++) {
+        found = 0;
+        for (j = 0; j < pushed_count; j++) {
+            if (!strcmp(pushed[j].name, names[i])) {
+                found = 1;
+            }
+        }
+        keep[i] = !found && sigs[i];
+        if (keep[i]) {
+            add_pushed(set->dnodes[i], names[i], sigs[i]);
+        } else {
+            free(sigs[i]);
+        }
+    }
+    ly_set_free(set, NULL);
+}
+
+/* ------------------------------------------------ datastores and edits */
+
+static struct lyd_node *
+dup_tree(const struct lyd_node *tree)
+{
+    struct lyd_node *copy = NULL;
+
+    if (tree && lyd_dup_siblings(tree, NULL, LYD_DUP_RECURSIVE | LYD_DUP_WITH_FLAGS, &copy)) {
+        return NULL;
+    }
+    return copy;
+}
+
+/** Replace running (takes ownership of `tree`), refresh a clean candidate, apply. */
+static void
+set_running(struct lyd_node *tree, const char *why)
+{
+    lyd_free_siblings(running);
+    running = tree;
+    if (!candidate_dirty) {
+        lyd_free_siblings(candidate);
+        candidate = dup_tree(running);
+    }
+    logline("running changed (%s)", why);
+    reconcile();
+}
+
+static const char *
+edit_op(const struct lyd_node *e, const char *inherited)
+{
+    struct lyd_meta *m = lyd_find_meta(e->meta, NULL, "ietf-netconf:operation");
+
+    return m ? lyd_get_meta_value(m) : inherited;
+}
+
+/**
+ * Apply the edit siblings `edit` (with nc:operation metadata) to the children of `parent`, or to
+ * the top-level siblings `*top` when parent is NULL (RFC 6241 section 7.2 semantics for merge,
+ * replace, create, delete, remove and none).
+ */
+static struct nc_server_reply *
+apply_edit(const struct lyd_node *edit, struct lyd_node *parent, struct lyd_node **top, const char *inherited)
+{
+    const struct lyd_node *e;
+    struct lyd_node *t, *dup, *first;
+    struct nc_server_reply *err;
+    const char *op;
+
+    LY_LIST_FOR(edit, e) {
+        if (!e->schema || lysc_is_key(e->schema)) {
+            continue;
+        }
+        op = edit_op(e, inherited);
+        first = parent ? lyd_child(parent) : *top;
+        t = NULL;
+        if (first) {
+            lyd_find_sibling_first(first, e, &t);
+        }
+        if (t && (t->flags & LYD_DEFAULT) && !strcmp(op, "delete")) {
+            t = NULL; /* a default value is not "present" */
+        }
+        if (!strcmp(op, "delete") || !strcmp(op, "remove") || (t && !strcmp(op, "replace"))) {
+            if (!t) {
+                if (!strcmp(op, "delete")) {
+                    err = reply_error(NC_ERR_DATA_MISSING, NC_ERR_TYPE_APP, "Data to delete does not exist.");
+                    return err;
+                }
+                continue;
+            }
+            if (!parent && *top == t) {
+                *top = t->next;
+            }
+            lyd_free_tree(t);
+            if (strcmp(op, "replace")) {
+                continue;
+            }
+            t = NULL;
+        }
+        if (t && !strcmp(op, "create")) {
+            return reply_error(NC_ERR_DATA_EXISTS, NC_ERR_TYPE_APP, "Data to create already exists.");
+        }
+        if (!t) {
+            int recursive = strcmp(op, "none");
+
+            if (lyd_dup_single(e, parent ? (struct lyd_node_inner *)parent : NULL,
+                    (recursive ? LYD_DUP_RECURSIVE : 0) | LYD_DUP_NO_META, &dup)) {
+                return reply_ly_error(NC_ERR_OP_FAILED, "Cannot copy the edit.");
+            }
+            if (!parent && lyd_insert_sibling(*top, dup, top)) {
+                lyd_free_tree(dup);
+                return reply_ly_error(NC_ERR_OP_FAILED, "Cannot insert the edit.");
+            }
+            if (recursive) {
+                continue;
+            }
+            t = dup;
+        }
+        /* merge / none into an existing node */
+        if (t->schema->nodetype == LYS_LEAF) {
+            if (strcmp(op, "none")) {
+                LY_ERR r = lyd_change_term(t, lyd_get_value(e));
+
+                if (r && r != LY_EEXIST && r != LY_ENOT) {
+                    return reply_ly_error(NC_ERR_INVALID_VALUE, "Cannot change the value.");
+                }
+                t->flags &= ~LYD_DEFAULT;
+            }
+        } else if (t->schema->nodetype & (LYS_CONTAINER | LYS_LIST)) {
+            err = apply_edit(lyd_child(e), t, NULL, op);
+            if (err) {
+                return err;
+            }
+        }
+    }
+    return NULL;
+}
+
+/** The <config> of an edit-config as a data tree with nc:operation metadata. */
+static struct nc_server_reply *
+parse_config_param(struct lyd_node *rpc, struct lyd_node **edit)
+{
+    struct lyd_node *node = NULL;
+    char *xml = NULL;
+    LY_ERR r;
+
+    *edit = NULL;
+    if (lyd_find_path(rpc, "config", 0, &node)) {
+        return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only inline <config> is supported.");
+    }
+    if (lyd_any_value_str(node, &xml)) {
+        return reply_error(NC_ERR_OP_FAILED, NC_ERR_TYPE_APP, "Cannot read <config>.");
+    }
+    r = xml ? lyd_parse_data_mem(ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0, edit)
+            : LY_SUCCESS;
+    free(xml);
+    if (r) {
+        return reply_ly_error(NC_ERR_INVALID_VALUE, "Bad <config>.");
+    }
+    return NULL;
+}
+
+/** edit-config on running or candidate; running is validated and applied at once. */
+static struct nc_server_reply *
+edit_config(struct lyd_node *rpc)
+{
+    struct lyd_node *node = NULL, *edit = NULL, *work;
+    struct nc_server_reply *err;
+    const char *dflt = leaf_value(rpc, "default-operation");
+    int to_candidate = !lyd_find_path(rpc, "target/candidate", 0, &node);
+
+    if (!to_candidate && lyd_find_path(rpc, "target/running", 0, &node)) {
+        return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only targets running and candidate are supported.");
+    }
+    if ((err = parse_config_param(rpc, &edit))) {
+        return err;
+    }
+    work = dup_tree(to_candidate ? candidate : running);
+    err = apply_edit(edit, NULL, &work, dflt ? dflt : "merge");
+    lyd_free_siblings(edit);
+    if (!err && lyd_validate_all(&work, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
+        err = reply_ly_error(NC_ERR_INVALID_VALUE, "Invalid edit.");
+    }
+    if (err) {
+        lyd_free_siblings(work);
+        return err;
+    }
+    if (to_candidate) {
+        lyd_free_siblings(candidate);
+        candidate = work;
+        candidate_dirty = 1;
+    } else {
+        set_running(work, "edit-config");
+    }
+    return nc_server_reply_ok();
+}
+
+static void
+rollback_pending(const char *why)
+{
+    struct lyd_node *backup = pending.backup;
+
+    pending.backup = NULL;
+    pending.active = 0;
+    free(pending.persist);
+    pending.persist = NULL;
+    candidate_dirty = 0;
+    logline("confirmed commit rolled back (%s)", why);
+    set_running(backup, "rollback");
+}
+
+static struct nc_server_reply *
+commit(struct lyd_node *rpc, struct nc_session *session)
+{
+    struct lyd_node *node = NULL, *work;
+    const char *persist = leaf_value(rpc, "persist"), *persist_id = leaf_value(rpc, "persist-id");
+    const char *timeout = leaf_value(rpc, "confirm-timeout");
+    int confirmed = !lyd_find_path(rpc, "confirmed", 0, &node);
+
+    if (pending.active) {
+        /* a follow-up commit must come from the same session, or name the persist token */
+        if (pending.persist ? (!persist_id || strcmp(persist_id, pending.persist)) :
+                (pending.sid != nc_session_get_id(session))) {
+            return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_PROT,
+                    pending.persist ? "A confirmed commit is pending; give its persist-id." :
+                    "A confirmed commit of another session is pending.");
+        }
+    } else if (persist_id) {
+        return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_PROT, "No confirmed commit is pending.");
+    }
+    work = dup_tree(candidate);
+    if (lyd_validate_all(&work, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
+        lyd_free_siblings(work);
+        return reply_ly_error(NC_ERR_INVALID_VALUE, "The candidate configuration is invalid.");
+    }
+    if (confirmed) {
+        if (!pending.active) {
+            pending.backup = dup_tree(running);
+            pending.active = 1;
+        }
+        free(pending.persist);
+        pending.persist = persist ? strdup(persist) : NULL;
+        pending.sid = nc_session_get_id(session);
+        clock_gettime(CLOCK_MONOTONIC, &pending.deadline);
+        pending.deadline.tv_sec += timeout ? strtol(timeout, NULL, 10) : 600;
+        logline("confirmed commit pending timeout=%ss persist=%s", timeout ? timeout : "600", persist ? "yes" : "no");
+    } else if (pending.active) {
+        pending.active = 0;
+        lyd_free_siblings(pending.backup);
+        pending.backup = NULL;
+        free(pending.persist);
+        pending.persist = NULL;
+        logline("confirmed commit confirmed");
+    }
+    candidate_dirty = 0;
+    set_running(work, confirmed ? "confirmed commit" : "commit");
+    return nc_server_reply_ok();
+}
+
+static struct nc_server_reply *
+cancel_commit(struct lyd_node *rpc, struct nc_session *session)
+{
+    const char *persist_id = leaf_value(rpc, "persist-id");
+
+    if (!pending.active) {
+        return reply_error(NC_ERR_OP_FAILED, NC_ERR_TYPE_PROT, "No confirmed commit is pending.");
+    }
+    if (pending.persist ? (!persist_id || strcmp(persist_id, pending.persist)) :
+            (pending.sid != nc_session_get_id(session))) {
+        return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_PROT, "persist-id does not match the pending commit.");
+    }
+    rollback_pending("cancel-commit");
+    return nc_server_reply_ok();
+}
+
+/** Top-level nodes of `tree` selected by a subtree filter's top-level elements (or all). */
+static struct lyd_node *
+filtered_copy(const struct lyd_node *tree, struct lyd_node *rpc)
+{
+    struct lyd_node *flt = NULL, *out = NULL, *copy;
+    const struct lyd_node *n, *f;
+    struct lyd_node_any *any;
+
+    if (lyd_find_path(rpc, "filter", 0, &flt) || !flt) {
+        return dup_tree(tree);
+    }
+    any = (struct lyd_node_any *)flt;
+    if (any->value_type != LYD_ANYDATA_DATATREE || !any->value.tree) {
+        return dup_tree(tree);
+    }
+    LY_LIST_FOR(tree, n) {
+        LY_LIST_FOR(any->value.tree, f) {
+            const char *name = f->schema ? f->schema->name : ((struct lyd_node_opaq *)f)->name.name;
+            const char *ns = f->schema ? f->schema->module->ns : ((struct lyd_node_opaq *)f)->name.module_ns;
+
+            if (!strcmp(name, n->schema->name) && ns && !strcmp(ns, n->schema->module->ns)) {
+                if (!lyd_dup_single(n, NULL, LYD_DUP_RECURSIVE | LYD_DUP_WITH_FLAGS, &copy)) {
+                    lyd_insert_sibling(out, copy, &out);
+                }
+                break;
+            }
+        }
+    }
+    return out;
+}
+
+/** Reply to get / get-config: (a filtered copy of) a datastore inside the RPC's <data> output;
+ * get adds the yang-library state (how clients find the ietf-netconf-server revision). */
+static struct nc_server_reply *
+reply_with_data(struct lyd_node *rpc, const struct lyd_node *tree, int with_state)
+{
+    struct lyd_node *output = NULL, *data = NULL, *state = NULL, *all;
 
     if (lyd_dup_single(rpc, NULL, 0, &output)) {
         return NULL;
     }
-    if (running && lyd_dup_siblings(running, NULL, LYD_DUP_RECURSIVE, &data)) {
-        lyd_free_tree(output);
-        return NULL;
+    all = dup_tree(tree);
+    if (with_state && !ly_ctx_get_yanglib_data(ctx, &state, "%u", ly_ctx_get_change_count(ctx))) {
+        lyd_insert_sibling(all, state, &all);
     }
+    data = filtered_copy(all, rpc);
+    lyd_free_siblings(all);
     if (lyd_new_any(output, NULL, "data", data, 1, LYD_ANYDATA_DATATREE, 1, NULL)) {
         lyd_free_siblings(data);
         lyd_free_tree(output);
@@ -472,64 +1388,37 @@ reply_with_running(struct lyd_node *rpc)
     return nc_server_reply_data(output, NC_WD_EXPLICIT, NC_PARAMTYPE_FREE);
 }
 
-/** edit-config: merge <config> into running, validate, keep the old tree on failure. */
-static struct nc_server_reply *
-edit_config(struct lyd_node *rpc)
-{
-    struct lyd_node *node = NULL, *edit = NULL, *candidate = NULL;
-    char *xml = NULL;
-    LY_ERR r;
-
-    if (lyd_find_path(rpc, "target/running", 0, &node)) {
-        return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only target running is supported.");
-    }
-    if (lyd_find_path(rpc, "config", 0, &node)) {
-        return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only inline <config> is supported.");
-    }
-    if (lyd_any_value_str(node, &xml)) {
-        return reply_error(NC_ERR_OP_FAILED, NC_ERR_TYPE_APP, "Cannot read <config>.");
-    }
-    r = xml ? lyd_parse_data_mem(ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0,
-            &edit) : LY_SUCCESS;
-    free(xml);
-    if (r) {
-        return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_APP, ly_errmsg(ctx) ? ly_errmsg(ctx) : "Bad <config>.");
-    }
-    if (running && lyd_dup_siblings(running, NULL, LYD_DUP_RECURSIVE, &candidate)) {
-        lyd_free_siblings(edit);
-        return NULL;
-    }
-    r = lyd_merge_siblings(&candidate, edit, LYD_MERGE_DESTRUCT);
-    if (r) {
-        lyd_free_siblings(edit);
-    }
-    if (!r) {
-        r = lyd_validate_all(&candidate, ctx, LYD_VALIDATE_NO_STATE, NULL);
-    }
-    if (r) {
-        lyd_free_siblings(candidate);
-        return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_APP, ly_errmsg(ctx) ? ly_errmsg(ctx) : "Invalid edit.");
-    }
-    lyd_free_siblings(running);
-    running = candidate;
-    return nc_server_reply_ok();
-}
-
 static struct nc_server_reply *
 rpc_clb(struct lyd_node *rpc, struct nc_session *session)
 {
     const char *op = LYD_NAME(rpc);
     const char *mod = rpc->schema ? rpc->schema->module->name : "";
+    struct lyd_node *node = NULL;
 
     logline("session %u rpc %s", nc_session_get_id(session), op);
     if (strcmp(mod, "ietf-netconf")) {
         return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, NULL);
     }
-    if (!strcmp(op, "get") || !strcmp(op, "get-config")) {
-        return reply_with_running(rpc);
+    if (!strcmp(op, "get")) {
+        return reply_with_data(rpc, running, 1);
+    }
+    if (!strcmp(op, "get-config")) {
+        return reply_with_data(rpc, lyd_find_path(rpc, "source/candidate", 0, &node) ? running : candidate, 0);
     }
     if (!strcmp(op, "edit-config")) {
         return edit_config(rpc);
+    }
+    if (!strcmp(op, "commit")) {
+        return commit(rpc, session);
+    }
+    if (!strcmp(op, "cancel-commit")) {
+        return cancel_commit(rpc, session);
+    }
+    if (!strcmp(op, "discard-changes")) {
+        lyd_free_siblings(candidate);
+        candidate = dup_tree(running);
+        candidate_dirty = 0;
+        return nc_server_reply_ok();
     }
     if (!strcmp(op, "lock") || !strcmp(op, "unlock") || !strcmp(op, "kill-session")) {
         return nc_server_reply_ok();
@@ -541,11 +1430,34 @@ rpc_clb(struct lyd_node *rpc, struct nc_session *session)
 static int
 ch_session_clb(const char *client_name, struct nc_session *new_session)
 {
+    char shown[160];
+    int i;
+
+    /* a client removed while this session was being set up: do not keep the session */
+    if (was_removed(client_name)) {
+        logline("ch session for removed client %s dropped", client_name);
+        return -1;
+    }
+    snprintf(shown, sizeof shown, "%s", client_name);
+    if (strchr(shown, '#')) {
+        *strchr(shown, '#') = '\0';
+    }
     logline("%s session %u established client=%s user=%s host=%s port=%u", transport_label(new_session),
-            nc_session_get_id(new_session), client_name, nc_session_get_username(new_session),
+            nc_session_get_id(new_session), shown, nc_session_get_username(new_session),
             nc_session_get_host(new_session), nc_session_get_port(new_session));
+    pthread_mutex_lock(&chs_lock);
+    for (i = 0; i < MAX_CH_SESSIONS; i++) {
+        if (!chs[i].session) {
+            chs[i].session = new_session;
+            snprintf(chs[i].client, sizeof chs[i].client, "%s", client_name);
+            chs[i].close = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&chs_lock);
     if (nc_ps_add_session(ps, new_session)) {
         logline("cannot add session %u to the poll set", nc_session_get_id(new_session));
+        forget_session(new_session);
         return -1;
     }
     return 0;
@@ -553,16 +1465,39 @@ ch_session_clb(const char *client_name, struct nc_session *new_session)
 
 /* ---------------------------------------------------------------- setup */
 
+/** Load one module with the given features enabled ({NULL} = none, {"*", NULL} = all). */
+static void
+load_module(const char *name, const char *revision, const char **features)
+{
+    if (!ly_ctx_load_module(ctx, name, revision, features)) {
+        die("cannot load YANG module %s%s%s (see --yang-dir)", name, revision ? "@" : "", revision ? revision : "");
+    }
+}
+
 static void
 init_context(void)
 {
-    static const char *nc_features[] = {"writable-running", NULL};
+    /* :candidate + :confirmed-commit:1.1 + :writable-running; libnetconf2 derives the hello
+     * capabilities from these features, and its RPC parser accepts commit & co. only with them */
+    static const char *nc_features[] = {"writable-running", "candidate", "confirmed-commit", NULL};
+    static const char *ncs_features[] = {"ssh-call-home", "tls-call-home", "central-netconf-server-supported", NULL};
+    static const char *sshs_features[] = {"local-users-supported", "local-user-auth-publickey",
+        "local-user-auth-password", "ssh-server-keepalives", NULL};
+    static const char *tlss_features[] = {"server-ident-x509-cert", "client-auth-supported", "client-auth-x509-cert",
+        "tls-server-keepalives", NULL};
+    static const char *ks_features[] = {"central-keystore-supported", "inline-definitions-supported",
+        "asymmetric-keys", NULL};
+    static const char *ts_features[] = {"central-truststore-supported", "inline-definitions-supported",
+        "certificates", "public-keys", NULL};
+    static const char *ct_features[] = {"cleartext-private-keys", "hidden-private-keys", NULL};
+    static const char *tcpc_features[] = {"tcp-client-keepalives", NULL};
+    static const char *tcpcmn_features[] = {"keepalives-supported", NULL};
     char path[256];
     int i;
 
     ly_log_level(opts.verbose ? LY_LLVRB : LY_LLWRN);
     ly_set_log_clb(ly_print_clb, 1);
-    if (ly_ctx_new(LNC2_DEVICE_YANG_DIR, 0, &ctx)) {
+    if (ly_ctx_new(LNC2_DEVICE_YANG_DIR, 0, &ctx) || ly_ctx_set_searchdir(ctx, LNC2_DEVICE_YANG_DIR "/yang")) {
         die("cannot create libyang context");
     }
     for (i = 0; i < opts.yang_dir_count; i++) {
@@ -573,12 +1508,18 @@ init_context(void)
     if (!ly_ctx_load_module(ctx, "ietf-netconf", NULL, nc_features)) {
         die("cannot load ietf-netconf (give a --yang-dir that contains ietf-netconf.yang)");
     }
-    if (!ly_ctx_load_module(ctx, "ietf-netconf-monitoring", NULL, NULL)) {
-        die("cannot load ietf-netconf-monitoring");
-    }
-    if (!ly_ctx_load_module(ctx, TEST_MODULE, NULL, NULL)) {
-        die("cannot load " TEST_MODULE);
-    }
+    load_module("ietf-netconf-monitoring", NULL, NULL);
+    load_module(TEST_MODULE, NULL, NULL);
+    /* features of imported modules must be enabled by loading (implementing) them first */
+    load_module("ietf-crypto-types", "2023-12-28", ct_features);
+    load_module("ietf-keystore", "2023-12-28", ks_features);
+    load_module("ietf-truststore", "2023-12-28", ts_features);
+    load_module("ietf-tcp-common", "2023-12-28", tcpcmn_features);
+    load_module("ietf-tcp-client", "2023-12-28", tcpc_features);
+    load_module("ietf-ssh-server", "2023-12-28", sshs_features);
+    load_module("ietf-tls-server", "2023-12-28", tlss_features);
+    load_module(NCS_MODULE, "2023-12-28", ncs_features);
+
     snprintf(path, sizeof path, "/" TEST_MODULE ":device/name");
     if (lyd_new_path(NULL, ctx, path, opts.name, 0, &running)) {
         die("cannot create the running tree");
@@ -586,9 +1527,11 @@ init_context(void)
     if (lyd_new_path(running, ctx, "/" TEST_MODULE ":device/interface[name='eth0']/mtu", "1500", 0, NULL)) {
         die("cannot create the running tree");
     }
+    add_keystore(&running);
     if (lyd_validate_all(&running, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
         die("initial running tree is invalid");
     }
+    candidate = dup_tree(running);
 }
 
 static int
@@ -603,12 +1546,36 @@ ch_client_start(const char *client, const char *endpt, NC_TRANSPORT_IMPL ti, con
     return 0;
 }
 
+/** Authorized keys and the password callback are global in libnetconf2 2.0: register once. */
+static int
+setup_ssh_auth(void)
+{
+    static int methods = -1;
+    int i;
+
+    if (methods >= 0) {
+        return methods;
+    }
+    methods = 0;
+    for (i = 0; i < opts.authkey_count; i++) {
+        if (nc_server_ssh_add_authkey_path(opts.authkeys[i], opts.user)) {
+            die("cannot load authorized key %s", opts.authkeys[i]);
+        }
+        methods |= NC_SSH_AUTH_PUBLICKEY;
+    }
+    if (opts.password) {
+        nc_server_ssh_set_passwd_auth_clb(passwd_clb, NULL, NULL);
+        methods |= NC_SSH_AUTH_PASSWORD;
+    }
+    return methods;
+}
+
 static void
 setup_ssh(void)
 {
     char client[128], keyname[32];
     const char *endpt = "ssh";
-    int i, methods = 0;
+    int i, methods;
 
     snprintf(client, sizeof client, "%s-ssh", opts.name);
     if (ch_client_start(client, endpt, NC_TI_LIBSSH, &opts.ssh)) {
@@ -620,16 +1587,7 @@ setup_ssh(void)
             die("cannot add host key %s", opts.hostkeys[i]);
         }
     }
-    for (i = 0; i < opts.authkey_count; i++) {
-        if (nc_server_ssh_add_authkey_path(opts.authkeys[i], opts.user)) {
-            die("cannot load authorized key %s", opts.authkeys[i]);
-        }
-        methods |= NC_SSH_AUTH_PUBLICKEY;
-    }
-    if (opts.password) {
-        nc_server_ssh_set_passwd_auth_clb(passwd_clb, NULL, NULL);
-        methods |= NC_SSH_AUTH_PASSWORD;
-    }
+    methods = setup_ssh_auth();
     if (nc_server_ssh_ch_client_endpt_set_auth_methods(client, endpt, methods)) {
         die("cannot set SSH auth methods");
     }
@@ -637,6 +1595,30 @@ setup_ssh(void)
     if (nc_connect_ch_client_dispatch(client, ch_session_clb)) {
         die("cannot start the SSH call-home thread");
     }
+}
+
+/** The listening (non-call-home) NETCONF over SSH endpoint of --direct-ssh. */
+static void
+setup_direct(void)
+{
+    const char *endpt = "direct";
+    char keyname[32];
+    int i;
+
+    if (nc_server_add_endpt(endpt, NC_TI_LIBSSH) || nc_server_endpt_set_address(endpt, opts.direct.host) ||
+            nc_server_endpt_set_port(endpt, opts.direct.port)) {
+        die("cannot listen on %s:%u", opts.direct.host, opts.direct.port);
+    }
+    for (i = 0; i < opts.hostkey_count; i++) {
+        snprintf(keyname, sizeof keyname, "hostkey%d", i);
+        if (nc_server_ssh_endpt_add_hostkey(endpt, keyname, -1)) {
+            die("cannot add host key %s", opts.hostkeys[i]);
+        }
+    }
+    if (nc_server_ssh_endpt_set_auth_methods(endpt, setup_ssh_auth())) {
+        die("cannot set SSH auth methods");
+    }
+    logline("direct-ssh listening on %s:%u", opts.direct.host, opts.direct.port);
 }
 
 static void
@@ -777,8 +1759,26 @@ main(int argc, char **argv)
     if (opts.tls.host) {
         setup_tls();
     }
+    if (opts.direct.host) {
+        setup_direct();
+    }
 
     while (!stop_requested) {
+        if (opts.direct.host) {
+            session = NULL;
+            if (nc_accept(0, &session) == NC_MSG_HELLO) {
+                logline("direct-ssh session %u established user=%s host=%s port=%u", nc_session_get_id(session),
+                        nc_session_get_username(session), nc_session_get_host(session),
+                        nc_session_get_port(session));
+                if (nc_ps_add_session(ps, session)) {
+                    nc_session_free(session, NULL);
+                }
+            }
+        }
+        if (pending.active && timespec_passed(&pending.deadline)) {
+            rollback_pending("timeout");
+        }
+        close_marked_sessions();
         session = NULL;
         r = nc_ps_poll(ps, 100, &session);
         if (r & NC_PSPOLL_NOSESSIONS) {
@@ -788,6 +1788,11 @@ main(int argc, char **argv)
         if ((r & (NC_PSPOLL_SESSION_TERM | NC_PSPOLL_SESSION_ERROR)) && session) {
             logline("%s session %u closed reason=%s", transport_label(session), nc_session_get_id(session),
                     term_reason_str(nc_session_get_term_reason(session)));
+            if (pending.active && !pending.persist && pending.sid == nc_session_get_id(session)) {
+                /* RFC 6241 8.4.1: the session of a confirmed commit without persist ended */
+                rollback_pending("session closed");
+            }
+            forget_session(session);
             nc_ps_del_session(ps, session);
             /* freeing the session wakes libnetconf2's call-home thread, which then reconnects */
             nc_session_free(session, NULL);
@@ -802,6 +1807,12 @@ main(int argc, char **argv)
     }
 
     logline("stopping");
+    if (authkey_dir_made) {
+        char cmd[64];
+
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", authkey_dir);
+        (void)!system(cmd);
+    }
     /* close the established sessions properly */
     nc_ps_clear(ps, 1, NULL);
     nc_ps_free(ps);
@@ -814,6 +1825,7 @@ main(int argc, char **argv)
         _exit(0);
     }
     lyd_free_siblings(running);
+    lyd_free_siblings(candidate);
     ly_ctx_destroy(ctx);
     logline("stopped");
     return 0;
