@@ -1512,6 +1512,7 @@ init_context(void)
     load_module(TEST_MODULE, NULL, NULL);
     /* features of imported modules must be enabled by loading (implementing) them first */
     load_module("ietf-crypto-types", "2023-12-28", ct_features);
+    load_module("ietf-x509-cert-to-name", NULL, NULL); /* implemented: its identities are map-type values */
     load_module("ietf-keystore", "2023-12-28", ks_features);
     load_module("ietf-truststore", "2023-12-28", ts_features);
     load_module("ietf-tcp-common", "2023-12-28", tcpcmn_features);
