@@ -47,6 +47,8 @@ $(VENV)/.stamp: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	printf '#!/bin/sh\n# callhome-listener: the listener CLI of the netconf.callhome collection in this checkout\nPYTHONPATH="$(ROOT)/.collections$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(PY)" -m ansible_collections.netconf.callhome.listener "$$@"\n' > $(VENV)/bin/callhome-listener
+	chmod 755 $(VENV)/bin/callhome-listener
 	touch $@
 
 # ansible.netcommon and ansible.utils come from the 'ansible' wheel on PyPI (Galaxy is not reachable).

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keepalive-interval", type=float)
     serve.add_argument("--keepalive-count-max", type=int)
     serve.add_argument("--handshake-timeout", type=float)
+    serve.add_argument("--max-handshakes", type=int, help="handshakes in progress at once; more are refused")
     serve.add_argument("--metrics", dest="metrics_bind", metavar="HOST:PORT", help="serve Prometheus metrics")
     serve.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (embedded mode)")
     serve.add_argument("--log-format", choices=("text", "json"))
@@ -109,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
             "keepalive_interval",
             "keepalive_count_max",
             "handshake_timeout",
+            "max_handshakes",
             "metrics_bind",
             "idle_exit",
             "log_format",

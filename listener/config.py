@@ -95,7 +95,6 @@ class ListenerConfig:
     keepalive_count_max: int = 3
     max_hello_bytes: int = 1024 * 1024
     max_message_bytes: int = 256 * 1024 * 1024
-    lease_idle_timeout: float = 0.0  # 0: a lease lasts as long as its client keeps the socket
     block_failures: int = 50  # failed handshakes from one address within block_window...
     block_window: float = 60.0
     block_seconds: float = 60.0  # ...block it this long (RFC 8071 section 4)

@@ -203,6 +203,9 @@ class ControlServer:
         log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, held.mode)
         try:
             reason = await held.lease(reader, writer)
+            rec = self.listener.registry.get(held.device)
+            if rec is not None and rec.session_mode != held.mode and self.listener.sessions.get(held.device) is held:
+                self.listener.registry.update(held.device, session_mode=held.mode)  # fell back to shared
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
         finally:
@@ -277,7 +280,23 @@ class ControlServer:
 
     async def _op_revoke(self, request: Dict[str, Any]) -> Any:
         identity = request.get("identity")
-        return self.listener.revoke(_require_str(request, "device"), str(identity) if identity else None)
+        return self.listener.revoke(
+            _require_str(request, "device"), str(identity) if identity else None, dry_run=bool(request.get("dry_run"))
+        )
+
+    async def _op_enroll(self, request: Dict[str, Any]) -> Any:
+        credentials = request.get("credentials")
+        if credentials is not None and not isinstance(credentials, dict):
+            raise ControlError("'credentials' must be an object")
+        return self.listener.enroll(
+            _require_str(request, "device"),
+            _require_str(request, "kind"),
+            _require_str(request, "value"),
+            replace=bool(request.get("replace")),
+            observed=bool(request.get("observed")),
+            credentials=credentials,
+            dry_run=bool(request.get("dry_run")),
+        )
 
     async def _op_wait(self, request: Dict[str, Any]) -> Any:
         device = _require_str(request, "device")

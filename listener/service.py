@@ -27,6 +27,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     WaitTimeoutError,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+    CANONICAL,
     TrustStore,
     add_identity,
     remove_identity,
@@ -76,6 +77,8 @@ class CallHomeListener:
         self._failures: Dict[str, Deque[float]] = {}
         self._blocked: Dict[str, float] = {}
         self._key_cache: Dict[str, Tuple[float, List[asyncssh.SSHKey]]] = {}
+        self._handshakes = 0
+        self._last_full_warning = 0.0
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
         self.control: Any = None
@@ -261,8 +264,32 @@ class CallHomeListener:
                 pending.count,
             )
 
-    def ssh_failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
+    def handshake_slot(self, peer: str) -> bool:
+        """Bound the handshakes in progress: a connection flood cannot exhaust memory or CPU."""
+        if self._handshakes >= self.config.max_handshakes:
+            now = time.monotonic()
+            if now - self._last_full_warning > 5:
+                self._last_full_warning = now
+                log.warning("event=handshake.limit peer=%s in_progress=%d", peer, self._handshakes)
+            self.metrics.failures.labels(transport="any", reason="handshake-limit").inc()
+            return False
+        self._handshakes += 1
+        return True
+
+    def handshake_done(self) -> None:
+        self._handshakes -= 1
+
+    def release_slot(self, owner: Any) -> None:
+        """For SSH: the slot is held by the per-connection client object until accept or error."""
+        if getattr(owner, "holds_slot", False):
+            owner.holds_slot = False
+            self.handshake_done()
+
+    def ssh_failed(self, conn: asyncssh.SSHClientConnection, exc: Optional[Exception]) -> None:
         client = conn.get_owner()
+        self.release_slot(client)
+        if getattr(client, "turned_away", False):
+            return
         peer = getattr(client, "peer", "") or "?"
         peer_ip = getattr(client, "peer_ip", "") or "?"
         verdict = getattr(client, "verdict", None)
@@ -452,16 +479,57 @@ class CallHomeListener:
         log.info("event=key.approved device=%s fingerprint=%s transport=%s", name, fingerprint, pending.transport)
         return {"device": name, "fingerprint": fingerprint, "transport": pending.transport, "changed": bool(changed)}
 
-    def revoke(self, device: str, identity: Optional[str] = None) -> Dict[str, Any]:
-        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity))[0]
-        self.policy.reload()
+    def enroll(
+        self,
+        device: str,
+        kind: str,
+        value: str,
+        *,
+        replace: bool = False,
+        observed: bool = False,
+        credentials: Optional[Dict[str, Any]] = None,
+        dry_run: bool = False,
+    ) -> Dict[str, Any]:
+        """Enroll an identity given by an operator or a module (the same rules as the module's
+        file path: an observed key never silently replaces another enrolled one)."""
+        from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import (
+            Identity,
+            identities_of,
+            mutate_add,
+        )
+
+        if kind not in CANONICAL:
+            raise ConfigError("kind must be one of %s" % ", ".join(sorted(CANONICAL)))
+        identity = Identity(kind, value, CANONICAL[kind](value), observed=observed)
+        changed, before, after = self.trust_store.update(
+            mutate_add(device, identity, replace=replace, credentials=credentials), dry_run=dry_run
+        )
+        if not dry_run and changed:
+            self.registry.drop_pending(identity.fingerprint)
+            self.policy.reload()
+            self._close_if_untrusted(device, "key replaced")
+            log.info("event=key.enrolled device=%s kind=%s fingerprint=%s", device, kind, identity.fingerprint)
+        return {
+            "changed": bool(changed),
+            "device": device,
+            "kind": kind,
+            "fingerprint": identity.fingerprint,
+            "before": identities_of(before, device),
+            "after": identities_of(after, device),
+        }
+
+    def _close_if_untrusted(self, device: str, reason: str) -> None:
+        """A live session whose key is no longer enrolled must not be leased again."""
         held = self.sessions.get(device)
-        if held is not None and (
-            identity is None
-            or held.fingerprint not in self.policy.index.ssh
-            and held.fingerprint not in self.policy.index.tls
-        ):
-            held.close("key revoked")
+        if held is not None and held.fingerprint not in self.policy.index.ssh and held.fingerprint not in self.policy.index.tls:
+            held.close(reason)
+
+    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
+        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity), dry_run=dry_run)[0]
+        if dry_run:
+            return {"device": device, "identity": identity, "changed": bool(changed)}
+        self.policy.reload()
+        self._close_if_untrusted(device, "key revoked")
         log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", changed)
         return {"device": device, "identity": identity, "changed": bool(changed)}
 

@@ -62,14 +62,19 @@ class DeviceSSHClient(asyncssh.SSHClient):
         self._password_tried = False
         self._auth_methods: List[str] = []
         self._creds: Optional[Credentials] = None
+        self.holds_slot = False
+        self.turned_away = False
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer_ip = str(peer[0])
         self.peer = _fmt_peer(peer)
-        if self.listener.is_blocked(self.peer_ip):
+        if self.listener.is_blocked(self.peer_ip) or not self.listener.handshake_slot(self.peer):
+            self.turned_away = True  # already counted; not a failure of this peer's handshake
             conn.abort()
+            return
+        self.holds_slot = True
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
@@ -123,8 +128,9 @@ class DeviceSSHClient(asyncssh.SSHClient):
 class _ChannelCarrier(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     """Feeds the held NETCONF channel into its :class:`HeldSession` (no task per device)."""
 
-    def __init__(self, held: HeldSession) -> None:
+    def __init__(self, held: HeldSession, conn: asyncssh.SSHClientConnection) -> None:
         self.held = held
+        self.conn = conn
         self.chan: Optional[asyncssh.SSHClientChannel] = None  # type: ignore[type-arg]
 
     def connection_made(self, chan: Any) -> None:
@@ -145,8 +151,8 @@ class _ChannelCarrier(asyncssh.SSHClientSession):  # type: ignore[type-arg]
             self.chan.write(data)
 
     def close(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
+        # Closing the session closes the connection: a revoked or replaced device must call again.
+        self.conn.close()
 
 
 def client_options(listener: "CallHomeListener") -> asyncssh.SSHClientConnectionOptions:
@@ -215,6 +221,7 @@ async def start_ssh(listener: "CallHomeListener", sock: socket.socket) -> asyncs
 
 
 def _spawn(listener: "CallHomeListener", conn: asyncssh.SSHClientConnection) -> None:
+    listener.release_slot(conn.get_owner())
     task = asyncio.ensure_future(open_netconf(listener, conn))
     listener.track(task)
 
@@ -235,7 +242,7 @@ async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientCon
     try:
         remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
         async with asyncio.timeout(remaining):
-            await conn.create_session(lambda: _ChannelCarrier(held), subsystem="netconf", encoding=None)
+            await conn.create_session(functools.partial(_ChannelCarrier, held, conn), subsystem="netconf", encoding=None)
             await held.wait_hello()
     except BaseException as exc:
         conn.close()
@@ -268,8 +275,10 @@ def _fmt_peer(peer: Tuple[Any, ...]) -> str:
     return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
 
 
-def describe_ssh_failure(exc: BaseException) -> Tuple[str, str]:
+def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
     """Map an asyncssh failure to (registry status reason, human message)."""
+    if exc is None:
+        return "connection-lost", "the device closed the connection during the SSH handshake"
     if isinstance(exc, asyncssh.PermissionDenied):
         return "auth-failed", "device rejected the listener's credentials"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):

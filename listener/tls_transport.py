@@ -89,6 +89,16 @@ async def accept_loop(listener: "CallHomeListener", lsock: socket.socket) -> Non
 
 
 async def handle_tls(listener: "CallHomeListener", sock: socket.socket, peer: str, peer_ip: str) -> None:
+    if not listener.handshake_slot(peer):
+        sock.close()
+        return
+    try:
+        await _handshake(listener, sock, peer, peer_ip)
+    finally:
+        listener.handshake_done()
+
+
+async def _handshake(listener: "CallHomeListener", sock: socket.socket, peer: str, peer_ip: str) -> None:
     cfg = listener.config
     started = time.monotonic()
     loop = asyncio.get_running_loop()

@@ -279,13 +279,14 @@ def test_control_socket_is_private_and_metrics_are_exported(listener_factory, fl
 
 
 def test_connection_flood_is_bounded(listener_factory, fleet):
-    lst = listener_factory()
+    lst = listener_factory("--max-handshakes", "100")
     fleet.enroll(lst.home / "trust.json", ["sim0001"])
     lst.start()
     socks = []
     try:
+        # the flood comes from another address than the device (an attacker, not a neighbour)
         for _attempt in range(300):
-            s = socket.create_connection(("127.0.0.1", lst.ssh_port))
+            s = socket.create_connection(("127.0.0.1", lst.ssh_port), source_address=("127.0.0.2", 0))
             socks.append(s)
         with running(fleet.simulator(lst.ssh_port, 1)):
             lst.wait_device("sim0001", "connected", timeout=30)
@@ -293,3 +294,33 @@ def test_connection_flood_is_bounded(listener_factory, fleet):
         for s in socks:
             s.close()
     assert lst.proc.poll() is None
+    # 300 silent connections: 100 held handshake slots until the 3 s bound, the rest were refused
+    assert "event=handshake.limit" in lst.log()
+    assert "event=peer.blocked peer_ip=127.0.0.2" in lst.log()
+
+
+def test_enroll_and_revoke_through_the_control_socket(listener_factory, fleet):
+    from ansible_collections.netconf.callhome.plugins.module_utils.errors import KeyMismatchError
+
+    lst = listener_factory().start()
+    key = fleet.keys(["sim0001"])["sim0001"].export_public_key().decode().strip()
+    other = fleet.keys(["sim0001"], keys_dir=fleet.base / "other")["sim0001"].export_public_key().decode().strip()
+    dry = lst.call("enroll", device="sim0001", kind="ssh_host_keys", value=key, dry_run=True)
+    assert dry["changed"] and dry["after"] and not (lst.home / "trust.json").exists()
+    res = lst.call("enroll", device="sim0001", kind="ssh_host_keys", value=key, observed=True)
+    assert res["changed"] and res["fingerprint"].startswith("SHA256:")
+    assert not lst.call("enroll", device="sim0001", kind="ssh_host_keys", value=key, observed=True)["changed"]
+    with pytest.raises(KeyMismatchError, match="replace_existing"):
+        lst.call("enroll", device="sim0001", kind="ssh_host_keys", value=other, observed=True)
+    with running(fleet.simulator(lst.ssh_port, 1)):
+        lst.wait_device("sim0001", "connected")
+        assert lst.call("revoke", device="sim0001", dry_run=True)["changed"]
+        assert lst.call("device", device="sim0001")["status"] == "connected"
+        assert lst.call("revoke", device="sim0001")["changed"]
+        # the held session goes at once, and the next call is refused and pending
+        rec = lst.wait_device("sim0001", "disconnected")
+        assert rec["last_error"] == "key revoked"
+        deadline = time.monotonic() + 10
+        while not lst.call("pending") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lst.call("pending")[0]["fingerprint"] == res["fingerprint"]
