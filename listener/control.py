@@ -32,6 +32,7 @@ from .config import parse_bind
 
 if TYPE_CHECKING:
     from .service import CallHomeListener
+    from .session import HeldSession
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
@@ -194,7 +195,7 @@ class ControlServer:
         await self._serve_lease(held, info, reader, writer)
 
     async def _serve_lease(
-        self, held: Any, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, held: "HeldSession", info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         metrics = self.listener.metrics
         metrics.leases.labels(mode=held.mode).inc()
