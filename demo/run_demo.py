@@ -59,7 +59,7 @@ def _wait_pending(client: ControlClient, count: int, timeout: float = 60.0) -> L
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
     parser.add_argument("--keep", action="store_true", help="leave the listener and devices running")
     args = parser.parse_args()
