@@ -324,3 +324,31 @@ def test_enroll_and_revoke_through_the_control_socket(listener_factory, fleet):
         while not lst.call("pending") and time.monotonic() < deadline:
             time.sleep(0.1)
         assert lst.call("pending")[0]["fingerprint"] == res["fingerprint"]
+
+
+@pytest.mark.parametrize("mode_args", [[], ["--single-session"]], ids=["channel", "shared"])
+def test_device_lost_mid_lease_fails_fast(listener_factory, fleet, mode_args):
+    """A device that dies during a lease ends the client's session with an error, never a hang."""
+    from ncclient.operations.errors import TimeoutExpiredError
+    from ncclient.transport.errors import TransportError
+
+    lst = listener_factory()
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    sim = fleet.simulator(lst.ssh_port, 1, "--no-reconnect", *mode_args, wait_connected=1)
+    with running(sim):
+        lst.wait_device("sim0001", "connected")
+        mgr = ncclient_over_lease(lst.control, "sim0001")[0]
+        assert mgr.get_config("running").ok
+        os.kill(sim.proc.pid, signal.SIGSTOP)  # frozen: no FIN, no RST; only keepalives tell
+        try:
+            t0 = time.monotonic()
+            with pytest.raises((TransportError, TimeoutExpiredError)):
+                mgr.timeout = 30
+                mgr.get_config("running")
+            elapsed = time.monotonic() - t0
+            # keepalive 1 s x 2 in these tests: the lease ends well before ncclient's own 30 s timeout
+            assert elapsed < 15, elapsed
+        finally:
+            os.kill(sim.proc.pid, signal.SIGCONT)
+        assert lst.call("device", device="sim0001")["status"] == "disconnected"
