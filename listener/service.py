@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Type
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Type
 
 import asyncssh
 
@@ -50,6 +50,8 @@ from .registry import (
 from .session import HeldSession
 
 log = logging.getLogger("netconf_callhome.listener")
+
+ConnectionHandler = Callable[["CallHomeListener", socket.socket, Tuple[Any, ...]], Awaitable[None]]
 
 
 class CallHomeListener:
@@ -90,24 +92,15 @@ class CallHomeListener:
 
         try:
             for bind in self.config.ssh_binds:
-                host, port = parse_bind(bind, PORT_SSH)
-                sock = ssh_transport.make_listening_socket(host, port)
-                self._listen_socks.append(sock)
+                sock = self._listen("ssh", bind, PORT_SSH)
                 self._acceptors.append(await ssh_transport.start_ssh(self, sock))
-                self.bound["ssh"].append(sock.getsockname()[:2])
             for bind in self.config.outbound_ssh_binds:
-                host, port = parse_bind(bind, PORT_SSH)
-                sock = ssh_transport.make_listening_socket(host, port)
-                self._listen_socks.append(sock)
-                self.track(asyncio.ensure_future(ssh_transport.outbound_ssh_accept_loop(self, sock)))
-                self.bound["outbound_ssh"].append(sock.getsockname()[:2])
+                sock = self._listen("outbound_ssh", bind, PORT_SSH)
+                self.track(asyncio.ensure_future(self._accept_loop(sock, ssh_transport.handle_outbound_ssh)))
             if self.tls_context is not None:
                 for bind in self.config.tls_binds:
-                    host, port = parse_bind(bind, PORT_TLS)
-                    sock = ssh_transport.make_listening_socket(host, port)
-                    self._listen_socks.append(sock)
-                    self.track(asyncio.ensure_future(tls_transport.accept_loop(self, sock)))
-                    self.bound["tls"].append(sock.getsockname()[:2])
+                    sock = self._listen("tls", bind, PORT_TLS)
+                    self.track(asyncio.ensure_future(self._accept_loop(sock, tls_transport.handle_tls)))
         except OSError as exc:
             await self.stop()
             raise ConfigError("cannot listen on %s: %s" % (bind, exc.strerror or exc)) from None
@@ -124,6 +117,23 @@ class CallHomeListener:
             self.config.trust_store,
             len(self.policy.index.devices),
         )
+
+    def _listen(self, kind: str, bind: str, default_port: int) -> socket.socket:
+        host, port = parse_bind(bind, default_port)
+        sock = ssh_transport.make_listening_socket(host, port)
+        self._listen_socks.append(sock)
+        self.bound[kind].append(sock.getsockname()[:2])
+        return sock
+
+    async def _accept_loop(self, lsock: socket.socket, handler: "ConnectionHandler") -> None:
+        """Accept loop for the transports asyncssh does not accept for us (TLS, outbound-ssh)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, addr = await loop.sock_accept(lsock)
+            if self.is_blocked(str(addr[0])):
+                sock.close()
+                continue
+            self.track(asyncio.ensure_future(handler(self, sock, addr)))
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -521,11 +531,17 @@ class CallHomeListener:
     def _close_if_untrusted(self, device: str, reason: str) -> None:
         """A live session whose key is no longer enrolled must not be leased again."""
         held = self.sessions.get(device)
-        if held is not None and held.fingerprint not in self.policy.index.ssh and held.fingerprint not in self.policy.index.tls:
+        if (
+            held is not None
+            and held.fingerprint not in self.policy.index.ssh
+            and held.fingerprint not in self.policy.index.tls
+        ):
             held.close(reason)
 
     def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
-        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity), dry_run=dry_run)[0]
+        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity), dry_run=dry_run)[
+            0
+        ]
         if dry_run:
             return {"device": device, "identity": identity, "changed": bool(changed)}
         self.policy.reload()

@@ -242,7 +242,9 @@ async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientCon
     try:
         remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
         async with asyncio.timeout(remaining):
-            await conn.create_session(functools.partial(_ChannelCarrier, held, conn), subsystem="netconf", encoding=None)
+            await conn.create_session(
+                functools.partial(_ChannelCarrier, held, conn), subsystem="netconf", encoding=None
+            )
             await held.wait_hello()
     except BaseException as exc:
         conn.close()
@@ -299,19 +301,9 @@ def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
 _PREAMBLE_LIMIT = 16 * 1024
 
 
-async def outbound_ssh_accept_loop(listener: "CallHomeListener", lsock: socket.socket) -> None:
+async def handle_outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
     """Junos ``outbound-ssh`` sends ``MSG-ID: DEVICE-CONN-INFO`` lines before SSH starts; on these
     ports the listener reads them (for the DEVICE-ID), then runs the same SSH client as on 4334."""
-    loop = asyncio.get_running_loop()
-    while True:
-        sock, addr = await loop.sock_accept(lsock)
-        if listener.is_blocked(str(addr[0])):
-            sock.close()
-            continue
-        listener.track(asyncio.ensure_future(_outbound_ssh(listener, sock, addr)))
-
-
-async def _outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
     loop = asyncio.get_running_loop()
     peer = _fmt_peer(addr)
     try:

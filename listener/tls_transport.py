@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import HandshakeError
 
@@ -77,18 +77,9 @@ class _TLSCarrier(asyncio.Protocol):
             self.transport.close()
 
 
-async def accept_loop(listener: "CallHomeListener", lsock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        sock, addr = await loop.sock_accept(lsock)
-        peer_ip = str(addr[0])
-        if listener.is_blocked(peer_ip):
-            sock.close()
-            continue
-        listener.track(asyncio.ensure_future(handle_tls(listener, sock, _fmt_peer(addr), peer_ip)))
-
-
-async def handle_tls(listener: "CallHomeListener", sock: socket.socket, peer: str, peer_ip: str) -> None:
+async def handle_tls(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
+    """One accepted TLS call-home connection (the listener's accept loop hands it over)."""
+    peer, peer_ip = _fmt_peer(addr), str(addr[0])
     if not listener.handshake_slot(peer):
         sock.close()
         return
