@@ -50,8 +50,20 @@ def machine() -> Dict[str, Any]:
                 break
     except OSError:
         pass
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=str(b.ROOT), capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    with open("/proc/loadavg") as handle:
+        load = handle.read().split()[:3]
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release(), "nofile_limit": b.raise_nofile()}
+            "kernel": platform.release(), "nofile_limit": b.raise_nofile(), "load_average_at_start": load,
+            "git_head": git("rev-parse", "--short", "HEAD"),
+            "listener_uncommitted_changes": bool(git("status", "--porcelain", "--", "listener", "plugins"))}
 
 
 def table(res: Dict[str, Any]) -> List[str]:

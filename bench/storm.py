@@ -80,9 +80,10 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
             raise RuntimeError("simulator did not start: %s" % sim.tail())
         t0 = float(sim.first["STARTED"].split()[1])
         deadline = time.monotonic() + timeout
-        ready = 0
+        ready = polls = 0
         t_ready: Optional[float] = None
         while time.monotonic() < deadline:
+            polls += 1
             ready = server.sessions() if kind == "listener" else server.ready()
             if ready >= n:
                 t_ready = time.time() if kind == "listener" else server.ready_time()
@@ -90,6 +91,16 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
             time.sleep(0.025)
         cpu1, rss1 = b.cpu_seconds(server.pid), b.rss_kib(server.pid)
         sim_cpu = b.process_tree_cpu(sim.pid)
+        poll_cpu = probe_cpu = 0.0
+        if kind == "listener":
+            # The status op walks every record: measure what the polls above cost the listener
+            # (at the final size, an upper bound) so it can be read apart from the handshakes.
+            c0 = b.cpu_seconds(server.pid)
+            for _ in range(20):
+                server.sessions()
+            per_poll = (b.cpu_seconds(server.pid) - c0) / 20
+            poll_cpu = min(cpu1 - cpu0, per_poll * polls)
+            probe_cpu = b.cpu_seconds(server.pid) - c0  # kept out of the settle figure below
         time.sleep(settle)
         cpu2 = b.cpu_seconds(server.pid)
         got = ready if t_ready is None else n
@@ -101,7 +112,10 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
             "seconds_to_ready": round(t_ready - t0, 3) if t_ready is not None else None,
             "server_cpu_s": round(cpu1 - cpu0, 3),
             "server_cpu_ms_per_device": round((cpu1 - cpu0) / max(1, got) * 1000, 3),
-            "server_cpu_ms_per_device_incl_settle": round((cpu2 - cpu0) / max(1, got) * 1000, 3),
+            "server_cpu_ms_per_device_incl_settle": round((cpu2 - cpu0 - probe_cpu) / max(1, got) * 1000, 3),
+            "status_polls": polls if kind == "listener" else 0,
+            "status_poll_cpu_s_upper_bound": round(poll_cpu, 3),
+            "server_cpu_ms_per_device_excl_polls": round((cpu1 - cpu0 - poll_cpu) / max(1, got) * 1000, 3),
             "server_rss_kib_delta": rss1 - rss0,
             "simulator_cpu_s": round(sim_cpu, 3),
             "simulator_ready_lines": sim.count("READY"),
@@ -205,6 +219,9 @@ def run(ns: List[int], *, timeout: float, settle: float, sim_processes: int, ncc
                 "listener_cpu_vs_bare_netconf": (
                     round(by["listener"]["server_cpu_ms_per_device"] / by["bare-netconf"]["server_cpu_ms_per_device"], 2)
                     if "bare-netconf" in by and by["bare-netconf"]["server_cpu_ms_per_device"] else None
+                ),
+                "listener_cpu_excl_polls_vs_bare_ssh": (
+                    round(by["listener"]["server_cpu_ms_per_device_excl_polls"] / floor, 2) if floor else None
                 ),
                 "listener_time_vs_bare_ssh": (
                     round(by["listener"]["seconds_to_ready"] / by["bare-ssh"]["seconds_to_ready"], 2)
