@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device-ca", action="append", help="CA file for devices enrolled by certificate identity")
     serve.add_argument("--keepalive-interval", type=float)
     serve.add_argument("--keepalive-count-max", type=int)
+    serve.add_argument("--tcp-keepalive-idle", type=float, help="seconds of silence before TCP probes")
+    serve.add_argument("--tcp-keepalive-interval", type=float)
+    serve.add_argument("--tcp-keepalive-count", type=int)
     serve.add_argument("--handshake-timeout", type=float)
     serve.add_argument("--max-handshakes", type=int, help="handshakes in progress at once; more are refused")
     serve.add_argument("--metrics", dest="metrics_bind", metavar="HOST:PORT", help="serve Prometheus metrics")
@@ -109,6 +112,9 @@ def _serve(args: argparse.Namespace) -> int:
             "control_socket",
             "keepalive_interval",
             "keepalive_count_max",
+            "tcp_keepalive_idle",
+            "tcp_keepalive_interval",
+            "tcp_keepalive_count",
             "handshake_timeout",
             "max_handshakes",
             "metrics_bind",

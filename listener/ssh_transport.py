@@ -20,7 +20,7 @@ import asyncssh
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, LeaseError
 
-from .config import Credentials
+from .config import Credentials, ListenerConfig
 from .policy import Verdict
 from .session import CHANNEL, HeldSession
 
@@ -172,7 +172,7 @@ def client_options(listener: "CallHomeListener") -> asyncssh.SSHClientConnection
         login_timeout=cfg.handshake_timeout,
         keepalive_interval=cfg.keepalive_interval,
         keepalive_count_max=cfg.keepalive_count_max,
-        tcp_keepalive=True,
+        tcp_keepalive=True,  # tuned per socket in open_netconf
         compression_algs=None,
     )
 
@@ -195,19 +195,21 @@ def make_listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def set_tcp_keepalive(sock: Optional[socket.socket], idle: float, count: int) -> None:
-    """Kernel keepalives as a second dead-peer detector under the SSH/TLS ones."""
+def set_tcp_keepalive(sock: Optional[socket.socket], cfg: "ListenerConfig") -> None:
+    """Kernel keepalives: the cheap dead-peer detector (see ListenerConfig)."""
     if sock is None:
         return
-    idle_s = max(1, int(idle))
+    idle = max(1, int(cfg.tcp_keepalive_idle))
+    interval = max(1, int(cfg.tcp_keepalive_interval))
+    count = max(1, cfg.tcp_keepalive_count)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if hasattr(socket, "TCP_KEEPIDLE"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, count))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         # Unacknowledged data must not keep a dead peer "connected" for the kernel's 15 minutes.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(idle * max(1, count) * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * count) * 1000)
 
 
 async def start_ssh(listener: "CallHomeListener", sock: socket.socket) -> asyncssh.SSHAcceptor:
@@ -238,7 +240,7 @@ async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientCon
         max_hello=cfg.max_hello_bytes,
         max_message=cfg.max_message_bytes,
     )
-    set_tcp_keepalive(conn.get_extra_info("socket"), cfg.keepalive_interval, cfg.keepalive_count_max)
+    set_tcp_keepalive(conn.get_extra_info("socket"), cfg)
     try:
         remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
         async with asyncio.timeout(remaining):

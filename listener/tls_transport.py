@@ -93,7 +93,7 @@ async def _handshake(listener: "CallHomeListener", sock: socket.socket, peer: st
     cfg = listener.config
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    set_tcp_keepalive(sock, cfg.keepalive_interval, cfg.keepalive_count_max)
+    set_tcp_keepalive(sock, cfg)
     carrier = _TLSCarrier()
     held: Optional[HeldSession] = None
     try:
