@@ -133,6 +133,9 @@ async def _tracemalloc_inproc(n: int, manifest: Dict[str, Dict[str, str]], top: 
         tracemalloc.stop()
         await loop.run_in_executor(None, sim.stop)
         await listener.stop()
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def run(ns: List[int], *, keepalive: float, window: float, settle: float, timeout: float,
