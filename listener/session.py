@@ -61,6 +61,8 @@ class HeldSession:
         self._framer = Framer(max_hello)
         self._carrier: Optional[Carrier] = None
         self._hello_waiter: "asyncio.Future[Hello]" = asyncio.get_running_loop().create_future()
+        # The waiter may fail before anyone awaits it (connection lost while opening the channel).
+        self._hello_waiter.add_done_callback(_retrieve)
         self.closed: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
         self._sink: Optional[Callable[[bytes], None]] = None
         self._swallow: Dict[bytes, None] = {}
@@ -215,6 +217,11 @@ class HeldSession:
             outstanding[mid] = None
         self.send(msg)
         return False
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _pipe(

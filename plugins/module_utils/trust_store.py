@@ -221,15 +221,20 @@ class TrustIndex:
 # -- mutations shared by the listener's approve/revoke and the enroll module ---------------------
 
 
-def add_identity(data: TrustData, device: str, *, kind: str, value: str) -> bool:
+def add_identity(
+    data: TrustData, device: str, *, kind: str, value: str, index: t.Optional["TrustIndex"] = None
+) -> bool:
     """Enroll one identity (``kind`` in ssh_host_keys / tls_fingerprints / tls_identities).
 
     Refuses to move an identity silently from one device to another: that is how a stolen or
-    re-used key would take over another device's credentials.
+    re-used key would take over another device's credentials. Bulk callers pass one ``index``
+    of ``data`` for all their calls (it is kept up to date here), which keeps enrolling N
+    devices linear instead of quadratic.
     """
     if not device or "/" in device or device.strip() != device:
         raise ConfigError("invalid device name %r" % device)
-    index = TrustIndex(data)
+    if index is None:
+        index = TrustIndex(data)
     if kind == "ssh_host_keys":
         fp = ssh_key_fingerprint(value)
         owner = index.ssh.get(fp)
@@ -248,10 +253,12 @@ def add_identity(data: TrustData, device: str, *, kind: str, value: str) -> bool
     if owner == device:
         return False
     entry.setdefault(kind, []).append(canonical)
+    {"ssh_host_keys": index.ssh, "tls_fingerprints": index.tls, "tls_identities": index.identities}[kind][fp] = device
     return True
 
 
-_CANONICAL: t.Dict[str, t.Callable[[str], str]] = {
+# The canonical (comparable) form of each identity kind.
+CANONICAL: t.Dict[str, t.Callable[[str], str]] = {
     "ssh_host_keys": ssh_key_fingerprint,
     "tls_fingerprints": normalize_cert_fingerprint,
     "tls_identities": normalize_identity,
@@ -273,7 +280,7 @@ def remove_identity(
     changed = False
     for k in kinds:
         items = entry.get(k, [])
-        canon = _CANONICAL[k]
+        canon = CANONICAL[k]
         try:
             target = canon(value)
         except ConfigError:

@@ -127,3 +127,20 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(index.ssh) == 40
     for name, keys in jobs.items():
         assert all(index.ssh[ssh_fingerprint(k)] == name for k in keys)
+
+
+def test_bulk_enrollment_with_one_index_is_consistent(tmp_path):
+    keys = {"d%03d" % i: _pub() for i in range(50)}
+    store = TrustStore(str(tmp_path / "trust.json"))
+
+    def mutate(data):
+        index = TrustIndex(data)
+        for name, key in keys.items():
+            add_identity(data, name, kind="ssh_host_keys", value=key, index=index)
+        # the shared index saw every addition: re-adding a key for another device is refused
+        with pytest.raises(ConfigError, match="already enrolled for device 'd000'"):
+            add_identity(data, "other", kind="ssh_host_keys", value=keys["d000"], index=index)
+
+    store.update(mutate)
+    index = TrustIndex(store.load())
+    assert {index.ssh[ssh_fingerprint(k)] for k in keys.values()} == set(keys)
