@@ -78,7 +78,7 @@ async def main() -> int:
     p.add_argument("--keepalive-interval", type=float, default=0.0,
                    help="SSH keepalive interval (0: none), the floor for the held-session idle CPU")
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     password = open(args.password_file, encoding="utf-8").read().rstrip("\r\n")
     held: Set[asyncssh.SSHClientConnection] = set()

@@ -165,7 +165,7 @@ class LineProcess:
     def _drain_out(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            kind, _, rest = line.rstrip("\n").partition(" ")
+            kind, _sep, rest = line.rstrip("\n").partition(" ")
             with self._lock:
                 self.counts[kind] = self.counts.get(kind, 0) + 1
                 self.first.setdefault(kind, rest)
@@ -299,13 +299,6 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-def hello_needs_patch() -> bool:
-    """True while listener/framing.py sends its hello in the wrong XML namespace (see listener_shim)."""
-    from ansible_collections.netconf.callhome.listener import framing
-
-    return b'xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"' not in framing.CLIENT_HELLO
-
-
 # -- the listener -----------------------------------------------------------------------------------
 
 
@@ -319,13 +312,8 @@ class Listener:
         self.home = Path(tempfile.mkdtemp(prefix="bench-listener-"))
         self.trust_seconds = write_trust_store(self.home / "trust.json", manifest)
         self.port = free_port()
-        self.hello_patched = hello_needs_patch()
-        entry = (
-            [str(Path(__file__).resolve().parent / "listener_shim.py")] if self.hello_patched
-            else ["-m", "ansible_collections.netconf.callhome.listener"]
-        )
         cmd = [
-            PYTHON, *entry, "serve",
+            PYTHON, "-m", "ansible_collections.netconf.callhome.listener", "serve",
             "--home", str(self.home), "--ssh", "127.0.0.1:%d" % self.port, "--username", USER,
             "--password-file", str(password_file()), "--log-level", log_level,
         ]
@@ -361,6 +349,25 @@ class Listener:
         with contextlib.suppress(OSError):
             return " | ".join((self.home / "listener.log").read_text().splitlines()[-n:])
         return ""
+
+    LOG_MARKERS = {
+        "handshake_limit_warnings": "event=handshake.limit",  # rate-limited: at most one per 5 s
+        "handshake_failed": "event=handshake.failed",
+        "peer_blocked": "event=peer.blocked",
+        "future_never_retrieved": "Future exception was never retrieved",
+        "nonetype_errors": "NoneType: None",
+    }
+
+    def log_counts(self) -> Dict[str, int]:
+        """How often the listener's log says what a storm is about (blocking, shedding, bugs)."""
+        counts = dict.fromkeys(self.LOG_MARKERS, 0)
+        with contextlib.suppress(OSError):
+            with open(self.home / "listener.log", encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    for key, marker in self.LOG_MARKERS.items():
+                        if marker in line:
+                            counts[key] += 1
+        return counts
 
     def stop(self) -> None:
         if self.proc.poll() is None:

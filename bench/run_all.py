@@ -27,16 +27,22 @@ import storm  # noqa: E402
 
 FULL: Dict[str, Any] = {
     "storm": dict(ns=[100, 1000, 5000], ncclient_n=5, ncclient_budget=70.0, profile_n=1000),
-    "held": dict(ns=[1000, 10000], keepalive=10.0, window=30.0, tracemalloc_n=1000),
+    # 10,000 devices dialing at once (two simulator processes): does the listener converge?
+    "storm10k": dict(ns=[10000], kinds=["listener", "bare-ssh"], sim_processes=2, timeout=240.0),
+    # The listener at its default SSH keepalive interval, and at 30 s next to the bare floor at 30 s.
+    "held": dict(ns=[1000, 10000], variants=["listener:default", "listener:30", "bare-ssh:30"], window=60.0,
+                 tracemalloc_n=1000),
     "handoff": dict(iterations=200),
     "playbook": dict(ns=[20, 50], forks=10, repeat=2),
 }
 QUICK: Dict[str, Any] = {
     "storm": dict(ns=[100, 1000], ncclient_n=3, ncclient_budget=5.0, profile_n=0),
-    "held": dict(ns=[1000], keepalive=5.0, window=10.0, tracemalloc_n=0),
+    "storm10k": dict(ns=[2000], kinds=["listener"], sim_processes=2, timeout=120.0),
+    "held": dict(ns=[1000], variants=["listener:default", "listener:5", "bare-ssh:5"], window=10.0, tracemalloc_n=0),
     "handoff": dict(iterations=50),
     "playbook": dict(ns=[20], forks=10, repeat=1),
 }
+PHASES = ["storm", "storm10k", "held", "handoff", "playbook"]
 
 
 def machine() -> Dict[str, Any]:
@@ -54,7 +60,8 @@ def machine() -> Dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=str(b.ROOT), capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=str(b.ROOT), capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -70,10 +77,12 @@ def table(res: Dict[str, Any]) -> List[str]:
     """The key figures and ratios, one line each."""
     out: List[str] = []
     st = res.get("storm", {})
-    for r in st.get("runs", []):
-        out.append("storm %-12s N=%-5d ready %s/%d in %s s, server CPU %.3f ms/device" % (
-            r["server"], r["devices"], r["ready"], r["devices"], r["seconds_to_ready"], r["server_cpu_ms_per_device"]))
-    for n, ratio in st.get("ratios", {}).items():
+    for r in st.get("runs", []) + res.get("storm10k", {}).get("runs", []):
+        out.append("storm %-12s N=%-5d ready %s/%d in %s s, server CPU %.3f ms/device%s" % (
+            r["server"], r["devices"], r["ready"], r["devices"], r["seconds_to_ready"], r["server_cpu_ms_per_device"],
+            ", log %s" % json.dumps(r["listener_log"], sort_keys=True) if "listener_log" in r else ""))
+    ratios = dict(st.get("ratios", {}), **res.get("storm10k", {}).get("ratios", {}))
+    for n, ratio in ratios.items():
         out.append("storm N=%s ratios: %s" % (n, json.dumps(ratio, sort_keys=True)))
     if "ncclient" in st:
         nc = st["ncclient"]
@@ -82,9 +91,9 @@ def table(res: Dict[str, Any]) -> List[str]:
     if "profile" in st:
         out.append("listener profile (leaf package share %%): %s" % st["profile"].get("leaf_package_pct"))
     for r in res.get("held", {}).get("runs", []):
-        out.append("held %-9s N=%-5d %s KiB/session, idle CPU %.2f%% of a core (window %ss%s)" % (
+        out.append("held %-9s N=%-5d %s KiB/session, idle CPU %.2f%% of a core (window %ss, keepalive %ss%s)" % (
             r["server"], r["devices"], r["kib_per_session"], r["idle_cpu_pct_of_core"], r["idle_window_s"],
-            ", keepalive %ss" % r["keepalive_interval_s"] if "keepalive_interval_s" in r else ""))
+            r["keepalive_interval_s"], " = default" if r.get("keepalive_is_default") else ""))
     ho = res.get("handoff")
     if ho and "direct" in ho:
         for k in ("lease-adopt", "lease-uds", "direct"):
@@ -101,14 +110,21 @@ def table(res: Dict[str, Any]) -> List[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", nargs="+", choices=["storm", "held", "handoff", "playbook"])
+    p.add_argument("--only", nargs="+", choices=PHASES)
+    p.add_argument("--ncclient", type=int, help="ncclient baseline fleet size (0: skip; default per mode)")
+    p.add_argument("--profile", type=int, help="py-spy profile of the listener at this storm size (0: skip)")
+    p.add_argument("--output", type=Path, help="results file (default .cache/bench/results[-quick].json)")
     a = p.parse_args()
     cfg = QUICK if a.quick else FULL
-    phases = a.only or ["storm", "held", "handoff", "playbook"]
-    res: Dict[str, Any] = {"mode": "quick" if a.quick else "full", "machine": machine(),
-                           "hello_patched": b.hello_needs_patch(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if a.ncclient is not None:
+        cfg["storm"]["ncclient_n"] = a.ncclient
+    if a.profile is not None:
+        cfg["storm"]["profile_n"] = a.profile
+    phases = a.only or PHASES
+    res: Dict[str, Any] = {"mode": "quick" if a.quick else "full", "machine": machine(), "argv": sys.argv[1:],
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     t0 = time.monotonic()
-    out_path = b.CACHE / ("results%s.json" % ("-quick" if a.quick else ""))
+    out_path = a.output or b.CACHE / ("results%s.json" % ("-quick" if a.quick else ""))
     for phase in phases:
         b.log("=== %s ===" % phase)
         t = time.monotonic()
@@ -119,11 +135,15 @@ def main() -> int:
                                          ncclient_n=c["ncclient_n"], ncclient_budget=c["ncclient_budget"],
                                          kinds=["bare-ssh", "bare-netconf", "listener"],
                                          profile_n=c["profile_n"] or None)
+            elif phase == "storm10k":
+                c = cfg["storm10k"]
+                res["storm10k"] = storm.run(c["ns"], timeout=c["timeout"], settle=1.5,
+                                            sim_processes=c["sim_processes"], ncclient_n=0, ncclient_budget=0.0,
+                                            kinds=c["kinds"])
             elif phase == "held":
                 c = cfg["held"]
-                res["held"] = held_sessions.run(c["ns"], keepalive=c["keepalive"], window=c["window"], settle=3.0,
-                                                timeout=300.0, kinds=["bare-ssh", "listener"],
-                                                tracemalloc_n=c["tracemalloc_n"])
+                res["held"] = held_sessions.run(c["ns"], variants=c["variants"], window=c["window"], settle=3.0,
+                                                timeout=300.0, tracemalloc_n=c["tracemalloc_n"])
             elif phase == "handoff":
                 res["handoff"] = handoff.run(cfg["handoff"]["iterations"])
             elif phase == "playbook":
@@ -138,9 +158,6 @@ def main() -> int:
     b.write_json(out_path, res)
     print("\n".join(["", "== netconf.callhome benchmarks (%s, %.0f s) ==" % (res["mode"], res["total_seconds"])]
                     + table(res) + ["results: %s" % out_path]))
-    if res["hello_patched"]:
-        print("NOTE: listener/framing.py sends its hello in the wrong XML namespace; the listener ran "
-              "through bench/listener_shim.py, which corrects only that.")
     return 0
 
 

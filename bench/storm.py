@@ -82,12 +82,17 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
         deadline = time.monotonic() + timeout
         ready = polls = 0
         t_ready: Optional[float] = None
+        progress: List[List[float]] = []  # [seconds since STARTED, ready], about every 2 s
+        next_mark = 0.0
         while time.monotonic() < deadline:
             polls += 1
             ready = server.sessions() if kind == "listener" else server.ready()
             if ready >= n:
                 t_ready = time.time() if kind == "listener" else server.ready_time()
                 break
+            if time.time() - t0 >= next_mark:
+                progress.append([round(time.time() - t0, 1), ready])
+                next_mark += 2.0
             time.sleep(0.025)
         cpu1, rss1 = b.cpu_seconds(server.pid), b.rss_kib(server.pid)
         sim_cpu = b.process_tree_cpu(sim.pid)
@@ -96,7 +101,7 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
             # The status op walks every record: measure what the polls above cost the listener
             # (at the final size, an upper bound) so it can be read apart from the handshakes.
             c0 = b.cpu_seconds(server.pid)
-            for _ in range(20):
+            for _poll in range(20):
                 server.sessions()
             per_poll = (b.cpu_seconds(server.pid) - c0) / 20
             poll_cpu = min(cpu1 - cpu0, per_poll * polls)
@@ -121,12 +126,17 @@ def storm_once(kind: str, n: int, manifest: Dict[str, Dict[str, str]], *, timeou
             "simulator_ready_lines": sim.count("READY"),
             "simulator_connected_lines": sim.count("CONNECTED"),
             "simulator_disconnects": sim.count("DISCONNECTED"),
+            "progress": progress,
         }
         if kind == "listener":
             st = server.status()
             res["listener_devices"] = st.get("devices")
+            res["listener_log"] = server.log_counts()
+            res["command"] = " ".join(server.cmd)
         else:
+            res["command"] = " ".join(server.lp.cmd)
             res["server_failures"] = server.lp.count("FAILED")
+        res["simulator_command"] = " ".join(sim.cmd)
         return res
     finally:
         if sim is not None:
@@ -170,7 +180,7 @@ def summarize_profile(path: str, top: int = 25) -> Dict[str, Any]:
     pkg: Dict[str, int] = {}
     total = 0
     for line in Path(path).read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
+        stack, _sep, count_s = line.rpartition(" ")
         if not count_s.isdigit():
             continue
         count = int(count_s)
