@@ -1,4 +1,5 @@
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Connection plugin ``netconf.callhome.netconf``: NETCONF over sessions devices opened by calling home.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 name: netconf
 short_description: NETCONF over sessions that devices opened by calling home (RFC 8071)
 description:

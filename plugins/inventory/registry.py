@@ -1,4 +1,5 @@
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Inventory plugin netconf.callhome.registry: hosts from the call-home listener's registry."""
 
@@ -20,7 +21,7 @@ description:
     (C(callhome_platform_junos), C(callhome_platform_default), ...).
   - The inventory source is a YAML file whose name ends in C(.callhome.yml) or C(.callhome.yaml).
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 requirements:
   - jmespath (only for O(filter))
 extends_documentation_fragment:

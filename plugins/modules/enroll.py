@@ -1,5 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """netconf.callhome.enroll: enroll a device identity in the listener's trust store."""
 
@@ -26,7 +27,7 @@ description:
     (under its lock, atomically) otherwise; a running listener re-reads the file within a second
     and is also told to reload.
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 options:
   device:
     description: Device name in the trust store (usually the inventory hostname).

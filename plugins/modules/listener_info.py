@@ -1,5 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Module netconf.callhome.listener_info: the listener's status and registry."""
 
@@ -15,7 +16,7 @@ description:
     C(never-seen)), transport, peer, fingerprint and capabilities, the keys waiting for approval,
     and the listener's own status.
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 extends_documentation_fragment:
   - netconf.callhome.listener
 options:
@@ -34,7 +35,9 @@ attributes:
     description: Read only.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff to return.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller, next to the listener's control socket.
 """

@@ -1,5 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Module netconf.callhome.wait_for_devices: the call-home counterpart of wait_for_connection."""
 
@@ -16,7 +17,7 @@ description:
     home is ready for the M(ansible.netcommon.netconf_get) family through the
     P(netconf.callhome.netconf#connection) connection.
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 extends_documentation_fragment:
   - netconf.callhome.listener
 options:
@@ -48,7 +49,9 @@ attributes:
     description: Only reads the listener's registry; runs the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff to return.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller, next to the listener's control socket.
 """
