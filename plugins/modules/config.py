@@ -1,5 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """netconf.callhome.config: push call-home configuration to a device over NETCONF."""
 
@@ -33,7 +34,7 @@ description:
     then refuses O(confirm_callhome) unless O(allow_unconfirmed=true), in which case it applies
     the change, waits, and puts the previous entry back itself when the device does not call.
 author:
-  - netconf.callhome contributors
+  - netconf.callhome developers (@netconf-callhome)
 options:
   name:
     description: Name of the call-home client entry (C(netconf-client) name / Junos client id).
@@ -337,27 +338,22 @@ rpc_error:
 
 import json
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.connection import Connection, ConnectionError
 
-try:
-    from lxml import etree  # noqa: F401  (the helpers need it; report its absence clearly)
-
-    from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import from_params
-    from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.push import (
-        ConfigPusher,
-        DeviceRpcError,
-        PushError,
-        parse_rpc_error,
-    )
-
-    HAS_LXML = True
-    IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - depends on the controller's Python
-    HAS_LXML = False
-    IMPORT_ERROR = exc
-
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import (
+    HAS_LXML,
+    LXML_IMPORT_ERROR,
+    etree,
+)
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import from_params
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.push import (
+    ConfigPusher,
+    DeviceRpcError,
+    PushError,
+    parse_rpc_error,
+)
 from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError, DeviceNotFoundError
 
@@ -509,7 +505,7 @@ def main():
         supports_check_mode=True,
     )
     if not HAS_LXML:
-        module.fail_json(msg="netconf.callhome.config needs lxml (comes with ncclient): %s" % IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
     p = module.params
     try:
         client = from_params(p) if p["state"] != "absent" else None

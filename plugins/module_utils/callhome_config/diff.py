@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 import typing as t
 
-from lxml import etree
+from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
 #: Lists whose order is configuration (``ordered-by user``): never sorted.
 ORDERED = frozenset(("endpoint", "host-key", "cert-to-name", "address"))
@@ -37,7 +38,7 @@ def _text(el: etree._Element) -> str:
     """
     text = (el.text or "").strip()
     if text.count(":") == 1 and len(el) == 0:
-        prefix, _, local = text.partition(":")
+        prefix, _sep, local = text.partition(":")
         if _IDENT.match(prefix) and _IDENT.match(local):
             return local
     return text
@@ -132,9 +133,11 @@ def _copy(el: etree._Element) -> etree._Element:
 def decide(state: str, existing: t.Optional[etree._Element], wanted: t.Optional[etree._Element],
            ignore: t.Collection[str] = ()) -> t.Tuple[bool, t.Optional[etree._Element]]:
     """``(changed, after)`` for ``state`` present / replaced / absent."""
+    require_lxml()
     if state == "absent":
         return existing is not None, None
-    assert wanted is not None
+    if wanted is None:
+        raise ConfigError("state=%s needs the wanted call-home entry to compare with" % state)
     if state == "replaced":
         return not equal(existing, wanted, ignore), _copy(wanted)
     if contains(existing, wanted, ignore):

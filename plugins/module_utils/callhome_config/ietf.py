@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typing as t
 
-from lxml import etree
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient, Endpoint
@@ -54,7 +54,8 @@ def _tcp(parent: etree._Element, ep: Endpoint) -> None:
 
 def _ssh(parent: etree._Element, client: CallHomeClient, profile: Profile) -> None:
     ssh = client.ssh
-    assert ssh is not None
+    if ssh is None:
+        raise ConfigError("client %r has an ssh endpoint but no ssh settings" % client.name)
     params = _sub(parent, "ssh-server-parameters")
     host_key = _sub(_sub(params, "server-identity"), "host-key")
     _sub(host_key, "name", ssh.host_key_name)
@@ -85,7 +86,8 @@ def _ssh(parent: etree._Element, client: CallHomeClient, profile: Profile) -> No
 
 def _tls(parent: etree._Element, client: CallHomeClient, profile: Profile) -> None:
     tls = client.tls
-    assert tls is not None
+    if tls is None:
+        raise ConfigError("client %r has a tls endpoint but no tls settings" % client.name)
     params = _sub(parent, "tls-server-parameters")
     ref = _sub(_sub(_sub(params, "server-identity"), "certificate"), "central-keystore-reference")
     _sub(ref, "asymmetric-key", tls.server_key_reference)
@@ -120,6 +122,7 @@ def check_supported(client: CallHomeClient, profile: Profile) -> None:
 
 def build_client(client: CallHomeClient, profile: Profile) -> etree._Element:
     """The ``netconf-client`` list entry (ncs namespace) for ``client`` in ``profile``'s shape."""
+    require_lxml()
     check_supported(client, profile)
     root = etree.Element(_q("netconf-client"), nsmap={None: NCS_NS})
     _sub(root, "name", client.name)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import typing as t
 
-from lxml import etree
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient
@@ -40,6 +40,7 @@ def _sub(parent: etree._Element, tag: str, text: t.Optional[t.Any] = None) -> et
 
 def build_client(client: CallHomeClient) -> etree._Element:
     """The ``<client>`` entry of outbound-ssh."""
+    require_lxml()
     if client.junos is None or not client.junos.device_id:
         raise ConfigError("Junos outbound-ssh needs junos.device_id (the DEVICE-ID the device announces)")
     if any(ep.transport != "ssh" for ep in client.endpoints):

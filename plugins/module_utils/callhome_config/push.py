@@ -21,7 +21,7 @@ import secrets
 import time
 import typing as t
 
-from lxml import etree
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     CallHomeError,
@@ -150,6 +150,7 @@ class ConfigPusher:
         waiter: t.Optional[CallHomeWaiter] = None,
         clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
+        require_lxml()
         self.ops = ops
         self.client = client
         self.name = name
@@ -176,6 +177,12 @@ class ConfigPusher:
                     "confirm_timeout (%d s) must exceed callhome_timeout (%d s) by at least 10 s, or the device "
                     "would roll back while the call home is still awaited" % (confirm_timeout, callhome_timeout)
                 )
+
+    def _client(self) -> CallHomeClient:
+        """The wanted client settings (every state but absent needs them)."""
+        if self.client is None:
+            raise ConfigError("state=%s needs the call-home client settings (endpoints...)" % self.state)
+        return self.client
 
     # -- detection -----------------------------------------------------------------------------
 
@@ -211,13 +218,11 @@ class ConfigPusher:
             result["revision"] = profile.revision
             result["revision_source"] = how
             if self.state != "absent":
-                assert self.client is not None
-                wanted = ietf.build_client(self.client, profile)
+                wanted = ietf.build_client(self._client(), profile)
             flt, find, wrap = ietf.running_filter(self.name), ietf.find_client, ietf.wrap_config
         else:
             if self.state != "absent":
-                assert self.client is not None
-                wanted = junos.build_client(self.client)
+                wanted = junos.build_client(self._client())
             flt, find, wrap = junos.running_filter(self.name), junos.find_client, junos.wrap_config
             ignore = junos.VOLATILE
 
@@ -322,17 +327,23 @@ class ConfigPusher:
 
     # -- call home -----------------------------------------------------------------------------
 
+    def _listener(self) -> t.Tuple[CallHomeWaiter, str]:
+        """The listener and the device's name there (``__init__`` checked both for confirm_callhome)."""
+        if self.waiter is None or not self.device:
+            raise ConfigError("waiting for the call home needs callhome_device and a listener to wait on")
+        return self.waiter, self.device
+
     def _baseline(self) -> int:
-        assert self.waiter is not None and self.device
+        waiter, device = self._listener()
         try:
-            record = self.waiter.record(self.device)
+            record = waiter.record(device)
         except CallHomeError:
             record = None
         return int((record or {}).get("connect_count") or 0)
 
     def _wait(self, baseline: t.Optional[int]) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Wait for a ready call-home session (a *new* one with require_new_session)."""
-        assert self.waiter is not None and self.device
+        waiter, device = self._listener()
         start = self.clock()
         deadline = start + self.callhome_timeout
         last = "the listener has not heard from it"
@@ -341,7 +352,7 @@ class ConfigPusher:
             if remaining <= 0:
                 raise WaitTimeoutError(last)
             try:
-                record = self.waiter.wait(self.device, min(WAIT_SLICE, remaining))
+                record = waiter.wait(device, min(WAIT_SLICE, remaining))
                 if not self.require_new_session or int(record.get("connect_count") or 0) > (baseline or 0):
                     return record, self.clock() - start
                 last = "only the session from before the change is up (require_new_session)"

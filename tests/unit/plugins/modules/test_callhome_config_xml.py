@@ -66,7 +66,7 @@ def test_current_revision_uses_central_keystore_reference_and_inline_keys() -> N
     assert el.xpath(hk + "/n:public-key/n:keystore-reference", namespaces=NS) == []
     pk = ssh + "/n:ssh-server-parameters/n:client-authentication/n:users/n:user/n:public-keys/n:inline-definition/n:public-key"
     fmt = el.xpath(pk + "/n:public-key-format", namespaces=NS)[0]
-    prefix, _, local = fmt.text.partition(":")
+    prefix, _sep, local = fmt.text.partition(":")
     assert local == "ssh-public-key-format" and fmt.nsmap[prefix] == "urn:ietf:params:xml:ns:yang:ietf-crypto-types"
     assert texts(el, pk + "/n:public-key") == [KEY.split()[1]]
     assert texts(el, "n:connection-type/n:persistent") == [None]
@@ -255,7 +255,8 @@ class FakeDevice:
     def get_config(self, source: str, filter_xml: str) -> str:
         self.calls.append("get-config")
         inner = etree.tostring(self.running).decode() if self.running is not None else ""
-        return '<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><netconf-server xmlns="%s"><call-home>%s</call-home></netconf-server></data>' % (NCS_NS, inner)
+        return ('<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><netconf-server xmlns="%s"><call-home>%s'
+                '</call-home></netconf-server></data>' % (NCS_NS, inner))
 
     def edit_config(self, config_xml: str, target: str) -> None:
         self.calls.append("edit-config:" + target)
@@ -364,3 +365,25 @@ def test_confirm_timeout_must_exceed_callhome_timeout() -> None:
     with pytest.raises(ConfigError, match="confirm_timeout"):
         pusher(FakeDevice(CAPS_FULL), FakeWaiter(0), confirm_callhome=True, callhome_device="r1",
                callhome_timeout=60, confirm_timeout=65)
+
+
+def test_present_without_client_settings_is_a_config_error() -> None:
+    dev = FakeDevice(CAPS_FULL)
+    with pytest.raises(ConfigError, match="state=present needs the call-home client settings"):
+        ConfigPusher(dev, None, name="nms", state="present").run()
+    assert dev.calls == [], "nothing is read or sent before the settings are known"
+    with pytest.raises(ConfigError, match="state=replaced needs the wanted call-home entry"):
+        diff.decide("replaced", None, None)
+    assert diff.decide("absent", None, None) == (False, None)
+
+
+def test_missing_lxml_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import lxml_support
+
+    monkeypatch.setattr(lxml_support, "HAS_LXML", False)
+    monkeypatch.setattr(lxml_support, "LXML_IMPORT_ERROR", "ModuleNotFoundError: No module named 'lxml'")
+    with pytest.raises(ConfigError, match="lxml is required") as info:
+        pusher(FakeDevice(CAPS_FULL))
+    assert "No module named 'lxml'" in info.value.details["exception"]
+    with pytest.raises(ConfigError, match="lxml is required"):
+        ietf.build_client(from_params(params()), PROFILES["2025-04-24"])
