@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The libnetconf2 test device applies pushed ietf-netconf-server call-home configuration.
 
-Why: ``netconf.callhome.config`` and the rollout role push call-home configuration to devices
-and must see them call home (or roll back). Those tests need a device that really does what
-its configuration says. This file checks that ``lnc2-device`` does, with nothing of the
-collection involved: a raw ncclient session to the device's direct (listening) endpoint pushes
-XML written here for ietf-netconf-server revision 2023-12-28, and a minimal call-home client
-(asyncssh ``listen_reverse``) written here sees the device call, or not.
+Why: ``netconf.callhome.config`` and the rollout role push call-home configuration to devices and
+must see them call home (or roll back). Those tests need a device that really does what its
+configuration says. This file checks that ``lnc2-device`` does, with nothing of the collection
+involved (except its revision parser, to check the hello capability it must read): a raw ncclient
+session to the device's direct (listening) endpoint pushes XML written here for ietf-netconf-server
+revision 2023-12-28, and a minimal call-home client (asyncssh ``listen_reverse``) written here sees
+the device call, or not.
 
 The listener logs in with a key that only the *pushed* configuration authorizes, and the pushed
 configuration names one host key of the device's keystore, so a call home that succeeds proves
@@ -29,6 +30,10 @@ import asyncssh
 import pytest
 from ncclient.operations import RPCError
 from ncclient.xml_ import to_ele
+
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import (
+    revision_from_capabilities,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 from lnc2_peer import Lnc2Device, PeerBuildError, build_device, free_port  # noqa: E402
@@ -242,18 +247,16 @@ def assert_quiet(listener: ReverseListener, count: int, seconds: float) -> None:
 
 def test_direct_endpoint_capabilities_and_revision(device: Lnc2Device) -> None:
     """The direct endpoint speaks NETCONF with :candidate and :confirmed-commit:1.1 and reports
-    ietf-netconf-server 2023-12-28 in yang-library; the keystore lists the host keys."""
+    ietf-netconf-server 2023-12-28 in its hello (the device does not load that module, so it
+    advertises the capability itself; the collection's revision detection must read it); the
+    keystore lists the host keys."""
     with device.connect_direct() as mgr:
         caps = list(mgr.server_capabilities)
         assert "urn:ietf:params:netconf:capability:candidate:1.0" in caps
         assert "urn:ietf:params:netconf:capability:confirmed-commit:1.1" in caps
-        flt = (
-            '<yang-library xmlns="urn:ietf:params:xml:ns:yang:ietf-yang-library">'
-            "<module-set><module><name>ietf-netconf-server</name><revision/></module></module-set>"
-            "</yang-library>"
-        )
-        reply = mgr.get(filter=("subtree", flt)).data_xml
-        assert "<name>ietf-netconf-server</name><revision>2023-12-28</revision>" in reply.replace("\n", "")
+        ncs_caps = [c for c in caps if c.startswith(NCS_NS + "?")]
+        assert ncs_caps == [f"{NCS_NS}?module=ietf-netconf-server&revision=2023-12-28"], caps
+        assert revision_from_capabilities(caps) == "2023-12-28"
         running = mgr.get_config("running").data_xml
     for name in device.hostkey_names:
         assert f"<name>{name}</name>" in running
@@ -275,8 +278,9 @@ def test_pushed_config_calls_home_then_delete_stops(
         device.wait_for(rf"ch-ssh session \d+ established client={CLIENT} ")
         running = mgr.get_config("running").data_xml
         assert f"<name>{CLIENT}</name>" in running and f"<remote-port>{listener.port}<" in running
-        with pytest.raises(RPCError, match="netconf-client"):
-            # the last entry cannot go alone: call-home (presence) needs min-elements 1
+        with pytest.raises(RPCError, match="at least one netconf-client"):
+            # the last entry cannot go alone: the device refuses an empty call-home, as the
+            # model does (call-home is a presence container whose list has min-elements 1)
             mgr.edit_config(target="running", config=delete_config(whole_call_home=False))
         assert listener.closed == 0 and f"<name>{CLIENT}</name>" in mgr.get_config("running").data_xml
         mgr.edit_config(target="running", config=delete_config())
@@ -288,16 +292,19 @@ def test_pushed_config_calls_home_then_delete_stops(
 
 def test_wrong_host_key_reference_is_refused(device: Lnc2Device, listener: ReverseListener,
                                              pushed_key: SshKey) -> None:
-    """A reference to a key the keystore does not have is an rpc-error (leafref), and nothing
-    is applied."""
+    """A host-key reference to a key the keystore does not have is an rpc-error (the device's own
+    reference check, in place of the model's leafref), on running and at commit of the
+    candidate, and nothing is applied."""
+    bad = callhome_config(listener.port, b64_of(pushed_key), host_key="no-such-key")
     with device.connect_direct() as mgr:
         with pytest.raises(RPCError) as err:
-            mgr.edit_config(
-                target="running",
-                config=callhome_config(listener.port, b64_of(pushed_key), host_key="no-such-key"),
-            )
-        assert "no-such-key" in str(err.value) or "leafref" in str(err.value).lower(), str(err.value)
+            mgr.edit_config(target="running", config=bad)
+        assert "'no-such-key', which does not exist" in str(err.value), str(err.value)
+        assert err.value.tag == "invalid-value", err.value.tag
         assert CLIENT not in mgr.get_config("running").data_xml
+        with pytest.raises(RPCError, match="no-such-key"):
+            mgr.edit_config(target="candidate", config=bad)
+        assert CLIENT not in mgr.get_config("candidate").data_xml
     assert_quiet(listener, 0, 2.0)
 
 
@@ -362,3 +369,23 @@ def test_confirmed_commit_confirmed_with_persist_id_stays(
         running = mgr.get_config("running").data_xml
         assert CLIENT in running and "<max-attempts>5</max-attempts>" not in running
     device.wait_for(r"confirmed commit rolled back \(cancel-commit\)")
+
+
+def test_merge_of_a_changed_port_moves_the_call_home(
+    device: Lnc2Device, listener: ReverseListener, pushed_key: SshKey
+) -> None:
+    """The device's own merge of the stored ietf-netconf-server XML: merging the entry again with
+    another remote-port replaces that leaf in place (the list key stays the entry's first child)
+    and the device re-creates the client, which then calls the new port, not the old one."""
+    with ReverseListener(pushed_key) as second, device.connect_direct() as mgr:
+        mgr.edit_config(target="running", config=callhome_config(listener.port, b64_of(pushed_key)))
+        listener.wait_sessions(1)
+        mgr.edit_config(target="running", config=callhome_config(second.port, b64_of(pushed_key)))
+        second.wait_sessions(1)
+        listener.wait_closed(1)
+        running = mgr.get_config("running").data_xml.replace("\n", "").replace(" ", "")
+        assert f"<netconf-client><name>{CLIENT}</name><endpoints>" in running, running
+        assert f"<remote-port>{second.port}</remote-port>" in running, running
+        assert f"<remote-port>{listener.port}</remote-port>" not in running, running
+        assert running.count("<netconf-client>") == 1, running
+    assert_quiet(listener, 1, 2.0)

@@ -40,6 +40,9 @@ from pki import SshKey, TestPki, make_ca, make_client_cert, make_pki, make_ssh_k
 NS_BASE = "urn:ietf:params:xml:ns:netconf:base:1.0"
 CAP_10 = "urn:ietf:params:netconf:base:1.0"
 CAP_11 = "urn:ietf:params:netconf:base:1.1"
+CAP_NCS = (
+    "urn:ietf:params:xml:ns:yang:ietf-netconf-server?module=ietf-netconf-server&amp;revision=2023-12-28"
+)
 DEVICE = "lnc2-selfcheck"
 TIMEOUT = 20.0
 
@@ -207,6 +210,8 @@ def check_dialogue(d: Dialogue, device_name: str) -> None:
     assert f"<capability>{CAP_10}</capability>" in d.hello
     assert f"<capability>{CAP_11}</capability>" in d.hello
     assert re.search(r"<session-id>\d+</session-id>", d.hello), d.hello
+    # advertised by the device itself (it does not load the module), "&" escaped on the wire
+    assert f"<capability>{CAP_NCS}</capability>" in d.hello, d.hello
     assert "<rpc-reply" in d.get_config and "<data>" in d.get_config, d.get_config
     assert f"<name>{device_name}</name>" in d.get_config, d.get_config
     assert "set-by-selfcheck" not in d.get_config

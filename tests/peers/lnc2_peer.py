@@ -15,14 +15,16 @@ Device command line (see the comment at the top of ``libnetconf2/device.c``)::
          --ctn-fingerprint SHA256_FP [--ctn-user USER]]
         [--direct-ssh HOST:PORT]   (listening NETCONF over SSH, same SSH credentials)
 
-Pushed call-home configuration: the device serves ``ietf-netconf-server`` revision 2023-12-28
-(trimmed modules in ``libnetconf2/yang/``) with :candidate, :confirmed-commit:1.1 and
-:writable-running, and applies ``/netconf-server/call-home/netconf-client`` of its running
-datastore to its own call-home clients whenever running changes. Its keystore holds the host keys
-as ``hostkey0``, ``hostkey1``, ... (``Lnc2Device.hostkey_names``), the TLS key as ``tls-key``
-with certificate ``tls-cert``; its truststore the ``--tls-ca`` certificates as bag
-``listener-ca``. Start a device without call home but with ``direct_port`` and push
-configuration through :meth:`Lnc2Device.connect_direct`.
+Pushed call-home configuration: the device accepts ``ietf-netconf-server`` XML in the shape of
+revision 2023-12-28 (and advertises that revision in its hello) with :candidate,
+:confirmed-commit:1.1 and :writable-running, and applies
+``/netconf-server/call-home/netconf-client`` of its running datastore to its own call-home clients
+whenever running changes. It does not load the ietf-netconf-server YANG modules: it stores that
+subtree as XML (libyang opaque nodes) and runs its own checks (see the top comment of
+``libnetconf2/device.c``). Its keystore holds the host keys as ``hostkey0``, ``hostkey1``, ...
+(``Lnc2Device.hostkey_names``), the TLS key as ``tls-key`` with certificate ``tls-cert``; its
+truststore the ``--tls-ca`` certificates as bag ``listener-ca``. Start a device without call home
+but with ``direct_port`` and push configuration through :meth:`Lnc2Device.connect_direct`.
 
 Typical use against a listener on 127.0.0.1::
 
@@ -116,9 +118,10 @@ def build_device(timeout: float = 300.0) -> Path:
 def default_yang_dirs() -> list[Path]:
     """YANG directories holding ietf-netconf & co.
 
-    Debian's libnetconf2 package ships no ietf-netconf.yang, so use pyang's copies, found
+    Debian's libnetconf2 package ships no ietf-netconf.yang, so use pyang's copies
+    (``share/yang/modules/ietf``: ietf-netconf, ietf-netconf-monitoring and their imports), found
     relative to the running interpreter's ``sys.prefix`` (the project venv) rather than a fixed
-    path.
+    path. The device's own module lives next to ``device.c`` and is found by the device itself.
 
     :raises FileNotFoundError: when pyang's module directory is not there.
     """
@@ -128,9 +131,7 @@ def default_yang_dirs() -> list[Path]:
     ]
     for cand in candidates:
         if all((cand / name).is_file() for name in _REQUIRED_YANG):
-            # iana-crypt-hash (imported by ietf-ssh-server) lives in the sibling "iana" directory
-            iana = cand.parent / "iana"
-            return [cand, iana] if iana.is_dir() else [cand]
+            return [cand]
     raise FileNotFoundError(
         "no directory with ietf-netconf.yang found (looked in "
         + ", ".join(str(c) for c in candidates)

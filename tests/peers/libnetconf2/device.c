@@ -16,8 +16,9 @@
  *                      running datastore and used in call-home client names.
  *   --yang-dir         YANG search directory (repeatable). Must provide ietf-netconf,
  *                      ietf-inet-types, ietf-netconf-acm, ietf-netconf-monitoring, ietf-yang-types
- *                      (Debian ships none for libnetconf2; pyang's copies work). The directory of
- *                      this source file (callhome-test-device.yang) is always searched as well.
+ *                      (Debian ships none for libnetconf2; pyang's copies in its
+ *                      share/yang/modules/ietf work). The directory of this source file
+ *                      (callhome-test-device.yang) is always searched as well.
  *   --ssh-ch           call home over SSH to HOST:PORT (HOST may be "[::1]").
  *   --hostkey          SSH host key private key file (PEM or OpenSSH format; rsa, ecdsa or
  *                      ed25519; at most one key per algorithm is used by libssh).
@@ -47,29 +48,53 @@
  *
  * Datastores: running and candidate (:writable-running, :candidate, :confirmed-commit:1.1; the
  * ietf-netconf features are enabled so libnetconf2 advertises them and parses commit & co.).
- * Models: callhome-test-device, ietf-netconf-server@2023-12-28 with its groupings' modules
- * (trimmed copies in yang/, see yang/README.md), ietf-keystore / ietf-truststore. At start the
- * keystore holds the host keys as "hostkey0", "hostkey1", ... (--hostkey order) and the TLS key
- * as "tls-key" with certificate "tls-cert"; the truststore holds the --tls-ca certificates as
- * bag "listener-ca" ("ca0", ...). Private keys are shown as hidden-private-key.
+ * Each datastore has two parts:
+ *   - typed: callhome-test-device data, a libyang tree validated against that module;
+ *   - stored: the ietf-netconf-server, ietf-keystore and ietf-truststore subtrees, kept as
+ *     libyang *opaque* nodes (plain XML elements: name, namespace, value, children). The device
+ *     does NOT load those modules (no copy of the IETF YANG texts is part of this repository), so
+ *     libyang cannot validate them; the device runs its own checks instead (see check_stored()).
+ * At start the stored part holds the keystore with the host keys as "hostkey0", "hostkey1", ...
+ * (--hostkey order) and the TLS key as "tls-key" with certificate "tls-cert", and the truststore
+ * with the --tls-ca certificates as bag "listener-ca" ("ca0", ...). Private keys are shown as
+ * hidden-private-key.
+ * Revision: the hello advertises ietf-netconf-server revision 2023-12-28 (the XML shape the
+ * device understands) as a YANG 1.0 module capability set by hand, because the module is not in
+ * the libyang context and therefore not in yang-library either.
  * RPCs: get (running + ietf-yang-library state) / get-config (running or candidate) with a
  * subtree filter applied to top-level nodes only; edit-config on running or candidate with
  * nc:operation merge / replace / create / delete / remove / none and default-operation (the
- * result is validated; running edits apply at once); commit, commit with confirmed /
+ * result is checked; running edits apply at once); commit, commit with confirmed /
  * confirm-timeout / persist, confirming commit (same session, or persist-id), cancel-commit,
  * rollback when the confirm-timeout passes or (without persist) the session ends;
  * discard-changes; lock / unlock / kill-session reply <ok/> (no real locking); close-session
  * and get-schema by libnetconf2; anything else operation-not-supported.
  *
+ * Edits of the stored part (apply_stored_edit()): an element of the edit matches a stored
+ * sibling with the same name and namespace and, if the edit element has a key child, the same
+ * key value; the key child is "id" for cert-to-name entries and "name" for everything else (every
+ * list the device reads is keyed by one of them). An element without children is a leaf: merge
+ * replaces its value in place (so list keys stay first). A top-level container left empty is
+ * dropped. YANG choices are not known: merging a different case (e.g. <periodic> into a client
+ * that has <persistent/>) keeps both; use replace on the netconf-client entry for that (as
+ * netconf.callhome.config does for state=replaced).
+ * Checks of the stored part (check_stored(), after every edit-config and at commit; a failed
+ * check is an invalid-value rpc-error and changes nothing): call-home has at least one
+ * netconf-client; each netconf-client has a name and at least one endpoint; each endpoint has a
+ * name, exactly one of ssh / tls and a remote-address; an SSH host key's
+ * central-keystore-reference and the TLS server identity's keystore asymmetric-key name a key the
+ * keystore has; a user's central-truststore-reference names a public-key bag the truststore has.
+ * Anything else is stored as sent, unchecked.
+ *
  * Applying running: whenever running changes, /netconf-server/call-home/netconf-client entries
- * become libnetconf2 call-home clients (endpoints ssh or tls, remote address and port, TCP
- * keepalives, persistent or periodic (period, idle-timeout), reconnect-strategy start-with and
- * max-attempts; max-wait and anchor-time are not supported by libnetconf2 2.0 and ignored). SSH:
- * host keys must be central-keystore-references to hostkeyN; users' public keys (inline or a
- * truststore public-key bag) become authorized keys (the command line's keys and password keep
- * working; configured password hashes are not supported). TLS: the server identity must
- * reference tls-key; the trusted certificates are the --tls-ca ones; cert-to-name entries are
- * applied. A removed entry's client is deleted and its sessions closed; a changed entry is
+ * become libnetconf2 call-home clients (endpoints ssh or tls, remote address and port (default
+ * 4334 / 4335), TCP keepalives, persistent or periodic (period, idle-timeout), reconnect-strategy
+ * start-with and max-attempts; max-wait and anchor-time are not supported by libnetconf2 2.0 and
+ * ignored). SSH: host keys must be central-keystore-references to hostkeyN; users' public keys
+ * (inline or a truststore public-key bag) become authorized keys (the command line's keys and
+ * password keep working; configured password hashes are not supported). TLS: the server identity
+ * must reference tls-key; the trusted certificates are the --tls-ca ones; cert-to-name entries
+ * are applied. A removed entry's client is deleted and its sessions closed; a changed entry is
  * deleted and created again (under the libnetconf2 name "NAME#N").
  *
  * Every event is one line on stderr, prefixed "lnc2-device: ", e.g.
@@ -78,6 +103,7 @@
  *   lnc2-device: direct-ssh listening on 127.0.0.1:8300
  *   lnc2-device: direct-ssh session 2 established user=netconf host=127.0.0.1 port=51234
  *   lnc2-device: running changed (edit-config|commit|confirmed commit|rollback)
+ *   lnc2-device: edit refused: MESSAGE                                    (check_stored())
  *   lnc2-device: callhome client NAME added / removed
  *   lnc2-device: ch-ssh connecting to H:P (client NAME endpoint EP)     (pushed clients)
  *   lnc2-device: confirmed commit pending timeout=Ns persist=yes|no / confirmed
@@ -468,15 +494,31 @@ trusted_cert_list_clb(const char *name, void *user_data, char ***cert_paths, int
 
 /* ---------------------------------------------------------------- datastore */
 
-#define NCS_MODULE "ietf-netconf-server"
-#define NCS_CLIENTS "/" NCS_MODULE ":netconf-server/call-home/netconf-client"
+#define NC_NS "urn:ietf:params:xml:ns:netconf:base:1.0"
+#define NCS_NS "urn:ietf:params:xml:ns:yang:ietf-netconf-server"
+#define KS_NS "urn:ietf:params:xml:ns:yang:ietf-keystore"
+#define TS_NS "urn:ietf:params:xml:ns:yang:ietf-truststore"
+#define CT_NS "urn:ietf:params:xml:ns:yang:ietf-crypto-types"
+/* The device does not load ietf-netconf-server (see the top comment), so libnetconf2 cannot derive
+ * this capability from the context: the device says itself which revision's XML it understands.
+ * YANG 1.0 module capability form (RFC 6020 section 5.6.4), the form revision.py reads. The "&"
+ * is NOT escaped here: libnetconf2 2.0 builds the hello as a data tree and its XML printer turns
+ * it into "&amp;" on the wire (tests/integration/test_lnc2_selfcheck.py checks the raw hello). */
+#define NCS_CAPABILITY NCS_NS "?module=ietf-netconf-server&revision=2023-12-28"
 #define MAX_PUSHED 32
 #define MAX_CH_SESSIONS 64
 
 /* Only the poll thread (main) touches these after start-up (RPC callbacks run in it too). */
 static struct ly_ctx *ctx;
-static struct lyd_node *running;
-static struct lyd_node *candidate; /* always a separate tree; equal to running unless dirty */
+
+/** One datastore: the libyang-validated callhome-test-device tree and the stored (opaque)
+ * ietf-netconf-server / keystore / truststore subtrees, see the top comment. */
+struct store {
+    struct lyd_node *typed;
+    struct lyd_node *opaq;
+};
+static struct store running;
+static struct store candidate; /* always separate trees; equal to running unless dirty */
 static int candidate_dirty;
 static struct nc_pollsession *ps;
 static char authkey_dir[] = "/tmp/lnc2-device-XXXXXX";
@@ -485,7 +527,7 @@ static int authkey_dir_made;
 /* a pending confirmed commit (RFC 6241 section 8.4) */
 static struct {
     int active;
-    struct lyd_node *backup; /* running before the first confirmed commit */
+    struct store backup;      /* running before the first confirmed commit */
     struct timespec deadline; /* CLOCK_MONOTONIC */
     char *persist;            /* persist token, or NULL: then bound to session `sid` */
     uint32_t sid;
@@ -584,42 +626,150 @@ b64(const unsigned char *data, int len)
     return out;
 }
 
-/* ------------------------------------------------ keystore / truststore content */
+/* ------------------------------------------------ the stored (opaque) subtrees */
 
-/** The device's own credentials as /ietf-keystore:keystore and /ietf-truststore:truststore
- * entries, so that pushed call-home configuration can reference them (the references are
- * leafrefs). SSH host keys are "hostkey0", "hostkey1", ... (the --hostkey order); the TLS key is
- * "tls-key" with certificate "tls-cert"; the --tls-ca certificates form the certificate bag
- * "listener-ca" (certificates "ca0", "ca1", ...). Private keys are "hidden". */
-static void
-new_path(struct lyd_node **tree, const char *path, const char *value)
+/** Name and namespace of a data node, typed or opaque. */
+static const char *
+node_name(const struct lyd_node *n)
 {
-    if (lyd_new_path(*tree, ctx, path, value, 0, *tree ? NULL : tree)) {
-        die("cannot create %s", path);
-    }
+    return n->schema ? n->schema->name : ((const struct lyd_node_opaq *)n)->name.name;
 }
 
-static void
-add_keystore(struct lyd_node **running_tree)
+static const char *
+node_ns(const struct lyd_node *n)
 {
-    struct lyd_node *extra = NULL, **tree = &extra;
-    char path[256], *pub;
+    return n->schema ? n->schema->module->ns : ((const struct lyd_node_opaq *)n)->name.module_ns;
+}
+
+static int
+is_stored_ns(const char *ns)
+{
+    return ns && (!strcmp(ns, NCS_NS) || !strcmp(ns, KS_NS) || !strcmp(ns, TS_NS));
+}
+
+/** The first child of `n` named `name` (the stored part has one namespace per subtree). */
+static struct lyd_node *
+ochild(const struct lyd_node *n, const char *name)
+{
+    struct lyd_node *c;
+
+    LY_LIST_FOR(n ? lyd_child(n) : NULL, c) {
+        if (!strcmp(node_name(c), name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/** The descendant at "a/b/c" (first match at each step), or NULL. */
+static struct lyd_node *
+opath(const struct lyd_node *n, const char *path)
+{
+    char buf[256], *tok, *save = NULL;
+    struct lyd_node *cur = (struct lyd_node *)n;
+
+    snprintf(buf, sizeof buf, "%s", path);
+    for (tok = strtok_r(buf, "/", &save); tok && cur; tok = strtok_r(NULL, "/", &save)) {
+        cur = ochild(cur, tok);
+    }
+    return cur;
+}
+
+/** The text of the leaf at `path` below `n` (NULL path: `n` itself); NULL if missing or not a leaf. */
+static const char *
+oval(const struct lyd_node *n, const char *path)
+{
+    const struct lyd_node *leaf = path ? opath(n, path) : n;
+
+    if (!leaf || lyd_child(leaf)) {
+        return NULL;
+    }
+    return leaf->schema ? lyd_get_value(leaf) : ((const struct lyd_node_opaq *)leaf)->value;
+}
+
+/** The next sibling from `from` on named `name`. */
+static struct lyd_node *
+onext(struct lyd_node *from, const char *name)
+{
+    for (; from; from = from->next) {
+        if (!strcmp(node_name(from), name)) {
+            return from;
+        }
+    }
+    return NULL;
+}
+
+#define OFOR_EACH(parent, name, var) \
+    for ((var) = onext((parent) ? lyd_child(parent) : NULL, (name)); (var); (var) = onext((var)->next, (name)))
+
+/** The top-level stored node `name` in namespace `ns`. */
+static struct lyd_node *
+otop(const struct lyd_node *tree, const char *ns, const char *name)
+{
+    const struct lyd_node *n;
+
+    LY_LIST_FOR(tree, n) {
+        if (!strcmp(node_name(n), name) && node_ns(n) && !strcmp(node_ns(n), ns)) {
+            return (struct lyd_node *)n;
+        }
+    }
+    return NULL;
+}
+
+/** Whether the keystore of `tree` has asymmetric key `name`. */
+static int
+keystore_has(const struct lyd_node *tree, const char *name)
+{
+    struct lyd_node *keys = opath(otop(tree, KS_NS, "keystore"), "asymmetric-keys"), *k;
+
+    OFOR_EACH(keys, "asymmetric-key", k) {
+        if (oval(k, "name") && !strcmp(oval(k, "name"), name)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/** The truststore public-key bag `name` of `tree`, or NULL. */
+static struct lyd_node *
+truststore_public_key_bag(const struct lyd_node *tree, const char *name)
+{
+    struct lyd_node *bags = opath(otop(tree, TS_NS, "truststore"), "public-key-bags"), *b;
+
+    OFOR_EACH(bags, "public-key-bag", b) {
+        if (oval(b, "name") && !strcmp(oval(b, "name"), name)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------ keystore / truststore content */
+
+/** The device's own credentials as ietf-keystore / ietf-truststore XML (stored part), so that
+ * pushed call-home configuration can reference them. SSH host keys are "hostkey0", "hostkey1",
+ * ... (the --hostkey order); the TLS key is "tls-key" with certificate "tls-cert"; the --tls-ca
+ * certificates form the certificate bag "listener-ca" (certificates "ca0", "ca1", ...). Private
+ * keys are "hidden". */
+static struct lyd_node *
+make_keystore(void)
+{
+    struct lyd_node *tree = NULL;
+    char *xml = NULL, *pub;
+    size_t xml_len = 0;
+    FILE *out = open_memstream(&xml, &xml_len);
     ssh_key key = NULL, pubkey = NULL;
     int i;
 
+    fprintf(out, "<keystore xmlns=\"%s\" xmlns:ct=\"%s\"><asymmetric-keys>", KS_NS, CT_NS);
     for (i = 0; i < opts.hostkey_count; i++) {
         if (ssh_pki_import_privkey_file(opts.hostkeys[i], NULL, NULL, NULL, &key) != SSH_OK ||
                 ssh_pki_export_privkey_to_pubkey(key, &pubkey) != SSH_OK ||
                 ssh_pki_export_pubkey_base64(pubkey, &pub) != SSH_OK) {
             die("cannot read host key %s", opts.hostkeys[i]);
         }
-        snprintf(path, sizeof path, "/ietf-keystore:keystore/asymmetric-keys/asymmetric-key[name='hostkey%d']", i);
-        strcat(path, "/public-key-format");
-        new_path(tree, path, "ietf-crypto-types:ssh-public-key-format");
-        strcpy(strrchr(path, '/'), "/public-key");
-        new_path(tree, path, pub);
-        strcpy(strrchr(path, '/'), "/hidden-private-key");
-        new_path(tree, path, NULL);
+        fprintf(out, "<asymmetric-key><name>hostkey%d</name><public-key-format>ct:ssh-public-key-format"
+                "</public-key-format><public-key>%s</public-key><hidden-private-key/></asymmetric-key>", i, pub);
         ssh_string_free_char(pub);
         ssh_key_free(pubkey);
         ssh_key_free(key);
@@ -630,7 +780,6 @@ add_keystore(struct lyd_node **running_tree)
         unsigned char *der = NULL;
         int len;
         char *data;
-        const char *base = "/ietf-keystore:keystore/asymmetric-keys/asymmetric-key[name='tls-key']";
 
         if (f) {
             fclose(f);
@@ -642,20 +791,20 @@ add_keystore(struct lyd_node **running_tree)
         data = b64(der, len);
         OPENSSL_free(der);
         der = NULL;
-        snprintf(path, sizeof path, "%s/public-key-format", base);
-        new_path(tree, path, "ietf-crypto-types:subject-public-key-info-format");
-        snprintf(path, sizeof path, "%s/public-key", base);
-        new_path(tree, path, data);
+        fprintf(out, "<asymmetric-key><name>tls-key</name><public-key-format>ct:subject-public-key-info-format"
+                "</public-key-format><public-key>%s</public-key><hidden-private-key/>", data);
         free(data);
-        snprintf(path, sizeof path, "%s/hidden-private-key", base);
-        new_path(tree, path, NULL);
         len = i2d_X509(cert, &der);
         data = b64(der, len);
         OPENSSL_free(der);
-        snprintf(path, sizeof path, "%s/certificates/certificate[name='tls-cert']/cert-data", base);
-        new_path(tree, path, data);
+        fprintf(out, "<certificates><certificate><name>tls-cert</name><cert-data>%s</cert-data></certificate>"
+                "</certificates></asymmetric-key>", data);
         free(data);
         X509_free(cert);
+    }
+    fprintf(out, "</asymmetric-keys></keystore>");
+    if (opts.tls_ca_count) {
+        fprintf(out, "<truststore xmlns=\"%s\"><certificate-bags><certificate-bag><name>listener-ca</name>", TS_NS);
     }
     for (i = 0; i < opts.tls_ca_count; i++) {
         FILE *f = fopen(opts.tls_cas[i], "r");
@@ -673,15 +822,19 @@ add_keystore(struct lyd_node **running_tree)
         len = i2d_X509(cert, &der);
         data = b64(der, len);
         OPENSSL_free(der);
-        snprintf(path, sizeof path, "/ietf-truststore:truststore/certificate-bags/certificate-bag[name='listener-ca']"
-                "/certificate[name='ca%d']/cert-data", i);
-        new_path(tree, path, data);
+        fprintf(out, "<certificate><name>ca%d</name><cert-data>%s</cert-data></certificate>", i, data);
         free(data);
         X509_free(cert);
     }
-    if (extra && lyd_merge_siblings(running_tree, lyd_first_sibling(extra), LYD_MERGE_DESTRUCT)) {
-        die("cannot add the keystore");
+    if (opts.tls_ca_count) {
+        fprintf(out, "</certificate-bag></certificate-bags></truststore>");
     }
+    fclose(out);
+    if (lyd_parse_data_mem(ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_OPAQ | LYD_PARSE_NO_STATE, 0, &tree)) {
+        die("cannot build the keystore");
+    }
+    free(xml);
+    return tree;
 }
 
 /* ------------------------------------------------ applying the configuration */
@@ -816,65 +969,45 @@ write_authkey(const char *base64)
 static int
 ssh_endpoint(struct pushed_client *pc, const char *ep, struct lyd_node *ssh)
 {
-    struct ly_set *set = NULL;
-    const char *ref, *user;
+    struct lyd_node *hk, *user, *keys, *key;
+    const char *ref, *uname, *bag;
     char keyname[32];
     int methods = 0, idx;
-    uint32_t i, j;
 
     /* host keys: only references into the keystore (our keys are hostkey0, hostkey1, ...) */
-    if (!lyd_find_xpath(ssh, "ssh-server-parameters/server-identity/host-key", &set)) {
-        for (i = 0; i < set->count; i++) {
-            ref = leaf_value(set->dnodes[i], "public-key/central-keystore-reference");
-            if (!ref || sscanf(ref, "hostkey%d", &idx) != 1 || idx < 0 || idx >= opts.hostkey_count) {
-                logline("callhome client %s endpoint %s: host key %s is not a keystore reference to a host key, skipped",
-                        pc->name, ep, leaf_value(set->dnodes[i], "name"));
-                continue;
-            }
-            snprintf(keyname, sizeof keyname, "hostkey%d", idx);
-            if (nc_server_ssh_ch_client_endpt_add_hostkey(pc->lnc_name, ep, keyname, -1)) {
-                ly_set_free(set, NULL);
-                return -1;
-            }
+    OFOR_EACH(opath(ssh, "ssh-server-parameters/server-identity"), "host-key", hk) {
+        ref = oval(hk, "public-key/central-keystore-reference");
+        if (!ref || sscanf(ref, "hostkey%d", &idx) != 1 || idx < 0 || idx >= opts.hostkey_count) {
+            logline("callhome client %s endpoint %s: host key %s is not a keystore reference to a host key, skipped",
+                    pc->name, ep, oval(hk, "name"));
+            continue;
         }
-        ly_set_free(set, NULL);
+        snprintf(keyname, sizeof keyname, "hostkey%d", idx);
+        if (nc_server_ssh_ch_client_endpt_add_hostkey(pc->lnc_name, ep, keyname, -1)) {
+            return -1;
+        }
     }
     /* users: inline public keys (or a truststore public-key bag) become authorized keys */
-    if (!lyd_find_xpath(ssh, "ssh-server-parameters/client-authentication/users/user", &set)) {
-        for (i = 0; i < set->count; i++) {
-            struct ly_set *keys = NULL;
-            char xpath[512];
-            const char *bag;
+    OFOR_EACH(opath(ssh, "ssh-server-parameters/client-authentication/users"), "user", user) {
+        uname = oval(user, "name");
+        bag = oval(user, "public-keys/central-truststore-reference");
+        keys = bag ? truststore_public_key_bag(running.opaq, bag) : opath(user, "public-keys/inline-definition");
+        OFOR_EACH(keys, "public-key", key) {
+            const char *data = oval(key, "public-key");
+            char *file = data ? write_authkey(data) : NULL;
 
-            user = leaf_value(set->dnodes[i], "name");
-            bag = leaf_value(set->dnodes[i], "public-keys/central-truststore-reference");
-            if (bag) {
-                snprintf(xpath, sizeof xpath, "/ietf-truststore:truststore/public-key-bags/public-key-bag[name='%s']"
-                        "/public-key", bag);
-                lyd_find_xpath(running, xpath, &keys);
-            } else {
-                lyd_find_xpath(set->dnodes[i], "public-keys/inline-definition/public-key", &keys);
+            if (!file || pc->authkey_count >= MAX_MULTI * 2 || nc_server_ssh_add_authkey_path(file, uname)) {
+                logline("callhome client %s: cannot use public key %s of user %s", pc->name, oval(key, "name"), uname);
+                free(file);
+                continue;
             }
-            for (j = 0; keys && j < keys->count; j++) {
-                const char *data = leaf_value(keys->dnodes[j], "public-key");
-                char *file = data ? write_authkey(data) : NULL;
-
-                if (!file || pc->authkey_count >= MAX_MULTI * 2 || nc_server_ssh_add_authkey_path(file, user)) {
-                    logline("callhome client %s: cannot use public key %s of user %s", pc->name,
-                            leaf_value(keys->dnodes[j], "name"), user);
-                    free(file);
-                    continue;
-                }
-                pc->authkeys[pc->authkey_count++] = file;
-                methods |= NC_SSH_AUTH_PUBLICKEY;
-            }
-            ly_set_free(keys, NULL);
-            if (leaf_value(set->dnodes[i], "password")) {
-                logline("callhome client %s: user %s: configured password hashes are not supported; only the "
-                        "--password of the command line is accepted", pc->name, user);
-            }
+            pc->authkeys[pc->authkey_count++] = file;
+            methods |= NC_SSH_AUTH_PUBLICKEY;
         }
-        ly_set_free(set, NULL);
+        if (ochild(user, "password")) {
+            logline("callhome client %s: user %s: configured password hashes are not supported; only the "
+                    "--password of the command line is accepted", pc->name, uname);
+        }
     }
     /* the command line's credentials keep working too */
     if (opts.authkey_count) {
@@ -905,9 +1038,8 @@ ctn_map_type(const char *identity)
 static int
 tls_endpoint(struct pushed_client *pc, const char *ep, struct lyd_node *tls)
 {
-    struct ly_set *set = NULL;
+    struct lyd_node *ctn;
     const char *key, *bag;
-    uint32_t i;
     int r = 0;
 
     if (!opts.tls_cert || !opts.tls_key || !opts.tls_ca_count) {
@@ -915,28 +1047,24 @@ tls_endpoint(struct pushed_client *pc, const char *ep, struct lyd_node *tls)
                 pc->name, ep);
         return -1;
     }
-    key = leaf_value(tls, "tls-server-parameters/server-identity/certificate/central-keystore-reference/asymmetric-key");
+    key = oval(tls, "tls-server-parameters/server-identity/certificate/central-keystore-reference/asymmetric-key");
     if (!key || strcmp(key, "tls-key")) {
         logline("callhome client %s endpoint %s: server identity must reference keystore key tls-key", pc->name, ep);
         return -1;
     }
     r |= nc_server_tls_ch_client_endpt_set_server_cert(pc->lnc_name, ep, key);
-    bag = leaf_value(tls, "tls-server-parameters/client-authentication/ca-certs/central-truststore-reference");
+    bag = oval(tls, "tls-server-parameters/client-authentication/ca-certs/central-truststore-reference");
     if (!bag) {
-        bag = leaf_value(tls, "tls-server-parameters/client-authentication/ee-certs/central-truststore-reference");
+        bag = oval(tls, "tls-server-parameters/client-authentication/ee-certs/central-truststore-reference");
     }
     /* the trusted-cert-list callback serves the --tls-ca certificates (= bag listener-ca) */
     r |= nc_server_tls_ch_client_endpt_add_trusted_cert_list(pc->lnc_name, ep, bag ? bag : "listener-ca");
-    if (!lyd_find_xpath(tls, "netconf-server-parameters/client-identity-mappings/cert-to-name", &set)) {
-        for (i = 0; i < set->count; i++) {
-            const char *id = leaf_value(set->dnodes[i], "id");
-            const char *fp = leaf_value(set->dnodes[i], "fingerprint");
+    OFOR_EACH(opath(tls, "netconf-server-parameters/client-identity-mappings"), "cert-to-name", ctn) {
+        const char *id = oval(ctn, "id");
+        const char *fp = oval(ctn, "fingerprint");
 
-            r |= nc_server_tls_ch_client_endpt_add_ctn(pc->lnc_name, ep, (uint32_t)strtoul(id, NULL, 10),
-                    fp ? fp : "", ctn_map_type(leaf_value(set->dnodes[i], "map-type")),
-                    leaf_value(set->dnodes[i], "name"));
-        }
-        ly_set_free(set, NULL);
+        r |= nc_server_tls_ch_client_endpt_add_ctn(pc->lnc_name, ep, (uint32_t)strtoul(id ? id : "0", NULL, 10),
+                fp ? fp : "", ctn_map_type(oval(ctn, "map-type")), oval(ctn, "name"));
     }
     return r ? -1 : 0;
 }
@@ -948,9 +1076,8 @@ static int
 add_pushed(struct lyd_node *entry, const char *name, char *sig)
 {
     struct pushed_client *pc;
-    struct ly_set *eps = NULL;
+    struct lyd_node *ep, *ka;
     const char *v;
-    uint32_t i;
     int r = 0;
 
     if (pushed_count >= MAX_PUSHED) {
@@ -972,50 +1099,53 @@ add_pushed(struct lyd_node *entry, const char *name, char *sig)
         return -1;
     }
     pushed_count++;
-    lyd_find_xpath(entry, "endpoints/endpoint", &eps);
-    for (i = 0; eps && i < eps->count && !r; i++) {
-        struct lyd_node *ep = eps->dnodes[i], *tr = NULL;
-        const char *epname = leaf_value(ep, "name");
-        int is_ssh = !lyd_find_path(ep, "ssh", 0, &tr);
+    OFOR_EACH(ochild(entry, "endpoints"), "endpoint", ep) {
+        const char *epname = oval(ep, "name"), *addr;
+        struct lyd_node *tr = ochild(ep, "ssh");
+        int is_ssh = tr != NULL;
 
-        if (!is_ssh && lyd_find_path(ep, "tls", 0, &tr)) {
+        if (r) {
+            break;
+        }
+        if (!is_ssh && !(tr = ochild(ep, "tls"))) {
             continue;
         }
+        addr = oval(tr, "tcp-client-parameters/remote-address");
+        v = oval(tr, "tcp-client-parameters/remote-port");
+        if (!v) {
+            v = is_ssh ? "4334" : "4335"; /* the IANA call-home ports, the model's defaults */
+        }
         r |= nc_server_ch_client_add_endpt(pc->lnc_name, epname, is_ssh ? NC_TI_LIBSSH : NC_TI_OPENSSL);
-        r |= nc_server_ch_client_endpt_set_address(pc->lnc_name, epname, leaf_value(tr, "tcp-client-parameters/remote-address"));
-        v = leaf_value(tr, "tcp-client-parameters/remote-port");
-        r |= nc_server_ch_client_endpt_set_port(pc->lnc_name, epname, (uint16_t)atoi(v ? v : "0"));
-        if (!r && (v = leaf_value(tr, "tcp-client-parameters/keepalives/idle-time"))) {
+        r |= nc_server_ch_client_endpt_set_address(pc->lnc_name, epname, addr);
+        r |= nc_server_ch_client_endpt_set_port(pc->lnc_name, epname, (uint16_t)atoi(v));
+        if (!r && (ka = opath(tr, "tcp-client-parameters/keepalives")) && oval(ka, "idle-time")) {
             r |= nc_server_ch_client_endpt_enable_keepalives(pc->lnc_name, epname, 1);
-            r |= nc_server_ch_client_endpt_set_keepalives(pc->lnc_name, epname, atoi(v),
-                    atoi(leaf_value(tr, "tcp-client-parameters/keepalives/max-probes")),
-                    atoi(leaf_value(tr, "tcp-client-parameters/keepalives/probe-interval")));
+            r |= nc_server_ch_client_endpt_set_keepalives(pc->lnc_name, epname, atoi(oval(ka, "idle-time")),
+                    atoi(oval(ka, "max-probes") ? oval(ka, "max-probes") : "0"),
+                    atoi(oval(ka, "probe-interval") ? oval(ka, "probe-interval") : "0"));
         }
         if (!r) {
             r = is_ssh ? ssh_endpoint(pc, epname, tr) : tls_endpoint(pc, epname, tr);
         }
         if (!r) {
-            logline("%s connecting to %s:%s (client %s endpoint %s)", is_ssh ? "ch-ssh" : "ch-tls",
-                    leaf_value(tr, "tcp-client-parameters/remote-address"),
-                    leaf_value(tr, "tcp-client-parameters/remote-port"), pc->name, epname);
+            logline("%s connecting to %s:%s (client %s endpoint %s)", is_ssh ? "ch-ssh" : "ch-tls", addr, v,
+                    pc->name, epname);
         }
     }
-    ly_set_free(eps, NULL);
-    if (!r && leaf_value(entry, "connection-type/periodic/period")) {
+    if (!r && (v = oval(entry, "connection-type/periodic/period"))) {
         r |= nc_server_ch_client_set_conn_type(pc->lnc_name, NC_CH_PERIOD);
-        r |= nc_server_ch_client_periodic_set_period(pc->lnc_name,
-                (uint16_t)atoi(leaf_value(entry, "connection-type/periodic/period")));
-        if ((v = leaf_value(entry, "connection-type/periodic/idle-timeout"))) {
+        r |= nc_server_ch_client_periodic_set_period(pc->lnc_name, (uint16_t)atoi(v));
+        if ((v = oval(entry, "connection-type/periodic/idle-timeout"))) {
             r |= nc_server_ch_client_periodic_set_idle_timeout(pc->lnc_name, (uint16_t)atoi(v));
         }
     } else if (!r) {
         r |= nc_server_ch_client_set_conn_type(pc->lnc_name, NC_CH_PERSIST);
     }
-    if (!r && (v = leaf_value(entry, "reconnect-strategy/start-with"))) {
+    if (!r && (v = oval(entry, "reconnect-strategy/start-with"))) {
         r |= nc_server_ch_client_set_start_with(pc->lnc_name, !strcmp(v, "last-connected") ? NC_CH_LAST_CONNECTED :
                 !strcmp(v, "random-selection") ? NC_CH_RANDOM : NC_CH_FIRST_LISTED);
     }
-    if (!r && (v = leaf_value(entry, "reconnect-strategy/max-attempts"))) {
+    if (!r && (v = oval(entry, "reconnect-strategy/max-attempts"))) {
         r |= nc_server_ch_client_set_max_attempts(pc->lnc_name, (uint8_t)atoi(v));
     }
     if (!r) {
@@ -1034,20 +1164,20 @@ add_pushed(struct lyd_node *entry, const char *name, char *sig)
 static void
 reconcile(void)
 {
-    struct ly_set *set = NULL;
+    struct lyd_node *entries[MAX_PUSHED], *e;
     char *sigs[MAX_PUSHED];
     const char *names[MAX_PUSHED];
-    int keep[MAX_PUSHED];
-    uint32_t i, n = 0;
-    int j, found;
+    int i, n = 0, j, found;
 
-    if (running) {
-        lyd_find_xpath(running, NCS_CLIENTS, &set);
-    }
-    for (i = 0; set && i < set->count && n < MAX_PUSHED; i++, n++) {
-        names[n] = leaf_value(set->dnodes[i], "name");
+    OFOR_EACH(opath(otop(running.opaq, NCS_NS, "netconf-server"), "call-home"), "netconf-client", e) {
+        if (n >= MAX_PUSHED || !oval(e, "name")) {
+            continue;
+        }
+        entries[n] = e;
+        names[n] = oval(e, "name");
         sigs[n] = NULL;
-        lyd_print_mem(&sigs[n], set->dnodes[i], LYD_XML, LYD_PRINT_SHRINK | LYD_PRINT_WD_ALL);
+        lyd_print_mem(&sigs[n], e, LYD_XML, LYD_PRINT_SHRINK);
+        n++;
     }
     /* removed or changed clients go away */
     for (j = pushed_count - 1; j >= 0; j--) {
@@ -1069,14 +1199,12 @@ reconcile(void)
                 found = 1;
             }
         }
-        keep[i] = !found && sigs[i];
-        if (keep[i]) {
-            add_pushed(set->dnodes[i], names[i], sigs[i]);
+        if (!found && sigs[i]) {
+            add_pushed(entries[i], names[i], sigs[i]); /* takes sigs[i] */
         } else {
             free(sigs[i]);
         }
     }
-    ly_set_free(set, NULL);
 }
 
 /* ------------------------------------------------ datastores and edits */
@@ -1092,15 +1220,31 @@ dup_tree(const struct lyd_node *tree)
     return copy;
 }
 
-/** Replace running (takes ownership of `tree`), refresh a clean candidate, apply. */
-static void
-set_running(struct lyd_node *tree, const char *why)
+static struct store
+store_dup(const struct store *st)
 {
-    lyd_free_siblings(running);
-    running = tree;
+    struct store copy = {dup_tree(st->typed), dup_tree(st->opaq)};
+
+    return copy;
+}
+
+static void
+store_free(struct store *st)
+{
+    lyd_free_siblings(st->typed);
+    lyd_free_siblings(st->opaq);
+    st->typed = st->opaq = NULL;
+}
+
+/** Replace running (takes ownership of `st`), refresh a clean candidate, apply. */
+static void
+set_running(struct store st, const char *why)
+{
+    store_free(&running);
+    running = st;
     if (!candidate_dirty) {
-        lyd_free_siblings(candidate);
-        candidate = dup_tree(running);
+        store_free(&candidate);
+        candidate = store_dup(&running);
     }
     logline("running changed (%s)", why);
     reconcile();
@@ -1196,25 +1340,322 @@ apply_edit(const struct lyd_node *edit, struct lyd_node *parent, struct lyd_node
     return NULL;
 }
 
-/** The <config> of an edit-config as a data tree with nc:operation metadata. */
-static struct nc_server_reply *
-parse_config_param(struct lyd_node *rpc, struct lyd_node **edit)
+/* ------------------------------------------------ edits and checks of the stored part */
+
+/** nc:operation of an opaque edit element (an XML attribute there), else the inherited one. */
+static const char *
+stored_op(const struct lyd_node *e, const char *inherited)
 {
-    struct lyd_node *node = NULL;
-    char *xml = NULL;
+    const struct lyd_attr *a;
+
+    for (a = ((const struct lyd_node_opaq *)e)->attr; a; a = a->next) {
+        if (!strcmp(a->name.name, "operation") && a->name.module_ns && !strcmp(a->name.module_ns, NC_NS)) {
+            return a->value;
+        }
+    }
+    return inherited;
+}
+
+/** Drop the XML attributes (nc:operation) of a copied edit subtree before it is stored. */
+static void
+strip_attrs(struct lyd_node *n)
+{
+    struct lyd_node *c;
+
+    if (!n->schema) {
+        while (((struct lyd_node_opaq *)n)->attr) {
+            lyd_free_attr_single(ctx, ((struct lyd_node_opaq *)n)->attr);
+        }
+    }
+    LY_LIST_FOR(lyd_child(n), c) {
+        strip_attrs(c);
+    }
+}
+
+/** The key child's name of a list entry of the stored part (see the top comment). */
+static const char *
+stored_key(const struct lyd_node *n)
+{
+    return !strcmp(node_name(n), "cert-to-name") ? "id" : "name";
+}
+
+/** The sibling (from `first` on) that the edit element `e` addresses, or NULL. */
+static struct lyd_node *
+stored_match(struct lyd_node *first, const struct lyd_node *e)
+{
+    const char *kv = lyd_child(e) ? oval(e, stored_key(e)) : NULL, *tv;
+    struct lyd_node *t;
+
+    for (t = first; t; t = t->next) {
+        if (strcmp(node_name(t), node_name(e)) || !node_ns(t) || !node_ns(e) || strcmp(node_ns(t), node_ns(e))) {
+            continue;
+        }
+        if (kv && (!(tv = oval(t, stored_key(e))) || strcmp(tv, kv))) {
+            continue;
+        }
+        return t;
+    }
+    return NULL;
+}
+
+/** A copy of edit element `e` (recursive or not) without attributes, added under `parent` or
+ * to the top-level siblings `*top`. */
+static struct lyd_node *
+stored_add(const struct lyd_node *e, struct lyd_node *parent, struct lyd_node **top, int recursive)
+{
+    struct lyd_node *dup = NULL;
+
+    if (lyd_dup_single(e, NULL, recursive ? LYD_DUP_RECURSIVE : 0, &dup)) {
+        return NULL;
+    }
+    strip_attrs(dup);
+    if (parent ? lyd_insert_child(parent, dup) : lyd_insert_sibling(*top, dup, top)) {
+        lyd_free_tree(dup);
+        return NULL;
+    }
+    return dup;
+}
+
+/** Unlink and free `t`, keeping `*top` valid. */
+static void
+stored_free(struct lyd_node *t, struct lyd_node **top)
+{
+    if (top && *top == t) {
+        *top = t->next;
+    }
+    lyd_free_tree(t);
+}
+
+/**
+ * apply_edit() for the stored (opaque) part: the same RFC 6241 section 7.2 operations, with
+ * elements matched by name, namespace and key value (stored_match()).
+ */
+static struct nc_server_reply *
+apply_stored_edit(const struct lyd_node *edit, struct lyd_node *parent, struct lyd_node **top, const char *inherited)
+{
+    static const char *ops[] = {"merge", "replace", "create", "delete", "remove", "none", NULL};
+    const struct lyd_node *e;
+    struct lyd_node *t, *dup;
+    struct nc_server_reply *err;
+    const char *op;
+    int i, known;
+
+    LY_LIST_FOR(edit, e) {
+        op = stored_op(e, inherited);
+        for (i = 0, known = 0; ops[i]; i++) {
+            known |= !strcmp(op, ops[i]);
+        }
+        if (!known) {
+            return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_PROT, "Unknown nc:operation value.");
+        }
+        t = stored_match(parent ? lyd_child(parent) : *top, e);
+        if (!strcmp(op, "delete") || !strcmp(op, "remove") || (t && !strcmp(op, "replace"))) {
+            if (!t) {
+                if (!strcmp(op, "delete")) {
+                    return reply_error(NC_ERR_DATA_MISSING, NC_ERR_TYPE_APP, "Data to delete does not exist.");
+                }
+                continue;
+            }
+            stored_free(t, parent ? NULL : top);
+            if (strcmp(op, "replace")) {
+                continue;
+            }
+            t = NULL;
+        }
+        if (t && !strcmp(op, "create")) {
+            return reply_error(NC_ERR_DATA_EXISTS, NC_ERR_TYPE_APP, "Data to create already exists.");
+        }
+        if (!t) {
+            int recursive = strcmp(op, "none");
+
+            if (!(dup = stored_add(e, parent, top, recursive))) {
+                return reply_ly_error(NC_ERR_OP_FAILED, "Cannot store the edit.");
+            }
+            if (recursive) {
+                continue;
+            }
+            t = dup;
+        }
+        if (lyd_child(e)) {
+            /* merge / none into an existing inner node */
+            if ((err = apply_stored_edit(lyd_child(e), t, NULL, op))) {
+                return err;
+            }
+        } else if (strcmp(op, "none") && !lyd_child(t) && strcmp(oval(t, NULL) ? oval(t, NULL) : "",
+                oval(e, NULL) ? oval(e, NULL) : "")) {
+            /* merge into an existing leaf with another value: a copy of the edit's leaf (value and
+             * prefixes) takes its place, in the same position (list keys stay first) */
+            if (lyd_dup_single(e, NULL, 0, &dup)) {
+                return reply_ly_error(NC_ERR_OP_FAILED, "Cannot store the edit.");
+            }
+            strip_attrs(dup);
+            if (lyd_insert_before(t, dup)) {
+                lyd_free_tree(dup);
+                return reply_ly_error(NC_ERR_OP_FAILED, "Cannot store the edit.");
+            }
+            if (!parent) {
+                *top = lyd_first_sibling(dup);
+            }
+            stored_free(t, parent ? NULL : top);
+        }
+    }
+    return NULL;
+}
+
+/** Drop top-level stored containers that the edit emptied (they are non-presence containers). */
+static void
+prune_stored(struct lyd_node **top)
+{
+    struct lyd_node *n, *next;
+
+    for (n = *top; n; n = next) {
+        next = n->next;
+        if (!lyd_child(n)) {
+            stored_free(n, top);
+        }
+    }
+}
+
+static struct nc_server_reply *
+stored_error(const char *path, const char *fmt, ...)
+{
+    struct lyd_node *err = nc_err(ctx, NC_ERR_INVALID_VALUE, NC_ERR_TYPE_APP);
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    nc_err_set_msg(err, msg, "en");
+    if (path) {
+        nc_err_set_path(err, path);
+    }
+    logline("edit refused: %s", msg);
+    return nc_server_reply_err(err);
+}
+
+/**
+ * The device's own checks of the stored part (it has no schema for it; see the top comment):
+ * what it needs to apply a netconf-client, and that references name keys the device has.
+ */
+static struct nc_server_reply *
+check_stored(const struct lyd_node *tree)
+{
+    struct lyd_node *ch = opath(otop(tree, NCS_NS, "netconf-server"), "call-home"), *cl, *ep, *tr, *hk, *u;
+    const char *name, *epname, *ref;
+    char path[256];
+    int eps;
+
+    if (ch && !onext(lyd_child(ch), "netconf-client")) {
+        return stored_error("/ietf-netconf-server:netconf-server/call-home",
+                "call-home needs at least one netconf-client entry (delete call-home instead).");
+    }
+    OFOR_EACH(ch, "netconf-client", cl) {
+        if (!(name = oval(cl, "name"))) {
+            return stored_error(NULL, "A netconf-client entry has no name.");
+        }
+        snprintf(path, sizeof path, "/ietf-netconf-server:netconf-server/call-home/netconf-client[name='%s']", name);
+        eps = 0;
+        OFOR_EACH(ochild(cl, "endpoints"), "endpoint", ep) {
+            eps++;
+            if (!(epname = oval(ep, "name"))) {
+                return stored_error(path, "netconf-client %s: an endpoint has no name.", name);
+            }
+            if (!!ochild(ep, "ssh") + !!ochild(ep, "tls") != 1) {
+                return stored_error(path, "netconf-client %s endpoint %s: give exactly one of ssh and tls.", name, epname);
+            }
+            tr = ochild(ep, "ssh") ? ochild(ep, "ssh") : ochild(ep, "tls");
+            if (!oval(tr, "tcp-client-parameters/remote-address")) {
+                return stored_error(path, "netconf-client %s endpoint %s: remote-address is missing.", name, epname);
+            }
+            OFOR_EACH(opath(tr, "ssh-server-parameters/server-identity"), "host-key", hk) {
+                ref = oval(hk, "public-key/central-keystore-reference");
+                if (ref && !keystore_has(tree, ref)) {
+                    return stored_error(path, "netconf-client %s endpoint %s: host-key %s references keystore key "
+                            "'%s', which does not exist.", name, epname, oval(hk, "name"), ref);
+                }
+            }
+            ref = oval(tr, "tls-server-parameters/server-identity/certificate/central-keystore-reference/asymmetric-key");
+            if (ref && !keystore_has(tree, ref)) {
+                return stored_error(path, "netconf-client %s endpoint %s: the server identity references keystore key "
+                        "'%s', which does not exist.", name, epname, ref);
+            }
+            OFOR_EACH(opath(tr, "ssh-server-parameters/client-authentication/users"), "user", u) {
+                ref = oval(u, "public-keys/central-truststore-reference");
+                if (ref && !truststore_public_key_bag(tree, ref)) {
+                    return stored_error(path, "netconf-client %s endpoint %s: user %s references truststore "
+                            "public-key bag '%s', which does not exist.", name, epname, oval(u, "name"), ref);
+                }
+            }
+        }
+        if (!eps) {
+            return stored_error(path, "netconf-client %s has no endpoint.", name);
+        }
+    }
+    return NULL;
+}
+
+/** Both parts of a datastore valid? (libyang for the typed part, check_stored() for the rest) */
+static struct nc_server_reply *
+validate_store(struct store *st, const char *what)
+{
+    if (lyd_validate_all(&st->typed, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
+        return reply_ly_error(NC_ERR_INVALID_VALUE, what);
+    }
+    return check_stored(st->opaq);
+}
+
+/**
+ * The <config> of an edit-config, split in two: top-level elements in the namespaces of the
+ * stored part (opaque nodes, with nc:operation as XML attributes) and everything else, which must
+ * be valid data of the loaded modules (typed, with nc:operation metadata).
+ */
+static struct nc_server_reply *
+parse_config_param(struct lyd_node *rpc, struct lyd_node **typed, struct lyd_node **opaq)
+{
+    struct lyd_node *node = NULL, *all = NULL, *n, *next;
+    char *xml = NULL, *rest = NULL;
     LY_ERR r;
 
-    *edit = NULL;
+    *typed = *opaq = NULL;
     if (lyd_find_path(rpc, "config", 0, &node)) {
         return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only inline <config> is supported.");
     }
     if (lyd_any_value_str(node, &xml)) {
         return reply_error(NC_ERR_OP_FAILED, NC_ERR_TYPE_APP, "Cannot read <config>.");
     }
-    r = xml ? lyd_parse_data_mem(ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0, edit)
-            : LY_SUCCESS;
+    if (!xml) {
+        return NULL;
+    }
+    /* first pass: unknown namespaces become opaque nodes instead of errors */
+    r = lyd_parse_data_mem(ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_OPAQ | LYD_PARSE_NO_STATE, 0, &all);
     free(xml);
     if (r) {
+        return reply_ly_error(NC_ERR_INVALID_VALUE, "Bad <config>.");
+    }
+    for (n = all; n; n = next) {
+        next = n->next;
+        if (!n->schema && is_stored_ns(node_ns(n))) {
+            if (all == n) {
+                all = next;
+            }
+            lyd_unlink_tree(n);
+            lyd_insert_sibling(*opaq, n, opaq);
+        }
+    }
+    if (!all) {
+        return NULL;
+    }
+    /* second pass, strict, over the rest: libyang's own errors for unknown or invalid data */
+    r = lyd_print_mem(&rest, all, LYD_XML, LYD_PRINT_WITHSIBLINGS | LYD_PRINT_SHRINK);
+    lyd_free_siblings(all);
+    if (!r) {
+        r = lyd_parse_data_mem(ctx, rest, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0, typed);
+    }
+    free(rest);
+    if (r) {
+        lyd_free_siblings(*opaq);
+        *opaq = NULL;
         return reply_ly_error(NC_ERR_INVALID_VALUE, "Bad <config>.");
     }
     return NULL;
@@ -1224,29 +1665,35 @@ parse_config_param(struct lyd_node *rpc, struct lyd_node **edit)
 static struct nc_server_reply *
 edit_config(struct lyd_node *rpc)
 {
-    struct lyd_node *node = NULL, *edit = NULL, *work;
+    struct lyd_node *node = NULL, *typed = NULL, *opaq = NULL;
     struct nc_server_reply *err;
+    struct store work;
     const char *dflt = leaf_value(rpc, "default-operation");
     int to_candidate = !lyd_find_path(rpc, "target/candidate", 0, &node);
 
     if (!to_candidate && lyd_find_path(rpc, "target/running", 0, &node)) {
         return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, "Only targets running and candidate are supported.");
     }
-    if ((err = parse_config_param(rpc, &edit))) {
+    if ((err = parse_config_param(rpc, &typed, &opaq))) {
         return err;
     }
-    work = dup_tree(to_candidate ? candidate : running);
-    err = apply_edit(edit, NULL, &work, dflt ? dflt : "merge");
-    lyd_free_siblings(edit);
-    if (!err && lyd_validate_all(&work, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
-        err = reply_ly_error(NC_ERR_INVALID_VALUE, "Invalid edit.");
+    work = store_dup(to_candidate ? &candidate : &running);
+    err = apply_edit(typed, NULL, &work.typed, dflt ? dflt : "merge");
+    if (!err) {
+        err = apply_stored_edit(opaq, NULL, &work.opaq, dflt ? dflt : "merge");
+    }
+    lyd_free_siblings(typed);
+    lyd_free_siblings(opaq);
+    if (!err) {
+        prune_stored(&work.opaq);
+        err = validate_store(&work, "Invalid edit.");
     }
     if (err) {
-        lyd_free_siblings(work);
+        store_free(&work);
         return err;
     }
     if (to_candidate) {
-        lyd_free_siblings(candidate);
+        store_free(&candidate);
         candidate = work;
         candidate_dirty = 1;
     } else {
@@ -1258,9 +1705,9 @@ edit_config(struct lyd_node *rpc)
 static void
 rollback_pending(const char *why)
 {
-    struct lyd_node *backup = pending.backup;
+    struct store backup = pending.backup;
 
-    pending.backup = NULL;
+    pending.backup.typed = pending.backup.opaq = NULL;
     pending.active = 0;
     free(pending.persist);
     pending.persist = NULL;
@@ -1272,7 +1719,9 @@ rollback_pending(const char *why)
 static struct nc_server_reply *
 commit(struct lyd_node *rpc, struct nc_session *session)
 {
-    struct lyd_node *node = NULL, *work;
+    struct lyd_node *node = NULL;
+    struct nc_server_reply *err;
+    struct store work;
     const char *persist = leaf_value(rpc, "persist"), *persist_id = leaf_value(rpc, "persist-id");
     const char *timeout = leaf_value(rpc, "confirm-timeout");
     int confirmed = !lyd_find_path(rpc, "confirmed", 0, &node);
@@ -1288,14 +1737,14 @@ commit(struct lyd_node *rpc, struct nc_session *session)
     } else if (persist_id) {
         return reply_error(NC_ERR_INVALID_VALUE, NC_ERR_TYPE_PROT, "No confirmed commit is pending.");
     }
-    work = dup_tree(candidate);
-    if (lyd_validate_all(&work, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
-        lyd_free_siblings(work);
-        return reply_ly_error(NC_ERR_INVALID_VALUE, "The candidate configuration is invalid.");
+    work = store_dup(&candidate);
+    if ((err = validate_store(&work, "The candidate configuration is invalid."))) {
+        store_free(&work);
+        return err;
     }
     if (confirmed) {
         if (!pending.active) {
-            pending.backup = dup_tree(running);
+            pending.backup = store_dup(&running);
             pending.active = 1;
         }
         free(pending.persist);
@@ -1306,8 +1755,7 @@ commit(struct lyd_node *rpc, struct nc_session *session)
         logline("confirmed commit pending timeout=%ss persist=%s", timeout ? timeout : "600", persist ? "yes" : "no");
     } else if (pending.active) {
         pending.active = 0;
-        lyd_free_siblings(pending.backup);
-        pending.backup = NULL;
+        store_free(&pending.backup);
         free(pending.persist);
         pending.persist = NULL;
         logline("confirmed commit confirmed");
@@ -1350,10 +1798,7 @@ filtered_copy(const struct lyd_node *tree, struct lyd_node *rpc)
     }
     LY_LIST_FOR(tree, n) {
         LY_LIST_FOR(any->value.tree, f) {
-            const char *name = f->schema ? f->schema->name : ((struct lyd_node_opaq *)f)->name.name;
-            const char *ns = f->schema ? f->schema->module->ns : ((struct lyd_node_opaq *)f)->name.module_ns;
-
-            if (!strcmp(name, n->schema->name) && ns && !strcmp(ns, n->schema->module->ns)) {
+            if (!strcmp(node_name(f), node_name(n)) && node_ns(f) && node_ns(n) && !strcmp(node_ns(f), node_ns(n))) {
                 if (!lyd_dup_single(n, NULL, LYD_DUP_RECURSIVE | LYD_DUP_WITH_FLAGS, &copy)) {
                     lyd_insert_sibling(out, copy, &out);
                 }
@@ -1365,18 +1810,21 @@ filtered_copy(const struct lyd_node *tree, struct lyd_node *rpc)
 }
 
 /** Reply to get / get-config: (a filtered copy of) a datastore inside the RPC's <data> output;
- * get adds the yang-library state (how clients find the ietf-netconf-server revision). */
+ * get adds the yang-library state. */
 static struct nc_server_reply *
-reply_with_data(struct lyd_node *rpc, const struct lyd_node *tree, int with_state)
+reply_with_data(struct lyd_node *rpc, const struct store *st, int with_state)
 {
-    struct lyd_node *output = NULL, *data = NULL, *state = NULL, *all;
+    struct lyd_node *output = NULL, *data = NULL, *state = NULL, *all, *opaq;
 
     if (lyd_dup_single(rpc, NULL, 0, &output)) {
         return NULL;
     }
-    all = dup_tree(tree);
+    all = dup_tree(st->typed);
     if (with_state && !ly_ctx_get_yanglib_data(ctx, &state, "%u", ly_ctx_get_change_count(ctx))) {
         lyd_insert_sibling(all, state, &all);
+    }
+    if ((opaq = dup_tree(st->opaq))) {
+        lyd_insert_sibling(all, opaq, &all);
     }
     data = filtered_copy(all, rpc);
     lyd_free_siblings(all);
@@ -1400,10 +1848,10 @@ rpc_clb(struct lyd_node *rpc, struct nc_session *session)
         return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, NULL);
     }
     if (!strcmp(op, "get")) {
-        return reply_with_data(rpc, running, 1);
+        return reply_with_data(rpc, &running, 1);
     }
     if (!strcmp(op, "get-config")) {
-        return reply_with_data(rpc, lyd_find_path(rpc, "source/candidate", 0, &node) ? running : candidate, 0);
+        return reply_with_data(rpc, lyd_find_path(rpc, "source/candidate", 0, &node) ? &running : &candidate, 0);
     }
     if (!strcmp(op, "edit-config")) {
         return edit_config(rpc);
@@ -1415,8 +1863,8 @@ rpc_clb(struct lyd_node *rpc, struct nc_session *session)
         return cancel_commit(rpc, session);
     }
     if (!strcmp(op, "discard-changes")) {
-        lyd_free_siblings(candidate);
-        candidate = dup_tree(running);
+        store_free(&candidate);
+        candidate = store_dup(&running);
         candidate_dirty = 0;
         return nc_server_reply_ok();
     }
@@ -1480,24 +1928,11 @@ init_context(void)
     /* :candidate + :confirmed-commit:1.1 + :writable-running; libnetconf2 derives the hello
      * capabilities from these features, and its RPC parser accepts commit & co. only with them */
     static const char *nc_features[] = {"writable-running", "candidate", "confirmed-commit", NULL};
-    static const char *ncs_features[] = {"ssh-call-home", "tls-call-home", "central-netconf-server-supported", NULL};
-    static const char *sshs_features[] = {"local-users-supported", "local-user-auth-publickey",
-        "local-user-auth-password", "ssh-server-keepalives", NULL};
-    static const char *tlss_features[] = {"server-ident-x509-cert", "client-auth-supported", "client-auth-x509-cert",
-        "tls-server-keepalives", NULL};
-    static const char *ks_features[] = {"central-keystore-supported", "inline-definitions-supported",
-        "asymmetric-keys", NULL};
-    static const char *ts_features[] = {"central-truststore-supported", "inline-definitions-supported",
-        "certificates", "public-keys", NULL};
-    static const char *ct_features[] = {"cleartext-private-keys", "hidden-private-keys", NULL};
-    static const char *tcpc_features[] = {"tcp-client-keepalives", NULL};
-    static const char *tcpcmn_features[] = {"keepalives-supported", NULL};
-    char path[256];
     int i;
 
     ly_log_level(opts.verbose ? LY_LLVRB : LY_LLWRN);
     ly_set_log_clb(ly_print_clb, 1);
-    if (ly_ctx_new(LNC2_DEVICE_YANG_DIR, 0, &ctx) || ly_ctx_set_searchdir(ctx, LNC2_DEVICE_YANG_DIR "/yang")) {
+    if (ly_ctx_new(LNC2_DEVICE_YANG_DIR, 0, &ctx)) {
         die("cannot create libyang context");
     }
     for (i = 0; i < opts.yang_dir_count; i++) {
@@ -1510,29 +1945,18 @@ init_context(void)
     }
     load_module("ietf-netconf-monitoring", NULL, NULL);
     load_module(TEST_MODULE, NULL, NULL);
-    /* features of imported modules must be enabled by loading (implementing) them first */
-    load_module("ietf-crypto-types", "2023-12-28", ct_features);
-    load_module("ietf-x509-cert-to-name", NULL, NULL); /* implemented: its identities are map-type values */
-    load_module("ietf-keystore", "2023-12-28", ks_features);
-    load_module("ietf-truststore", "2023-12-28", ts_features);
-    load_module("ietf-tcp-common", "2023-12-28", tcpcmn_features);
-    load_module("ietf-tcp-client", "2023-12-28", tcpc_features);
-    load_module("ietf-ssh-server", "2023-12-28", sshs_features);
-    load_module("ietf-tls-server", "2023-12-28", tlss_features);
-    load_module(NCS_MODULE, "2023-12-28", ncs_features);
 
-    snprintf(path, sizeof path, "/" TEST_MODULE ":device/name");
-    if (lyd_new_path(NULL, ctx, path, opts.name, 0, &running)) {
+    if (lyd_new_path(NULL, ctx, "/" TEST_MODULE ":device/name", opts.name, 0, &running.typed)) {
         die("cannot create the running tree");
     }
-    if (lyd_new_path(running, ctx, "/" TEST_MODULE ":device/interface[name='eth0']/mtu", "1500", 0, NULL)) {
+    if (lyd_new_path(running.typed, ctx, "/" TEST_MODULE ":device/interface[name='eth0']/mtu", "1500", 0, NULL)) {
         die("cannot create the running tree");
     }
-    add_keystore(&running);
-    if (lyd_validate_all(&running, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
+    if (lyd_validate_all(&running.typed, ctx, LYD_VALIDATE_NO_STATE, NULL)) {
         die("initial running tree is invalid");
     }
-    candidate = dup_tree(running);
+    running.opaq = make_keystore();
+    candidate = store_dup(&running);
 }
 
 static int
@@ -1744,6 +2168,9 @@ main(int argc, char **argv)
     if (nc_server_init(ctx)) {
         die("nc_server_init failed");
     }
+    if (nc_server_set_capability(NCS_CAPABILITY)) {
+        die("cannot add the ietf-netconf-server capability");
+    }
     nc_set_global_rpc_clb(rpc_clb);
     nc_server_ssh_set_hostkey_clb(hostkey_clb, NULL, NULL);
     nc_server_tls_set_server_cert_clb(server_cert_clb, NULL, NULL);
@@ -1825,8 +2252,9 @@ main(int argc, char **argv)
         logline("stopped");
         _exit(0);
     }
-    lyd_free_siblings(running);
-    lyd_free_siblings(candidate);
+    store_free(&running);
+    store_free(&candidate);
+    store_free(&pending.backup);
     ly_ctx_destroy(ctx);
     logline("stopped");
     return 0;
