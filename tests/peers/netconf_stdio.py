@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """NETCONF server on stdin/stdout, for an OpenSSH ``Subsystem netconf`` line.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Many simulated NETCONF devices calling home (RFC 8071, SSH) from one asyncio process.
 
@@ -128,7 +127,7 @@ def parse_faults(specs: Iterable[str]) -> dict[str, str]:
     """``MODE`` (every device) or ``MODE=name1,name2`` (those devices) -> {name or '*': MODE}."""
     out: dict[str, str] = {}
     for spec in specs:
-        mode, _, names = spec.partition("=")
+        mode, _sep, names = spec.partition("=")
         if mode not in FAULTS:
             raise ValueError(f"unknown fault {mode!r}; choose from {', '.join(FAULTS)}")
         for n in names.split(",") if names else ["*"]:
@@ -412,7 +411,7 @@ class Simulator:
 
     def count_events(self, kind: str, name: Optional[str] = None) -> int:
         """How many events of ``kind`` (optionally for one device) were recorded."""
-        return sum(1 for k, n, _ in self.events if k == kind and (name is None or n == name))
+        return sum(1 for k, n, _detail in self.events if k == kind and (name is None or n == name))
 
     async def wait_for(
         self, kind: str, count: int = 1, *, name: Optional[str] = None, timeout: float = 30.0
@@ -531,7 +530,7 @@ class Simulator:
         host, port = self.cfg.listener
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, stype, proto, _, addr = infos[0]
+        family, stype, proto, _canonname, addr = infos[0]
         sock = socket.socket(family, stype, proto)
         sock.setblocking(False)
         try:
@@ -772,7 +771,7 @@ def start_simulator_process(
 
 
 def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
+    host, _sep, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
@@ -867,7 +866,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         password = args.password_file.read_text().rstrip("\n")
     first, last = 1, None
     if args.worker_range:
-        a, _, b = args.worker_range.partition(":")
+        a, _sep, b = args.worker_range.partition(":")
         first, last = int(a), int(b)
     return SimConfig(
         listener=args.listener,

@@ -40,7 +40,7 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 def ensure_user(name: str = DEFAULT_USER) -> None:
     """Create the system login user sshd will switch to (idempotent)."""
-    if subprocess.run(["id", name], capture_output=True).returncode == 0:
+    if subprocess.run(["id", name], capture_output=True, check=False).returncode == 0:
         return
     _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", name])
 
@@ -60,6 +60,7 @@ def pick_python(user: str) -> tuple[str, str]:
             ["runuser", "-u", user, "--", py, "-c", "import asyncio"],
             capture_output=True,
             timeout=30,
+            check=False,
         )
         if r.returncode == 0:
             note = "" if py == candidates[0] else f"{candidates[0]} not executable by {user}"
@@ -236,7 +237,7 @@ class SshdPeer:
                     stderr=subprocess.PIPE,
                 )
                 self.dials += 1
-            _, err = self._proc.communicate()
+            err = self._proc.communicate()[1]
             if err:
                 with self.log.open("a") as fh:
                     fh.write("socat: " + err.decode(errors="replace"))
