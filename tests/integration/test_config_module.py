@@ -130,7 +130,7 @@ def play(tmp: Path, device: DirectDevice, args: Dict[str, Any], *flags: str) -> 
     env = child_env(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_HOST_KEY_CHECKING="False",
                     ANSIBLE_PERSISTENT_COMMAND_TIMEOUT="120", ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "ansible-playbook"), "-i", str(tmp / "inv.json"),
-                           str(tmp / "play.json"), *flags], capture_output=True, text=True, env=env, timeout=240)
+                           str(tmp / "play.json"), *flags], capture_output=True, text=True, env=env, timeout=240, check=False)
     assert out.exists(), "playbook produced no result (rc=%d):\n%s\n%s" % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     result = dict(json.loads(out.read_text()))
     result["_stdout"] = proc.stdout
@@ -166,7 +166,7 @@ def test_check_diff_apply_idempotence_replaced_absent(tmp_path: Path, device: Di
 
     # present with a subset changes nothing; replaced with fewer settings does
     subset = play(tmp_path, device, {"name": "nms", "endpoints": [{"name": "a", "address": "127.0.0.1", "port": 4334}],
-                                      "ssh": {"host_key_reference": "genkey", "username": "netconf"}})
+                                     "ssh": {"host_key_reference": "genkey", "username": "netconf"}})
     assert subset["changed"] is False, subset
     replaced = play(tmp_path, device, dict(ch_args(port=4444), state="replaced", max_attempts=None))
     assert replaced["changed"] is True and not replaced.get("failed"), replaced

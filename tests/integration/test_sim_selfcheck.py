@@ -77,7 +77,7 @@ class CallHomeClient:
 
 
 async def open_netconf(conn: asyncssh.SSHClientConnection, base11: bool = True) -> MiniClient:
-    writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+    writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
     client = MiniClient(reader, writer, base11=base11)
     await asyncio.wait_for(client.hello(), 10)
     return client
@@ -322,10 +322,10 @@ def test_entity_hello_and_bad_framing_faults(keys_dir: Path) -> None:
                 password=PASSWORD,
                 faults=["entity-hello=sim0001", "bad-framing=sim0002"],
             ):
-                for _ in range(2):
+                for _conn_no in range(2):
                     conn = await ch.next_conn()
                     name = conn.get_server_host_key().public_data
-                    writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+                    writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
                     client = MiniClient(reader, writer)
                     if name == keys[0].public_data:
                         with pytest.raises(XmlRejected):
@@ -352,7 +352,7 @@ def test_outbound_ssh_preamble(keys_dir: Path) -> None:
         port = lsock.getsockname()[1]
 
         async def accept_one() -> None:
-            sock, _ = await loop.sock_accept(lsock)
+            sock, _peer = await loop.sock_accept(lsock)
             buf = b""
             while buf.count(b"\r\n") < 4:  # byte by byte: SSH starts right after the preamble
                 chunk = await loop.sock_recv(sock, 1)
@@ -398,7 +398,7 @@ def test_cli_subprocess_manifest_and_summary(keys_dir: Path, tmp_path: Path) -> 
         async with CallHomeClient(trusted) as ch:
             port_box.set_result(ch.port)
             fps = []
-            for _ in range(3):
+            for _conn_no in range(3):
                 conn = await ch.next_conn(30)
                 fps.append(conn.get_server_host_key().get_fingerprint("sha256"))
             await done.wait()
@@ -542,7 +542,7 @@ def test_raw_tcp_faults(keys_dir: Path) -> None:
             for w in writers:
                 w.close()
             await sim.wait_for("DISCONNECTED", 3, timeout=10)
-            reasons = {d for k, _, d in sim.events if k == "DISCONNECTED"}
+            reasons = {d for k, _name, d in sim.events if k == "DISCONNECTED"}
             assert all(
                 r.startswith(("peer-closed", "ConnectionResetError", "BrokenPipe")) for r in reasons
             )
@@ -566,9 +566,9 @@ def test_big_hello_and_drop_after_hello(keys_dir: Path) -> None:
                 big_hello_mib=1,
                 faults=["big-hello=sim0001", "drop-after-hello=sim0002"],
             ) as sim:
-                for _ in range(2):
+                for _conn_no in range(2):
                     conn = await ch.next_conn()
-                    writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+                    writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
                     client = MiniClient(reader, writer)
                     hello = await asyncio.wait_for(client.hello(), 20)
                     ncaps = len(list(hello.iter(q("capability"))))

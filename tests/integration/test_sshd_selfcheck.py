@@ -97,7 +97,7 @@ def test_netconf_through_openssh_password(make_peer: Any) -> None:
         assert "OpenSSH" in (conn.get_extra_info("server_version") or "")
 
         for base11 in (True, False):
-            writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+            writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
             nc = MiniClient(reader, writer, base11=base11)
             await asyncio.wait_for(nc.hello(), 20)
             assert nc.chunked is base11
@@ -138,7 +138,7 @@ def test_publickey_auth_and_redial(make_peer: Any) -> None:
         peer.listener = ("127.0.0.1", port)
         peer.start_dialing()
         first = await asyncio.wait_for(conns.get(), 30)
-        writer, reader, _ = await first.open_session(subsystem="netconf", encoding=None)
+        writer, reader, _stderr = await first.open_session(subsystem="netconf", encoding=None)
         nc = MiniClient(reader, writer)
         await asyncio.wait_for(nc.hello(), 20)
         assert hostname_of(await nc.rpc("<get/>")) == "sshd-peer"

@@ -123,7 +123,7 @@ def test_token_never_appears_in_errors(tmp_path: Path) -> None:
     with pytest.raises(AnsibleConnectionFailure) as err:
         conn._connect()
     assert token not in str(err.value)
-    assert all(token not in m for _, m in conn.pop_messages())
+    assert all(token not in m for _level, m in conn.pop_messages())
 
 
 def test_unknown_device_fails_with_enrollment_hint(listener: ListenerThread) -> None:
