@@ -273,7 +273,7 @@ async def ssh_listener(
 
 async def open_netconf(conn: asyncssh.SSHClientConnection) -> NetconfChannel:
     """Open the ``netconf`` subsystem on an accepted call-home connection."""
-    writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+    writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
     return NetconfChannel(reader, writer)
 
 

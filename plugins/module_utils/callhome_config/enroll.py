@@ -38,22 +38,18 @@ from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints impo
     ssh_fingerprint,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+    CANONICAL,
     TrustData,
     TrustStore,
     add_identity,
     normalize_identity,
     remove_identity,
     set_credentials,
-    ssh_key_fingerprint,
 )
 
 SOURCES = ("pending", "ssh_scan", "public_key", "fingerprint", "certificate", "tls_fingerprint", "tls_identity")
 OBSERVED = ("pending", "ssh_scan")
-_CANON: t.Dict[str, t.Callable[[str], str]] = {
-    "ssh_host_keys": ssh_key_fingerprint,
-    "tls_fingerprints": normalize_cert_fingerprint,
-    "tls_identities": normalize_identity,
-}
+_CANON = CANONICAL
 
 
 @dataclass
