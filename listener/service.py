@@ -490,6 +490,7 @@ class CallHomeListener:
         changed = self.trust_store.update(mutate)[0]
         self.registry.drop_pending(fingerprint)
         self.policy.reload()
+        self._close_if_untrusted(name, "key replaced")
         log.info("event=key.approved device=%s fingerprint=%s transport=%s", name, fingerprint, pending.transport)
         return {"device": name, "fingerprint": fingerprint, "transport": pending.transport, "changed": bool(changed)}
 

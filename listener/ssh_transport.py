@@ -291,6 +291,8 @@ def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
         return "timeout", "handshake did not complete in time"
     if isinstance(exc, asyncssh.ProtocolError):
         return "protocol", "SSH protocol error: %s" % exc
+    if isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower():
+        return "timeout", "handshake did not complete in time (%s)" % exc  # asyncssh's login timeout
     if isinstance(exc, asyncssh.ConnectionLost):
         return "connection-lost", "connection lost during handshake: %s" % exc
     if isinstance(exc, asyncssh.Error):

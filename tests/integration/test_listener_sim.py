@@ -352,3 +352,30 @@ def test_device_lost_mid_lease_fails_fast(listener_factory, fleet, mode_args):
         finally:
             os.kill(sim.proc.pid, signal.SIGCONT)
         assert lst.call("device", device="sim0001")["status"] == "disconnected"
+
+
+def test_stalled_peers_are_blocked_but_slow_ssh_speakers_are_not(listener_factory, fleet, tmp_path):
+    """Silent connections from one address get it blocked (RFC 8071 section 4); a peer that spoke
+    SSH and then timed out is what a storm behind a NAT looks like, and must not block the NAT."""
+    config = tmp_path / "block.yml"
+    config.write_text("block_failures: 2\nblock_window: 60\nblock_seconds: 60\n")
+    lst = listener_factory("--config", str(config), "--handshake-timeout", "1").start()
+
+    def stall(source, banner):
+        s = socket.create_connection(("127.0.0.1", lst.ssh_port), source_address=(source, 0))
+        if banner:
+            s.sendall(b"SSH-2.0-slow-device\r\n")
+        return s
+
+    socks = [stall("127.0.0.3", True) for _attempt in range(3)] + [stall("127.0.0.4", False) for _attempt in range(3)]
+    try:
+        deadline = time.monotonic() + 15
+        while "peer_ip=127.0.0.4" not in lst.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # every handshake above has timed out by now
+    finally:
+        for s in socks:
+            s.close()
+    assert "event=peer.blocked peer_ip=127.0.0.4" in lst.log()
+    assert "peer_ip=127.0.0.3" not in lst.log()
+    assert lst.log().count("reason=timeout") >= 6
