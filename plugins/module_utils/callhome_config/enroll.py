@@ -271,8 +271,8 @@ class Enroller:
               result: EnrollResult) -> None:
         """Through the listener's ``enroll``/``revoke`` op when it has one, else the file + ``reload``.
 
-        Check mode never sends a mutating op to the listener (``revoke`` has no dry run): it
-        computes the change on the trust store file, or asks ``enroll`` with ``dry_run``.
+        Check mode never sends a mutating op to the listener: it computes the change on the trust
+        store file, or asks ``enroll`` with ``dry_run``.
         """
         op = op_args.pop("op")
         store_readable = os.access(self.store().path, os.R_OK) or not os.path.exists(self.store().path)
