@@ -353,20 +353,35 @@ class Listener:
     LOG_MARKERS = {
         "handshake_limit_warnings": "event=handshake.limit",  # rate-limited: at most one per 5 s
         "handshake_failed": "event=handshake.failed",
+        "device_session_failed": "event=device.session_failed",
+        "device_error": "event=device.error",
         "peer_blocked": "event=peer.blocked",
         "future_never_retrieved": "Future exception was never retrieved",
         "nonetype_errors": "NoneType: None",
     }
 
-    def log_counts(self) -> Dict[str, int]:
-        """How often the listener's log says what a storm is about (blocking, shedding, bugs)."""
-        counts = dict.fromkeys(self.LOG_MARKERS, 0)
+    def log_counts(self) -> Dict[str, Any]:
+        """How often the listener's log says what a storm is about (blocking, shedding, bugs).
+
+        Also tallies ``reason=`` of failed handshakes and keeps the first lines of each kind: the
+        log itself goes with the listener's temporary home.
+        """
+        counts: Dict[str, Any] = dict.fromkeys(self.LOG_MARKERS, 0)
+        reasons: Dict[str, int] = {}
+        samples: Dict[str, List[str]] = {}
         with contextlib.suppress(OSError):
             with open(self.home / "listener.log", encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     for key, marker in self.LOG_MARKERS.items():
                         if marker in line:
                             counts[key] += 1
+                            if len(samples.setdefault(key, [])) < 3:
+                                samples[key].append(line.strip()[:300])
+                    if ("event=handshake.failed" in line or "session_failed" in line) and " reason=" in line:
+                        reason = line.split(" reason=", 1)[1].split(" ", 1)[0]
+                        reasons[reason] = reasons.get(reason, 0) + 1
+        counts["handshake_failed_reasons"] = reasons
+        counts["samples"] = samples
         return counts
 
     def stop(self) -> None:
