@@ -336,6 +336,7 @@ rpc_error:
   type: dict
 """
 
+import ast
 import json
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -358,6 +359,23 @@ from ansible_collections.netconf.callhome.plugins.module_utils.control_client im
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError, DeviceNotFoundError
 
 
+def _unwrap_bytes_repr(text):
+    """``b'Missing XML namespace.'`` -> ``Missing XML namespace.``
+
+    Errors of some netcommon netconf calls (get-config, edit-config...) reach the module as the
+    repr of a bytes object; the device's words are inside it.
+    """
+    stripped = text.strip()
+    if len(stripped) >= 3 and stripped[0] == "b" and stripped[1] in "'\"" and stripped[-1] == stripped[1]:
+        try:
+            value = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+    return text
+
+
 class _NetcommonOps(object):
     """ansible.netcommon's persistent netconf connection, as push.NetconfOps."""
 
@@ -378,7 +396,7 @@ class _NetcommonOps(object):
         try:
             return func(*args, **kwargs)
         except ConnectionError as exc:
-            message, path, tag = parse_rpc_error(to_text(exc, errors="surrogate_then_replace"))
+            message, path, tag = parse_rpc_error(_unwrap_bytes_repr(to_text(exc, errors="surrogate_then_replace")))
             raise DeviceRpcError(message, path=path, tag=tag, rpc=rpc)
 
     @staticmethod

@@ -158,12 +158,22 @@ def build_client(client: CallHomeClient, profile: Profile) -> etree._Element:
     return root
 
 
-def wrap_config(client_el: t.Optional[etree._Element], *, name: str, operation: str = "merge") -> etree._Element:
+def wrap_config(client_el: t.Optional[etree._Element], *, name: str, operation: str = "merge",
+                sole_entry: bool = False) -> etree._Element:
     """``<config>`` for edit-config. ``operation`` goes on the netconf-client entry:
-    merge (present), replace (replaced) or remove (absent; then ``client_el`` may be None)."""
+    merge (present), replace (replaced) or remove (absent; then ``client_el`` may be None).
+
+    ``sole_entry`` (with remove): the entry is the only netconf-client, so the whole ``call-home``
+    container is removed instead. ``call-home`` is a presence container whose ``netconf-client``
+    list has ``min-elements 1``: removing its last entry alone leaves an invalid configuration,
+    which strict servers refuse (libnetconf2-based ones do).
+    """
     config = etree.Element("{%s}config" % NC_NS, nsmap={"nc": NC_NS})
     server = etree.SubElement(config, _q("netconf-server"), nsmap={None: NCS_NS})
     call_home = _sub(server, "call-home")
+    if (operation == "remove" or client_el is None) and sole_entry:
+        call_home.set("{%s}operation" % NC_NS, "remove")
+        return config
     if operation == "remove" or client_el is None:
         entry = _sub(call_home, "netconf-client")
         _sub(entry, "name", name)
@@ -175,13 +185,39 @@ def wrap_config(client_el: t.Optional[etree._Element], *, name: str, operation: 
     return config
 
 
+def _filter() -> etree._Element:
+    # <filter> in the NETCONF base namespace: ncclient sends a filter it is given as it is, and
+    # strict servers (libnetconf2/libyang) refuse an unqualified one ("Missing XML namespace").
+    return etree.Element("{%s}filter" % NC_NS, {"type": "subtree"}, nsmap={"nc": NC_NS})
+
+
 def running_filter(name: str) -> etree._Element:
     """Subtree filter selecting one netconf-client entry of the running configuration."""
-    flt = etree.Element("filter", type="subtree")
+    flt = _filter()
     server = etree.SubElement(flt, _q("netconf-server"), nsmap={None: NCS_NS})
     entry = _sub(_sub(server, "call-home"), "netconf-client")
     _sub(entry, "name", name)
     return flt
+
+
+def client_names_filter() -> etree._Element:
+    """Subtree filter selecting the names of every netconf-client entry (is an entry the last?)."""
+    flt = _filter()
+    server = etree.SubElement(flt, _q("netconf-server"), nsmap={None: NCS_NS})
+    _sub(_sub(_sub(server, "call-home"), "netconf-client"), "name")
+    return flt
+
+
+def client_names(data: t.Union[str, bytes, etree._Element, None]) -> t.List[str]:
+    """Names of the netconf-client entries under call-home in a get-config reply."""
+    if data is None:
+        return []
+    root = data if isinstance(data, etree._Element) else _parse(data)
+    return [
+        (entry.findtext(_q("name")) or "").strip()
+        for entry in root.iter(_q("netconf-client"))
+        if entry.getparent() is not None and entry.getparent().tag == _q("call-home")
+    ]
 
 
 def find_client(data: t.Union[str, bytes, etree._Element, None], name: str) -> t.Optional[etree._Element]:
@@ -237,4 +273,13 @@ def _rebuild(el: etree._Element, parent: t.Optional[etree._Element]) -> etree._E
     return new
 
 
-__all__ = ("build_client", "check_supported", "find_client", "running_filter", "to_text", "wrap_config")
+__all__ = (
+    "build_client",
+    "check_supported",
+    "client_names",
+    "client_names_filter",
+    "find_client",
+    "running_filter",
+    "to_text",
+    "wrap_config",
+)

@@ -269,8 +269,19 @@ class ConfigPusher:
             return result
 
         operation = {"present": "merge", "replaced": "replace", "absent": "remove"}[self.state]
-        config_xml = _xml(wrap(wanted, name=self.name, operation=operation))
-        restore_xml = _xml(wrap(existing, name=self.name, operation="replace" if existing is not None else "remove"))
+        restore_op = "replace" if existing is not None else "remove"
+        if dialect == "ietf" and (operation == "remove" or (restore_op == "remove" and mode == "unconfirmed")):
+            # Removing the last netconf-client alone is invalid (call-home is a presence container
+            # whose list has min-elements 1): then the whole call-home container goes. (The
+            # restore XML is only sent in "unconfirmed" mode; otherwise it needs no look-up.)
+            sole = self._sole_entry()
+            config_xml = _xml(ietf.wrap_config(wanted, name=self.name, operation=operation,
+                                               sole_entry=sole and operation == "remove"))
+            restore_xml = _xml(ietf.wrap_config(existing, name=self.name, operation=restore_op,
+                                                sole_entry=sole and existing is None))
+        else:
+            config_xml = _xml(wrap(wanted, name=self.name, operation=operation))
+            restore_xml = _xml(wrap(existing, name=self.name, operation=restore_op))
         self._call("lock", self.ops.lock, datastore)
         try:
             self._apply(result, datastore, mode, config_xml, restore_xml)
@@ -324,6 +335,11 @@ class ConfigPusher:
                     result,
                 ) from None
             result["callhome"].update(waited=round(waited, 1), **_summary(record))
+
+    def _sole_entry(self) -> bool:
+        """True when no netconf-client but ``self.name`` is configured in running."""
+        reply = self._call("get-config", self.ops.get_config, "running", _xml(ietf.client_names_filter()))
+        return all(name == self.name for name in ietf.client_names(reply))
 
     # -- call home -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
 
+NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NCS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-server"
 YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
 CAP_YANGLIB_10 = "urn:ietf:params:netconf:capability:yang-library:1.0"
@@ -94,28 +95,33 @@ def has_yang_library(capabilities: t.Iterable[str]) -> bool:
     return any(c.strip().startswith((CAP_YANGLIB_10, CAP_YANGLIB_11)) for c in capabilities)
 
 
-def yang_library_filter() -> str:
-    """Subtree filter for the module's entry in RFC 8525 and RFC 7895 yang-library (one ``get``)."""
+def yang_library_filter(module: str = "ietf-netconf-server") -> str:
+    """Subtree filter for ``module``'s entry in RFC 8525 and RFC 7895 yang-library (one ``get``).
+
+    The ``<filter>`` element itself is in the NETCONF base namespace: ncclient keeps a filter
+    given as a string as it is, and an unqualified ``<filter>`` inside ``<get>`` is refused by
+    strict servers (libnetconf2/libyang: "Missing XML namespace").
+    """
     return (
-        '<filter type="subtree">'
-        '<yang-library xmlns="%s"><module-set><module><name>ietf-netconf-server</name>'
+        '<nc:filter xmlns:nc="%s" type="subtree">'
+        '<yang-library xmlns="%s"><module-set><module><name>%s</name>'
         "<revision/></module></module-set></yang-library>"
-        '<modules-state xmlns="%s"><module><name>ietf-netconf-server</name><revision/></module></modules-state>'
-        "</filter>" % (YANGLIB_NS, YANGLIB_NS)
+        '<modules-state xmlns="%s"><module><name>%s</name><revision/></module></modules-state>'
+        "</nc:filter>" % (NC_NS, YANGLIB_NS, module, YANGLIB_NS, module)
     )
 
 
-def revision_from_yang_library(data_xml: str) -> t.Optional[str]:
-    """Find ietf-netconf-server's revision in a ``<get>`` reply (either yang-library flavour)."""
+def revision_from_yang_library(data_xml: str, module: str = "ietf-netconf-server") -> t.Optional[str]:
+    """Find ``module``'s revision in a ``<get>`` reply (either yang-library flavour)."""
     from lxml import etree  # ncclient's dependency; imported late so the module can report its absence
 
     try:
         root = etree.fromstring(data_xml.encode("utf-8") if isinstance(data_xml, str) else data_xml)
     except etree.XMLSyntaxError:
         return None
-    for module in root.iter("{%s}module" % YANGLIB_NS):
-        if (module.findtext("{%s}name" % YANGLIB_NS) or "").strip() == "ietf-netconf-server":
-            return (module.findtext("{%s}revision" % YANGLIB_NS) or "").strip()
+    for entry in root.iter("{%s}module" % YANGLIB_NS):
+        if (entry.findtext("{%s}name" % YANGLIB_NS) or "").strip() == module:
+            return (entry.findtext("{%s}revision" % YANGLIB_NS) or "").strip()
     return None
 
 

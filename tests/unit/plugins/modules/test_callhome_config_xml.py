@@ -30,11 +30,13 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
     profile_for,
     revision_from_capabilities,
     revision_from_yang_library,
+    yang_library_filter,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, WaitTimeoutError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl nms"
 NS = {"n": NCS_NS}
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 FP = "SHA256:" + ":".join(["AB"] * 32)
 
 
@@ -139,6 +141,42 @@ def test_wrap_config_operations() -> None:
     assert removed.get(op) == "remove" and [etree.QName(c).localname for c in removed] == ["name"]
 
 
+def test_wrap_config_remove_of_the_sole_entry_removes_call_home() -> None:
+    """call-home is a presence container with min-elements 1 on netconf-client: the last entry
+    cannot be removed alone (libnetconf2 devices refuse it), so the container goes instead."""
+    op = "{%s}operation" % NC
+    cfg = ietf.wrap_config(None, name="nms", operation="remove", sole_entry=True)
+    call_home = cfg.xpath("/nc:config/n:netconf-server/n:call-home", namespaces=dict(NS, nc=NC))
+    assert len(call_home) == 1 and call_home[0].get(op) == "remove" and len(call_home[0]) == 0
+    # sole_entry only matters for remove: a merge or replace still carries the entry
+    client = ietf.build_client(from_params(params()), PROFILES["2025-04-24"])
+    merged = ietf.wrap_config(client, name="nms", operation="merge", sole_entry=True)
+    assert merged.xpath("//n:call-home", namespaces=NS)[0].get(op) is None
+    assert merged.xpath("//n:netconf-client/n:name", namespaces=NS)[0].text == "nms"
+
+
+def test_filters_are_in_the_netconf_namespace() -> None:
+    """ncclient sends a string filter as it is; libnetconf2 refuses an unqualified <filter>
+    inside <get>/<get-config> with "Missing XML namespace" (the reported bug)."""
+    from ncclient.operations.util import build_filter
+
+    for flt in (ietf.running_filter("nms"), ietf.client_names_filter(),
+                etree.fromstring(yang_library_filter().encode())):
+        assert flt.tag == "{%s}filter" % NC and flt.get("type") == "subtree"
+        assert all(etree.QName(c).namespace for c in flt.iter() if isinstance(c.tag, str)), etree.tostring(flt)
+        sent = build_filter(etree.tostring(flt).decode())  # what the netconf connection puts in the RPC
+        assert sent.tag == "{%s}filter" % NC
+    yl = etree.fromstring(yang_library_filter("ietf-netconf").encode())
+    assert [n.text for n in yl.iter("{urn:ietf:params:xml:ns:yang:ietf-yang-library}name")] == ["ietf-netconf"] * 2
+
+
+def test_client_names() -> None:
+    reply = ('<data xmlns="%s"><netconf-server xmlns="%s"><call-home><netconf-client><name>a</name></netconf-client>'
+             "<netconf-client><name>b</name><endpoints/></netconf-client></call-home></netconf-server></data>" % (NC, NCS_NS))
+    assert ietf.client_names(reply) == ["a", "b"]
+    assert ietf.client_names("<data xmlns='%s'/>" % NC) == [] and ietf.client_names(None) == []
+
+
 def test_junos_outbound_ssh() -> None:
     p = params(junos={"device_id": "r1", "secret": "s3", "keep_alive_retry": 3, "keep_alive_timeout": 15,
                       "reconnect_strategy": "sticky"})
@@ -181,6 +219,7 @@ def test_revision_from_yang_library_both_flavours() -> None:
     assert revision_from_yang_library(rfc8525) == "2023-12-28"
     assert revision_from_yang_library(rfc7895) == "2019-07-02"
     assert revision_from_yang_library("<data/>") is None
+    assert revision_from_yang_library(rfc7895, module="x") == "2000-01-01"
 
 
 def test_unknown_revision_is_refused_naming_what_was_found() -> None:
@@ -239,11 +278,14 @@ CAPS_FULL = [CAP_CANDIDATE, CAP_CONFIRMED_11, CAP_WRITABLE_RUNNING,
 class FakeDevice:
     """Records RPCs; running holds one netconf-client entry or nothing."""
 
-    def __init__(self, caps: t.List[str], running: t.Optional[etree._Element] = None, fail_edit: bool = False) -> None:
+    def __init__(self, caps: t.List[str], running: t.Optional[etree._Element] = None, fail_edit: bool = False,
+                 others: t.Sequence[str] = ()) -> None:
         self.caps = caps
         self.running = running
         self.calls: t.List[str] = []
         self.fail_edit = fail_edit
+        self.others = list(others)  # names of further netconf-client entries in running
+        self.edits: t.List[etree._Element] = []
 
     def capabilities(self) -> t.List[str]:
         return self.caps
@@ -255,11 +297,13 @@ class FakeDevice:
     def get_config(self, source: str, filter_xml: str) -> str:
         self.calls.append("get-config")
         inner = etree.tostring(self.running).decode() if self.running is not None else ""
+        inner += "".join("<netconf-client><name>%s</name></netconf-client>" % n for n in self.others)
         return ('<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><netconf-server xmlns="%s"><call-home>%s'
                 '</call-home></netconf-server></data>' % (NCS_NS, inner))
 
     def edit_config(self, config_xml: str, target: str) -> None:
         self.calls.append("edit-config:" + target)
+        self.edits.append(etree.fromstring(config_xml.encode()))
         if self.fail_edit:
             raise DeviceRpcError("leafref target missing", path="/ncs:netconf-server/x", tag="data-missing")
 
@@ -387,3 +431,41 @@ def test_missing_lxml_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> No
     assert "No module named 'lxml'" in info.value.details["exception"]
     with pytest.raises(ConfigError, match="lxml is required"):
         ietf.build_client(from_params(params()), PROFILES["2025-04-24"])
+
+
+@pytest.mark.parametrize("others, removes", [((), "call-home"), (("backup",), "netconf-client")])
+def test_push_absent_removes_call_home_with_the_last_entry(others: t.Tuple[str, ...], removes: str) -> None:
+    existing = ietf.build_client(from_params(params()), PROFILES["2025-04-24"])
+    dev = FakeDevice(CAPS_FULL, running=existing, others=others)
+    result = ConfigPusher(dev, None, name="nms", state="absent", clock=Clock()).run()
+    assert result["changed"] is True and result["after"] == ""
+    assert dev.calls == ["get-config", "get-config", "lock:candidate", "edit-config:candidate", "commit",
+                         "unlock:candidate"]
+    marked = [el for el in dev.edits[0].iter() if el.get("{%s}operation" % NC)]
+    assert [(etree.QName(el).localname, el.get("{%s}operation" % NC)) for el in marked] == [(removes, "remove")]
+    if removes == "netconf-client":
+        assert marked[0].findtext("{%s}name" % NCS_NS) == "nms"
+
+
+def test_push_unconfirmed_restore_of_a_new_sole_entry_removes_call_home() -> None:
+    dev = FakeDevice([CAP_WRITABLE_RUNNING, CAPS_FULL[-1]])
+    p = pusher(dev, FakeWaiter(None), confirm_callhome=True, callhome_device="r1", allow_unconfirmed=True,
+               callhome_timeout=10, confirm_timeout=30)
+    with pytest.raises(PushError, match="put back by this task"):
+        p.run()
+    restore = dev.edits[-1]
+    assert restore.xpath("//n:call-home", namespaces=NS)[0].get("{%s}operation" % NC) == "remove"
+    assert restore.xpath("//n:netconf-client", namespaces=NS) == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("b'Missing XML namespace.'", "Missing XML namespace."),
+    ('b"it\'s refused"', "it's refused"),
+    ("plain words", "plain words"),
+    ("b'unterminated", "b'unterminated"),
+])
+def test_module_unwraps_the_bytes_repr_netcommon_errors_arrive_in(text: str, expected: str) -> None:
+    from ansible_collections.netconf.callhome.plugins.modules.config import _unwrap_bytes_repr
+
+    assert _unwrap_bytes_repr(text) == expected
+    assert parse_rpc_error(_unwrap_bytes_repr(text))[0] == expected.strip()
