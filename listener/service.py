@@ -214,7 +214,7 @@ class CallHomeListener:
     def count_failure(self, transport: str, reason: str, peer_ip: str) -> None:
         self.metrics.failures.labels(transport=transport, reason=reason).inc()
         self.metrics.handshakes.labels(transport=transport, result="failed").inc()
-        if reason in ("host-key", "auth-failed", "timeout-in-handshake"):
+        if reason in ("host-key", "auth-failed") or reason.endswith("-after-banner"):
             return  # a device waiting for enrollment retries; blocking it would delay approval
         now = time.monotonic()
         window = self._failures.setdefault(peer_ip, collections.deque())
@@ -316,10 +316,11 @@ class CallHomeListener:
             )
         else:
             log.warning("event=handshake.failed peer=%s transport=ssh reason=%s error=%r", peer, reason, message)
-        if reason == "timeout" and getattr(conn, "_server_version", None):
-            # It spoke SSH, so the handshake was slow on our side (a storm), not a stalled attacker:
-            # blocking its address would lock out every device behind the same NAT.
-            reason = "timeout-in-handshake"
+        if reason in ("timeout", "connection-lost") and getattr(conn, "_server_version", None):
+            # It spoke SSH, so a handshake that timed out or was dropped is what a storm looks like
+            # (the listener slow, devices giving up and redialing), not a stalled attacker: blocking
+            # its address would lock out every device behind the same NAT.
+            reason += "-after-banner"
         self.count_failure("ssh", reason, peer_ip)
 
     def session_failed(self, held: HeldSession, exc: BaseException, *, started: float) -> None:

@@ -293,7 +293,7 @@ def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
         return "protocol", "SSH protocol error: %s" % exc
     if isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower():
         return "timeout", "handshake did not complete in time (%s)" % exc  # asyncssh's login timeout
-    if isinstance(exc, asyncssh.ConnectionLost):
+    if isinstance(exc, (asyncssh.ConnectionLost, BrokenPipeError, ConnectionResetError)):
         return "connection-lost", "connection lost during handshake: %s" % exc
     if isinstance(exc, asyncssh.Error):
         return "ssh-error", str(exc)
