@@ -418,3 +418,11 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def report(res: Any, json_path: Optional[Path]) -> int:
+    """The end of every benchmark script: results to ``--json`` if given, and to stdout."""
+    if json_path:
+        write_json(json_path, res)
+    print(json.dumps(res, indent=1, sort_keys=True))
+    return 0

@@ -18,7 +18,6 @@ hits them alike; a few warm-up iterations are discarded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -102,10 +101,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     res = run(a.iterations)
-    if a.json:
-        b.write_json(a.json, res)
-    print(json.dumps(res, indent=1, sort_keys=True))
-    return 0
+    return b.report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -203,10 +203,7 @@ def main() -> int:
     b.raise_nofile()
     res = run(a.devices, variants=a.variants, window=a.window, settle=a.settle, timeout=a.timeout,
               tracemalloc_n=a.tracemalloc)
-    if a.json:
-        b.write_json(a.json, res)
-    print(json.dumps(res, indent=1, sort_keys=True))
-    return 0
+    return b.report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -163,10 +163,7 @@ def main() -> int:
     a = p.parse_args()
     b.raise_nofile()
     res = run(a.hosts, forks=a.forks, repeat=a.repeat)
-    if a.json:
-        b.write_json(a.json, res)
-    print(json.dumps(res, indent=1, sort_keys=True))
-    return 0
+    return b.report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -273,10 +273,7 @@ def main() -> int:
     res = run(a.devices, timeout=a.timeout, settle=a.settle, sim_processes=a.sim_processes,
               ncclient_n=a.ncclient, ncclient_budget=a.ncclient_budget, kinds=a.servers,
               profile_n=a.profile or None)
-    if a.json:
-        b.write_json(a.json, res)
-    print(json.dumps(res, indent=1, sort_keys=True))
-    return 0
+    return b.report(res, a.json)
 
 
 if __name__ == "__main__":
