@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The floor of the call-home storm benchmark: a bare asyncssh ``listen_reverse``.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Hand-off: lease request to a ready ncclient manager, versus a direct ncclient SSH connect.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Held sessions: the listener's resident memory per idle session and its idle CPU with keepalives.
 

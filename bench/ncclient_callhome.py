@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Baseline: what ncclient's ``manager.call_home`` can do with a fleet dialing one port.
 

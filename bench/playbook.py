@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Playbook wall time: ``ansible.netcommon.netconf_get`` on N hosts, call home versus direct.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """All benchmarks in one run (``make bench``); ``--quick`` for a short run (a few minutes).
 

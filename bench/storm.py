@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Call-home storm: N simulated devices call at once; time until all are NETCONF-ready, and the
 server's CPU per device, for the listener and for baselines on the same devices in the same run.

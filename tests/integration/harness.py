@@ -180,6 +180,17 @@ class Fleet:
         return simulator.start_simulator_process(args, wait_connected=wait_connected, timeout=timeout, env=child_env())
 
 
+@pytest.fixture(scope="module")
+def device_binary() -> Path:
+    """Build the libnetconf2 peer once per module; skip (with make's output) if that is impossible."""
+    from lnc2_peer import PeerBuildError, build_device
+
+    try:
+        return build_device()
+    except PeerBuildError as exc:
+        pytest.skip(f"lnc2-device cannot be built: {exc}")
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path / "fleet")

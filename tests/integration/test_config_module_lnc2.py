@@ -38,7 +38,7 @@ import pytest
 from lxml import etree
 
 from harness import ROOT, ListenerProcess, child_env  # tests/integration (conftest puts it on sys.path)
-from lnc2_peer import Lnc2Device, PeerBuildError, build_device, free_port  # tests/peers
+from lnc2_peer import Lnc2Device, free_port  # tests/peers
 from pki import SshKey, TestPki, make_pki, make_ssh_key  # tests/peers
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf
@@ -55,15 +55,6 @@ CLIENT = "nms"  # the netconf-client entry the module manages
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def device_binary() -> Path:
-    """Build the peer once; skip the module (with make's output) if that is impossible."""
-    try:
-        return build_device()
-    except PeerBuildError as exc:
-        pytest.skip(f"lnc2-device cannot be built: {exc}")
 
 
 @pytest.fixture(scope="module")

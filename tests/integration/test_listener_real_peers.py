@@ -15,16 +15,6 @@ from ansible_collections.netconf.callhome.plugins.module_utils.trust_store impor
 )
 
 
-@pytest.fixture(scope="module")
-def lnc2_binary():
-    from lnc2_peer import PeerBuildError, build_device
-
-    try:
-        return build_device()
-    except PeerBuildError as exc:
-        pytest.skip("libnetconf2 device cannot be built here: %s" % exc)
-
-
 @pytest.fixture
 def pki(tmp_path):
     from pki import make_pki
@@ -65,7 +55,7 @@ def _read_config(lst, device):
         return info, reply.xml
 
 
-def test_libnetconf2_ssh_enrolled_key(lnc2_binary, pki, listener_factory):
+def test_libnetconf2_ssh_enrolled_key(device_binary, pki, listener_factory):
     from lnc2_peer import Lnc2Device
 
     lst = listener_factory()
@@ -88,7 +78,7 @@ def test_libnetconf2_ssh_enrolled_key(lnc2_binary, pki, listener_factory):
     assert "auth=publickey" in lst.log()
 
 
-def test_libnetconf2_ssh_unknown_key_pending(lnc2_binary, pki, listener_factory):
+def test_libnetconf2_ssh_unknown_key_pending(device_binary, pki, listener_factory):
     from lnc2_peer import Lnc2Device
 
     lst = listener_factory().start()
@@ -106,7 +96,7 @@ def test_libnetconf2_ssh_unknown_key_pending(lnc2_binary, pki, listener_factory)
             lst.control.lease("lnc2-dev1", wait=1)
 
 
-def test_libnetconf2_ssh_wrong_credentials(lnc2_binary, pki, listener_factory, tmp_path):
+def test_libnetconf2_ssh_wrong_credentials(device_binary, pki, listener_factory, tmp_path):
     from lnc2_peer import Lnc2Device
     from pki import make_ssh_key
 
@@ -119,7 +109,7 @@ def test_libnetconf2_ssh_wrong_credentials(lnc2_binary, pki, listener_factory, t
         assert "rejected the listener's credentials" in rec["last_error"]
 
 
-def test_libnetconf2_tls_pinned_certificate(lnc2_binary, pki, listener_factory):
+def test_libnetconf2_tls_pinned_certificate(device_binary, pki, listener_factory):
     from lnc2_peer import Lnc2Device
 
     lst = listener_factory(*_tls_args(pki))
@@ -134,7 +124,7 @@ def test_libnetconf2_tls_pinned_certificate(lnc2_binary, pki, listener_factory):
         assert lst.call("device", device="lnc2-dev1")["connect_count"] == 1
 
 
-def test_libnetconf2_tls_ca_and_identity(lnc2_binary, pki, listener_factory):
+def test_libnetconf2_tls_ca_and_identity(device_binary, pki, listener_factory):
     from lnc2_peer import Lnc2Device
 
     lst = listener_factory(*_tls_args(pki, "--device-ca", str(pki.device_ca.cert_path)))
@@ -146,7 +136,7 @@ def test_libnetconf2_tls_ca_and_identity(lnc2_binary, pki, listener_factory):
         _read_config(lst, "lnc2-dev1")
 
 
-def test_libnetconf2_tls_identity_without_the_ca_is_a_mismatch(lnc2_binary, pki, listener_factory):
+def test_libnetconf2_tls_identity_without_the_ca_is_a_mismatch(device_binary, pki, listener_factory):
     """A certificate that names an enrolled identity but does not chain to the CA is refused."""
     from lnc2_peer import Lnc2Device
 

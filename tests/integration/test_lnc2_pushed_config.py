@@ -36,7 +36,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
-from lnc2_peer import Lnc2Device, PeerBuildError, build_device, free_port  # noqa: E402
+from lnc2_peer import Lnc2Device, free_port  # noqa: E402
 from pki import SshKey, TestPki, make_pki, make_ssh_key  # noqa: E402
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -194,15 +194,6 @@ class ReverseListener:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def device_binary() -> Path:
-    """Build the peer once; skip the module (with make's output) if that is impossible."""
-    try:
-        return build_device()
-    except PeerBuildError as exc:
-        pytest.skip(f"lnc2-device cannot be built: {exc}")
 
 
 @pytest.fixture(scope="module")

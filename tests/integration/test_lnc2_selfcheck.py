@@ -34,7 +34,7 @@ import asyncssh
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
-from lnc2_peer import Lnc2Device, PeerBuildError, SshCallHome, build_device  # noqa: E402
+from lnc2_peer import Lnc2Device, SshCallHome  # noqa: E402
 from pki import SshKey, TestPki, make_ca, make_client_cert, make_pki, make_ssh_key  # noqa: E402
 
 NS_BASE = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -48,15 +48,6 @@ TIMEOUT = 20.0
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def device_binary() -> Path:
-    """Build the peer once; skip the module (with make's output) if that is impossible."""
-    try:
-        return build_device()
-    except PeerBuildError as exc:
-        pytest.skip(f"lnc2-device cannot be built: {exc}")
 
 
 @pytest.fixture(scope="module")

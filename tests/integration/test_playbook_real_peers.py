@@ -26,21 +26,21 @@ PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "real_peers.yml"
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_playbook_over_libnetconf2_ssh_tls_and_openssh(listener_factory, tmp_path):
-    from lnc2_peer import Lnc2Device, PeerBuildError, build_device
+def test_playbook_over_libnetconf2_ssh_tls_and_openssh(device_binary, listener_factory, tmp_path):
+    from lnc2_peer import Lnc2Device
     from pki import make_pki, make_ssh_key
     from sshd_peer import PeerUnavailable, SshdPeer
 
-    try:
-        build_device()
-    except PeerBuildError as exc:
-        pytest.skip("libnetconf2 device cannot be built here: %s" % exc)
     ssh_pki = make_pki(tmp_path / "pki-ssh", device_name="lnc2-ssh", host_key_algorithms=("ed25519",))
     tls_pki = make_pki(tmp_path / "pki-tls", device_name="lnc2-tls")
     client_key = make_ssh_key(tmp_path / "listener-key", "listener")
     lst = listener_factory(
-        "--tls", "127.0.0.1:0", "--tls-client-cert", str(tls_pki.listener_cert.cert_path),
-        "--tls-client-key", str(tls_pki.listener_cert.key_path),
+        "--tls",
+        "127.0.0.1:0",
+        "--tls-client-cert",
+        str(tls_pki.listener_cert.cert_path),
+        "--tls-client-key",
+        str(tls_pki.listener_cert.key_path),
     )
     lst.start()
     try:
@@ -53,38 +53,63 @@ def test_playbook_over_libnetconf2_ssh_tls_and_openssh(listener_factory, tmp_pat
 
         def mutate(data):
             add_identity(data, "lnc2-ssh", kind="ssh_host_keys", value=ssh_pki.host_keys["ed25519"].public_line)
-            set_credentials(data, "lnc2-ssh", {"username": "netconf",
-                                                "private_key_file": str(ssh_pki.listener_ssh_key.private_path)})
+            set_credentials(
+                data,
+                "lnc2-ssh",
+                {"username": "netconf", "private_key_file": str(ssh_pki.listener_ssh_key.private_path)},
+            )
             add_identity(data, "lnc2-tls", kind="tls_fingerprints", value=tls_pki.device_self_signed.fingerprint)
             add_identity(data, "sshd-dev", kind="ssh_host_keys", value=sshd.host_key_line)
-            set_credentials(data, "sshd-dev", {"username": sshd.username, "private_key_file": str(client_key.private_path)})
+            set_credentials(
+                data, "sshd-dev", {"username": sshd.username, "private_key_file": str(client_key.private_path)}
+            )
 
         TrustStore(str(lst.home / "trust.json")).update(mutate)
         lst.call("reload")
         sshd.start_dialing()
-        lnc2_edit = ('<device xmlns="urn:netconf-callhome:test-device"><interface><name>eth9</name>'
-                     '<mtu>1400</mtu></interface></device>')
-        inventory = {"all": {
-            "vars": {"ansible_connection": "netconf.callhome.netconf", "ansible_network_os": "auto",
-                     "ansible_callhome_listener": "unix:%s" % (lst.home / "control.sock"),
-                     "ansible_callhome_timeout": 60, "ansible_python_interpreter": sys.executable},
-            "hosts": {
-                "lnc2-ssh": {"edit_xml": lnc2_edit, "edit_marker": "eth9"},
-                "lnc2-tls": {"edit_xml": lnc2_edit, "edit_marker": "eth9"},
-                "sshd-dev": {"edit_xml": '<note xmlns="urn:example:peer">from-ansible</note>',
-                             "edit_marker": "from-ansible"},
-            },
-        }}
+        lnc2_edit = (
+            '<device xmlns="urn:netconf-callhome:test-device"><interface><name>eth9</name>'
+            "<mtu>1400</mtu></interface></device>"
+        )
+        inventory = {
+            "all": {
+                "vars": {
+                    "ansible_connection": "netconf.callhome.netconf",
+                    "ansible_network_os": "auto",
+                    "ansible_callhome_listener": "unix:%s" % (lst.home / "control.sock"),
+                    "ansible_callhome_timeout": 60,
+                    "ansible_python_interpreter": sys.executable,
+                },
+                "hosts": {
+                    "lnc2-ssh": {"edit_xml": lnc2_edit, "edit_marker": "eth9"},
+                    "lnc2-tls": {"edit_xml": lnc2_edit, "edit_marker": "eth9"},
+                    "sshd-dev": {
+                        "edit_xml": '<note xmlns="urn:example:peer">from-ansible</note>',
+                        "edit_marker": "from-ansible",
+                    },
+                },
+            }
+        }
         inv = tmp_path / "inventory.json"
         inv.write_text(json.dumps(inventory))
-        env = child_env(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), NETCONF_CALLHOME_HOME=str(lst.home),
-                        ANSIBLE_PERSISTENT_CONTROL_PATH_DIR=str(tmp_path / "pc"), ANSIBLE_NOCOLOR="1",
-                        PATH="%s:%s" % (Path(sys.executable).parent, os.environ.get("PATH", "")))
-        with Lnc2Device.from_pki(ssh_pki, ssh_port=lst.ssh_port), \
-                Lnc2Device.from_pki(tls_pki, tls_port=lst.tls_port, self_signed=True):
+        env = child_env(
+            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+            NETCONF_CALLHOME_HOME=str(lst.home),
+            ANSIBLE_PERSISTENT_CONTROL_PATH_DIR=str(tmp_path / "pc"),
+            ANSIBLE_NOCOLOR="1",
+            PATH="%s:%s" % (Path(sys.executable).parent, os.environ.get("PATH", "")),
+        )
+        with Lnc2Device.from_pki(ssh_pki, ssh_port=lst.ssh_port), Lnc2Device.from_pki(
+            tls_pki, tls_port=lst.tls_port, self_signed=True
+        ):
             res = subprocess.run(
                 [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv), str(PLAYBOOK), "--forks", "3"],
-                env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path), check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+                cwd=str(tmp_path),
+                check=False,
             )
         assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
         recap = {}
