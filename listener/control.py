@@ -50,6 +50,7 @@ class ControlServer:
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
         }
         self.tcp_address: Optional[str] = None
+        self.active_leases = 0
 
     async def start(self) -> None:
         path = self.config.control_socket
@@ -200,6 +201,7 @@ class ControlServer:
         metrics = self.listener.metrics
         metrics.leases.labels(mode=held.mode).inc()
         metrics.active_leases.inc()
+        self.active_leases += 1
         started = time.monotonic()
         log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, held.mode)
         try:
@@ -211,6 +213,7 @@ class ControlServer:
                 await writer.drain()
         finally:
             metrics.active_leases.dec()
+            self.active_leases -= 1
         log.info(
             "event=lease.end lease=%s device=%s seconds=%.3f reason=%r",
             info["lease"],

@@ -181,7 +181,8 @@ class CallHomeListener:
                 self._stopping.set()
 
     def sessions_leased(self) -> int:
-        return sum(h.active_leases for h in self.sessions.values())
+        """Leases in progress (kept by the control layer: O(1), ``status`` is polled often)."""
+        return self.control.active_leases if self.control is not None else 0
 
     # -- policy helpers used by the transports -------------------------------------------------
 

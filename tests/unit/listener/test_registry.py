@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ansible_collections.netconf.callhome.listener.registry import (
+    STATUSES,
     CONNECTED,
     DISCONNECTED,
     PendingKey,
@@ -54,3 +55,23 @@ def test_flush_coalesces_and_is_idempotent(tmp_path):
     reg.flush()
     assert CountingStore.calls == 1
     reg.close()
+
+
+def test_status_counts_follow_every_change(tmp_path):
+    path = str(tmp_path / "reg.sqlite")
+    reg = Registry(SQLiteStore(path))
+    reg.load()
+    reg.update("r1", status=CONNECTED)
+    reg.update("r2", last_error="x")  # created with the default status
+    reg.update("r3", status=CONNECTED)
+    reg.update("r3", status=CONNECTED, peer="p")  # no transition
+    reg.update("r1", status=DISCONNECTED)
+    expected = {s: 0 for s in STATUSES}
+    for rec in reg.devices():
+        expected[rec.status] += 1
+    assert reg.counts() == expected == dict(expected, connected=1, disconnected=2)
+    reg.close()
+    again = Registry(SQLiteStore(path))
+    again.load()  # connected records come back disconnected, and are counted so
+    assert again.counts()[DISCONNECTED] == 3 and again.counts()[CONNECTED] == 0
+    again.close()
