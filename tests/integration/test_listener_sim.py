@@ -16,9 +16,13 @@ import urllib.request
 import pytest
 from harness import free_port, ncclient_over_lease, running
 
+# Imported here, with the harness, not inside a test: unit tests that run earlier in the same
+# pytest process install Ansible's collection finder, after which a late import can resolve to a
+# second copy of the module whose classes pytest.raises would not match.
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     DeviceNotFoundError,
     DeviceNotReadyError,
+    KeyMismatchError,
     WaitTimeoutError,
 )
 
@@ -300,8 +304,6 @@ def test_connection_flood_is_bounded(listener_factory, fleet):
 
 
 def test_enroll_and_revoke_through_the_control_socket(listener_factory, fleet):
-    from ansible_collections.netconf.callhome.plugins.module_utils.errors import KeyMismatchError
-
     lst = listener_factory().start()
     key = fleet.keys(["sim0001"])["sim0001"].export_public_key().decode().strip()
     other = fleet.keys(["sim0001"], keys_dir=fleet.base / "other")["sim0001"].export_public_key().decode().strip()
