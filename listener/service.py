@@ -324,39 +324,39 @@ class CallHomeListener:
             reason += "-after-banner"
         self.count_failure("ssh", reason, peer_ip)
 
-    def session_failed(self, held: HeldSession, exc: BaseException, *, started: float) -> None:
+    def session_failed(self, *, device: str, transport: str, peer: str, exc: BaseException) -> None:
+        """The handshake or hello failed; ``device`` is empty when trust was never decided."""
         if isinstance(exc, CallHomeError):
             message = exc.message
             reason = exc.code
         else:
             reason, message = ssh_transport.describe_ssh_failure(exc)
-        peer_ip = held.peer.rsplit(":", 1)[0].strip("[]")
-        if held.device:
+        if device:
             self.registry.update(
-                held.device,
+                device,
                 status=ERROR,
-                peer=held.peer,
-                transport=held.transport,
+                peer=peer,
+                transport=transport,
                 last_seen=time.time(),
                 last_error=message,
             )
             log.warning(
                 "event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r",
-                held.device,
-                held.peer,
-                held.transport,
+                device,
+                peer,
+                transport,
                 reason,
                 message,
             )
         else:
             log.warning(
                 "event=handshake.failed peer=%s transport=%s reason=%s error=%r",
-                held.peer,
-                held.transport,
+                peer,
+                transport,
                 reason,
                 message,
             )
-        self.count_failure(held.transport, reason, peer_ip)
+        self.count_failure(transport, reason, _peer_ip(peer))
 
     def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
         assert held.hello is not None
@@ -382,8 +382,7 @@ class CallHomeListener:
             last_error="",
             connect_count=(rec.connect_count if rec else 0) + 1,
         )
-        peer_ip = held.peer.rsplit(":", 1)[0].strip("[]")
-        self._hints[(peer_ip, held.transport)] = held.device
+        self._hints[(_peer_ip(held.peer), held.transport)] = held.device
         elapsed = time.monotonic() - started
         self.metrics.handshakes.labels(transport=held.transport, result="ok").inc()
         self.metrics.handshake_seconds.labels(transport=held.transport).observe(elapsed)
@@ -555,6 +554,11 @@ class CallHomeListener:
         self._close_if_untrusted(device, "key revoked")
         log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", changed)
         return {"device": device, "identity": identity, "changed": bool(changed)}
+
+
+def _peer_ip(peer: str) -> str:
+    """The address part of a peer as the transports format it (``ip:port`` or ``[v6]:port``)."""
+    return peer.rsplit(":", 1)[0].strip("[]")
 
 
 def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:

@@ -250,7 +250,7 @@ async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientCon
             await held.wait_hello()
     except BaseException as exc:
         conn.close()
-        listener.session_failed(held, exc, started=client.started)
+        listener.session_failed(device=held.device, transport="ssh", peer=held.peer, exc=exc)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return

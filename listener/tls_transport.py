@@ -129,9 +129,7 @@ async def _handshake(listener: "CallHomeListener", sock: socket.socket, peer: st
             carrier.transport.abort()
         else:
             sock.close()
-        if held is None:
-            held = HeldSession(device="", transport="tls", peer=peer, fingerprint="", max_hello=1, max_message=1)
-        listener.session_failed(held, exc, started=started)
+        listener.session_failed(device=held.device if held else "", transport="tls", peer=peer, exc=exc)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return
