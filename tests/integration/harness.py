@@ -26,6 +26,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.control_client im
 from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (  # noqa: E402
     TrustStore,
     add_identity,
+    set_credentials,
 )
 
 LISTENER_CMD = [sys.executable, "-m", "ansible_collections.netconf.callhome.listener"]
@@ -178,6 +179,31 @@ class Fleet:
             "0.2",
         ] + list(extra)
         return simulator.start_simulator_process(args, wait_connected=wait_connected, timeout=timeout, env=child_env())
+
+
+def enroll(
+    home: Path,
+    device: str,
+    *,
+    ssh_key: Optional[str] = None,
+    tls_fp: Optional[str] = None,
+    identity: Optional[str] = None,
+    username: str = "netconf",
+    private_key: Optional[Path] = None,
+) -> None:
+    """Enroll one device's identity (and its login key) in the trust store under ``home``."""
+
+    def mutate(data: Dict[str, Any]) -> None:
+        if ssh_key:
+            add_identity(data, device, kind="ssh_host_keys", value=ssh_key)
+        if tls_fp:
+            add_identity(data, device, kind="tls_fingerprints", value=tls_fp)
+        if identity:
+            add_identity(data, device, kind="tls_identities", value=identity)
+        if private_key:
+            set_credentials(data, device, {"username": username, "private_key_file": str(private_key)})
+
+    TrustStore(str(home / "trust.json")).update(mutate)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,10 @@ compiled by the tests) and OpenSSH ``sshd -i`` reached through a reversed TCP co
 from __future__ import annotations
 
 import pytest
+from harness import enroll as _enroll
 from harness import ncclient_over_lease
 
 from ansible_collections.netconf.callhome.plugins.module_utils.errors import DeviceNotFoundError
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
-    TrustStore,
-    add_identity,
-    set_credentials,
-)
 
 
 @pytest.fixture
@@ -20,20 +16,6 @@ def pki(tmp_path):
     from pki import make_pki
 
     return make_pki(tmp_path / "pki", device_name="lnc2-dev1", serial_number="SN-0001")
-
-
-def _enroll(home, device, *, ssh_key=None, tls_fp=None, identity=None, username="netconf", private_key=None):
-    def mutate(data):
-        if ssh_key:
-            add_identity(data, device, kind="ssh_host_keys", value=ssh_key)
-        if tls_fp:
-            add_identity(data, device, kind="tls_fingerprints", value=tls_fp)
-        if identity:
-            add_identity(data, device, kind="tls_identities", value=identity)
-        if private_key:
-            set_credentials(data, device, {"username": username, "private_key_file": str(private_key)})
-
-    TrustStore(str(home / "trust.json")).update(mutate)
 
 
 def _tls_args(pki, *extra):

@@ -12,13 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import child_env
-
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
-    TrustStore,
-    add_identity,
-    set_credentials,
-)
+from harness import child_env, enroll
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "real_peers.yml"
@@ -51,20 +45,20 @@ def test_playbook_over_libnetconf2_ssh_tls_and_openssh(device_binary, listener_f
     try:
         sshd.add_authorized_key(client_key.public_line)
 
-        def mutate(data):
-            add_identity(data, "lnc2-ssh", kind="ssh_host_keys", value=ssh_pki.host_keys["ed25519"].public_line)
-            set_credentials(
-                data,
-                "lnc2-ssh",
-                {"username": "netconf", "private_key_file": str(ssh_pki.listener_ssh_key.private_path)},
-            )
-            add_identity(data, "lnc2-tls", kind="tls_fingerprints", value=tls_pki.device_self_signed.fingerprint)
-            add_identity(data, "sshd-dev", kind="ssh_host_keys", value=sshd.host_key_line)
-            set_credentials(
-                data, "sshd-dev", {"username": sshd.username, "private_key_file": str(client_key.private_path)}
-            )
-
-        TrustStore(str(lst.home / "trust.json")).update(mutate)
+        enroll(
+            lst.home,
+            "lnc2-ssh",
+            ssh_key=ssh_pki.host_keys["ed25519"].public_line,
+            private_key=ssh_pki.listener_ssh_key.private_path,
+        )
+        enroll(lst.home, "lnc2-tls", tls_fp=tls_pki.device_self_signed.fingerprint)
+        enroll(
+            lst.home,
+            "sshd-dev",
+            ssh_key=sshd.host_key_line,
+            username=sshd.username,
+            private_key=client_key.private_path,
+        )
         lst.call("reload")
         sshd.start_dialing()
         lnc2_edit = (
