@@ -1,13 +1,16 @@
 # netconf.callhome: every target sets up what it needs, idempotently.
 #   make demo   the main job: listener, devices calling home, enrollment, registry
 #   make test   unit tests, integration tests against real peers, ansible-test sanity
+#   make dist   the collection tarball and the listener wheel, in dist/
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
 ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-PYTHON      ?= python3.11
+# The interpreter present (python3 first): ansible-core 2.16-2.19 run on 3.10/3.11, 2.20+ on 3.12+.
+PYTHON      ?= $(shell command -v python3 || command -v python3.13 || command -v python3.12 || command -v python3.11)
+DIST        := $(ROOT)/dist
 VENV        := $(ROOT)/.venv
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
@@ -16,14 +19,13 @@ COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
-DEB_PKGS    := python3.11-venv gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
+DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
                openssh-server openssh-client socat shellcheck git
 
-export PYTHONPATH := $(ROOT)/.collections
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity test demo bench clean
+.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity test demo bench dist clean
 
 help:
 	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
@@ -43,12 +45,13 @@ system-deps:
 
 venv: $(VENV)/.stamp
 
-$(VENV)/.stamp: requirements.txt requirements-test.txt
+# The listener distribution goes in editable, so tests run what is in listener/src; pip then finds
+# requirements.txt's netconf-callhome already satisfied. callhome-listener is its entry point.
+$(VENV)/.stamp: requirements.txt requirements-test.txt listener/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e $(ROOT)/listener
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
-	printf '#!/bin/sh\n# callhome-listener: the listener CLI of the netconf.callhome collection in this checkout\nPYTHONPATH="$(ROOT)/.collections$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(PY)" -m ansible_collections.netconf.callhome.listener "$$@"\n' > $(VENV)/bin/callhome-listener
-	chmod 755 $(VENV)/bin/callhome-listener
 	touch $@
 
 # ansible.netcommon and ansible.utils come from the 'ansible' wheel on PyPI (Galaxy is not reachable).
@@ -73,19 +76,17 @@ peers: setup
 	$(MAKE) -C tests/peers
 
 unit: setup
-	cd $(COLL_LINK) && $(PY) -m pytest -q -rs --import-mode=importlib tests/unit
+	cd $(COLL_LINK) && PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/unit
 
 integration: setup peers
-	cd $(COLL_LINK) && $(PY) -m pytest -q -rs --import-mode=importlib tests/integration
+	cd $(COLL_LINK) && PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/integration
 
 sanity: setup
 	$(PY) tests/sanity/run_sanity.py
 
 # The listener is typed library code: every function annotated, checked strictly.
 typecheck: setup
-	cd $(ROOT)/.collections && MYPYPATH=$(ROOT)/.collections $(PY) -m mypy --namespace-packages \
-	  --explicit-package-bases --ignore-missing-imports --disallow-untyped-defs \
-	  -p ansible_collections.netconf.callhome.listener
+	cd $(ROOT)/listener && $(PY) -m mypy --config-file pyproject.toml -p netconf_callhome
 
 test: unit typecheck integration sanity
 
@@ -95,5 +96,13 @@ demo: setup peers
 bench: setup
 	$(PY) bench/run_all.py
 
+# Offline install from these two files: pip install dist/netconf_callhome-*.whl, then
+# ansible-galaxy collection install --offline dist/netconf-callhome-*.tar.gz (docs/quickstart.md).
+dist: venv
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(DIST) $(ROOT)/listener
+	$(VENV)/bin/ansible-galaxy collection build -f --output-path $(DIST) $(ROOT)
+	@ls -1 $(DIST)
+
 clean:
-	rm -rf $(VENV) $(ROOT)/.deps $(ROOT)/.collections $(ROOT)/.cache tests/peers/bin
+	rm -rf $(VENV) $(ROOT)/.deps $(ROOT)/.collections $(ROOT)/.cache $(DIST) tests/peers/bin

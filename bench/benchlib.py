@@ -44,7 +44,6 @@ if str(PEERS) not in sys.path:
 def env() -> Dict[str, str]:
     """Environment for children: the collection importable, no stray Python buffering."""
     e = dict(os.environ)
-    e["PYTHONPATH"] = str(COLLECTIONS) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e["PYTHONUNBUFFERED"] = "1"
     return e
 
@@ -251,7 +250,7 @@ def write_trust_store(path: Path, manifest: Dict[str, Dict[str, str]]) -> float:
     The entries are set directly inside ``update`` (same file format, same validation on write):
     ``add_identity`` rebuilds the whole index per call, which is quadratic for 10,000 devices.
     """
-    from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import TrustStore
+    from netconf_callhome.policy.trust_store import TrustStore
 
     t0 = time.monotonic()
 
@@ -303,7 +302,7 @@ def process_tree_cpu(pid: int) -> float:
 
 
 class Listener:
-    """``python -m ansible_collections.netconf.callhome.listener serve`` in a fresh home."""
+    """``python -m netconf_callhome serve`` in a fresh home."""
 
     def __init__(
         self, manifest: Dict[str, Dict[str, str]], *, keepalive: Optional[float] = None,
@@ -313,7 +312,7 @@ class Listener:
         self.trust_seconds = write_trust_store(self.home / "trust.json", manifest)
         self.port = free_port()
         cmd = [
-            PYTHON, "-m", "ansible_collections.netconf.callhome.listener", "serve",
+            PYTHON, "-m", "netconf_callhome", "serve",
             "--home", str(self.home), "--ssh", "127.0.0.1:%d" % self.port, "--username", USER,
             "--password-file", str(password_file()), "--log-level", log_level,
         ]
@@ -324,7 +323,7 @@ class Listener:
         self.proc = subprocess.Popen(
             self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.home / "listener.log", "w"), env=env(),
         )
-        from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
+        from netconf_callhome.control.client import ControlClient
 
         self.control_path = str(self.home / "control.sock")
         self.client = ControlClient("unix:" + self.control_path, timeout=30.0)

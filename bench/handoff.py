@@ -43,7 +43,7 @@ def _adopt(sock: Any) -> Any:
 def run(iterations: int, warmup: int = 5) -> Dict[str, Any]:
     from ncclient import manager
 
-    from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
+    from netconf_callhome.control.client import ControlClient
 
     manifest = b.ensure_fleet(1)
     listener = b.Listener(manifest)

@@ -28,7 +28,7 @@ from storm import BareServer  # noqa: E402
 
 def listener_default_keepalive() -> float:
     """The listener's own default SSH keepalive interval (what ``listener:default`` runs with)."""
-    from ansible_collections.netconf.callhome.listener.config import ListenerConfig
+    from netconf_callhome.config import ListenerConfig
 
     return float(ListenerConfig.keepalive_interval)
 
@@ -114,8 +114,8 @@ async def _tracemalloc_inproc(n: int, manifest: Dict[str, Dict[str, str]], top: 
     import tempfile
     import tracemalloc
 
-    from ansible_collections.netconf.callhome.listener.config import load_config
-    from ansible_collections.netconf.callhome.listener.service import CallHomeListener
+    from netconf_callhome.config import load_config
+    from netconf_callhome.service import CallHomeListener
 
     home = Path(tempfile.mkdtemp(prefix="bench-tm-"))
     b.write_trust_store(home / "trust.json", manifest)

@@ -27,10 +27,10 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "peers"))
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient  # noqa: E402
+from netconf_callhome.control.client import ControlClient  # noqa: E402
 from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import ensure_listener  # noqa: E402
 
-LISTENER = [sys.executable, "-m", "ansible_collections.netconf.callhome.listener"]
+LISTENER = [sys.executable, "-m", "netconf_callhome"]
 
 
 def _port(preferred: int) -> int:

@@ -213,11 +213,11 @@ from ansible.utils.display import Display
 from ansible_collections.ansible.netcommon.plugins.connection.netconf import (
     Connection as NetconfConnection,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     CallHomeError,
     DeviceNotFoundError,
     DeviceNotReadyError,
@@ -484,7 +484,7 @@ class Connection(NetconfConnection):
             else "the default address (NETCONF_CALLHOME_HOME=%s)" % os.environ.get("NETCONF_CALLHOME_HOME", "unset")
         )
         advice = (
-            "start it ('python -m ansible_collections.netconf.callhome.listener serve') or point "
+            "start it ('python -m netconf_callhome serve') or point "
             "ansible_callhome_listener at a running one"
         )
         if address.startswith(("tls://", "tcp+tls://")):

@@ -90,9 +90,9 @@ import typing as t
 from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
-from ansible_collections.netconf.callhome.plugins.module_utils.listener_api import listener_address
+from netconf_callhome.control.client import ControlClient
+from netconf_callhome.errors import CallHomeError
+from netconf_callhome.control.api import listener_address
 from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import platform_from_capabilities
 
 try:

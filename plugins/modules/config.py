@@ -355,8 +355,8 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.p
     PushError,
     parse_rpc_error,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError, DeviceNotFoundError
+from netconf_callhome.control.client import ControlClient
+from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
 
 
 def _unwrap_bytes_repr(text):

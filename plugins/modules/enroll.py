@@ -175,7 +175,7 @@ trust_store:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import run
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+from netconf_callhome.errors import CallHomeError
 
 
 def main():

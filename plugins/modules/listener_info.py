@@ -87,8 +87,8 @@ pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
-from ansible_collections.netconf.callhome.plugins.module_utils.listener_api import (
+from netconf_callhome.errors import CallHomeError
+from netconf_callhome.control.api import (
     CONNECTION_ARGS,
     client_from_params,
     error_result,

@@ -104,8 +104,8 @@ devices:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
-from ansible_collections.netconf.callhome.plugins.module_utils.listener_api import (
+from netconf_callhome.errors import CallHomeError
+from netconf_callhome.control.api import (
     CONNECTION_ARGS,
     client_from_params,
     describe_missing,

@@ -19,28 +19,18 @@ import sys
 import time
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
     default_home,
     parse_address,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     CallHomeError,
     ListenerUnreachableError,
 )
 
 LOG_NAME = "listener.log"
-
-
-def collections_root() -> str:
-    """The folder holding ``ansible_collections`` that this file is imported from."""
-    here = os.path.abspath(__file__)
-    marker = os.sep + "ansible_collections" + os.sep
-    idx = here.rfind(marker)
-    if idx < 0:  # pragma: no cover - the plugin is always loaded from a collection tree
-        raise RuntimeError("cannot locate the ansible_collections folder of %s" % here)
-    return here[:idx]
 
 
 def is_default_address(address: t.Optional[str]) -> bool:
@@ -63,7 +53,7 @@ def ping(client: ControlClient, timeout: float = 2.0) -> t.Optional[t.Dict[str, 
 
 def spawn_command(config_file: t.Optional[str], idle_exit: float, home: str) -> t.List[str]:
     cmd = [
-        sys.executable, "-m", "ansible_collections.netconf.callhome.listener",
+        sys.executable, "-m", "netconf_callhome",
         "serve", "--home", home, "--idle-exit", "%g" % idle_exit,
     ]
     if config_file:
@@ -100,8 +90,6 @@ def ensure_listener(
             if log:
                 log("starting an embedded call-home listener: %s (log: %s)" % (" ".join(cmd), log_path))
             env = dict(os.environ)
-            root = collections_root()
-            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
             with open(log_path, "ab") as out, open(os.devnull, "rb") as devnull:
                 proc = subprocess.Popen(
                     cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home,

@@ -22,14 +22,14 @@ PEERS = ROOT / "tests" / "peers"
 if str(PEERS) not in sys.path:
     sys.path.insert(0, str(PEERS))
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient  # noqa: E402
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (  # noqa: E402
+from netconf_callhome.control.client import ControlClient  # noqa: E402
+from netconf_callhome.policy.trust_store import (  # noqa: E402
     TrustStore,
     add_identity,
     set_credentials,
 )
 
-LISTENER_CMD = [sys.executable, "-m", "ansible_collections.netconf.callhome.listener"]
+LISTENER_CMD = [sys.executable, "-m", "netconf_callhome"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,7 +40,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def child_env(**extra: str) -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / ".collections") + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 

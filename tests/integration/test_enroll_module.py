@@ -15,7 +15,7 @@ import pytest
 
 from harness import ROOT, Fleet, child_env, free_port  # tests/integration (conftest puts it on sys.path)
 
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import ssh_fingerprint
+from netconf_callhome.fingerprints import ssh_fingerprint
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,7 +8,7 @@ import pytest
 from harness import enroll as _enroll
 from harness import ncclient_over_lease
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import DeviceNotFoundError
+from netconf_callhome.errors import DeviceNotFoundError
 
 
 @pytest.fixture

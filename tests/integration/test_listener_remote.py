@@ -9,8 +9,8 @@ import pytest
 import trustme
 from harness import free_port, running
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ListenerUnreachableError, NotAuthorizedError
+from netconf_callhome.control.client import ControlClient
+from netconf_callhome.errors import ListenerUnreachableError, NotAuthorizedError
 
 TOKEN = "t0ken-for-the-remote-listener-0123456789"
 

@@ -19,7 +19,7 @@ import pytest
 
 from harness import ROOT, child_env
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient
+from netconf_callhome.control.client import ControlClient
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -65,13 +65,13 @@ def test_role_renders_files_idempotently_and_they_run(tmp_path: Path) -> None:
     assert oct(trust.stat().st_mode & 0o777) == "0o600" and oct(state.stat().st_mode & 0o777) == "0o700"
     assert json.loads(trust.read_text())["devices"]["r1"]["ssh_host_keys"] == ["SHA256:" + "A" * 43]
     unit = (root / "etc/systemd/system/netconf-callhome-listener.service").read_text()
-    assert ("ExecStart=%s/opt/netconf-callhome/venv/bin/python -m ansible_collections.netconf.callhome.listener "
+    assert ("ExecStart=%s/opt/netconf-callhome/venv/bin/python -m netconf_callhome "
             "serve --config %s/listener.yaml" % (root, etc)) in unit
     assert "ReadWritePaths=%s" % state in unit and "User=" not in unit
     assert "device-pw" not in (etc / "listener.yaml").read_text(), "secrets stay out of the configuration"
 
     # the configuration is valid for the listener's own loader
-    from ansible_collections.netconf.callhome.listener.config import load_config
+    from netconf_callhome.config import load_config
 
     cfg = load_config(str(etc / "listener.yaml"))
     assert cfg.credentials.password_file == str(pw) and cfg.trust_store == str(trust)
@@ -86,7 +86,7 @@ def test_role_renders_files_idempotently_and_they_run(tmp_path: Path) -> None:
     lib = root / "opt/netconf-callhome/lib"
     assert (lib / "ansible_collections/netconf/callhome/listener/service.py").exists()
     env = dict(os.environ, PYTHONPATH=str(lib))
-    proc = subprocess.Popen([sys.executable, "-m", "ansible_collections.netconf.callhome.listener", "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "netconf_callhome", "serve",
                              "--config", str(etc / "listener.yaml")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -19,7 +19,7 @@ from harness import free_port, ncclient_over_lease, running
 # Imported here, with the harness, not inside a test: unit tests that run earlier in the same
 # pytest process install Ansible's collection finder, after which a late import can resolve to a
 # second copy of the module whose classes pytest.raises would not match.
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     DeviceNotFoundError,
     DeviceNotReadyError,
     KeyMismatchError,

@@ -31,9 +31,9 @@ sys.path.insert(0, str(COLLECTIONS))
 
 from simulator import ensure_keys, public_line, start_simulator_process  # noqa: E402
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient  # noqa: E402
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError  # noqa: E402
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (  # noqa: E402
+from netconf_callhome.control.client import ControlClient  # noqa: E402
+from netconf_callhome.errors import CallHomeError  # noqa: E402
+from netconf_callhome.policy.trust_store import (  # noqa: E402
     TrustStore,
     add_identity,
 )
@@ -53,7 +53,6 @@ def _env(home: Path, **extra: str) -> Dict[str, str]:
     env.update(
         {
             "PATH": "%s:%s" % (VENV_BIN, env.get("PATH", "")),
-            "PYTHONPATH": os.pathsep.join([str(COLLECTIONS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
             "NETCONF_CALLHOME_HOME": str(home),
             "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(home / "pc"),
@@ -112,7 +111,7 @@ class Listener:
         self.config = _write_config(home, self.ssh_port)
         self.log = open(home / "listener.out", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ansible_collections.netconf.callhome.listener", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "netconf_callhome", "serve", "--config", str(self.config)],
             stdout=self.log, stderr=subprocess.STDOUT, env=_env(home),
         )
         _wait_ping(home)

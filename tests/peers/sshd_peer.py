@@ -27,7 +27,7 @@ from typing import Optional
 
 PEERS = Path(__file__).resolve().parent
 SSHD = "/usr/sbin/sshd"
-DEFAULT_USER = "nccallhome"
+USER_PREFIX = "nch-"
 
 
 class PeerUnavailable(RuntimeError):
@@ -38,11 +38,20 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60, **kw)  # type: ignore[call-overload]
 
 
-def ensure_user(name: str = DEFAULT_USER) -> None:
-    """Create the system login user sshd will switch to (idempotent)."""
-    if subprocess.run(["id", name], capture_output=True, check=False).returncode == 0:
-        return
+def create_user(name: str) -> None:
+    """Create the login user sshd switches to, able to log in by key as well as by password.
+
+    ``useradd`` leaves a new account *locked* (``!`` in /etc/shadow), and sshd without PAM
+    refuses every method, public key included, for a locked account. ``*`` is "no valid
+    password" without the lock; :meth:`SshdPeer._setup` sets a real one when it tests passwords.
+    """
     _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", name])
+    _run(["usermod", "-p", "*", name])
+
+
+def remove_user(name: str) -> None:
+    """Remove a user made by :func:`create_user`, with its home (leaves nothing behind)."""
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False, timeout=60)
 
 
 def pick_python(user: str) -> tuple[str, str]:
@@ -81,7 +90,7 @@ class SshdPeer:
         self,
         listener: tuple[str, int],
         *,
-        user: str = DEFAULT_USER,
+        user: Optional[str] = None,
         password_auth: bool = True,
         hostname: str = "sshd-peer",
         redial: bool = False,
@@ -90,7 +99,9 @@ class SshdPeer:
         workdir: Optional[Path] = None,
     ) -> None:
         self.listener = listener
-        self.username = user
+        # A user of our own per peer, removed on exit: nothing depends on an earlier run's account.
+        self.username = user or USER_PREFIX + secrets.token_hex(4)
+        self._own_user = False
         self.password_auth = password_auth
         self.password: Optional[str] = None
         self.hostname = hostname
@@ -110,7 +121,7 @@ class SshdPeer:
     def __enter__(self) -> "SshdPeer":
         if os.geteuid() != 0:
             raise PeerUnavailable("sshd -i must run as root to switch to the login user")
-        for tool in (SSHD, "socat", "ssh-keygen", "useradd", "runuser"):
+        for tool in (SSHD, "socat", "ssh-keygen", "useradd", "usermod", "userdel", "runuser"):
             if shutil.which(tool) is None:
                 raise PeerUnavailable(f"{tool} not found (install openssh-server, socat)")
         try:
@@ -123,7 +134,9 @@ class SshdPeer:
         return self
 
     def _setup(self) -> None:
-        ensure_user(self.username)
+        if subprocess.run(["id", self.username], capture_output=True, check=False).returncode != 0:
+            create_user(self.username)
+            self._own_user = True
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="sshd-peer-"))
@@ -272,6 +285,9 @@ class SshdPeer:
     def _cleanup_dir(self) -> None:
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._own_user:
+            remove_user(self.username)
+            self._own_user = False
 
 
-__all__ = ("PeerUnavailable", "SshdPeer", "ensure_user", "pick_python")
+__all__ = ("PeerUnavailable", "SshdPeer", "create_user", "remove_user", "pick_python")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
 #: Lists whose order is configuration (``ordered-by user``): never sorted.

@@ -21,8 +21,8 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import ControlClient, default_home
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.control.client import ControlClient, default_home
+from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
     ControlError,
@@ -30,14 +30,14 @@ from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     ListenerUnreachableError,
     UnknownKeyError,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import (
+from netconf_callhome.fingerprints import (
     cert_fingerprint_of_der,
     normalize_cert_fingerprint,
     normalize_ssh_fingerprint,
     pem_to_der,
     ssh_fingerprint,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+from netconf_callhome.policy.trust_store import (
     CANONICAL,
     TrustData,
     TrustStore,

@@ -15,7 +15,7 @@ import typing as t
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient, Endpoint
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import NCS_NS, Profile
 

@@ -23,7 +23,7 @@ import typing as t
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import traceback
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 
 LXML_IMPORT_ERROR: t.Optional[str]
 try:

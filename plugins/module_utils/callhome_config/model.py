@@ -13,7 +13,7 @@ import re
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 
 TRANSPORTS = ("ssh", "tls")
 START_WITH = ("first-listed", "last-connected", "random-selection")

@@ -17,7 +17,7 @@ import re
 import typing as t
 from dataclasses import dataclass
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NCS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-server"

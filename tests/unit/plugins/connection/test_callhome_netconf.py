@@ -26,8 +26,8 @@ for _name in [m for m in sys.modules if m == "ansible_collections" or m.startswi
     del sys.modules[_name]
 init_plugin_loader([str(REPO / ".collections"), str(REPO / ".deps")])
 
-from ansible_collections.netconf.callhome.listener.config import load_config
-from ansible_collections.netconf.callhome.listener.service import CallHomeListener
+from netconf_callhome.config import load_config
+from netconf_callhome.service import CallHomeListener
 from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import platform_from_capabilities
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,7 +134,7 @@ def test_unknown_device_fails_with_enrollment_hint(listener: ListenerThread) -> 
 
 
 def test_enrolled_device_that_never_calls_times_out(listener: ListenerThread) -> None:
-    from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import TrustStore, add_identity
+    from netconf_callhome.policy.trust_store import TrustStore, add_identity
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOsTq1VbgXUOdzQ7C/2+tZxjcyq8p5SS7T9G6bhOCtZP"
     TrustStore(listener.config.trust_store).update(lambda d: add_identity(d, "quiet1", kind="ssh_host_keys", value=key))

@@ -32,7 +32,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
     revision_from_yang_library,
     yang_library_filter,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, WaitTimeoutError
+from netconf_callhome.errors import ConfigError, WaitTimeoutError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl nms"
 NS = {"n": NCS_NS}

@@ -13,13 +13,13 @@ import asyncssh
 import pytest
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import run
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     ConfigError,
     KeyMismatchError,
     ListenerUnreachableError,
     UnknownKeyError,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import ssh_fingerprint
+from netconf_callhome.fingerprints import ssh_fingerprint
 
 
 def _key() -> str:

@@ -10,11 +10,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from ansible_collections.netconf.callhome.listener.config import load_config
-from ansible_collections.netconf.callhome.listener.service import CallHomeListener
-from ansible_collections.netconf.callhome.plugins.module_utils import listener_api
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ListenerUnreachableError
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import TrustStore, add_identity
+from netconf_callhome.config import load_config
+from netconf_callhome.service import CallHomeListener
+from netconf_callhome.control import api as listener_api
+from netconf_callhome.errors import ListenerUnreachableError
+from netconf_callhome.policy.trust_store import TrustStore, add_identity
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOsTq1VbgXUOdzQ7C/2+tZxjcyq8p5SS7T9G6bhOCtZP"

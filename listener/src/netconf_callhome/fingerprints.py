@@ -17,7 +17,7 @@ import hashlib
 import re
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.errors import ConfigError
 
 SSH_KEY_TYPES = (
     "ssh-ed25519",

@@ -19,25 +19,25 @@ from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, T
 
 import asyncssh
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
     DeviceNotFoundError,
     DeviceNotReadyError,
     WaitTimeoutError,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+from netconf_callhome.policy.trust_store import (
     CANONICAL,
     TrustStore,
     add_identity,
     remove_identity,
 )
 
-from . import ssh_transport, tls_transport
-from .config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
-from .metrics import Metrics
-from .policy import MISMATCH, TrustPolicy, Verdict
-from .registry import (
+from netconf_callhome.protocol import ssh as ssh_transport, tls as tls_transport
+from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
+from netconf_callhome.metrics import Metrics
+from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict
+from netconf_callhome.state.registry import (
     AUTH_FAILED,
     CONNECTED,
     DISCONNECTED,
@@ -47,7 +47,7 @@ from .registry import (
     Registry,
     SQLiteStore,
 )
-from .session import HeldSession
+from netconf_callhome.protocol.session import HeldSession
 
 log = logging.getLogger("netconf_callhome.listener")
 
@@ -88,7 +88,7 @@ class CallHomeListener:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from .control import ControlServer  # the control layer depends on us, not the reverse
+        from netconf_callhome.control.server import ControlServer  # the control layer depends on us, not the reverse
 
         try:
             for bind in self.config.ssh_binds:

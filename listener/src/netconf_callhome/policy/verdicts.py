@@ -17,11 +17,11 @@ from typing import List, Sequence
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, TrustStoreError
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import cert_fingerprint_of_der
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import TrustIndex, TrustStore
+from netconf_callhome.errors import ConfigError, TrustStoreError
+from netconf_callhome.fingerprints import cert_fingerprint_of_der
+from netconf_callhome.policy.trust_store import TrustIndex, TrustStore
 
-from .config import Credentials, TLSOptions
+from netconf_callhome.config import Credentials, TLSOptions
 
 log = logging.getLogger("netconf_callhome.policy")
 

@@ -9,12 +9,12 @@ import stat
 import asyncssh
 import pytest
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, TrustStoreError
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import (
+from netconf_callhome.errors import ConfigError, TrustStoreError
+from netconf_callhome.fingerprints import (
     normalize_cert_fingerprint,
     ssh_fingerprint,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.trust_store import (
+from netconf_callhome.policy.trust_store import (
     TrustIndex,
     TrustStore,
     add_identity,

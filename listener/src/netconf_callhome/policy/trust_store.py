@@ -37,8 +37,8 @@ import os
 import tempfile
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, TrustStoreError
-from ansible_collections.netconf.callhome.plugins.module_utils.fingerprints import (
+from netconf_callhome.errors import ConfigError, TrustStoreError
+from netconf_callhome.fingerprints import (
     normalize_cert_fingerprint,
     normalize_ssh_fingerprint,
     ssh_fingerprint,

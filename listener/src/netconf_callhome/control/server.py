@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
     ControlError,
@@ -28,11 +28,11 @@ from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
     NotAuthorizedError,
 )
 
-from .config import parse_bind
+from netconf_callhome.config import parse_bind
 
 if TYPE_CHECKING:
-    from .service import CallHomeListener
-    from .session import HeldSession
+    from netconf_callhome.service import CallHomeListener
+    from netconf_callhome.protocol.session import HeldSession
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"

@@ -21,13 +21,13 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional, Protocol
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     FramingError,
     HandshakeError,
     LeaseError,
 )
 
-from .framing import CLIENT_HELLO, Framer, Hello, is_close_session, message_id, ok_reply, parse_hello, reply_id
+from netconf_callhome.protocol.framing import CLIENT_HELLO, Framer, Hello, is_close_session, message_id, ok_reply, parse_hello, reply_id
 
 log = logging.getLogger("netconf_callhome.session")
 

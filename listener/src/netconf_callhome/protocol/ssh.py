@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import asyncssh
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError, LeaseError
+from netconf_callhome.errors import ConfigError, LeaseError
 
-from .config import Credentials, ListenerConfig
-from .policy import Verdict
-from .session import CHANNEL, HeldSession
+from netconf_callhome.config import Credentials, ListenerConfig
+from netconf_callhome.policy.verdicts import Verdict
+from netconf_callhome.protocol.session import CHANNEL, HeldSession
 
 if TYPE_CHECKING:
-    from .service import CallHomeListener
+    from netconf_callhome.service import CallHomeListener
 
 log = logging.getLogger("netconf_callhome.ssh")
 

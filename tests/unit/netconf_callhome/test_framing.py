@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.netconf.callhome.listener.framing import (
+from netconf_callhome.protocol.framing import (
     BASE_10,
     BASE_11,
     Framer,
@@ -12,7 +12,7 @@ from ansible_collections.netconf.callhome.listener.framing import (
     parse_hello,
     reply_id,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import FramingError, MessageTooLargeError
+from netconf_callhome.errors import FramingError, MessageTooLargeError
 
 HELLO = (
     '<hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><capabilities>'

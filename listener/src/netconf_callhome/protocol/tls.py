@@ -16,13 +16,13 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import HandshakeError
+from netconf_callhome.errors import HandshakeError
 
-from .session import SHARED, HeldSession
-from .ssh_transport import _fmt_peer, set_tcp_keepalive
+from netconf_callhome.protocol.session import SHARED, HeldSession
+from netconf_callhome.protocol.ssh import _fmt_peer, set_tcp_keepalive
 
 if TYPE_CHECKING:
-    from .service import CallHomeListener
+    from netconf_callhome.service import CallHomeListener
 
 log = logging.getLogger("netconf_callhome.tls")
 

@@ -8,8 +8,8 @@ from typing import Callable, Dict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .config import parse_bind
-from .registry import STATUSES
+from netconf_callhome.config import parse_bind
+from netconf_callhome.state.registry import STATUSES
 
 
 def _count(device_counts: Callable[[], Dict[str, int]], status: str) -> float:

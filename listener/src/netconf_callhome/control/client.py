@@ -21,7 +21,7 @@ import socket
 import ssl
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import (
+from netconf_callhome.errors import (
     ControlError,
     ListenerUnreachableError,
     error_from_dict,

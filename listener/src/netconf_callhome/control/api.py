@@ -13,11 +13,11 @@ import os
 import time
 import typing as t
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+from netconf_callhome.errors import CallHomeError
 
 ENV_LISTENER = "NETCONF_CALLHOME_LISTENER"
 ENV_TOKEN = "NETCONF_CALLHOME_TOKEN"
@@ -52,7 +52,8 @@ def client_from_params(params: t.Mapping[str, t.Any]) -> ControlClient:
 def listener_info(client: ControlClient, *, status: t.Optional[str] = None, pending: bool = True) -> t.Dict[str, t.Any]:
     """The listener's status, its device registry and (optionally) the keys waiting for approval."""
     info: t.Dict[str, t.Any] = {"listener": client.call("status"), "address": str(client.address)}
-    info["devices"] = client.call("devices", **({"status": status} if status else {}))
+    filters: t.Dict[str, t.Any] = {"status": status} if status else {}
+    info["devices"] = client.call("devices", **filters)
     info["pending"] = client.call("pending") if pending else []
     return info
 

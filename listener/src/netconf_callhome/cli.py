@@ -19,12 +19,12 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import (
+from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
     default_home,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import CallHomeError
+from netconf_callhome.errors import CallHomeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,9 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .logs import setup_logging
-    from .service import CallHomeListener
+    from netconf_callhome.config import load_config
+    from netconf_callhome.logs import setup_logging
+    from netconf_callhome.service import CallHomeListener
 
     overrides: Dict[str, Any] = {
         k: getattr(args, k)

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ansible_collections.netconf.callhome.plugins.module_utils.control_client import default_home
-from ansible_collections.netconf.callhome.plugins.module_utils.errors import ConfigError
+from netconf_callhome.control.client import default_home
+from netconf_callhome.errors import ConfigError
 
 PORT_SSH = 4334
 PORT_TLS = 4335

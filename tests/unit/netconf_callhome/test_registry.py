@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 from __future__ import annotations
 
-from ansible_collections.netconf.callhome.listener.registry import (
+from netconf_callhome.state.registry import (
     STATUSES,
     CONNECTED,
     DISCONNECTED,
