@@ -1,24 +1,30 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Lifecycle layer: the call-home listener service.
+"""The composition root: builds the layers, wires their events, owns the lifecycle.
 
-Owns the listening sockets, the held sessions (one per device: a device that calls again
-replaces its older connection), the registry, the trust policy and the control server, and
-turns every transport outcome into one registry update, one log line and metrics.
+Nothing imports this module. It owns the listening sockets, the held sessions (one per device:
+a device that calls again replaces its older connection), the registry, the trust policy and
+the control server. The transports reach it only through the narrow interfaces of
+:mod:`netconf_callhome.protocol.events` (it implements ``TransportEvents``; admission is
+:class:`~netconf_callhome.policy.admission.Admission`), and the control server only through
+:class:`~netconf_callhome.control.server.ControlledListener`. Every transport outcome becomes
+one registry update, one log line and metrics, here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import signal
 import socket
+import ssl
 import time
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Type
+from typing import Any, Awaitable, Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import asyncssh
 
+from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
+from netconf_callhome.control.server import ControlServer
 from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
@@ -26,17 +32,16 @@ from netconf_callhome.errors import (
     DeviceNotReadyError,
     WaitTimeoutError,
 )
-from netconf_callhome.policy.trust_store import (
-    CANONICAL,
-    TrustStore,
-    add_identity,
-    remove_identity,
-)
-
-from netconf_callhome.protocol import ssh as ssh_transport, tls as tls_transport
-from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
 from netconf_callhome.metrics import Metrics
+from netconf_callhome.netutil import format_binds, make_listening_socket, peer_ip
+from netconf_callhome.policy.admission import Admission
+from netconf_callhome.policy.trust_store import CANONICAL, TrustStore, add_identity, remove_identity
 from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict
+from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
+from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
+from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
+from netconf_callhome.protocol.tls import TLSTransport
 from netconf_callhome.state.registry import (
     AUTH_FAILED,
     CONNECTED,
@@ -47,11 +52,10 @@ from netconf_callhome.state.registry import (
     Registry,
     SQLiteStore,
 )
-from netconf_callhome.protocol.session import HeldSession
 
 log = logging.getLogger("netconf_callhome.listener")
 
-ConnectionHandler = Callable[["CallHomeListener", socket.socket, Tuple[Any, ...]], Awaitable[None]]
+ConnectionHandler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
 
 
 class CallHomeListener:
@@ -65,10 +69,17 @@ class CallHomeListener:
         self.registry = Registry(SQLiteStore(config.registry))
         self.registry.load()
         self.metrics = Metrics(self.registry.counts)
-        self.ssh_options = ssh_transport.client_options(self)
-        self.tls_context = (
-            tls_transport.client_context(config.tls.client_cert, config.tls.client_key) if config.tls_enabled else None
+        self.admission = Admission(
+            max_handshakes=config.max_handshakes,
+            block_failures=config.block_failures,
+            block_window=config.block_window,
+            block_seconds=config.block_seconds,
+            on_limit=lambda reason: self.metrics.failures.labels(transport="any", reason=reason).inc(),
         )
+        self._keys = PrivateKeyCache()
+        self.ssh = SSHTransport(config, admission=self.admission, events=self)
+        self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout)
+        self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
         self.sessions: Dict[str, HeldSession] = {}
         self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": []}
         self._acceptors: List[Any] = []
@@ -76,43 +87,37 @@ class CallHomeListener:
         self._tasks: Set["asyncio.Future[Any]"] = set()
         self._waiters: Dict[str, List["asyncio.Future[None]"]] = {}
         self._hints: Dict[Tuple[str, str], str] = {}
-        self._failures: Dict[str, Deque[float]] = {}
-        self._blocked: Dict[str, float] = {}
-        self._key_cache: Dict[str, Tuple[float, List[asyncssh.SSHKey]]] = {}
-        self._handshakes = 0
-        self._last_full_warning = 0.0
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
-        self.control: Any = None
+        self.control = ControlServer(config, self)
+
+    @property
+    def tls_context(self) -> Optional[ssl.SSLContext]:
+        return self.tls.context if self.tls is not None else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from netconf_callhome.control.server import ControlServer  # the control layer depends on us, not the reverse
-
+        bind = ""
         try:
             for bind in self.config.ssh_binds:
-                sock = self._listen("ssh", bind, PORT_SSH)
-                self._acceptors.append(await ssh_transport.start_ssh(self, sock))
+                self._acceptors.append(await self.ssh.listen(self._listen("ssh", bind, PORT_SSH)))
             for bind in self.config.outbound_ssh_binds:
-                sock = self._listen("outbound_ssh", bind, PORT_SSH)
-                self.track(asyncio.ensure_future(self._accept_loop(sock, ssh_transport.handle_outbound_ssh)))
-            if self.tls_context is not None:
+                self._serve(self._listen("outbound_ssh", bind, PORT_SSH), self.outbound_ssh.handle)
+            if self.tls is not None:
                 for bind in self.config.tls_binds:
-                    sock = self._listen("tls", bind, PORT_TLS)
-                    self.track(asyncio.ensure_future(self._accept_loop(sock, tls_transport.handle_tls)))
+                    self._serve(self._listen("tls", bind, PORT_TLS), self.tls.handle)
         except OSError as exc:
             await self.stop()
             raise ConfigError("cannot listen on %s: %s" % (bind, exc.strerror or exc)) from None
-        self.control = ControlServer(self)
         await self.control.start()
-        self.track(asyncio.ensure_future(self._housekeeping()))
+        self.spawn(self._housekeeping())
         if self.config.metrics_bind:
             self.metrics.serve(self.config.metrics_bind)
         log.info(
             "event=listener.started ssh=%s tls=%s control=%s trust_store=%s devices_enrolled=%d",
-            _binds(self.bound["ssh"]),
-            _binds(self.bound["tls"]) or "off",
+            format_binds(self.bound["ssh"]),
+            format_binds(self.bound["tls"]) or "off",
             self.config.control_socket,
             self.config.trust_store,
             len(self.policy.index.devices),
@@ -120,20 +125,23 @@ class CallHomeListener:
 
     def _listen(self, kind: str, bind: str, default_port: int) -> socket.socket:
         host, port = parse_bind(bind, default_port)
-        sock = ssh_transport.make_listening_socket(host, port)
+        sock = make_listening_socket(host, port)
         self._listen_socks.append(sock)
         self.bound[kind].append(sock.getsockname()[:2])
         return sock
 
-    async def _accept_loop(self, lsock: socket.socket, handler: "ConnectionHandler") -> None:
+    def _serve(self, lsock: socket.socket, handler: ConnectionHandler) -> None:
+        self.spawn(self._accept_loop(lsock, handler))
+
+    async def _accept_loop(self, lsock: socket.socket, handler: ConnectionHandler) -> None:
         """Accept loop for the transports asyncssh does not accept for us (TLS, outbound-ssh)."""
         loop = asyncio.get_running_loop()
         while True:
             sock, addr = await loop.sock_accept(lsock)
-            if self.is_blocked(str(addr[0])):
+            if self.admission.is_blocked(str(addr[0])):
                 sock.close()
                 continue
-            self.track(asyncio.ensure_future(handler(self, sock, addr)))
+            self.spawn(handler(sock, addr))
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -151,8 +159,7 @@ class CallHomeListener:
             acceptor.close()
         for sock in self._listen_socks:
             sock.close()
-        if self.control is not None:
-            await self.control.stop()
+        await self.control.stop()
         for held in list(self.sessions.values()):
             held.close("listener stopping")
         for task in list(self._tasks):
@@ -161,9 +168,15 @@ class CallHomeListener:
         self.registry.close()
         log.info("event=listener.stopped")
 
-    def track(self, task: "asyncio.Future[Any]") -> None:
+    def spawn(self, awaitable: Awaitable[Any]) -> None:
+        """Run a task the listener owns: kept referenced, cancelled on stop."""
+        task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def touch(self) -> None:
+        """Control activity: postpones the idle exit of an embedded listener."""
+        self.last_activity = time.monotonic()
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,66 +187,49 @@ class CallHomeListener:
                 await loop.run_in_executor(None, self.registry.flush)
             if (
                 self.config.idle_exit
-                and not self.sessions_leased()
+                and not self.control.active_leases
                 and time.monotonic() - self.last_activity > self.config.idle_exit
             ):
                 log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
                 self._stopping.set()
 
-    def sessions_leased(self) -> int:
-        """Leases in progress (kept by the control layer: O(1), ``status`` is polled often)."""
-        return self.control.active_leases if self.control is not None else 0
+    # -- TransportEvents: trust decisions ------------------------------------------------------
 
-    # -- policy helpers used by the transports -------------------------------------------------
-
-    def client_keys(self, path: str) -> List[asyncssh.SSHKey]:
-        """Private keys, read once and cached (re-read when the file changes)."""
-        if not path:
-            return []
+    def ssh_host_key(self, key: asyncssh.SSHKey, *, peer: str, device_id: str) -> Optional[SSHLogin]:
+        fingerprint = key.get_fingerprint("sha256")
+        verdict = self.policy.ssh_verdict(fingerprint, hint=self.hint_for(peer_ip(peer), "ssh"), device_id=device_id)
+        if not verdict.accepted:
+            public_line = key.export_public_key("openssh").decode("ascii").strip()
+            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
+            return None
+        creds = self.policy.credentials_for(verdict.device)
         try:
-            mtime = os.stat(path).st_mtime
-        except OSError as exc:
-            raise ConfigError("cannot read private key %s: %s" % (path, exc.strerror)) from None
-        cached = self._key_cache.get(path)
-        if cached is None or cached[0] != mtime:
-            try:
-                cached = (mtime, [asyncssh.read_private_key(path)])
-            except (OSError, asyncssh.KeyImportError) as exc:
-                raise ConfigError("cannot load private key %s: %s" % (path, exc)) from None
-            self._key_cache[path] = cached
-        return list(cached[1])
+            keys = self._keys.keys(creds.private_key_file)
+        except ConfigError as exc:
+            log.error("event=credentials.error device=%s error=%r", verdict.device, exc.message)
+            keys = []
+        return SSHLogin(
+            device=verdict.device,
+            fingerprint=verdict.fingerprint,
+            username=creds.username,
+            keys=keys,
+            read_password=creds.read_password,
+        )
 
-    def is_blocked(self, peer_ip: str) -> bool:
-        until = self._blocked.get(peer_ip)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
-        del self._blocked[peer_ip]
-        return False
+    def tls_certificate(self, chain: Sequence[bytes], *, peer: str) -> Optional[VerifiedDevice]:
+        verdict = self.policy.tls_verdict(chain, hint=self.hint_for(peer_ip(peer), "tls"))
+        if not verdict.accepted:
+            pem = ssl.DER_cert_to_PEM_cert(chain[0])
+            self._refused(verdict, transport="tls", peer=peer, key_type="x509", public_key=pem)
+            return None
+        return VerifiedDevice(device=verdict.device, fingerprint=verdict.fingerprint)
 
-    def count_failure(self, transport: str, reason: str, peer_ip: str) -> None:
-        self.metrics.failures.labels(transport=transport, reason=reason).inc()
-        self.metrics.handshakes.labels(transport=transport, result="failed").inc()
-        if reason in ("host-key", "auth-failed") or reason.endswith("-after-banner"):
-            return  # a device waiting for enrollment retries; blocking it would delay approval
-        now = time.monotonic()
-        window = self._failures.setdefault(peer_ip, collections.deque())
-        window.append(now)
-        while window and now - window[0] > self.config.block_window:
-            window.popleft()
-        if len(window) >= self.config.block_failures:
-            self._blocked[peer_ip] = now + self.config.block_seconds
-            window.clear()
-            log.warning(
-                "event=peer.blocked peer_ip=%s seconds=%.0f reason=repeated_failures",
-                peer_ip,
-                self.config.block_seconds,
-            )
+    def hint_for(self, address: str, transport: str) -> str:
+        """The device last connected from this address, if it has no live session now."""
+        device = self._hints.get((address, transport), "")
+        return "" if device in self.sessions else device
 
-    # -- outcomes ------------------------------------------------------------------------------
-
-    def refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
+    def _refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
         """An unenrolled or mismatched key: record it, never authenticate, never hand it out."""
         pending = self.registry.record_pending(
             PendingKey(
@@ -275,95 +271,45 @@ class CallHomeListener:
                 pending.count,
             )
 
-    def handshake_slot(self, peer: str) -> bool:
-        """Bound the handshakes in progress: a connection flood cannot exhaust memory or CPU."""
-        if self._handshakes >= self.config.max_handshakes:
-            now = time.monotonic()
-            if now - self._last_full_warning > 5:
-                self._last_full_warning = now
-                log.warning("event=handshake.limit peer=%s in_progress=%d", peer, self._handshakes)
-            self.metrics.failures.labels(transport="any", reason="handshake-limit").inc()
-            return False
-        self._handshakes += 1
-        return True
+    # -- TransportEvents: outcomes -------------------------------------------------------------
 
-    def handshake_done(self) -> None:
-        self._handshakes -= 1
-
-    def release_slot(self, owner: Any) -> None:
-        """For SSH: the slot is held by the per-connection client object until accept or error."""
-        if getattr(owner, "holds_slot", False):
-            owner.holds_slot = False
-            self.handshake_done()
-
-    def ssh_failed(self, conn: asyncssh.SSHClientConnection, exc: Optional[Exception]) -> None:
-        client = conn.get_owner()
-        self.release_slot(client)
-        if getattr(client, "turned_away", False):
-            return
-        peer = getattr(client, "peer", "") or "?"
-        peer_ip = getattr(client, "peer_ip", "") or "?"
-        verdict = getattr(client, "verdict", None)
-        reason, message = ssh_transport.describe_ssh_failure(exc)
-        if verdict is not None and not verdict.accepted:
-            reason = "host-key"  # already recorded by refused()
-        elif verdict is not None and verdict.accepted:
-            status = AUTH_FAILED if reason == "auth-failed" else ERROR
+    def handshake_failed(self, failure: HandshakeFailure) -> None:
+        if failure.device:
+            status = AUTH_FAILED if failure.reason == "auth-failed" else ERROR
             self.registry.update(
-                verdict.device, status=status, peer=peer, transport="ssh", last_seen=time.time(), last_error=message
-            )
-            log.warning(
-                "event=device.%s device=%s peer=%s transport=ssh error=%r", reason, verdict.device, peer, message
-            )
-        else:
-            log.warning("event=handshake.failed peer=%s transport=ssh reason=%s error=%r", peer, reason, message)
-        if reason in ("timeout", "connection-lost") and getattr(conn, "_server_version", None):
-            # It spoke SSH, so a handshake that timed out or was dropped is what a storm looks like
-            # (the listener slow, devices giving up and redialing), not a stalled attacker: blocking
-            # its address would lock out every device behind the same NAT.
-            reason += "-after-banner"
-        self.count_failure("ssh", reason, peer_ip)
-
-    def session_failed(self, *, device: str, transport: str, peer: str, exc: BaseException) -> None:
-        """The handshake or hello failed; ``device`` is empty when trust was never decided."""
-        if isinstance(exc, CallHomeError):
-            message = exc.message
-            reason = exc.code
-        else:
-            reason, message = ssh_transport.describe_ssh_failure(exc)
-        if device:
-            self.registry.update(
-                device,
-                status=ERROR,
-                peer=peer,
-                transport=transport,
+                failure.device,
+                status=status,
+                peer=failure.peer,
+                transport=failure.transport,
                 last_seen=time.time(),
-                last_error=message,
+                last_error=failure.message,
             )
             log.warning(
                 "event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r",
-                device,
-                peer,
-                transport,
-                reason,
-                message,
+                failure.device,
+                failure.peer,
+                failure.transport,
+                failure.reason,
+                failure.message,
             )
-        else:
+        elif failure.reason != "host-key":  # a refused key was logged when it was recorded
             log.warning(
                 "event=handshake.failed peer=%s transport=%s reason=%s error=%r",
-                peer,
-                transport,
-                reason,
-                message,
+                failure.peer,
+                failure.transport,
+                failure.reason,
+                failure.message,
             )
-        self.count_failure(transport, reason, _peer_ip(peer))
+        self.metrics.failures.labels(transport=failure.transport, reason=failure.reason).inc()
+        self.metrics.handshakes.labels(transport=failure.transport, result="failed").inc()
+        self.admission.failed(failure.reason, peer_ip(failure.peer))
 
     def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
         assert held.hello is not None
         now = time.time()
         old = self.sessions.get(held.device)
         self.sessions[held.device] = held
-        held.on_closed = self._session_closed
+        held.closed.add_done_callback(lambda fut: self._session_closed(held, fut.result()))
         if old is not None and old is not held:
             old.close("replaced by a new call from %s" % held.peer)
             log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", held.device, old.peer, held.peer)
@@ -382,7 +328,7 @@ class CallHomeListener:
             last_error="",
             connect_count=(rec.connect_count if rec else 0) + 1,
         )
-        self._hints[(_peer_ip(held.peer), held.transport)] = held.device
+        self._hints[(peer_ip(held.peer), held.transport)] = held.device
         elapsed = time.monotonic() - started
         self.metrics.handshakes.labels(transport=held.transport, result="ok").inc()
         self.metrics.handshake_seconds.labels(transport=held.transport).observe(elapsed)
@@ -413,7 +359,19 @@ class CallHomeListener:
             "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
         )
 
-    # -- operations for the control layer ------------------------------------------------------
+    def lease_ended(self, held: HeldSession) -> None:
+        """A device that refused a second channel is served shared from now on: record it."""
+        rec = self.registry.get(held.device)
+        if rec is not None and rec.session_mode != held.mode and self.sessions.get(held.device) is held:
+            self.registry.update(held.device, session_mode=held.mode)
+
+    # -- ControlledListener --------------------------------------------------------------------
+
+    def enrolled_devices(self) -> Collection[str]:
+        return self.policy.index.devices
+
+    def reload_trust(self) -> bool:
+        return self.policy.reload()
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession:
         """The device's open session, waiting up to ``timeout`` s for it to call home."""
@@ -435,11 +393,6 @@ class CallHomeListener:
                 waiters = self._waiters.get(device)
                 if waiters and fut in waiters:
                     waiters.remove(fut)
-
-    def hint_for(self, peer_ip: str, transport: str) -> str:
-        """The device last connected from this address, if it has no live session now."""
-        device = self._hints.get((peer_ip, transport), "")
-        return "" if device in self.sessions else device
 
     def _not_ready(self, device: str, timeout: float) -> CallHomeError:
         rec = self.registry.get(device)
@@ -556,11 +509,6 @@ class CallHomeListener:
         return {"device": device, "identity": identity, "changed": bool(changed)}
 
 
-def _peer_ip(peer: str) -> str:
-    """The address part of a peer as the transports format it (``ip:port`` or ``[v6]:port``)."""
-    return peer.rsplit(":", 1)[0].strip("[]")
-
-
 def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:
     """The sentence an operator reads in a failed task: what happened and what to do."""
     if rec is None:
@@ -592,6 +540,3 @@ def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) ->
         return base + " (last error: %s)" % rec.last_error
     return base
 
-
-def _binds(bound: List[Tuple[str, int]]) -> str:
-    return ",".join("[%s]:%d" % b if ":" in b[0] else "%s:%d" % b for b in bound)

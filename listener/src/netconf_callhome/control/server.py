@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Lifecycle layer, control side: the control socket (Unix, mode 0600) and the optional remote
-control endpoint (TCP + TLS + bearer token) for AWX and containers.
+"""Control endpoint: the control socket (Unix, mode 0600) and the optional remote control
+endpoint (TCP + TLS + bearer token) for AWX and containers.
 
-The wire protocol is described in ``plugins/module_utils/control_client.py``. One request per
-connection; ``lease`` turns the connection into a NETCONF byte stream.
+The wire protocol is described in :mod:`netconf_callhome.control.client`. One request per
+connection; ``lease`` turns the connection into a NETCONF byte stream. The server reaches the
+listener only through :class:`ControlledListener`, which the service implements.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from netconf_callhome.errors import (
     CallHomeError,
@@ -28,21 +29,64 @@ from netconf_callhome.errors import (
     NotAuthorizedError,
 )
 
-from netconf_callhome.config import parse_bind
-
-if TYPE_CHECKING:
-    from netconf_callhome.service import CallHomeListener
-    from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.config import ListenerConfig, parse_bind
+from netconf_callhome.metrics import Metrics
+from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.state.registry import Registry
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
 _LINE_LIMIT = 1024 * 1024
 
 
+class ControlledListener(Protocol):
+    """What the control operations need from the listener: state to read, a few actions."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def sessions(self) -> Mapping[str, HeldSession]: ...
+
+    @property
+    def bound(self) -> Mapping[str, List[Tuple[str, int]]]: ...
+
+    def enrolled_devices(self) -> Collection[str]: ...
+
+    async def wait_ready(self, device: str, timeout: float) -> HeldSession: ...
+
+    def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]: ...
+
+    def enroll(
+        self,
+        device: str,
+        kind: str,
+        value: str,
+        *,
+        replace: bool = False,
+        observed: bool = False,
+        credentials: Optional[Dict[str, Any]] = None,
+        dry_run: bool = False,
+    ) -> Dict[str, Any]: ...
+
+    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]: ...
+
+    def reload_trust(self) -> bool: ...
+
+    def lease_ended(self, held: HeldSession) -> None: ...
+
+    def touch(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
 class ControlServer:
-    def __init__(self, listener: "CallHomeListener") -> None:
+    def __init__(self, config: ListenerConfig, listener: ControlledListener) -> None:
         self.listener = listener
-        self.config = listener.config
+        self.config = config
         self._servers: List[asyncio.AbstractServer] = []
         self._token: Optional[bytes] = None
         self._started = time.time()
@@ -91,7 +135,7 @@ class ControlServer:
             os.unlink(self.config.control_socket)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, remote: bool) -> None:
-        self.listener.last_activity = time.monotonic()
+        self.listener.touch()
         op = "?"
         try:
             try:
@@ -136,7 +180,7 @@ class ControlServer:
                     {"ok": False, "error": {"code": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}},
                 )
         finally:
-            self.listener.last_activity = time.monotonic()
+            self.listener.touch()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -196,7 +240,7 @@ class ControlServer:
         await self._serve_lease(held, info, reader, writer)
 
     async def _serve_lease(
-        self, held: "HeldSession", info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, held: HeldSession, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         metrics = self.listener.metrics
         metrics.leases.labels(mode=held.mode).inc()
@@ -206,9 +250,7 @@ class ControlServer:
         log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, held.mode)
         try:
             reason = await held.lease(reader, writer)
-            rec = self.listener.registry.get(held.device)
-            if rec is not None and rec.session_mode != held.mode and self.listener.sessions.get(held.device) is held:
-                self.listener.registry.update(held.device, session_mode=held.mode)  # fell back to shared
+            self.listener.lease_ended(held)
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
         finally:
@@ -242,9 +284,9 @@ class ControlServer:
             "registry": self.config.registry,
             "devices": lst.registry.counts(),
             "sessions": len(lst.sessions),
-            "active_leases": lst.sessions_leased(),
+            "active_leases": self.active_leases,
             "pending": len(lst.registry.pending()),
-            "enrolled": len(lst.policy.index.devices),
+            "enrolled": len(lst.enrolled_devices()),
         }
 
     async def _op_devices(self, request: Dict[str, Any]) -> Any:
@@ -254,14 +296,14 @@ class ControlServer:
             if status and rec.status != status:
                 continue
             out.append(self._device_view(rec.name, rec.to_dict()))
-        for name in sorted(set(self.listener.policy.index.devices) - {r["name"] for r in out}):
+        for name in sorted(set(self.listener.enrolled_devices()) - {r["name"] for r in out}):
             if not status and self.listener.registry.get(name) is None:
                 out.append(self._device_view(name, {"name": name, "status": "never-seen"}))
         return out
 
     def _device_view(self, name: str, rec: Dict[str, Any]) -> Dict[str, Any]:
         held = self.listener.sessions.get(name)
-        rec["enrolled"] = name in self.listener.policy.index.devices
+        rec["enrolled"] = name in self.listener.enrolled_devices()
         rec["active_leases"] = held.active_leases if held else 0
         return rec
 
@@ -269,7 +311,7 @@ class ControlServer:
         name = _require_str(request, "device")
         rec = self.listener.registry.get(name)
         if rec is None:
-            if name in self.listener.policy.index.devices:
+            if name in self.listener.enrolled_devices():
                 return self._device_view(name, {"name": name, "status": "never-seen"})
             raise DeviceNotFoundError(
                 "device %r is not enrolled and has never called home" % name, details={"device": name}
@@ -309,7 +351,7 @@ class ControlServer:
         return self._device_view(device, rec.to_dict() if rec else {"name": device})
 
     async def _op_reload(self, request: Dict[str, Any]) -> Any:
-        return {"reloaded": self.listener.policy.reload(), "enrolled": len(self.listener.policy.index.devices)}
+        return {"reloaded": self.listener.reload_trust(), "enrolled": len(self.listener.enrolled_devices())}
 
     async def _op_shutdown(self, request: Dict[str, Any]) -> Any:
         asyncio.get_running_loop().call_later(0.05, self.listener.request_stop)

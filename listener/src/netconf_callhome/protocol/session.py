@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Awaitable, Callable, Dict, Optional, Protocol, Tuple
 
 from netconf_callhome.errors import (
     FramingError,
@@ -48,7 +48,15 @@ class HeldSession:
     """The NETCONF session the listener opened on a device's call-home connection."""
 
     def __init__(
-        self, *, device: str, transport: str, peer: str, fingerprint: str, max_hello: int, max_message: int
+        self,
+        *,
+        device: str,
+        transport: str,
+        peer: str,
+        fingerprint: str,
+        max_hello: int,
+        max_message: int,
+        open_channel: Optional[Callable[[], Awaitable[Tuple[Any, Any]]]] = None,
     ) -> None:
         self.device = device
         self.transport = transport
@@ -69,9 +77,8 @@ class HeldSession:
         self._lease_lock = asyncio.Lock()
         self.active_leases = 0
         self.failed = False  # closed because the device broke the protocol, not a plain drop
-        # Set by the SSH transport: opens a new ``netconf`` channel for a lease.
-        self.open_channel: Optional[Callable[[], "asyncio.Future[tuple]"]] = None
-        self.on_closed: Optional[Callable[["HeldSession", str], None]] = None
+        # From the SSH transport: opens a new ``netconf`` channel on the device's connection.
+        self.open_channel = open_channel
 
     # -- carrier callbacks ---------------------------------------------------------------------
 
@@ -113,9 +120,7 @@ class HeldSession:
         if not self._hello_waiter.done():
             self._hello_waiter.set_exception(HandshakeError(reason))
         if not self.closed.done():
-            self.closed.set_result(reason)
-            if self.on_closed is not None:
-                self.on_closed(self, reason)
+            self.closed.set_result(reason)  # the service watches this future
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 asyncssh's ``listen_reverse`` does exactly the RFC 8071 role reversal. We give it listening
 sockets we made (so IPv6-only flags and port 0 work), one shared options object (built once: the
 per-connection cost is then the handshake itself), and a per-connection :class:`DeviceSSHClient`
-that asks the trust policy about the host key and supplies that device's credentials.
+that asks for a trust decision on the host key and then logs in with that device's credentials.
 """
 
 from __future__ import annotations
@@ -12,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import asyncssh
 
-from netconf_callhome.errors import ConfigError, LeaseError
-
-from netconf_callhome.config import Credentials, ListenerConfig
-from netconf_callhome.policy.verdicts import Verdict
+from netconf_callhome.config import ListenerConfig
+from netconf_callhome.errors import CallHomeError, ConfigError, LeaseError
+from netconf_callhome.netutil import format_peer, set_tcp_keepalive
+from netconf_callhome.protocol.events import Admission, HandshakeFailure, SSHLogin, TransportEvents
 from netconf_callhome.protocol.session import CHANNEL, HeldSession
-
-if TYPE_CHECKING:
-    from netconf_callhome.service import CallHomeListener
 
 log = logging.getLogger("netconf_callhome.ssh")
 
@@ -42,26 +40,44 @@ HOST_KEY_ALGS = [
 ]
 
 
-class _HostKeyRejected(Exception):
-    pass
+class PrivateKeyCache:
+    """The listener's private keys, read once and re-read when the file changes."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[str, Tuple[float, List[asyncssh.SSHKey]]] = {}
+
+    def keys(self, path: str) -> List[asyncssh.SSHKey]:
+        if not path:
+            return []
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError as exc:
+            raise ConfigError("cannot read private key %s: %s" % (path, exc.strerror)) from None
+        cached = self._cache.get(path)
+        if cached is None or cached[0] != mtime:
+            try:
+                cached = (mtime, [asyncssh.read_private_key(path)])
+            except (OSError, asyncssh.KeyImportError) as exc:
+                raise ConfigError("cannot load private key %s: %s" % (path, exc)) from None
+            self._cache[path] = cached
+        return list(cached[1])
 
 
 class DeviceSSHClient(asyncssh.SSHClient):
     """Per-connection SSH client: trust decision first, then this device's credentials only."""
 
-    def __init__(self, listener: "CallHomeListener", device_id: str = "") -> None:
-        self.listener = listener
+    def __init__(self, transport: "SSHTransport", device_id: str = "") -> None:
+        self.transport = transport
         self.device_id = device_id  # from a Junos outbound-ssh preamble, if any
         self.conn: Optional[asyncssh.SSHClientConnection] = None
         self.peer = ""
         self.peer_ip = ""
-        self.verdict: Optional[Verdict] = None
-        self.key_type = ""
+        self.login: Optional[SSHLogin] = None
+        self.refused = False  # the host key was not accepted (recorded as pending upstream)
         self.started = time.monotonic()
         self._keys_left: List[asyncssh.SSHKey] = []
         self._password_tried = False
-        self._auth_methods: List[str] = []
-        self._creds: Optional[Credentials] = None
+        self.auth_methods: List[str] = []
         self.holds_slot = False
         self.turned_away = False
 
@@ -69,56 +85,49 @@ class DeviceSSHClient(asyncssh.SSHClient):
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer_ip = str(peer[0])
-        self.peer = _fmt_peer(peer)
-        if self.listener.is_blocked(self.peer_ip) or not self.listener.handshake_slot(self.peer):
+        self.peer = format_peer(peer)
+        admission = self.transport.admission
+        if admission.is_blocked(self.peer_ip) or not admission.acquire(self.peer):
             self.turned_away = True  # already counted; not a failure of this peer's handshake
             conn.abort()
             return
         self.holds_slot = True
 
+    def release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.transport.admission.release()
+
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        fingerprint = key.get_fingerprint("sha256")
-        self.key_type = key.get_algorithm()
-        verdict = self.listener.policy.ssh_verdict(
-            fingerprint, hint=self.listener.hint_for(self.peer_ip, "ssh"), device_id=self.device_id
-        )
-        self.verdict = verdict
-        if not verdict.accepted:
-            public_line = key.export_public_key("openssh").decode("ascii").strip()
-            self.listener.refused(
-                verdict, transport="ssh", peer=self.peer, key_type=self.key_type, public_key=public_line
-            )
+        login = self.transport.events.ssh_host_key(key, peer=self.peer, device_id=self.device_id)
+        if login is None:
+            self.refused = True
             return False
-        creds = self.listener.policy.credentials_for(verdict.device)
         assert self.conn is not None
         # asyncssh fixes the user name when the connection object is built, before we know who
         # called; the user-auth request is only built after this point, so it can still change.
-        self.conn._username = creds.username  # pylint: disable=protected-access
-        try:
-            self._keys_left = self.listener.client_keys(creds.private_key_file)
-        except ConfigError as exc:
-            log.error("event=credentials.error device=%s error=%r", verdict.device, exc.message)
-            self._keys_left = []
-        self._creds = creds
+        self.conn._username = login.username  # pylint: disable=protected-access
+        self._keys_left = list(login.keys)
+        self.login = login
         return True
 
     def public_key_auth_requested(self) -> Optional[asyncssh.SSHKey]:
         if self._keys_left:
-            self._auth_methods.append("publickey")
+            self.auth_methods.append("publickey")
             return self._keys_left.pop(0)
         return None
 
     def password_auth_requested(self) -> Optional[str]:
-        if self._password_tried or self._creds is None or self.verdict is None:
+        if self._password_tried or self.login is None:
             return None
         self._password_tried = True
         try:
-            password = self._creds.read_password()
+            password = self.login.read_password()
         except ConfigError as exc:
-            log.error("event=credentials.error device=%s error=%r", self.verdict.device, exc.message)
+            log.error("event=credentials.error device=%s error=%r", self.login.device, exc.message)
             return None
         if password is not None:
-            self._auth_methods.append("password")
+            self.auth_methods.append("password")
         return password
 
     def kbdint_auth_requested(self) -> Optional[str]:
@@ -155,128 +164,131 @@ class _ChannelCarrier(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.conn.close()
 
 
-def client_options(listener: "CallHomeListener") -> asyncssh.SSHClientConnectionOptions:
-    cfg = listener.config
-    return asyncssh.SSHClientConnectionOptions(
-        client_factory=lambda: DeviceSSHClient(listener),
-        known_hosts=([], [], []),  # empty, not None: every key goes to validate_host_public_key
-        server_host_key_algs=HOST_KEY_ALGS,
-        username="netconf",
-        client_keys=None,  # keys come per device from public_key_auth_requested
-        agent_path=None,
-        public_key_auth=True,
-        password_auth=True,
-        kbdint_auth=False,
-        host_based_auth=False,
-        gss_host=None,
-        login_timeout=cfg.handshake_timeout,
-        keepalive_interval=cfg.keepalive_interval,
-        keepalive_count_max=cfg.keepalive_count_max,
-        tcp_keepalive=True,  # tuned per socket in open_netconf
-        compression_algs=None,
-    )
+class SSHTransport:
+    """NETCONF over SSH call home: asyncssh accepts, we verify, log in and open ``netconf``."""
 
+    def __init__(
+        self, config: ListenerConfig, *, admission: Admission, events: TransportEvents
+    ) -> None:
+        self.config = config
+        self.admission = admission
+        self.events = events
+        self.options = asyncssh.SSHClientConnectionOptions(
+            client_factory=lambda: DeviceSSHClient(self),
+            known_hosts=([], [], []),  # empty, not None: every key goes to validate_host_public_key
+            server_host_key_algs=HOST_KEY_ALGS,
+            username="netconf",
+            client_keys=None,  # keys come per device from public_key_auth_requested
+            agent_path=None,
+            public_key_auth=True,
+            password_auth=True,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            login_timeout=config.handshake_timeout,
+            keepalive_interval=config.keepalive_interval,
+            keepalive_count_max=config.keepalive_count_max,
+            tcp_keepalive=True,  # tuned per socket in open_netconf
+            compression_algs=None,
+        )
 
-def make_listening_socket(host: str, port: int) -> socket.socket:
-    """Bind one address; IPv6 sockets are v6-only so '0.0.0.0' and '::' can both be listed."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, addr = infos[0][0], infos[0][4]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(4096)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    async def listen(self, sock: socket.socket) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen_reverse(
+            sock=sock, options=self.options, acceptor=self._accepted, error_handler=self._failed, config=None
+        )
 
+    def options_for(self, device_id: str) -> asyncssh.SSHClientConnectionOptions:
+        """Options whose client carries a claimed DEVICE-ID (Junos outbound-ssh)."""
+        return asyncssh.SSHClientConnectionOptions(
+            options=self.options, client_factory=functools.partial(DeviceSSHClient, self, device_id)
+        )
 
-def set_tcp_keepalive(sock: Optional[socket.socket], cfg: "ListenerConfig") -> None:
-    """Kernel keepalives: the cheap dead-peer detector (see ListenerConfig)."""
-    if sock is None:
-        return
-    idle = max(1, int(cfg.tcp_keepalive_idle))
-    interval = max(1, int(cfg.tcp_keepalive_interval))
-    count = max(1, cfg.tcp_keepalive_count)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        # Unacknowledged data must not keep a dead peer "connected" for the kernel's 15 minutes.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * count) * 1000)
+    def connection(self, loop: asyncio.AbstractEventLoop, device_id: str) -> asyncssh.SSHClientConnection:
+        """A client connection object for a socket we already read from (outbound-ssh)."""
+        return asyncssh.SSHClientConnection(
+            loop, self.options_for(device_id), self._accepted, self._failed  # type: ignore[arg-type]
+        )
 
+    # -- outcomes --------------------------------------------------------------------------
 
-async def start_ssh(listener: "CallHomeListener", sock: socket.socket) -> asyncssh.SSHAcceptor:
-    return await asyncssh.listen_reverse(
-        sock=sock,
-        options=listener.ssh_options,
-        acceptor=functools.partial(_spawn, listener),
-        error_handler=listener.ssh_failed,
-        config=None,
-    )
+    def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
+        client: DeviceSSHClient = conn.get_owner()  # type: ignore[assignment]
+        client.release_slot()
+        self.events.spawn(self._open_netconf(conn, client))
 
+    def _failed(self, conn: asyncssh.SSHClientConnection, exc: Optional[Exception]) -> None:
+        client: DeviceSSHClient = conn.get_owner()  # type: ignore[assignment]
+        client.release_slot()
+        if client.turned_away:
+            return
+        reason, message = describe_ssh_failure(exc)
+        device = ""
+        if client.refused:
+            reason = "host-key"  # already recorded as pending by the events side
+        elif client.login is not None:
+            device = client.login.device
+        elif reason in ("timeout", "connection-lost") and getattr(conn, "_server_version", None):
+            # It spoke SSH, so a handshake that timed out or was dropped is what a storm looks like
+            # (the listener slow, devices giving up and redialing), not a stalled attacker: blocking
+            # its address would lock out every device behind the same NAT.
+            reason += "-after-banner"
+        self.events.handshake_failed(
+            HandshakeFailure(transport="ssh", peer=client.peer or "?", reason=reason, message=message, device=device)
+        )
 
-def _spawn(listener: "CallHomeListener", conn: asyncssh.SSHClientConnection) -> None:
-    listener.release_slot(conn.get_owner())
-    task = asyncio.ensure_future(open_netconf(listener, conn))
-    listener.track(task)
+    async def _open_netconf(self, conn: asyncssh.SSHClientConnection, client: DeviceSSHClient) -> None:
+        assert client.login is not None
+        cfg = self.config
 
+        async def open_channel() -> Tuple[Any, Any]:
+            try:
+                chan_writer, chan_reader = (await conn.open_session(subsystem="netconf", encoding=None))[:2]
+            except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
+                raise LeaseError("device refused another NETCONF channel: %s" % exc) from None
+            return chan_writer, chan_reader
 
-async def open_netconf(listener: "CallHomeListener", conn: asyncssh.SSHClientConnection) -> None:
-    client: DeviceSSHClient = conn.get_owner()  # type: ignore[assignment]
-    assert client.verdict is not None
-    cfg = listener.config
-    held = HeldSession(
-        device=client.verdict.device,
-        transport="ssh",
-        peer=client.peer,
-        fingerprint=client.verdict.fingerprint,
-        max_hello=cfg.max_hello_bytes,
-        max_message=cfg.max_message_bytes,
-    )
-    set_tcp_keepalive(conn.get_extra_info("socket"), cfg)
-    try:
-        remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
-        async with asyncio.timeout(remaining):
-            await conn.create_session(
-                functools.partial(_ChannelCarrier, held, conn), subsystem="netconf", encoding=None
-            )
-            await held.wait_hello()
-    except BaseException as exc:
-        conn.close()
-        listener.session_failed(device=held.device, transport="ssh", peer=held.peer, exc=exc)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return
-
-    async def open_channel() -> Tuple[Any, Any]:
+        held = HeldSession(
+            device=client.login.device,
+            transport="ssh",
+            peer=client.peer,
+            fingerprint=client.login.fingerprint,
+            max_hello=cfg.max_hello_bytes,
+            max_message=cfg.max_message_bytes,
+            open_channel=open_channel,
+        )
+        set_tcp_keepalive(conn.get_extra_info("socket"), cfg)
         try:
-            chan_writer, chan_reader = (await conn.open_session(subsystem="netconf", encoding=None))[:2]
-        except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
-            raise LeaseError("device refused another NETCONF channel: %s" % exc) from None
-        return chan_writer, chan_reader
+            remaining = max(0.1, cfg.handshake_timeout - (time.monotonic() - client.started))
+            async with asyncio.timeout(remaining):
+                await conn.create_session(
+                    functools.partial(_ChannelCarrier, held, conn), subsystem="netconf", encoding=None
+                )
+                await held.wait_hello()
+        except BaseException as exc:
+            conn.close()
+            reason, message = classify(exc)
+            self.events.handshake_failed(
+                HandshakeFailure(transport="ssh", peer=held.peer, reason=reason, message=message, device=held.device)
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        held.mode = CHANNEL
+        conn_closed = conn.wait_closed()
+        self.events.session_ready(held, started=client.started, auth=",".join(client.auth_methods))
 
-    held.mode = CHANNEL
-    held.open_channel = open_channel  # type: ignore[assignment]
-    conn_closed = conn.wait_closed()
-    listener.session_ready(held, started=client.started, auth=",".join(client._auth_methods))
+        async def watch() -> None:
+            await conn_closed
+            held.connection_lost("SSH connection closed")
 
-    async def watch() -> None:
-        await conn_closed
-        held.connection_lost("SSH connection closed")
-
-    listener.track(asyncio.ensure_future(watch()))
+        self.events.spawn(watch())
 
 
-def _fmt_peer(peer: Tuple[Any, ...]) -> str:
-    host, port = peer[0], peer[1]
-    return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
+def classify(exc: BaseException) -> Tuple[str, str]:
+    """(reason code, message) for a failure after trust was decided: ours first, then asyncssh's."""
+    if isinstance(exc, CallHomeError):
+        return exc.code, exc.message
+    return describe_ssh_failure(exc)
 
 
 def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
@@ -298,84 +310,3 @@ def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
     if isinstance(exc, asyncssh.Error):
         return "ssh-error", str(exc)
     return "error", "%s: %s" % (type(exc).__name__, exc)
-
-
-# -- Junos outbound-ssh ------------------------------------------------------------------------
-
-_PREAMBLE_LIMIT = 16 * 1024
-
-
-async def handle_outbound_ssh(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
-    """Junos ``outbound-ssh`` sends ``MSG-ID: DEVICE-CONN-INFO`` lines before SSH starts; on these
-    ports the listener reads them (for the DEVICE-ID), then runs the same SSH client as on 4334."""
-    loop = asyncio.get_running_loop()
-    peer = _fmt_peer(addr)
-    try:
-        async with asyncio.timeout(listener.config.handshake_timeout):
-            fields = await read_outbound_ssh_preamble(loop, sock)
-    except (TimeoutError, OSError, ValueError) as exc:
-        sock.close()
-        log.warning(
-            "event=handshake.failed peer=%s transport=ssh reason=outbound-ssh-preamble error=%r", peer, str(exc)
-        )
-        listener.count_failure("ssh", "outbound-ssh-preamble", str(addr[0]))
-        return
-    device_id = fields.get("DEVICE-ID", "")
-    log.info("event=outbound_ssh.preamble peer=%s device_id=%s msg_ver=%s", peer, device_id, fields.get("MSG-VER", ""))
-    options = asyncssh.SSHClientConnectionOptions(
-        options=listener.ssh_options, client_factory=functools.partial(DeviceSSHClient, listener, device_id)
-    )
-
-    def factory() -> asyncssh.SSHClientConnection:
-        return asyncssh.SSHClientConnection(
-            loop, options, functools.partial(_spawn, listener), listener.ssh_failed  # type: ignore[arg-type]
-        )
-
-    try:
-        await loop.create_connection(factory, sock=sock)
-    except OSError as exc:
-        sock.close()
-        log.warning("event=handshake.failed peer=%s transport=ssh error=%r", peer, str(exc))
-
-
-def _resolve(fut: "asyncio.Future[None]") -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def read_outbound_ssh_preamble(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Dict[str, str]:
-    """Consume the ``KEY: value`` lines before the SSH banner, leaving the banner in the socket."""
-    sock.setblocking(False)
-    fields: Dict[str, str] = {}
-    consumed = 0
-    while True:
-        ready: "asyncio.Future[None]" = loop.create_future()
-        loop.add_reader(sock.fileno(), _resolve, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(sock.fileno())
-        data = sock.recv(_PREAMBLE_LIMIT, socket.MSG_PEEK)
-        if not data:
-            raise ValueError("connection closed during the outbound-ssh preamble")
-        if data.startswith(b"SSH-"):
-            if not fields:
-                raise ValueError("no outbound-ssh preamble before the SSH banner")
-            return fields
-        end = data.rfind(b"\n")
-        if end < 0:
-            if len(data) >= _PREAMBLE_LIMIT:
-                raise ValueError("outbound-ssh preamble line too long")
-            continue
-        ssh_at = data.find(b"\nSSH-")
-        take = ssh_at + 1 if 0 <= ssh_at < end else end + 1
-        chunk = sock.recv(take)
-        consumed += len(chunk)
-        if consumed > _PREAMBLE_LIMIT:
-            raise ValueError("outbound-ssh preamble exceeds %d bytes" % _PREAMBLE_LIMIT)
-        for line in chunk.decode("utf-8", "replace").splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip():
-                fields[key.strip().upper()] = value.strip()
-        if "MSG-ID" in fields and fields["MSG-ID"] != "DEVICE-CONN-INFO":
-            raise ValueError("unexpected outbound-ssh MSG-ID %r" % fields["MSG-ID"])

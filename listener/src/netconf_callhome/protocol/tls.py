@@ -14,15 +14,14 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
+from netconf_callhome.config import ListenerConfig
 from netconf_callhome.errors import HandshakeError
-
+from netconf_callhome.netutil import format_peer, set_tcp_keepalive
+from netconf_callhome.protocol.events import Admission, HandshakeFailure, TransportEvents
 from netconf_callhome.protocol.session import SHARED, HeldSession
-from netconf_callhome.protocol.ssh import _fmt_peer, set_tcp_keepalive
-
-if TYPE_CHECKING:
-    from netconf_callhome.service import CallHomeListener
+from netconf_callhome.protocol.ssh import classify
 
 log = logging.getLogger("netconf_callhome.tls")
 
@@ -77,63 +76,74 @@ class _TLSCarrier(asyncio.Protocol):
             self.transport.close()
 
 
-async def handle_tls(listener: "CallHomeListener", sock: socket.socket, addr: Tuple[Any, ...]) -> None:
-    """One accepted TLS call-home connection (the listener's accept loop hands it over)."""
-    peer, peer_ip = _fmt_peer(addr), str(addr[0])
-    if not listener.handshake_slot(peer):
-        sock.close()
-        return
-    try:
-        await _handshake(listener, sock, peer, peer_ip)
-    finally:
-        listener.handshake_done()
+class TLSTransport:
+    """NETCONF over TLS call home (RFC 7589): one NETCONF session per TLS connection."""
 
+    def __init__(self, config: ListenerConfig, *, admission: Admission, events: TransportEvents) -> None:
+        self.config = config
+        self.admission = admission
+        self.events = events
+        self.context = client_context(config.tls.client_cert, config.tls.client_key)
 
-async def _handshake(listener: "CallHomeListener", sock: socket.socket, peer: str, peer_ip: str) -> None:
-    cfg = listener.config
-    started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    set_tcp_keepalive(sock, cfg)
-    carrier = _TLSCarrier()
-    held: Optional[HeldSession] = None
-    try:
-        async with asyncio.timeout(cfg.handshake_timeout):
-            transport = (
-                await loop.create_connection(lambda: carrier, sock=sock, ssl=listener.tls_context, server_hostname="")
-            )[0]
-            ssl_object = transport.get_extra_info("ssl_object")
-            chain = _peer_chain(ssl_object)
-            if not chain:
-                raise HandshakeError("device presented no certificate")
-            verdict = listener.policy.tls_verdict(chain, hint=listener.hint_for(peer_ip, "tls"))
-            if not verdict.accepted:
-                listener.refused(
-                    verdict, transport="tls", peer=peer, key_type="x509", public_key=ssl.DER_cert_to_PEM_cert(chain[0])
-                )
-                transport.close()
-                listener.count_failure("tls", "host-key", peer_ip)
-                return
-            held = HeldSession(
-                device=verdict.device,
-                transport="tls",
-                peer=peer,
-                fingerprint=verdict.fingerprint,
-                max_hello=cfg.max_hello_bytes,
-                max_message=cfg.max_message_bytes,
-            )
-            held.mode = SHARED  # RFC 7589: one NETCONF session per TLS connection
-            carrier.bind(held)
-            await held.wait_hello()
-    except BaseException as exc:
-        if carrier.transport is not None:
-            carrier.transport.abort()
-        else:
+    async def handle(self, sock: socket.socket, addr: Tuple[Any, ...]) -> None:
+        """One accepted TLS call-home connection (the listener's accept loop hands it over)."""
+        peer = format_peer(addr)
+        if not self.admission.acquire(peer):
             sock.close()
-        listener.session_failed(device=held.device if held else "", transport="tls", peer=peer, exc=exc)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return
-    listener.session_ready(held, started=started, auth="tls-certificate")
+            return
+        try:
+            await self._handshake(sock, peer)
+        finally:
+            self.admission.release()
+
+    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+        cfg = self.config
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        set_tcp_keepalive(sock, cfg)
+        carrier = _TLSCarrier()
+        held: Optional[HeldSession] = None
+        try:
+            async with asyncio.timeout(cfg.handshake_timeout):
+                transport = (
+                    await loop.create_connection(lambda: carrier, sock=sock, ssl=self.context, server_hostname="")
+                )[0]
+                chain = _peer_chain(transport.get_extra_info("ssl_object"))
+                if not chain:
+                    raise HandshakeError("device presented no certificate")
+                verified = self.events.tls_certificate(chain, peer=peer)
+                if verified is None:
+                    transport.close()
+                    self.events.handshake_failed(
+                        HandshakeFailure(transport="tls", peer=peer, reason="host-key", message="certificate not accepted")
+                    )
+                    return
+                held = HeldSession(
+                    device=verified.device,
+                    transport="tls",
+                    peer=peer,
+                    fingerprint=verified.fingerprint,
+                    max_hello=cfg.max_hello_bytes,
+                    max_message=cfg.max_message_bytes,
+                )
+                held.mode = SHARED  # RFC 7589: one NETCONF session per TLS connection
+                carrier.bind(held)
+                await held.wait_hello()
+        except BaseException as exc:
+            if carrier.transport is not None:
+                carrier.transport.abort()
+            else:
+                sock.close()
+            reason, message = classify(exc)
+            self.events.handshake_failed(
+                HandshakeFailure(
+                    transport="tls", peer=peer, reason=reason, message=message, device=held.device if held else ""
+                )
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self.events.session_ready(held, started=started, auth="tls-certificate")
 
 
 def _peer_chain(ssl_object: Optional[ssl.SSLObject]) -> List[bytes]:
