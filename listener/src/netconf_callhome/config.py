@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from netconf_callhome.control.client import default_home
+from netconf_callhome.paths import default_home
 from netconf_callhome.errors import ConfigError
 
 PORT_SSH = 4334

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Client of the listener's control protocol.
 
-**PRIVATE** to the collection. Stdlib only: modules, the connection plugin, the inventory plugin
+Stdlib only: modules, the connection plugin, the inventory plugin
 and the ``callhome-listener`` command line all talk to the listener through this.
 
 Protocol: newline-delimited JSON over a Unix socket (mode 0600) or, for remote listeners
@@ -27,16 +27,9 @@ from netconf_callhome.errors import (
     error_from_dict,
 )
 
+from netconf_callhome.paths import ENV_HOME, default_home
+
 MAX_LINE = 16 * 1024 * 1024
-ENV_HOME = "NETCONF_CALLHOME_HOME"
-
-
-def default_home() -> str:
-    """Where an embedded listener keeps its state when no configuration says otherwise."""
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    return os.path.join(os.path.expanduser("~"), ".netconf-callhome")
 
 
 def default_control_address() -> str:
@@ -183,3 +176,14 @@ def _recv_until_newline(sock: socket.socket) -> bytes:
         return b""
     end = peek.find(b"\n")
     return sock.recv(len(peek) if end < 0 else end + 1)
+
+
+__all__ = (
+    "ENV_HOME",
+    "MAX_LINE",
+    "ControlAddress",
+    "ControlClient",
+    "default_control_address",
+    "default_home",
+    "parse_address",
+)
