@@ -30,35 +30,25 @@ from netconf_callhome.errors import (
     ListenerUnreachableError,
     UnknownKeyError,
 )
-from netconf_callhome.fingerprints import (
-    cert_fingerprint_of_der,
-    normalize_cert_fingerprint,
-    normalize_ssh_fingerprint,
-    pem_to_der,
-    ssh_fingerprint,
+from netconf_callhome.fingerprints import ssh_fingerprint
+from netconf_callhome.policy import trust_ops
+from netconf_callhome.policy.trust_ops import (
+    Identity,
+    PendingEntry,
+    TrustChange,
+    check_conflict,
+    check_observed,
+    explicit_identity,
+    identities_of,
+    kind_for_transport,
+    mutate_add,
+    mutate_remove,
+    same_fingerprint,
 )
-from netconf_callhome.policy.trust_store import (
-    CANONICAL,
-    TrustData,
-    TrustStore,
-    add_identity,
-    normalize_identity,
-    remove_identity,
-    set_credentials,
-)
+from netconf_callhome.policy.trust_store import TrustStore
 
 SOURCES = ("pending", "ssh_scan", "public_key", "fingerprint", "certificate", "tls_fingerprint", "tls_identity")
 OBSERVED = ("pending", "ssh_scan")
-_CANON = CANONICAL
-
-
-@dataclass
-class Identity:
-    kind: str  # ssh_host_keys | tls_fingerprints | tls_identities
-    value: str  # what goes in the trust store
-    fingerprint: str  # canonical form, what the task returns
-    observed: bool = False  # read from the device rather than given
-    pending: t.Optional[t.Dict[str, t.Any]] = None
 
 
 @dataclass
@@ -128,103 +118,9 @@ def _scan_paramiko(host: str, port: int, timeout: float, key_type: t.Optional[st
         transport.close()
 
 
-# -- the identity to enroll --------------------------------------------------------------------
-
-
-def explicit_identity(source: str, value: str) -> Identity:
-    """An identity given in the playbook (vouched for by its author)."""
-    if source == "public_key":
-        return Identity("ssh_host_keys", value.strip(), ssh_fingerprint(value))
-    if source == "fingerprint":
-        fp = normalize_ssh_fingerprint(value)
-        return Identity("ssh_host_keys", fp, fp)
-    if source == "certificate":
-        fp = cert_fingerprint_of_der(pem_to_der(value))
-        return Identity("tls_fingerprints", fp, fp)
-    if source == "tls_fingerprint":
-        fp = normalize_cert_fingerprint(value)
-        return Identity("tls_fingerprints", fp, fp)
-    if source == "tls_identity":
-        ident = normalize_identity(value)
-        return Identity("tls_identities", ident, ident)
-    raise ConfigError("source %r takes no explicit value" % source)
-
-
-def same_fingerprint(kind: str, a: str, b: str) -> bool:
-    try:
-        return _CANON[kind](a) == _CANON[kind](b)
-    except ConfigError:
-        return False
-
-
-def check_observed(identity: Identity, *, expected: t.Optional[str], tofu: bool, where: str) -> None:
-    """Refuse an observed key that nobody vouched for, or that differs from the expected one."""
-    if expected:
-        if not same_fingerprint(identity.kind, identity.fingerprint, expected):
-            raise KeyMismatchError(
-                "%s presents %s, not the expected %s; NOT enrolled (a different key can mean a replaced "
-                "device or someone in the middle: check before changing expected_fingerprint)"
-                % (where, identity.fingerprint, expected),
-                details={"presented": identity.fingerprint, "expected": expected},
-            )
-        return
-    if not tofu:
-        raise UnknownKeyError(
-            "%s presents %s; refusing to enroll a key nobody vouched for. Compare it with the device's "
-            "console (ssh-keygen -lf on its host key) and pass expected_fingerprint: %s, or set "
-            "trust_on_first_use: true" % (where, identity.fingerprint, identity.fingerprint),
-            details={"presented": identity.fingerprint},
-        )
-
-
-def check_conflict(data: TrustData, device: str, identity: Identity, *, replace: bool) -> t.List[str]:
-    """Other identities of the same kind already enrolled for ``device`` (a mismatch for observed keys)."""
-    entry = data.get("devices", {}).get(device, {})
-    others = [v for v in entry.get(identity.kind, []) if not same_fingerprint(identity.kind, v, identity.value)]
-    if others and identity.observed and not replace:
-        raise KeyMismatchError(
-            "device %r already has %s enrolled, and it now presents %s; NOT enrolled. If the device's key "
-            "was really replaced, set replace_existing: true" % (
-                device, ", ".join(_CANON[identity.kind](o) for o in others), identity.fingerprint),
-            details={"enrolled": others, "presented": identity.fingerprint},
-        )
-    return others
-
-
-def mutate_add(device: str, identity: Identity, *, replace: bool,
-               credentials: t.Optional[t.Mapping[str, t.Any]]) -> t.Callable[[TrustData], bool]:
-    def mutate(data: TrustData) -> bool:
-        check_conflict(data, device, identity, replace=replace)
-        changed = False
-        entry = data.setdefault("devices", {}).get(device)
-        if replace and entry:
-            keep = [v for v in entry.get(identity.kind, []) if same_fingerprint(identity.kind, v, identity.value)]
-            if keep != entry.get(identity.kind, []):
-                entry[identity.kind] = keep
-                changed = True
-        changed = add_identity(data, device, kind=identity.kind, value=identity.value) or changed
-        if credentials:
-            changed = set_credentials(data, device, credentials) or changed
-        return changed
-
-    return mutate
-
-
-def mutate_remove(device: str, identity: t.Optional[Identity]) -> t.Callable[[TrustData], bool]:
-    def mutate(data: TrustData) -> bool:
-        if identity is None:
-            return remove_identity(data, device)
-        return remove_identity(data, device, kind=identity.kind, value=identity.value)
-
-    return mutate
-
-
-def identities_of(data: TrustData, device: str) -> t.List[str]:
-    entry = data.get("devices", {}).get(device, {})
-    out: t.List[str] = []
-    for kind, canon in _CANON.items():
-        out.extend(canon(v) for v in entry.get(kind, []))
-    return out
+# The rules (explicit_identity, check_observed, check_conflict, the add/remove mutations) live in
+# netconf_callhome.policy.trust_ops, shared with the listener's approve/enroll/revoke; they are
+# imported above and stay importable from here for older callers.
 
 
 # -- where to write ----------------------------------------------------------------------------
@@ -267,12 +163,13 @@ class Enroller:
             )
         return list(self.client.call("pending") or [])
 
-    def write(self, device: str, mutate: t.Callable[[TrustData], bool], op_args: t.Dict[str, t.Any],
+    def write(self, apply: t.Callable[[TrustStore, bool], TrustChange], op_args: t.Dict[str, t.Any],
               result: EnrollResult) -> None:
         """Through the listener's ``enroll``/``revoke`` op when it has one, else the file + ``reload``.
 
-        Check mode never sends a mutating op to the listener: it computes the change on the trust
-        store file, or asks ``enroll`` with ``dry_run``.
+        ``apply(store, dry_run)`` is the same trust_ops operation the listener runs for ``op_args``,
+        used on the file when no listener takes the op. Check mode never sends a mutating op to the
+        listener: it computes the change on the trust store file, or asks ``enroll`` with ``dry_run``.
         """
         op = op_args.pop("op")
         store_readable = os.access(self.store().path, os.R_OK) or not os.path.exists(self.store().path)
@@ -290,13 +187,13 @@ class Enroller:
                 if "unknown operation" not in exc.message:
                     raise
         store = self.store()
-        changed, before, after = store.update(mutate, dry_run=self.check_mode)
-        result.changed = bool(changed)
+        change = apply(store, self.check_mode)
+        result.changed = change.changed
         result.trust_store = store.path
-        result.before = identities_of(before, device)
-        result.after = identities_of(after, device)
+        result.before = change.before
+        result.after = change.after
         result.written_via = "file"
-        if self.listener_up and changed and not self.check_mode:
+        if self.listener_up and change.changed and not self.check_mode:
             try:
                 self.client.call("reload")
                 result.written_via = "file+reload"
@@ -324,8 +221,10 @@ def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
             raise ConfigError("state: absent with source %s needs value" % source)
         result.kind = identity.kind if identity else None
         result.fingerprint = identity.fingerprint if identity else None
-        enroller.write(device, mutate_remove(device, identity),
-                       {"op": "revoke", "device": device, "identity": identity.value if identity else None}, result)
+        enroller.write(
+            lambda store, dry_run: trust_ops.revoke(store, device, identity.value if identity else None,
+                                                    kind=identity.kind if identity else None, dry_run=dry_run),
+            {"op": "revoke", "device": device, "identity": identity.value if identity else None}, result)
         return result
 
     if source not in SOURCES:
@@ -356,7 +255,11 @@ def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
                                    "replace": replace, "observed": identity.observed}
     if creds:
         op_args["credentials"] = creds
-    enroller.write(device, mutate_add(device, identity, replace=replace, credentials=creds), op_args, result)
+    chosen = identity  # a name that is never None, for the closure
+    enroller.write(
+        lambda store, dry_run: trust_ops.enroll(store, device, chosen.kind, chosen.value, replace=replace,
+                                                observed=chosen.observed, credentials=creds, dry_run=dry_run),
+        op_args, result)
     return result
 
 
@@ -385,9 +288,9 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         raise ConfigError("several pending keys could belong to %r (%s); pass expected_fingerprint"
                           % (device, ", ".join(p.get("fingerprint", "?") for p in chosen)))
     pending = chosen[0]
-    kind = _kind(pending)
-    identity = Identity(kind, pending.get("public_key") if kind == "ssh_host_keys" else pending["fingerprint"],
-                        pending["fingerprint"], observed=True, pending=pending)
+    identity = trust_ops.pending_identity(PendingEntry.from_mapping(pending))
+    identity.pending = pending
+    kind = identity.kind
     check_observed(identity, expected=expected, tofu=tofu, where="the key device %r presented from %s" % (device, pending.get("peer")))
     check_conflict(data, device, identity, replace=replace)
     result.kind, result.fingerprint = kind, identity.fingerprint
@@ -395,15 +298,17 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
     result.changed = True
     result.written_via = "listener"
     if not enroller.check_mode:
-        answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device)
+        # ``replace`` makes the listener's approve replace the device's other key of this kind
+        # (trust_ops.approve_pending); a listener that predates it ignores the field.
+        answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device, replace=replace)
         result.changed = bool(answer.get("changed", True))
         result.after = identities_of(enroller.store().load(), device) if os.access(enroller.store().path, os.R_OK) else []
     return result
 
 
 def _kind(pending: t.Mapping[str, t.Any]) -> str:
-    return "ssh_host_keys" if pending.get("transport", "ssh") == "ssh" else "tls_fingerprints"
+    return kind_for_transport(str(pending.get("transport") or "ssh"))
 
 
 __all__ = ("EnrollResult", "Enroller", "Identity", "check_conflict", "check_observed", "explicit_identity",
-           "run", "scan_ssh_host_key")
+           "identities_of", "mutate_add", "mutate_remove", "run", "same_fingerprint", "scan_ssh_host_key")

@@ -19,9 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from netconf_callhome.errors import ConfigError, TrustStoreError
 from netconf_callhome.fingerprints import cert_fingerprint_of_der
-from netconf_callhome.policy.trust_store import TrustIndex, TrustStore
-
 from netconf_callhome.config import Credentials, TLSOptions
+from netconf_callhome.policy.trust_store import TrustIndex, TrustStore
+from netconf_callhome.policy.verify import ChainRejectedError, verify_chain
 
 log = logging.getLogger("netconf_callhome.policy")
 
@@ -121,30 +121,23 @@ class TrustPolicy:
             if claimed:
                 break
         if claimed:
-            if self._chains_to_ca(leaf, [x509.load_der_x509_certificate(d) for d in chain_der[1:]]):
-                return Verdict(ACCEPTED, claimed, fingerprint, identities=identities)
-            log.warning("event=tls.chain_rejected device=%s fingerprint=%s", claimed, fingerprint)
-            return Verdict(MISMATCH, claimed, fingerprint, claim_source="identity", identities=identities)
+            # An identity is a claim anyone can write into a certificate; only a valid path to a
+            # configured device CA turns it into trust.
+            intermediates = [x509.load_der_x509_certificate(d) for d in chain_der[1:]]
+            try:
+                verify_chain(leaf, intermediates, self._cas, datetime.datetime.now(datetime.timezone.utc))
+            except ChainRejectedError as exc:
+                log.warning(
+                    "event=tls.chain_rejected device=%s fingerprint=%s reason=%r",
+                    claimed,
+                    fingerprint,
+                    exc.details.get("reason", exc.message),
+                )
+                return Verdict(MISMATCH, claimed, fingerprint, claim_source="identity", identities=identities)
+            return Verdict(ACCEPTED, claimed, fingerprint, identities=identities)
         if hint and self.index.has_tls_identity(hint):
             return Verdict(MISMATCH, hint, fingerprint, claim_source="address", identities=identities)
         return Verdict(UNKNOWN, "", fingerprint, identities=identities)
-
-    def _chains_to_ca(self, leaf: x509.Certificate, intermediates: List[x509.Certificate]) -> bool:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = leaf
-        pool = list(intermediates)
-        for _depth in range(8):
-            if not _valid_now(cert, now):
-                return False
-            for ca in self._cas:
-                if _issued_by(cert, ca) and _valid_now(ca, now):
-                    return True
-            parent = next((c for c in pool if _issued_by(cert, c)), None)
-            if parent is None or not _is_ca(parent):
-                return False
-            pool.remove(parent)
-            cert = parent
-        return False
 
 
 def certificate_identities(cert: x509.Certificate) -> List[str]:
@@ -167,25 +160,6 @@ def certificate_identities(cert: x509.Certificate) -> List[str]:
 
 def _text(value: "str | bytes") -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported key types alike
-        return False
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _valid_now(cert: x509.Certificate, now: datetime.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 def _load_pem_certs(path: str) -> List[x509.Certificate]:
