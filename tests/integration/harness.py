@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
 
@@ -23,6 +23,7 @@ if str(PEERS) not in sys.path:
     sys.path.insert(0, str(PEERS))
 
 from netconf_callhome.control.client import ControlClient  # noqa: E402
+from netconf_callhome.errors import DeviceNotFoundError, ListenerUnreachableError  # noqa: E402
 from netconf_callhome.policy.trust_store import (  # noqa: E402
     TrustStore,
     add_identity,
@@ -30,6 +31,40 @@ from netconf_callhome.policy.trust_store import (  # noqa: E402
 )
 
 LISTENER_CMD = [sys.executable, "-m", "netconf_callhome"]
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
+    ignore: "tuple[type[BaseException], ...]" = (),
+    detail: Optional[Callable[[], str]] = None,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that; fail naming ``what``.
+
+    Exceptions listed in ``ignore`` count as "not yet" (a listener still starting). ``detail``
+    adds context to the failure (a log tail, the last record seen).
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while True:
+        try:
+            value = predicate()
+        except ignore as exc:
+            last_exc, value = exc, None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            msg = "timed out after %.1f s waiting for %s" % (timeout, what)
+            if last_exc is not None:
+                msg += " (last error: %s: %s)" % (type(last_exc).__name__, last_exc)
+            if detail is not None:
+                msg += "\n" + detail()
+            raise AssertionError(msg)
+        time.sleep(interval)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,15 +100,18 @@ class ListenerProcess:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while True:
+        proc = self.proc
+
+        def answers() -> Any:
+            if proc.poll() is not None:
+                raise RuntimeError("listener exited (rc=%s):\n%s" % (proc.poll(), self.log()))
             try:
-                self.status = self.control.call("status", timeout=2)
-                return self
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("listener did not start (rc=%s):\n%s" % (self.proc.poll(), self.log()))
-                time.sleep(0.1)
+                return self.control.call("status", timeout=2)
+            except ListenerUnreachableError:
+                return None  # not listening yet
+
+        self.status = wait_until(answers, timeout, "the listener's control socket", detail=self.log)
+        return self
 
     @property
     def ssh_port(self) -> int:
@@ -100,16 +138,27 @@ class ListenerProcess:
         return res
 
     def wait_device(self, name: str, status: str, timeout: float = 20.0) -> Dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        rec: Dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
+        last: Dict[str, Any] = {}
+
+        def reached() -> Optional[Dict[str, Any]]:
+            try:
                 rec = self.call("device", device=name)
-                if rec.get("status") == status:
-                    return rec
-            time.sleep(0.1)
-        raise AssertionError(
-            "device %s did not reach status %s; last record %s\nlog:\n%s" % (name, status, rec, self.log()[-3000:])
+            except DeviceNotFoundError:
+                return None  # not seen yet
+            last.clear()
+            last.update(rec)
+            return rec if rec.get("status") == status else None
+
+        return wait_until(
+            reached, timeout, "device %s to reach status %s" % (name, status),
+            detail=lambda: "last record %s\nlog:\n%s" % (last, self.log()[-3000:]),
+        )
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+        """Poll the listener's log until ``text`` appears in it; return the log."""
+        return wait_until(
+            lambda: text in self.log() and self.log(), timeout, "%r in the listener log" % text,
+            detail=lambda: self.log()[-3000:],
         )
 
     def log(self) -> str:

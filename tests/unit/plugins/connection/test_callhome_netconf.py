@@ -1,17 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Option handling and error paths of the netconf.callhome.netconf connection plugin.
 
-Against a real listener started in-process (temp home, SSH bound to 127.0.0.1 port 0), not mocks:
-the messages an operator reads come from the listener and must survive the plugin's mapping.
+Against a real listener started in-process (the shared ``listener_in_thread`` fixture of
+tests/conftest.py), not mocks: the messages an operator reads come from the listener and must
+survive the plugin's mapping.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,47 +25,14 @@ for _name in [m for m in sys.modules if m == "ansible_collections" or m.startswi
     del sys.modules[_name]
 init_plugin_loader([str(REPO / ".collections"), str(REPO / ".deps")])
 
-from netconf_callhome.config import load_config
-from netconf_callhome.service import CallHomeListener
 from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import platform_from_capabilities
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class ListenerThread:
-    """A CallHomeListener on its own event loop in a thread; ``stop()`` ends both."""
-
-    def __init__(self, home: Path) -> None:
-        self.config = load_config(None, {"home": str(home), "ssh_binds": ["127.0.0.1:0"], "tls_binds": []})
-        self.loop = asyncio.new_event_loop()
-        self.listener: Any = None
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.listener = CallHomeListener(self.config)
-            self.loop.run_until_complete(self.listener.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(20)
-        self.address = "unix:%s" % self.config.control_socket
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.listener.stop(), self.loop).result(20)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(20)
-
-
 @pytest.fixture()
-def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ListenerThread]:
-    home = tmp_path / "home"
-    monkeypatch.setenv("NETCONF_CALLHOME_HOME", str(home))
-    lst = ListenerThread(home)
-    yield lst
-    lst.stop()
+def listener(listener_in_thread: Any) -> Any:
+    return listener_in_thread()
 
 
 def _conn(**var_options: Any) -> Any:
@@ -126,30 +92,23 @@ def test_token_never_appears_in_errors(tmp_path: Path) -> None:
     assert all(token not in m for _level, m in conn.pop_messages())
 
 
-def test_unknown_device_fails_with_enrollment_hint(listener: ListenerThread) -> None:
+def test_unknown_device_fails_with_enrollment_hint(listener: Any) -> None:
     conn = _conn(inventory_hostname="nosuch", ansible_callhome_listener=listener.address, ansible_callhome_timeout=1)
     with pytest.raises(AnsibleConnectionFailure) as err:
         conn._connect()
     assert "'nosuch' is not enrolled and has never called home" in str(err.value)
 
 
-def test_enrolled_device_that_never_calls_times_out(listener: ListenerThread) -> None:
-    from netconf_callhome.policy.trust_store import TrustStore, add_identity
-
+def test_enrolled_device_that_never_calls_times_out(listener: Any) -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOsTq1VbgXUOdzQ7C/2+tZxjcyq8p5SS7T9G6bhOCtZP"
-    TrustStore(listener.config.trust_store).update(lambda d: add_identity(d, "quiet1", kind="ssh_host_keys", value=key))
-    asyncio.run_coroutine_threadsafe(_reload(listener), listener.loop).result(10)
+    listener.call("enroll", device="quiet1", kind="ssh_host_keys", value=key)
     conn = _conn(inventory_hostname="quiet1", ansible_callhome_listener=listener.address, ansible_callhome_timeout=1)
     with pytest.raises(AnsibleConnectionFailure) as err:
         conn._connect()
     assert "'quiet1' has not called home within 1 s" in str(err.value)
 
 
-async def _reload(listener: ListenerThread) -> None:
-    listener.listener.policy.reload()
-
-
-def test_worker_wait_fails_fast_with_listener_message(listener: ListenerThread) -> None:
+def test_worker_wait_fails_fast_with_listener_message(listener: Any) -> None:
     conn = _conn(inventory_hostname="nosuch", ansible_callhome_listener=listener.address, ansible_callhome_timeout=1)
     with pytest.raises(AnsibleConnectionFailure) as err:
         conn._wait_in_worker()

@@ -3,47 +3,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from netconf_callhome.config import load_config
-from netconf_callhome.service import CallHomeListener
 from netconf_callhome.control import api as listener_api
 from netconf_callhome.errors import ListenerUnreachableError
-from netconf_callhome.policy.trust_store import TrustStore, add_identity
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOsTq1VbgXUOdzQ7C/2+tZxjcyq8p5SS7T9G6bhOCtZP"
 
 
 @pytest.fixture()
-def address(tmp_path: Path) -> Iterator[str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    TrustStore(str(home / "trust.json")).update(lambda d: add_identity(d, "quiet1", kind="ssh_host_keys", value=KEY))
-    config = load_config(None, {"home": str(home), "ssh_binds": ["127.0.0.1:0"], "tls_binds": []})
-    loop = asyncio.new_event_loop()
-    holder: Any = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        holder["l"] = CallHomeListener(config)
-        loop.run_until_complete(holder["l"].start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(20)
-    yield "unix:%s" % config.control_socket
-    asyncio.run_coroutine_threadsafe(holder["l"].stop(), loop).result(20)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(20)
+def address(listener_in_thread: Any) -> str:
+    """A listener (tests/conftest.py) with one enrolled device that never calls."""
+    lst = listener_in_thread()
+    lst.call("enroll", device="quiet1", kind="ssh_host_keys", value=KEY)
+    return str(lst.address)
 
 
 def test_wait_reports_each_missing_device(address: str) -> None:
