@@ -106,3 +106,7 @@ dist: venv
 
 clean:
 	rm -rf $(VENV) $(ROOT)/.deps $(ROOT)/.collections $(ROOT)/.cache $(DIST) tests/peers/bin
+
+# The second stack (issue 8): Python 3.13, ansible-core 2.21, libnetconf2 3.x in a Debian 13 root.
+test-stack2:
+	tests/stack2/run.sh

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Drive ``lnc2-device``, a libnetconf2 2.0.x NETCONF server that calls home (RFC 8071).
+"""Drive ``lnc2-device``, a libnetconf2 (2.0.x or 3.x) NETCONF server that calls home (RFC 8071).
 
 Why: the listener must be tested against a NETCONF implementation nobody here wrote. This module
 builds (``make -C tests/peers``) and runs ``tests/peers/bin/lnc2-device`` as a subprocess,
@@ -85,7 +85,10 @@ __all__ = (
 )
 
 PEERS_DIR = Path(__file__).resolve().parent
-DEVICE_BINARY = PEERS_DIR / "bin" / "lnc2-device"
+# The build's output directory: tests/peers/bin, or CALLHOME_PEERS_BIN (also read by
+# tests/peers/Makefile) when a second stack builds its own device (tests/stack2/run.sh).
+PEERS_BIN = Path(os.environ.get("CALLHOME_PEERS_BIN") or PEERS_DIR / "bin")
+DEVICE_BINARY = PEERS_BIN / "lnc2-device"
 _REQUIRED_YANG = ("ietf-netconf.yang", "ietf-netconf-monitoring.yang", "ietf-inet-types.yang")
 
 
@@ -101,7 +104,7 @@ def build_device(timeout: float = 300.0) -> Path:
     """
     try:
         proc = subprocess.run(
-            ["make", "-C", str(PEERS_DIR)],
+            ["make", "-C", str(PEERS_DIR), f"BIN_DIR={PEERS_BIN}"],
             capture_output=True,
             text=True,
             timeout=timeout,

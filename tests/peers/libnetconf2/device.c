@@ -135,6 +135,7 @@
 #include <unistd.h>
 
 #include <libyang/libyang.h>
+#include <libyang/version.h>
 #include <libssh/libssh.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -149,6 +150,26 @@
 #define NC_ENABLED_TLS
 #endif
 #include <nc_server.h>
+
+/* Two generations of libnetconf2: 2.0.x (Debian 12) has no nc_version.h; 3.x (Debian 13 ships
+ * 3.7.1, whose shared library is version 4: NC_VERSION_MAJOR 4) has it and is configured through
+ * YANG data (server_config.h) instead of the 2.0 call-home/endpoint calls. */
+#if defined(__has_include)
+#if __has_include(<nc_version.h>)
+#include <nc_version.h>
+#endif
+#endif
+#if defined(NC_VERSION_MAJOR) && NC_VERSION_MAJOR >= 4
+#define LNC2_V3 1
+#define TI_SSH NC_TI_SSH
+#define TI_TLS NC_TI_TLS
+#else
+#define LNC2_V3 0
+#define TI_SSH NC_TI_LIBSSH
+#define TI_TLS NC_TI_OPENSSL
+#endif
+/* libyang 3 (with libnetconf2 3.x) changed the log callback and lyd_new_any() */
+#define LY_V3 (LY_VERSION_MAJOR >= 3)
 
 #ifndef LNC2_DEVICE_YANG_DIR
 #define LNC2_DEVICE_YANG_DIR "."
@@ -204,9 +225,16 @@ label_for_port(unsigned port)
  * except that each call-home TCP attempt is turned into an event line of our own (libnetconf2
  * 2.0 has no hook for connection attempts, so its verbose message is the only source).
  */
+#if LNC2_V3
+static int opts_password_only(void);
+#endif
+
 static void
 lnc2_print_clb(NC_VERB_LEVEL level, const char *msg)
 {
+#if LNC2_V3
+    char user[128];
+#endif
     static const char *names[] = {"ERR", "WRN", "VRB", "DBG", "DBL"};
     char host[256];
     unsigned port;
@@ -226,10 +254,31 @@ lnc2_print_clb(NC_VERB_LEVEL level, const char *msg)
             logline("%s tcp connected to %s:%u", label_for_port(port), host, port);
         }
     }
+#if LNC2_V3
+    /* 3.x checks passwords itself (hashes in its configuration), without a callback: its
+     * authentication messages stand in for the callback's event when a password is the only
+     * method the device offers (no --authorized-key) */
+    if (opts_password_only()) {
+        if (sscanf(msg, "User \"%127[^\"]\" authenticated.", user) == 1) {
+            logline("ssh password auth for user=%s accepted", user);
+        } else if (sscanf(msg, "Failed user \"%127[^\"]\" authentication attempt", user) == 1) {
+            logline("ssh password auth for user=%s rejected", user);
+        }
+    }
+#endif
     if (level <= NC_VERB_WARNING || verbose_lib) {
         logline("libnetconf2 %s: %s", names[level <= 4 ? level : 4], msg);
     }
 }
+
+#if LNC2_V3
+static void
+lnc2_print_clb3(const struct nc_session *session, NC_VERB_LEVEL level, const char *msg)
+{
+    (void)session;
+    lnc2_print_clb(level, msg);
+}
+#endif
 
 static void
 ly_print_clb(LY_LOG_LEVEL level, const char *msg, const char *path)
@@ -238,6 +287,15 @@ ly_print_clb(LY_LOG_LEVEL level, const char *msg, const char *path)
 
     logline("libyang %s: %s%s%s", names[level <= 3 ? level : 3], msg, path ? " path=" : "", path ? path : "");
 }
+
+#if LY_V3
+static void
+ly_print_clb3(LY_LOG_LEVEL level, const char *msg, const char *data_path, const char *schema_path, uint64_t line)
+{
+    (void)line;
+    ly_print_clb(level, msg, data_path ? data_path : schema_path);
+}
+#endif
 
 /* ---------------------------------------------------------------- options */
 
@@ -272,6 +330,14 @@ static struct {
 } opts;
 
 static volatile sig_atomic_t stop_requested;
+
+#if LNC2_V3
+static int
+opts_password_only(void)
+{
+    return opts.password && !opts.authkey_count;
+}
+#endif
 
 static void
 die(const char *fmt, ...)
@@ -430,6 +496,10 @@ parse_args(int argc, char **argv)
 
 /* ---------------------------------------------------------------- callbacks */
 
+#if !LNC2_V3
+/* libnetconf2 2.0 asks for keys and passwords through callbacks; 3.x reads them from its
+ * configuration (keystore, truststore, users), see build_base_config(). */
+
 /** Host keys are named by their index in opts.hostkeys ("hostkey0", ...). */
 static int
 hostkey_clb(const char *name, void *user_data, char **privkey_path, char **privkey_data,
@@ -492,6 +562,8 @@ trusted_cert_list_clb(const char *name, void *user_data, char ***cert_paths, int
     return 0;
 }
 
+#endif /* !LNC2_V3 */
+
 /* ---------------------------------------------------------------- datastore */
 
 #define NC_NS "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -542,7 +614,9 @@ static struct pushed_client {
     int authkey_count;
 } pushed[MAX_PUSHED];
 static int pushed_count;
+#if !LNC2_V3
 static unsigned generation;
+#endif
 
 /* established call-home sessions and their libnetconf2 client (added by call-home threads) */
 static pthread_mutex_t chs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -577,8 +651,8 @@ transport_label(const struct nc_session *session)
         return "direct-ssh";
     }
     switch (nc_session_get_ti(session)) {
-    case NC_TI_LIBSSH: return "ch-ssh";
-    case NC_TI_OPENSSL: return "ch-tls";
+    case TI_SSH: return "ch-ssh";
+    case TI_TLS: return "ch-tls";
     default: return "session";
     }
 }
@@ -889,6 +963,7 @@ close_marked_sessions(void)
     }
 }
 
+#if !LNC2_V3
 static void
 remove_pushed(int idx)
 {
@@ -915,6 +990,8 @@ remove_pushed(int idx)
     memset(&pushed[pushed_count], 0, sizeof pushed[pushed_count]);
 }
 
+#endif /* !LNC2_V3 */
+
 static const char *
 leaf_value(const struct lyd_node *parent, const char *path)
 {
@@ -925,6 +1002,8 @@ leaf_value(const struct lyd_node *parent, const char *path)
     }
     return lyd_get_value(node);
 }
+
+#if !LNC2_V3
 
 /** SSH wire-format public key (base64) -> "TYPE BASE64" line in a file of our own. */
 static char *
@@ -1206,6 +1285,234 @@ reconcile(void)
         }
     }
 }
+
+#else /* LNC2_V3 */
+
+/*
+ * libnetconf2 3.x: the server implements ietf-netconf-server, ietf-keystore and ietf-truststore
+ * itself. The device keeps its own stored (opaque) datastores and checks as with 2.0, and whenever
+ * running changes it hands libnetconf2 the whole configuration: the command line's part
+ * (base_cfg: keystore with the real private keys, truststore, the command-line call-home clients,
+ * the direct endpoint) merged with running's call-home netconf-client entries and truststore, as
+ * XML parsed and validated against libnetconf2's own YANG modules, applied by
+ * nc_server_config_setup_data(). So the pushed XML is checked by libnetconf2's implementation of
+ * the model. A removed client is dropped from the configuration first (its thread ends), then its
+ * sessions are closed; a changed client is removed and added again, as with 2.0.
+ */
+static struct ly_ctx *cfg_ctx;  /* libnetconf2's configuration modules */
+static struct lyd_node *base_cfg;
+
+/** The command line's users (authorized keys, password) on an SSH endpoint of a call-home
+ * client (client != NULL) or of a listening endpoint. */
+static int
+add_cmdline_users(const char *client, const char *endpt, struct lyd_node **cfg)
+{
+    char keyname[32];
+    int i, r = 0;
+
+    for (i = 0; i < opts.authkey_count; i++) {
+        snprintf(keyname, sizeof keyname, "cmdline-key%d", i);
+        r |= client ? nc_server_config_add_ch_ssh_user_pubkey(cfg_ctx, client, endpt, opts.user, keyname,
+                opts.authkeys[i], cfg) :
+                nc_server_config_add_ssh_user_pubkey(cfg_ctx, endpt, opts.user, keyname, opts.authkeys[i], cfg);
+    }
+    if (opts.password) {
+        r |= client ? nc_server_config_add_ch_ssh_user_password(cfg_ctx, client, endpt, opts.user, opts.password, cfg) :
+                nc_server_config_add_ssh_user_password(cfg_ctx, endpt, opts.user, opts.password, cfg);
+    }
+    return r;
+}
+
+/** The pushed entries `sigs` (printed netconf-client XML) plus running's truststore, merged into
+ * a copy of base_cfg, validated and applied. Returns 0 on success. */
+static int
+apply_config(char **sigs, int n)
+{
+    struct lyd_node *cfg = NULL, *pushed_tree = NULL, *ts;
+    struct ly_set *set = NULL;
+    char *xml = NULL, *tsxml = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&xml, &len);
+    uint32_t k;
+    int i, r = -1;
+
+    if (n) {
+        fprintf(out, "<netconf-server xmlns=\"%s\"><call-home>", NCS_NS);
+        for (i = 0; i < n; i++) {
+            fputs(sigs[i], out);
+        }
+        fputs("</call-home></netconf-server>", out);
+    }
+    if ((ts = otop(running.opaq, TS_NS, "truststore")) && !lyd_print_mem(&tsxml, ts, LYD_XML, LYD_PRINT_SHRINK)) {
+        fputs(tsxml, out);
+        free(tsxml);
+    }
+    fclose(out);
+    if (len && lyd_parse_data_mem(cfg_ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0,
+            &pushed_tree)) {
+        logline("configuration refused by libnetconf2's YANG modules: %s", ly_last_logmsg());
+        goto cleanup;
+    }
+    if (base_cfg && lyd_dup_siblings(base_cfg, NULL, LYD_DUP_RECURSIVE, &cfg)) {
+        goto cleanup;
+    }
+    if (pushed_tree && lyd_merge_siblings(&cfg, pushed_tree, LYD_MERGE_DESTRUCT)) {
+        goto cleanup;
+    }
+    pushed_tree = NULL;
+    /* the command line's credentials keep working on pushed SSH endpoints, as with 2.0 (not for a
+     * user whose keys come from a truststore bag: that is a different case of the choice) */
+    if (n && !lyd_find_xpath(cfg, "/ietf-netconf-server:netconf-server/call-home/netconf-client/endpoints/endpoint[ssh]",
+            &set)) {
+        for (k = 0; k < set->count; k++) {
+            struct lyd_node *ep = set->dnodes[k], *ref = NULL;
+            char path[256];
+            const char *client = lyd_get_value(lyd_child(lyd_parent(lyd_parent(ep))));
+            const char *epname = lyd_get_value(lyd_child(ep));
+
+            snprintf(path, sizeof path, "ssh/ssh-server-parameters/client-authentication/users/user[name='%s']"
+                    "/public-keys/central-truststore-reference", opts.user);
+            if (!opts.user || !lyd_find_path(ep, path, 0, &ref)) {
+                continue;
+            }
+            if (add_cmdline_users(client, epname, &cfg)) {
+                logline("callhome client %s endpoint %s: cannot add the command line's users", client, epname);
+            }
+        }
+        ly_set_free(set, NULL);
+    }
+    if (lyd_validate_all(&cfg, cfg_ctx, LYD_VALIDATE_NO_STATE, NULL)) {
+        logline("configuration refused by libnetconf2's YANG modules: %s", ly_last_logmsg());
+        goto cleanup;
+    }
+    if (nc_server_config_setup_data(cfg)) {
+        logline("libnetconf2 did not apply the configuration");
+        goto cleanup;
+    }
+    r = 0;
+
+cleanup:
+    free(xml);
+    lyd_free_siblings(pushed_tree);
+    lyd_free_siblings(cfg);
+    return r;
+}
+
+static void
+log_endpoints(struct lyd_node *entry, const char *name)
+{
+    struct lyd_node *ep, *tr;
+    const char *v;
+
+    OFOR_EACH(ochild(entry, "endpoints"), "endpoint", ep) {
+        int is_ssh = (tr = ochild(ep, "ssh")) != NULL;
+
+        if (!is_ssh && !(tr = ochild(ep, "tls"))) {
+            continue;
+        }
+        v = oval(tr, "tcp-client-parameters/remote-port");
+        logline("%s connecting to %s:%s (client %s endpoint %s)", is_ssh ? "ch-ssh" : "ch-tls",
+                oval(tr, "tcp-client-parameters/remote-address"), v ? v : (is_ssh ? "4334" : "4335"), name,
+                oval(ep, "name"));
+    }
+}
+
+static void
+forget_pushed(int idx)
+{
+    logline("callhome client %s removed", pushed[idx].name);
+    mark_sessions_for_close(pushed[idx].lnc_name);
+    free(pushed[idx].name);
+    free(pushed[idx].lnc_name);
+    free(pushed[idx].sig);
+    pushed[idx] = pushed[--pushed_count];
+    memset(&pushed[pushed_count], 0, sizeof pushed[pushed_count]);
+}
+
+/** Make libnetconf2's call-home clients match /netconf-server/call-home/netconf-client of running. */
+static void
+reconcile(void)
+{
+    struct lyd_node *entries[MAX_PUSHED], *e;
+    char *sigs[MAX_PUSHED], *applied[MAX_PUSHED];
+    const char *names[MAX_PUSHED];
+    int i, n = 0, j, found, gone = 0, napplied;
+
+    OFOR_EACH(opath(otop(running.opaq, NCS_NS, "netconf-server"), "call-home"), "netconf-client", e) {
+        if (n >= MAX_PUSHED || !oval(e, "name")) {
+            continue;
+        }
+        entries[n] = e;
+        names[n] = oval(e, "name");
+        sigs[n] = NULL;
+        lyd_print_mem(&sigs[n], e, LYD_XML, LYD_PRINT_SHRINK);
+        n++;
+    }
+    /* removed or changed clients go away: first from libnetconf2's configuration (their threads
+     * end), then their sessions (closed by the poll thread) */
+    napplied = 0;
+    for (j = pushed_count - 1; j >= 0; j--) {
+        found = 0;
+        for (i = 0; i < n; i++) {
+            if (!strcmp(pushed[j].name, names[i]) && sigs[i] && !strcmp(pushed[j].sig, sigs[i])) {
+                found = 1;
+            }
+        }
+        if (!found) {
+            pushed[j].lnc_name[0] = '\0'; /* marks it */
+            gone++;
+        }
+    }
+    if (gone) {
+        for (j = 0; j < pushed_count; j++) {
+            if (pushed[j].lnc_name[0]) {
+                applied[napplied++] = pushed[j].sig;
+            }
+        }
+        if (apply_config(applied, napplied)) {
+            logline("cannot remove call-home clients from libnetconf2's configuration");
+        }
+        for (j = pushed_count - 1; j >= 0; j--) {
+            if (!pushed[j].lnc_name[0]) {
+                free(pushed[j].lnc_name);
+                pushed[j].lnc_name = strdup(pushed[j].name);
+                forget_pushed(j);
+            }
+        }
+    }
+    /* new (or changed) clients come, one at a time, so that one refused entry does not keep the
+     * others away */
+    for (i = 0; i < n; i++) {
+        found = 0;
+        for (j = 0; j < pushed_count; j++) {
+            if (!strcmp(pushed[j].name, names[i])) {
+                found = 1;
+            }
+        }
+        if (found || !sigs[i] || pushed_count >= MAX_PUSHED) {
+            free(sigs[i]);
+            continue;
+        }
+        napplied = 0;
+        for (j = 0; j < pushed_count; j++) {
+            applied[napplied++] = pushed[j].sig;
+        }
+        applied[napplied++] = sigs[i];
+        log_endpoints(entries[i], names[i]);
+        if (apply_config(applied, napplied)) {
+            logline("callhome client %s: cannot apply the configuration", names[i]);
+            free(sigs[i]);
+            continue;
+        }
+        pushed[pushed_count].name = strdup(names[i]);
+        pushed[pushed_count].lnc_name = strdup(names[i]);
+        pushed[pushed_count].sig = sigs[i];
+        pushed_count++;
+        logline("callhome client %s added", names[i]);
+    }
+}
+
+#endif /* LNC2_V3 */
 
 /* ------------------------------------------------ datastores and edits */
 
@@ -1828,7 +2135,12 @@ reply_with_data(struct lyd_node *rpc, const struct store *st, int with_state)
     }
     data = filtered_copy(all, rpc);
     lyd_free_siblings(all);
+#if LY_V3
+    if (lyd_new_any(output, NULL, "data", data, LYD_ANYDATA_DATATREE, LYD_NEW_ANY_USE_VALUE | LYD_NEW_VAL_OUTPUT,
+            NULL)) {
+#else
     if (lyd_new_any(output, NULL, "data", data, 1, LYD_ANYDATA_DATATREE, 1, NULL)) {
+#endif
         lyd_free_siblings(data);
         lyd_free_tree(output);
         return NULL;
@@ -1881,8 +2193,9 @@ ch_session_clb(const char *client_name, struct nc_session *new_session)
     char shown[160];
     int i;
 
-    /* a client removed while this session was being set up: do not keep the session */
-    if (was_removed(client_name)) {
+    /* a client removed while this session was being set up: do not keep the session (2.0 never
+     * reuses a removed client's name; 3.x ends the removed client's thread itself) */
+    if (!LNC2_V3 && was_removed(client_name)) {
         logline("ch session for removed client %s dropped", client_name);
         return -1;
     }
@@ -1931,7 +2244,12 @@ init_context(void)
     int i;
 
     ly_log_level(opts.verbose ? LY_LLVRB : LY_LLWRN);
+#if LY_V3
+    ly_set_log_clb(ly_print_clb3);
+    ly_log_options(LY_LOLOG | LY_LOSTORE_LAST);
+#else
     ly_set_log_clb(ly_print_clb, 1);
+#endif
     if (ly_ctx_new(LNC2_DEVICE_YANG_DIR, 0, &ctx)) {
         die("cannot create libyang context");
     }
@@ -1959,6 +2277,7 @@ init_context(void)
     candidate = store_dup(&running);
 }
 
+#if !LNC2_V3
 static int
 ch_client_start(const char *client, const char *endpt, NC_TRANSPORT_IMPL ti, const struct endpoint *ep)
 {
@@ -2072,6 +2391,118 @@ setup_tls(void)
     }
 }
 
+#else /* LNC2_V3 */
+
+/** The command line's part of libnetconf2's configuration (see apply_config()). */
+static void
+build_base_config(void)
+{
+    char client[128], keyname[32], port[8];
+    int i, r = 0;
+
+    if (nc_server_config_load_modules(&cfg_ctx)) {
+        die("cannot load libnetconf2's configuration modules");
+    }
+    for (i = 0; i < opts.hostkey_count; i++) {
+        snprintf(keyname, sizeof keyname, "hostkey%d", i);
+        if (nc_server_config_add_keystore_asym_key(cfg_ctx, NC_TI_SSH, keyname, opts.hostkeys[i], NULL, &base_cfg)) {
+            die("cannot add host key %s", opts.hostkeys[i]);
+        }
+    }
+    if (opts.tls_cert && opts.tls_key) {
+        if (nc_server_config_add_keystore_asym_key(cfg_ctx, NC_TI_TLS, "tls-key", opts.tls_key, NULL, &base_cfg) ||
+                nc_server_config_add_keystore_cert(cfg_ctx, "tls-key", "tls-cert", opts.tls_cert, &base_cfg)) {
+            die("cannot add the TLS key and certificate");
+        }
+    }
+    for (i = 0; i < opts.tls_ca_count; i++) {
+        snprintf(keyname, sizeof keyname, "ca%d", i);
+        if (nc_server_config_add_truststore_cert(cfg_ctx, "listener-ca", keyname, opts.tls_cas[i], &base_cfg)) {
+            die("cannot add --tls-ca %s", opts.tls_cas[i]);
+        }
+    }
+    if (opts.ssh.host) {
+        snprintf(client, sizeof client, "%s-ssh", opts.name);
+        snprintf(port, sizeof port, "%u", opts.ssh.port);
+        r |= nc_server_config_add_ch_address_port(cfg_ctx, client, "ssh", NC_TI_SSH, opts.ssh.host, port, &base_cfg);
+        r |= nc_server_config_add_ch_persistent(cfg_ctx, client, &base_cfg);
+        for (i = 0; i < opts.hostkey_count; i++) {
+            snprintf(keyname, sizeof keyname, "hostkey%d", i);
+            r |= nc_server_config_add_ch_ssh_keystore_ref(cfg_ctx, client, "ssh", keyname, keyname, &base_cfg);
+        }
+        r |= add_cmdline_users(client, "ssh", &base_cfg);
+        if (r) {
+            die("cannot configure the SSH call-home client");
+        }
+    }
+    if (opts.tls.host) {
+        snprintf(client, sizeof client, "%s-tls", opts.name);
+        snprintf(port, sizeof port, "%u", opts.tls.port);
+        r |= nc_server_config_add_ch_address_port(cfg_ctx, client, "tls", NC_TI_TLS, opts.tls.host, port, &base_cfg);
+        r |= nc_server_config_add_ch_persistent(cfg_ctx, client, &base_cfg);
+        r |= nc_server_config_add_ch_tls_keystore_ref(cfg_ctx, client, "tls", "tls-key", "tls-cert", &base_cfg);
+        r |= nc_server_config_add_ch_tls_ca_cert_truststore_ref(cfg_ctx, client, "tls", "listener-ca", &base_cfg);
+        r |= nc_server_config_add_ch_tls_ctn(cfg_ctx, client, "tls", 1, opts.ctn_fingerprint,
+                opts.ctn_user ? NC_TLS_CTN_SPECIFIED : NC_TLS_CTN_COMMON_NAME, opts.ctn_user, &base_cfg);
+        if (r) {
+            die("cannot configure the TLS call-home client");
+        }
+    }
+    if (opts.direct.host) {
+        r |= nc_server_config_add_address_port(cfg_ctx, "direct", NC_TI_SSH, opts.direct.host, opts.direct.port,
+                &base_cfg);
+        for (i = 0; i < opts.hostkey_count; i++) {
+            snprintf(keyname, sizeof keyname, "hostkey%d", i);
+            r |= nc_server_config_add_ssh_keystore_ref(cfg_ctx, "direct", keyname, keyname, &base_cfg);
+        }
+        r |= add_cmdline_users(NULL, "direct", &base_cfg);
+        if (r) {
+            die("cannot listen on %s:%u", opts.direct.host, opts.direct.port);
+        }
+    }
+}
+
+static const struct ly_ctx *
+acquire_ctx(void *data)
+{
+    (void)data;
+    return ctx;
+}
+
+static void
+release_ctx(void *data)
+{
+    (void)data;
+}
+
+static int
+ch_session_clb3(const char *client_name, struct nc_session *new_session, void *data)
+{
+    (void)data;
+    return ch_session_clb(client_name, new_session);
+}
+
+/** Apply the command line's configuration; libnetconf2 starts the call-home threads itself. */
+static void
+setup_v3(void)
+{
+    nc_server_ch_set_dispatch_data(acquire_ctx, release_ctx, NULL, ch_session_clb3, NULL);
+    if (opts.ssh.host) {
+        logline("ch-ssh connecting to %s:%u (client %s-ssh)", opts.ssh.host, opts.ssh.port, opts.name);
+    }
+    if (opts.tls.host) {
+        logline("ch-tls connecting to %s:%u (client %s-tls)", opts.tls.host, opts.tls.port, opts.name);
+    }
+    if (apply_config(NULL, 0)) {
+        die("cannot apply the command line's configuration");
+    }
+    if (opts.direct.host) {
+        logline("direct-ssh listening on %s:%u", opts.direct.host, opts.direct.port);
+    }
+}
+
+#endif /* LNC2_V3 */
+
 static void
 on_signal(int sig)
 {
@@ -2162,25 +2593,40 @@ main(int argc, char **argv)
     tls_port_for_log = opts.tls.port;
     /* always verbose inside: lnc2_print_clb filters and derives the connect-attempt events */
     nc_verbosity(NC_VERB_VERBOSE);
+#if LNC2_V3
+    nc_set_print_clb_session(lnc2_print_clb3);
+#else
     nc_set_print_clb(lnc2_print_clb);
+#endif
 
     init_context();
+#if LNC2_V3
+    if (nc_server_init()) {
+#else
     if (nc_server_init(ctx)) {
+#endif
         die("nc_server_init failed");
     }
     if (nc_server_set_capability(NCS_CAPABILITY)) {
         die("cannot add the ietf-netconf-server capability");
     }
     nc_set_global_rpc_clb(rpc_clb);
+#if !LNC2_V3
     nc_server_ssh_set_hostkey_clb(hostkey_clb, NULL, NULL);
     nc_server_tls_set_server_cert_clb(server_cert_clb, NULL, NULL);
     nc_server_tls_set_trusted_cert_list_clb(trusted_cert_list_clb, NULL, NULL);
+#else
+    build_base_config();
+#endif
 
     ps = nc_ps_new();
     if (!ps) {
         die("nc_ps_new failed");
     }
     logline("started name=%s pid=%d", opts.name, (int)getpid());
+#if LNC2_V3
+    setup_v3();
+#else
     if (opts.ssh.host) {
         setup_ssh();
     }
@@ -2190,11 +2636,16 @@ main(int argc, char **argv)
     if (opts.direct.host) {
         setup_direct();
     }
+#endif
 
     while (!stop_requested) {
         if (opts.direct.host) {
             session = NULL;
+#if LNC2_V3
+            if (nc_accept(0, ctx, &session) == NC_MSG_HELLO) {
+#else
             if (nc_accept(0, &session) == NC_MSG_HELLO) {
+#endif
                 logline("direct-ssh session %u established user=%s host=%s port=%u", nc_session_get_id(session),
                         nc_session_get_username(session), nc_session_get_host(session),
                         nc_session_get_port(session));
