@@ -213,7 +213,7 @@ def test_safe_rollout_confirms_after_the_device_called(tmp_path: Path, device: D
     finally:
         follower.stop()
     # confirmed: the configuration stays after the session that committed it is gone
-    time.sleep(0.5)
+    time.sleep(0.5)  # asserts the absence of a rollback for a while: no condition to poll for
     assert len(device.callhome_entries()) == 1
 
 

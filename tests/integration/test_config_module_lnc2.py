@@ -286,7 +286,8 @@ def test_device_that_cannot_call_home_is_rolled_back(tmp_path: Path, device: Lnc
     assert line_index(device, r"confirmed commit rolled back \(cancel-commit\)", mark) >= 0, device.log
     assert clients(device) == {}, "the device must be back on its previous (empty) call-home configuration"
     device.wait_for(rf"callhome client {CLIENT} removed", since=mark)
-    # no more dialing once the client is gone (it retries about once a second while it exists)
+    # no more dialing once the client is gone (it retries about once a second while it exists);
+    # these sleeps assert an absence over time (first let an in-flight retry pass, then watch)
     time.sleep(2.5)
     quiet = device.mark()
     time.sleep(2.5)

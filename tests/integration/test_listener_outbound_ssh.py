@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import socket
-import time
 
-from harness import ncclient_over_lease, running
+from harness import ncclient_over_lease, running, wait_until
 
 
 def _outbound_port(lst):
@@ -26,12 +25,7 @@ def test_outbound_ssh_device_is_accepted_and_named_in_pending(listener_factory, 
             assert "sim0001" in mgr.get_config("running").xml
         # the unenrolled one is pending, labelled with the DEVICE-ID it sent (a claim, not trust)
         lst.wait_device("sim0001", "connected")
-        pending = []
-        for _attempt in range(100):
-            pending = lst.call("pending")
-            if pending:
-                break
-            time.sleep(0.1)
+        pending = wait_until(lambda: lst.call("pending"), 10, "the unknown key to be pending")
         assert pending[0]["claimed_device"] == "sim0002" and pending[0]["claim_source"] == "device-id"
         res = lst.cli("approve", pending[0]["fingerprint"], check=False)
         assert res.returncode == 1 and "--device" in res.stderr
@@ -49,7 +43,4 @@ def test_plain_ssh_on_the_outbound_port_is_refused(listener_factory, fleet):
         except ConnectionResetError:  # closed with our banner unread: the kernel sends RST
             answer = b""
         assert answer == b""  # closed without an SSH banner from us
-    deadline = time.monotonic() + 5
-    while "reason=outbound-ssh-preamble" not in lst.log() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the listener logs right after it closed the socket
-    assert "reason=outbound-ssh-preamble" in lst.log()
+    lst.wait_log("reason=outbound-ssh-preamble", timeout=5)  # logged right after it closed the socket

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from harness import enroll as _enroll
-from harness import ncclient_over_lease
+from harness import ncclient_over_lease, wait_until
 
 from netconf_callhome.errors import DeviceNotFoundError
 
@@ -66,14 +66,8 @@ def test_libnetconf2_ssh_unknown_key_pending(device_binary, pki, listener_factor
     lst = listener_factory().start()
     with Lnc2Device.from_pki(pki, ssh_port=lst.ssh_port):
         lst.cli("pending")
-        import time
-
-        deadline = time.monotonic() + 30
-        pending = []
-        while not pending and time.monotonic() < deadline:
-            pending = lst.call("pending")
-            time.sleep(0.2)
-        assert pending and pending[0]["fingerprint"] == pki.host_keys["ed25519"].fingerprint
+        pending = wait_until(lambda: lst.call("pending"), 30, "the device's key to be pending")
+        assert pending[0]["fingerprint"] == pki.host_keys["ed25519"].fingerprint
         with pytest.raises(DeviceNotFoundError):
             lst.control.lease("lnc2-dev1", wait=1)
 

@@ -228,7 +228,8 @@ def b64_of(key: SshKey) -> str:
 
 def assert_quiet(listener: ReverseListener, count: int, seconds: float) -> None:
     """No new call home for ``seconds`` (the device retries about once a second when it has a
-    client, so a few seconds of silence mean it has none)."""
+    client, so a few seconds of silence mean it has none). Sleeping is the point here: this asserts
+    that something does *not* happen for a while, which no poll can show sooner."""
     time.sleep(seconds)
     assert listener.count() == count, f"device called again: {listener.count()} sessions"
 
@@ -346,7 +347,7 @@ def test_confirmed_commit_confirmed_with_persist_id_stays(
         listener.wait_sessions(1)
     with device.connect_direct() as mgr:
         mgr.dispatch(to_ele(f'<commit xmlns="{NC_NS}"><persist-id>tok-2</persist-id></commit>'))
-        time.sleep(4.5)
+        time.sleep(4.5)  # past the 3 s confirm timeout: asserts the absence of a rollback, not a poll
         assert CLIENT in mgr.get_config("running").data_xml
         assert listener.closed == 0, "the confirmed configuration must not be rolled back"
         # a second confirmed commit, cancelled: back to the confirmed state (client kept)

@@ -29,6 +29,7 @@ COLLECTIONS = REPO / ".collections"
 sys.path.insert(0, str(PEERS))
 sys.path.insert(0, str(COLLECTIONS))
 
+from harness import wait_until  # noqa: E402
 from simulator import ensure_keys, public_line, start_simulator_process  # noqa: E402
 
 from netconf_callhome.control.client import ControlClient  # noqa: E402
@@ -92,14 +93,8 @@ def _client(home: Path) -> ControlClient:
 
 
 def _wait_ping(home: Path, timeout: float = 20.0) -> Dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return dict(_client(home).call("ping", timeout=2))
-        except CallHomeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    return dict(wait_until(lambda: _client(home).call("ping", timeout=2), timeout, "the listener to answer ping",
+                           ignore=(CallHomeError,)))
 
 
 class Listener:
@@ -223,7 +218,9 @@ def test_device_that_calls_late_is_waited_for(home: Path, listener: Listener) ->
     )
     sim = None
     try:
-        time.sleep(4)  # the playbook is waiting by now; the device has not called yet
+        # Deliberate delay, part of the scenario (a device that calls late): the device must dial
+        # only after the playbook has started waiting, and nothing observable marks that moment.
+        time.sleep(4)
         assert proc.poll() is None, proc.communicate()[0]
         assert listener.call("device", device=name)["status"] == "never-seen"
         sim = start_simulator_process(
@@ -267,10 +264,8 @@ def test_unenrolled_device_never_gets_a_session(home: Path, listener: Listener) 
     )
     try:
         fingerprint = keys[name].get_fingerprint("sha256")
-        deadline = time.monotonic() + 20
-        while not any(p["fingerprint"] == fingerprint for p in listener.call("pending")):
-            assert time.monotonic() < deadline, "the rogue key never showed up as pending"
-            time.sleep(0.2)
+        wait_until(lambda: any(p["fingerprint"] == fingerprint for p in listener.call("pending")), 20,
+                   "the rogue key to show up as pending")
         res = _playbook(home, "get_running.yml", _inventory(home, [name], "rogue", ansible_callhome_timeout=2))
     finally:
         sim.stop()
@@ -340,10 +335,9 @@ def test_embedded_default_starts_a_listener(tmp_path: Path) -> None:
         try:
             pid = _client(home).call("ping", timeout=2)["pid"]
             _client(home).call("shutdown", timeout=5)
-            deadline = time.monotonic() + 15
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _pid_alive(pid):
+            try:
+                wait_until(lambda: not _pid_alive(pid), 15, "the embedded listener to exit")
+            except AssertionError:
                 os.kill(pid, 9)
         except CallHomeError:
             pass
