@@ -176,7 +176,6 @@ class HeldSession:
             writer.write(to_client.encode(msg))
 
         got_hello = False
-        self._sink = deliver
         closed_wait: "asyncio.Future[str]" = asyncio.ensure_future(asyncio.shield(self.closed))
         try:
             while True:
@@ -196,6 +195,9 @@ class HeldSession:
                         if parse_hello(msg).base11 and self.hello.base11:
                             to_client.use_chunked()
                             msgs = from_client.use_chunked() + msgs
+                        # Only now is the client's framing known: device messages before this
+                        # point (a notification left running) are dropped as without a lease.
+                        self._sink = deliver
                         continue
                     if self._client_message(msg, outstanding, writer, to_client):
                         return "client closed the session"
