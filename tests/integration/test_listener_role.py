@@ -1,19 +1,20 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``roles/listener`` rendered with ``ansible-playbook`` into a temporary root (no systemd
-needed): files, modes, unit, idempotence, and a listener actually started from the rendered
-configuration and code."""
+"""``roles/listener`` run with ``ansible-playbook`` into a temporary root (no systemd needed): the
+netconf-callhome wheel pip-installed into the role's venv, files, modes, unit, idempotence, and
+``VENV/bin/callhome-listener serve`` started from the rendered configuration, without PYTHONPATH."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -21,7 +22,9 @@ from harness import ROOT, child_env
 
 from netconf_callhome.control.client import ControlClient
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)
+
+UNIT = "etc/systemd/system/netconf-callhome-listener.service"
 
 
 def run_role(root: Path, extra: Dict[str, Any]) -> subprocess.CompletedProcess:
@@ -33,7 +36,7 @@ def run_role(root: Path, extra: Dict[str, Any]) -> subprocess.CompletedProcess:
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", "ansible_python_interpreter=%s" % sys.executable, str(path)],
         capture_output=True, text=True, env=child_env(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
-        timeout=200, check=False)
+        timeout=360, check=False)
 
 
 def recap(out: str) -> Dict[str, int]:
@@ -42,31 +45,76 @@ def recap(out: str) -> Dict[str, int]:
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
 
 
-def test_role_renders_files_idempotently_and_they_run(tmp_path: Path) -> None:
+def env_without_pythonpath() -> Dict[str, str]:
+    """The environment of a service: the test runner's PYTHONPATH (the collection tree) removed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    return env
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """``pip wheel`` of a copy of listener/ (an in-tree build would leave build/ in the clone)."""
+    src = tmp_path / "listener-src"
+    shutil.copytree(ROOT / "listener", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".mypy_cache"))
+    out = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "-w", str(out), str(src)], check=True, timeout=180)
+    wheels = list(out.glob("netconf_callhome-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def cli(venv: Path, args: List[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([str(venv / "bin/callhome-listener")] + args, capture_output=True, text=True,
+                          env=env_without_pythonpath(), timeout=60, check=False, **kwargs)
+
+
+def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_runs(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path)
     root = tmp_path / "root"
+    # what an earlier version of the role left: a hand-built tree run with PYTHONPATH
+    old_tree = root / "opt/netconf-callhome/lib/ansible_collections/netconf/callhome/listener"
+    old_tree.mkdir(parents=True)
+    (old_tree / "service.py").write_text("# old\n")
     vars_ = {
         "callhome_listener_root": str(root),
         "callhome_listener_manage_user": False,
-        "callhome_listener_install_deps": False,  # pip from PyPI is not what this test is about
+        "callhome_listener_package": str(wheel),
         "callhome_listener_ssh_binds": ["127.0.0.1:0"],
         "callhome_listener_password": "device-pw",
         "callhome_listener_log_format": "text",
         "callhome_listener_initial_devices": {"r1": {"ssh_host_keys": ["SHA256:" + "A" * 43]}},
     }
     first = run_role(root, vars_)
-    assert recap(first.stdout)["failed"] == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert recap(first.stdout)["failed"] == 0, first.stdout[-4000:] + first.stderr[-2000:]
     assert "was laid down but not started: systemd is not PID 1 here" in first.stdout
+    assert "DEPRECATION" not in first.stdout
+    assert not (root / "opt/netconf-callhome/lib/ansible_collections").exists(), "the old code tree is removed"
 
+    venv = root / "opt/netconf-callhome/venv"
     etc = root / "etc/netconf-callhome"
     state = root / "var/lib/netconf-callhome"
+    assert ("Run it with: %s/bin/callhome-listener serve --config %s/listener.yaml" % (venv, etc)) in first.stdout
+
+    # the distribution is a real install in the venv, not the clone's editable one
+    where = subprocess.run([str(venv / "bin/python"), "-c",
+                            "import importlib.metadata as m, netconf_callhome; "
+                            "print(netconf_callhome.__file__); print(m.version('netconf-callhome'))"],
+                           capture_output=True, text=True, env=env_without_pythonpath(), cwd=str(tmp_path),
+                           timeout=60, check=True).stdout.split()
+    assert where[0].startswith(str(venv / "lib")), where
+    assert wheel.name.startswith("netconf_callhome-%s-" % where[1]), (wheel.name, where)
+
     pw = etc / "device-password"
     assert pw.read_text() == "device-pw\n" and oct(pw.stat().st_mode & 0o777) == "0o600"
     trust = state / "trust.json"
     assert oct(trust.stat().st_mode & 0o777) == "0o600" and oct(state.stat().st_mode & 0o777) == "0o700"
     assert json.loads(trust.read_text())["devices"]["r1"]["ssh_host_keys"] == ["SHA256:" + "A" * 43]
-    unit = (root / "etc/systemd/system/netconf-callhome-listener.service").read_text()
-    assert ("ExecStart=%s/opt/netconf-callhome/venv/bin/python -m netconf_callhome "
-            "serve --config %s/listener.yaml" % (root, etc)) in unit
+    unit = (root / UNIT).read_text()
+    exec_start = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == ["ExecStart=%s/bin/callhome-listener serve --config %s/listener.yaml" % (venv, etc)], unit
+    assert "PYTHONPATH" not in unit and "Environment=" not in unit
     assert "ReadWritePaths=%s" % state in unit and "User=" not in unit
     assert "device-pw" not in (etc / "listener.yaml").read_text(), "secrets stay out of the configuration"
 
@@ -76,33 +124,66 @@ def test_role_renders_files_idempotently_and_they_run(tmp_path: Path) -> None:
     cfg = load_config(str(etc / "listener.yaml"))
     assert cfg.credentials.password_file == str(pw) and cfg.trust_store == str(trust)
 
-    # idempotent: nothing changes on a second run; the trust store is never overwritten
+    # idempotent: nothing changes on a second run (the wheel is already installed); the trust store
+    # is never overwritten
     trust.write_text(json.dumps({"version": 1, "devices": {}}) + "\n")
     second = run_role(root, vars_)
-    assert recap(second.stdout)["changed"] == 0, second.stdout[-3000:]
+    assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
     assert json.loads(trust.read_text())["devices"] == {}
 
-    # the rendered code + configuration start a working listener
-    lib = root / "opt/netconf-callhome/lib"
-    assert (lib / "ansible_collections/netconf/callhome/listener/service.py").exists()
-    env = dict(os.environ, PYTHONPATH=str(lib))
-    proc = subprocess.Popen([sys.executable, "-m", "netconf_callhome", "serve",
-                             "--config", str(etc / "listener.yaml")], env=env, stdout=subprocess.PIPE,
+    # the unit's command, as systemd would run it: no PYTHONPATH, not from the clone
+    argv = exec_start[0][len("ExecStart="):].split()
+    log = open(tmp_path / "listener.log", "wb")
+    proc = subprocess.Popen(argv, env=env_without_pythonpath(), cwd=str(tmp_path), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    control = "unix:%s" % (state / "control.sock")
     try:
-        client = ControlClient("unix:%s" % (state / "control.sock"), timeout=5)
-        deadline = time.monotonic() + 20
+        client = ControlClient(control, timeout=5)
+        deadline = time.monotonic() + 30
         while True:
             try:
                 status = client.call("status")
                 break
             except Exception:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode() if proc.stdout else ""
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "listener.log").read_text()
                 time.sleep(0.2)
         assert status["trust_store"] == str(trust) and status["ssh"]
-        client.call("shutdown")
-        proc.wait(15)
+
+        # the venv's own callhome-listener talks to it over the control socket
+        shown = cli(venv, ["--control", control, "--json", "status"])
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["trust_store"] == str(trust)
+        pending = cli(venv, ["--control", control, "--json", "pending"])
+        assert pending.returncode == 0 and json.loads(pending.stdout) == [], pending.stdout + pending.stderr
+
+        stop = cli(venv, ["--control", control, "shutdown"])
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert proc.wait(15) == 0, (tmp_path / "listener.log").read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
+
+
+def test_role_refuses_pip_options_in_the_package_variable(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
+                          "callhome_listener_package": "netconf-callhome --find-links /srv/wheels"})
+    assert recap(run.stdout)["failed"] == 1, run.stdout[-3000:]
+    assert "callhome_listener_package must be ONE pip requirement" in run.stdout
+    assert "callhome_listener_pip_extra_args" in run.stdout
+    assert not (root / "opt/netconf-callhome/venv").exists()
+
+
+def test_role_without_install_says_the_venv_lacks_the_distribution(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
+                          "callhome_listener_install_deps": False,
+                          "callhome_listener_pip_packages": ["asyncssh", "PyYAML"]})
+    assert recap(run.stdout)["failed"] == 1, run.stdout[-3000:]
+    # the deprecated variable is named, with what replaces it
+    assert "[DEPRECATION WARNING] netconf.callhome.listener: callhome_listener_pip_packages is deprecated" in run.stdout
+    assert "has no working netconf-callhome distribution with its callhome-listener command" in run.stdout
+    assert "set callhome_listener_install_deps: true" in run.stdout
+    assert not (root / UNIT).exists(), "no unit that points at a missing command"
