@@ -21,31 +21,38 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
-from netconf_callhome.control.client import ControlClient, default_home
-from netconf_callhome.errors import (
-    CallHomeError,
-    ConfigError,
-    ControlError,
-    KeyMismatchError,
-    ListenerUnreachableError,
-    UnknownKeyError,
-)
-from netconf_callhome.fingerprints import ssh_fingerprint
-from netconf_callhome.policy import trust_ops
-from netconf_callhome.policy.trust_ops import (
-    Identity,
-    PendingEntry,
-    TrustChange,
-    check_conflict,
-    check_observed,
-    explicit_identity,
-    identities_of,
-    kind_for_transport,
-    mutate_add,
-    mutate_remove,
-    same_fingerprint,
-)
-from netconf_callhome.policy.trust_store import TrustStore
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.control.client import ControlClient, default_home
+    from netconf_callhome.errors import (
+        CallHomeError,
+        ConfigError,
+        ControlError,
+        KeyMismatchError,
+        ListenerUnreachableError,
+        UnknownKeyError,
+    )
+    from netconf_callhome.fingerprints import ssh_fingerprint
+    from netconf_callhome.policy import trust_ops
+    from netconf_callhome.policy.trust_ops import (
+        Identity,
+        PendingEntry,
+        TrustChange,
+        check_conflict,
+        check_observed,
+        explicit_identity,
+        identities_of,
+        kind_for_transport,
+        mutate_add,
+        mutate_remove,
+        same_fingerprint,
+    )
+    from netconf_callhome.policy.trust_store import TrustStore
+except ImportError:  # the enroll module fails with missing_required_lib before calling run()
+    CallHomeError = ConfigError = ControlError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
+    KeyMismatchError = UnknownKeyError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
+    ListenerUnreachableError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 SOURCES = ("pending", "ssh_scan", "public_key", "fingerprint", "certificate", "tls_fingerprint", "tls_identity")
 OBSERVED = ("pending", "ssh_scan")
@@ -274,8 +281,8 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
                   or (host and str(p.get("peer", "")).rsplit(":", 1)[0].strip("[]") == host)]
     data = enroller.store().load() if os.access(enroller.store().path, os.R_OK) else {"devices": {}}
     if not chosen:
-        if expected and any(same_fingerprint("ssh_host_keys", v, expected) or same_fingerprint("tls_fingerprints", v, expected)
-                            for v in identities_of(data, device)):
+        if expected and any(same_fingerprint("ssh_host_keys", v, expected)
+                            or same_fingerprint("tls_fingerprints", v, expected) for v in identities_of(data, device)):
             result.fingerprint = expected
             result.after = result.before = identities_of(data, device)
             return result  # already enrolled: nothing pending, nothing to do
@@ -291,7 +298,8 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
     identity = trust_ops.pending_identity(PendingEntry.from_mapping(pending))
     identity.pending = pending
     kind = identity.kind
-    check_observed(identity, expected=expected, tofu=tofu, where="the key device %r presented from %s" % (device, pending.get("peer")))
+    check_observed(identity, expected=expected, tofu=tofu,
+                   where="the key device %r presented from %s" % (device, pending.get("peer")))
     check_conflict(data, device, identity, replace=replace)
     result.kind, result.fingerprint = kind, identity.fingerprint
     result.before = identities_of(data, device)
@@ -302,7 +310,8 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         # (trust_ops.approve_pending); a listener that predates it ignores the field.
         answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device, replace=replace)
         result.changed = bool(answer.get("changed", True))
-        result.after = identities_of(enroller.store().load(), device) if os.access(enroller.store().path, os.R_OK) else []
+        readable = os.access(enroller.store().path, os.R_OK)
+        result.after = identities_of(enroller.store().load(), device) if readable else []
     return result
 
 

@@ -423,7 +423,8 @@ def revoke(
 ) -> TrustChange:
     """Remove one identity of ``device`` (any spelling: key line, fingerprint, ``serial:...``),
     restricted to ``kind`` when given, or the whole device entry (credentials included) when
-    ``identity`` is None (``kind`` is then ignored). Revoking what is not enrolled changes nothing and is not an error."""
+    ``identity`` is None (``kind`` is then ignored). Revoking what is not enrolled changes nothing
+    and is not an error."""
     if kind is not None and kind not in CANONICAL:
         raise ConfigError("kind must be one of %s" % ", ".join(KINDS))
     changed, before, after = store.update(

@@ -4,6 +4,10 @@
 A device is identified by its SSH host key or TLS certificate, never by its address (RFC 8071
 section 3.1 C5-C7). The peer address is used only as a *hint* to say which known device an
 unknown key probably belongs to, so that a changed key is reported as a key mismatch.
+
+A TLS certificate is trusted when its fingerprint is pinned, or when it names an enrolled identity
+(``serial:``, ``cn:``...) and chains to a configured device CA; that path validation is
+:func:`netconf_callhome.policy.verify.verify_chain` (``cryptography.x509.verification``).
 """
 
 from __future__ import annotations
