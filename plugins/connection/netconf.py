@@ -31,9 +31,11 @@ description:
     idle seconds. A remote listener (AWX, containers) is reached with a C(tls://HOST:PORT)
     address and a token.
   - Built on the C(ansible.netcommon.netconf) connection, so the netconf sub-plugins chosen by
-    C(ansible_network_os) work unchanged. Requires ncclient on the controller.
+    C(ansible_network_os) work unchanged. Requires the C(netconf-callhome) Python package
+    and ncclient on the controller.
 version_added: 1.0.0
 requirements:
+  - the netconf-callhome Python package (C(pip install netconf-callhome))
   - ncclient
 extends_documentation_fragment:
   - ansible.netcommon.connection_persistent
@@ -213,17 +215,10 @@ from ansible.utils.display import Display
 from ansible_collections.ansible.netcommon.plugins.connection.netconf import (
     Connection as NetconfConnection,
 )
-from netconf_callhome.control.client import (
-    ControlClient,
-    default_control_address,
-)
-from netconf_callhome.errors import (
-    CallHomeError,
-    DeviceNotFoundError,
-    DeviceNotReadyError,
-    ListenerUnreachableError,
-    NotAuthorizedError,
-    WaitTimeoutError,
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+    HAS_NETCONF_CALLHOME,
+    NetconfCallhomeMissing,
+    missing_netconf_callhome_msg,
 )
 from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import (
     ensure_listener,
@@ -234,6 +229,23 @@ from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import (
     DEFAULT,
     platform_from_capabilities,
 )
+
+try:
+    from netconf_callhome.control.client import (
+        ControlClient,
+        default_control_address,
+    )
+    from netconf_callhome.errors import (
+        CallHomeError,
+        DeviceNotFoundError,
+        DeviceNotReadyError,
+        ListenerUnreachableError,
+        NotAuthorizedError,
+        WaitTimeoutError,
+    )
+except ImportError:  # reported when the connection is used (_require_netconf_callhome), not here
+    CallHomeError = DeviceNotFoundError = DeviceNotReadyError = NetconfCallhomeMissing
+    ListenerUnreachableError = NotAuthorizedError = WaitTimeoutError = NetconfCallhomeMissing
 
 try:
     from ncclient import manager as nc_manager
@@ -312,6 +324,7 @@ class Connection(NetconfConnection):
     # -- connect ---------------------------------------------------------------------------------
 
     def _connect(self) -> t.Any:
+        _require_netconf_callhome()
         if not HAS_NCCLIENT:
             raise AnsibleError("%s: %s" % (missing_required_lib("ncclient"), to_native(NCCLIENT_IMP_ERR)))
         if self._manager is not None:  # a lease that ended under a previous task
@@ -428,6 +441,7 @@ class Connection(NetconfConnection):
         """
         options = super().get_options(hostvars=hostvars)
         if hostvars is None and not self._connected and not self._prewaited and _in_worker():
+            _require_netconf_callhome()
             self._prewaited = True
             self._wait_in_worker()
         return options
@@ -484,7 +498,7 @@ class Connection(NetconfConnection):
             else "the default address (NETCONF_CALLHOME_HOME=%s)" % os.environ.get("NETCONF_CALLHOME_HOME", "unset")
         )
         advice = (
-            "start it ('python -m netconf_callhome serve') or point "
+            "start it ('callhome-listener serve') or point "
             "ansible_callhome_listener at a running one"
         )
         if address.startswith(("tls://", "tcp+tls://")):
@@ -562,6 +576,12 @@ class Connection(NetconfConnection):
             self._lease_socket = None
         self._conn_closed = True
         self._connected = False
+
+
+def _require_netconf_callhome() -> None:
+    """Fail the task with the pip package to install when ``netconf_callhome`` cannot be imported."""
+    if not HAS_NETCONF_CALLHOME:
+        raise AnsibleError("netconf.callhome.netconf connection: %s" % missing_netconf_callhome_msg())
 
 
 def _in_worker() -> bool:

@@ -34,6 +34,8 @@ options:
       - Seconds one control request may take.
     type: float
     default: 30
+requirements:
+  - the netconf-callhome Python package on the controller (C(pip install netconf-callhome))
 notes:
   - Runs on the controller, where the listener's control socket is; delegate the task to
     C(localhost) or run it in a play on C(localhost).

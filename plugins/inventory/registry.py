@@ -23,6 +23,7 @@ description:
 author:
   - netconf.callhome developers (@netconf-callhome)
 requirements:
+  - the netconf-callhome Python package (C(pip install netconf-callhome))
   - jmespath (only for O(filter))
 extends_documentation_fragment:
   - constructed
@@ -90,10 +91,19 @@ import typing as t
 from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from netconf_callhome.control.client import ControlClient
-from netconf_callhome.errors import CallHomeError
-from netconf_callhome.control.api import listener_address
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+    HAS_NETCONF_CALLHOME,
+    NetconfCallhomeMissing,
+    missing_netconf_callhome_msg,
+)
 from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import platform_from_capabilities
+
+try:
+    from netconf_callhome.control.api import listener_address
+    from netconf_callhome.control.client import ControlClient
+    from netconf_callhome.errors import CallHomeError
+except ImportError:  # parse() reports it; the plugin still loads for ansible-doc and verify_file
+    CallHomeError = NetconfCallhomeMissing
 
 try:
     from ansible.utils.unsafe_proxy import wrap_var as make_unsafe
@@ -121,6 +131,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def parse(self, inventory: t.Any, loader: t.Any, path: str, cache: bool = True) -> None:
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
+        if not HAS_NETCONF_CALLHOME:
+            raise AnsibleParserError("netconf.callhome.registry: %s" % missing_netconf_callhome_msg())
         try:
             client = ControlClient(
                 listener_address(self.get_option("listener")),

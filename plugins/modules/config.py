@@ -239,6 +239,7 @@ attributes:
     support: full
     description: A second run with the same parameters reports no change.
 requirements:
+  - the netconf-callhome Python package on the controller (C(pip install netconf-callhome))
   - ncclient (lxml) on the controller
   - ansible.netcommon
 notes:
@@ -355,8 +356,18 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.p
     PushError,
     parse_rpc_error,
 )
-from netconf_callhome.control.client import ControlClient
-from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+    HAS_NETCONF_CALLHOME,
+    NETCONF_CALLHOME_IMPORT_TRACEBACK,
+    PIP_NAME,
+    NetconfCallhomeMissing,
+)
+
+try:
+    from netconf_callhome.control.client import ControlClient
+    from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
+except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
+    CallHomeError = DeviceNotFoundError = NetconfCallhomeMissing
 
 
 def _unwrap_bytes_repr(text):
@@ -522,6 +533,8 @@ def main():
                      ("confirm_callhome", True, ["callhome_device"])],
         supports_check_mode=True,
     )
+    if not HAS_NETCONF_CALLHOME:
+        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
     if not HAS_LXML:
         module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
     p = module.params

@@ -105,6 +105,8 @@ attributes:
   idempotent:
     support: full
     description: Enrolling an enrolled identity reports no change.
+requirements:
+  - the netconf-callhome Python package on the controller (C(pip install netconf-callhome))
 notes:
   - "Runs on the controller (or wherever the listener's control socket is): use C(delegate_to=localhost) or a local connection."
 """
@@ -172,10 +174,20 @@ trust_store:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+    HAS_NETCONF_CALLHOME,
+    NETCONF_CALLHOME_IMPORT_TRACEBACK,
+    PIP_NAME,
+    NetconfCallhomeMissing,
+)
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import run
-from netconf_callhome.errors import CallHomeError
+
+try:
+    from netconf_callhome.errors import CallHomeError
+except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
+    CallHomeError = NetconfCallhomeMissing
 
 
 def main():
@@ -206,6 +218,8 @@ def main():
         required_if=[("state", "present", ["source"])],
         supports_check_mode=True,
     )
+    if not HAS_NETCONF_CALLHOME:
+        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
     try:
         result = run(module.params, check_mode=module.check_mode)
     except CallHomeError as exc:

@@ -102,27 +102,39 @@ devices:
     edge2: {name: edge2, ready: false, waited: null, status: key-mismatch, last_error: "presented ..."}
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from netconf_callhome.errors import CallHomeError
-from netconf_callhome.control.api import (
-    CONNECTION_ARGS,
-    client_from_params,
-    describe_missing,
-    error_result,
-    wait_for_devices,
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+    HAS_NETCONF_CALLHOME,
+    NETCONF_CALLHOME_IMPORT_TRACEBACK,
+    PIP_NAME,
+    NetconfCallhomeMissing,
 )
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import LISTENER_ARGS
+
+try:
+    from netconf_callhome.control.api import (
+        client_from_params,
+        describe_missing,
+        error_result,
+        wait_for_devices,
+    )
+    from netconf_callhome.errors import CallHomeError
+except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
+    CallHomeError = NetconfCallhomeMissing
 
 
 def main() -> None:
     argument_spec = dict(
-        CONNECTION_ARGS,
+        LISTENER_ARGS,
         devices={"type": "list", "elements": "str", "required": True},
         timeout={"type": "float", "default": 300.0},
         poll_interval={"type": "float", "default": 1.0},
         fail_on_missing={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not HAS_NETCONF_CALLHOME:
+        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
     params = module.params
     try:
         result = wait_for_devices(

@@ -19,16 +19,21 @@ import sys
 import time
 import typing as t
 
-from netconf_callhome.control.client import (
-    ControlClient,
-    default_control_address,
-    default_home,
-    parse_address,
-)
-from netconf_callhome.errors import (
-    CallHomeError,
-    ListenerUnreachableError,
-)
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.control.client import (
+        ControlClient,
+        default_control_address,
+        default_home,
+        parse_address,
+    )
+    from netconf_callhome.errors import (
+        CallHomeError,
+        ListenerUnreachableError,
+    )
+except ImportError:  # the connection plugin reports it (HAS_NETCONF_CALLHOME) before calling in here
+    CallHomeError = ListenerUnreachableError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 LOG_NAME = "listener.log"
 
@@ -123,4 +128,4 @@ def _tail(path: str, lines: int = 3) -> str:
         return "(no log)"
 
 
-__all__ = ("collections_root", "ensure_listener", "is_default_address", "ping", "spawn_command")
+__all__ = ("ensure_listener", "is_default_address", "ping", "spawn_command")

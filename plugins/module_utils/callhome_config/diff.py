@@ -14,8 +14,13 @@ from __future__ import annotations
 import re
 import typing as t
 
-from netconf_callhome.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import ConfigError
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 #: Lists whose order is configuration (``ordered-by user``): never sorted.
 ORDERED = frozenset(("endpoint", "host-key", "cert-to-name", "address"))

@@ -14,10 +14,14 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
-
-from netconf_callhome.errors import ConfigError
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient, Endpoint
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import NCS_NS, Profile
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import ConfigError
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 CT_NS = "urn:ietf:params:xml:ns:yang:ietf-crypto-types"

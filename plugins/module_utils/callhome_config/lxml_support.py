@@ -15,7 +15,12 @@ from __future__ import annotations
 import traceback
 import typing as t
 
-from netconf_callhome.errors import ConfigError
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import ConfigError
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 LXML_IMPORT_ERROR: t.Optional[str]
 try:

@@ -13,7 +13,12 @@ import re
 import typing as t
 from dataclasses import dataclass, field
 
-from netconf_callhome.errors import ConfigError
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import ConfigError
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 TRANSPORTS = ("ssh", "tls")
 START_WITH = ("first-listed", "last-connected", "random-selection")

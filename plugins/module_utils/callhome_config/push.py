@@ -22,13 +22,6 @@ import time
 import typing as t
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
-
-from netconf_callhome.errors import (
-    CallHomeError,
-    ConfigError,
-    DeviceNotFoundError,
-    WaitTimeoutError,
-)
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf, junos
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.diff import decide
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient
@@ -44,6 +37,17 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
     revision_from_yang_library,
     yang_library_filter,
 )
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import (
+        CallHomeError,
+        ConfigError,
+        DeviceNotFoundError,
+        WaitTimeoutError,
+    )
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    CallHomeError = ConfigError = DeviceNotFoundError = WaitTimeoutError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 WAIT_SLICE = 5.0  # seconds per listener wait; between slices the device session is kept busy

@@ -17,7 +17,12 @@ import re
 import typing as t
 from dataclasses import dataclass
 
-from netconf_callhome.errors import ConfigError
+from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
+
+try:
+    from netconf_callhome.errors import ConfigError
+except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
+    ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NCS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-server"
