@@ -100,7 +100,7 @@ bench: setup
 # ansible-galaxy collection install --offline dist/netconf-callhome-*.tar.gz (docs/quickstart.md).
 dist: venv
 	rm -rf $(DIST) && mkdir -p $(DIST)
-	$(PIP) wheel -q --no-deps --no-build-isolation -w $(DIST) $(ROOT)/listener
+	$(PIP) wheel -q --no-deps -w $(DIST) $(ROOT)/listener
 	$(VENV)/bin/ansible-galaxy collection build -f --output-path $(DIST) $(ROOT)
 	@ls -1 $(DIST)
 

@@ -3,7 +3,7 @@
 
 callhome-listener serve [--config FILE] [--ssh 0.0.0.0:4334] [--tls ...] ...
 callhome-listener status | devices | device NAME | pending
-callhome-listener approve FINGERPRINT [--device NAME]
+callhome-listener approve FINGERPRINT [--device NAME] [--replace]
 callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
 callhome-listener wait NAME [--timeout 60]
 callhome-listener shutdown
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     approve = sub.add_parser("approve", help="enroll a pending key")
     approve.add_argument("fingerprint")
     approve.add_argument("--device", default="", help="device name (default: the device it claims to be)")
+    approve.add_argument(
+        "--replace", action="store_true", help="replace the device's enrolled key of this kind (a key change)"
+    )
     revoke = sub.add_parser("revoke", help="remove a device's key (all keys without --identity)")
     revoke.add_argument("name")
     revoke.add_argument("--identity")
@@ -226,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 )
                 return 0
         elif args.command == "approve":
-            result = client.call("approve", fingerprint=args.fingerprint, device=args.device)
+            result = client.call("approve", fingerprint=args.fingerprint, device=args.device, replace=args.replace)
         elif args.command == "revoke":
             result = client.call("revoke", device=args.name, identity=args.identity)
         elif args.command == "wait":

@@ -35,7 +35,8 @@ from netconf_callhome.errors import (
 from netconf_callhome.metrics import Metrics
 from netconf_callhome.netutil import format_binds, make_listening_socket, peer_ip
 from netconf_callhome.policy.admission import Admission
-from netconf_callhome.policy.trust_store import CANONICAL, TrustStore, add_identity, remove_identity
+from netconf_callhome.policy import trust_ops
+from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
@@ -412,41 +413,25 @@ class CallHomeListener:
             cls = DeviceNotReadyError
         return cls(describe_not_ready(device, timeout, rec, enrolled), details=details)
 
-    def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]:
+    # -- trust changes: the rules are trust_ops'; here, their effect on live sessions ---------
+
+    def approve(self, fingerprint: str, device: str = "", *, replace: bool = False) -> Dict[str, Any]:
         pending = self.registry.get_pending(fingerprint)
         if pending is None:
             raise DeviceNotFoundError(
                 "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
             )
-        name = device or (pending.claimed_device if pending.claim_source == "identity" else "")
-        if not name:
-            hint = (
-                " (it came from the address %s last used by %r)" % (pending.peer, pending.claimed_device)
-                if pending.claimed_device
-                else ""
-            )
-            raise ConfigError("say which device key %s belongs to (--device NAME)%s" % (fingerprint, hint))
-        if pending.transport == "ssh":
-            kind, value = "ssh_host_keys", pending.public_key
-        else:
-            kind, value = "tls_fingerprints", fingerprint
-        if pending.reason == MISMATCH and pending.claimed_device == name:
-            # Replacing a device's key is a deliberate act: the old key goes, the new one comes.
-            def mutate(data: Dict[str, Any]) -> bool:
-                data["devices"].get(name, {})[kind] = []
-                return add_identity(data, name, kind=kind, value=value)
-
-        else:
-
-            def mutate(data: Dict[str, Any]) -> bool:
-                return add_identity(data, name, kind=kind, value=value)
-
-        changed = self.trust_store.update(mutate)[0]
+        change = trust_ops.approve_pending(self.trust_store, pending, device, replace=replace)
         self.registry.drop_pending(fingerprint)
-        self.policy.reload()
-        self._close_if_untrusted(name, "key replaced")
-        log.info("event=key.approved device=%s fingerprint=%s transport=%s", name, fingerprint, pending.transport)
-        return {"device": name, "fingerprint": fingerprint, "transport": pending.transport, "changed": bool(changed)}
+        self._trust_changed(change.device, "key replaced")
+        log.info(
+            "event=key.approved device=%s fingerprint=%s transport=%s replaced=%s",
+            change.device,
+            fingerprint,
+            pending.transport,
+            change.replaced,
+        )
+        return change.to_dict()
 
     def enroll(
         self,
@@ -459,36 +444,35 @@ class CallHomeListener:
         credentials: Optional[Dict[str, Any]] = None,
         dry_run: bool = False,
     ) -> Dict[str, Any]:
-        """Enroll an identity given by an operator or a module (the same rules as the module's
-        file path: an observed key never silently replaces another enrolled one)."""
-        from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import (
-            Identity,
-            identities_of,
-            mutate_add,
+        """Enroll an identity given by an operator or a module (trust_ops' rules: an observed key
+        never silently joins or replaces another enrolled one)."""
+        change = trust_ops.enroll(
+            self.trust_store,
+            device,
+            kind,
+            value,
+            replace=replace,
+            observed=observed,
+            credentials=credentials,
+            dry_run=dry_run,
         )
+        if not dry_run and change.changed:
+            if change.fingerprint:
+                self.registry.drop_pending(change.fingerprint)
+            self._trust_changed(device, "key replaced")
+            log.info("event=key.enrolled device=%s kind=%s fingerprint=%s", device, kind, change.fingerprint)
+        return change.to_dict()
 
-        if kind not in CANONICAL:
-            raise ConfigError("kind must be one of %s" % ", ".join(sorted(CANONICAL)))
-        identity = Identity(kind, value, CANONICAL[kind](value), observed=observed)
-        changed, before, after = self.trust_store.update(
-            mutate_add(device, identity, replace=replace, credentials=credentials), dry_run=dry_run
-        )
-        if not dry_run and changed:
-            self.registry.drop_pending(identity.fingerprint)
-            self.policy.reload()
-            self._close_if_untrusted(device, "key replaced")
-            log.info("event=key.enrolled device=%s kind=%s fingerprint=%s", device, kind, identity.fingerprint)
-        return {
-            "changed": bool(changed),
-            "device": device,
-            "kind": kind,
-            "fingerprint": identity.fingerprint,
-            "before": identities_of(before, device),
-            "after": identities_of(after, device),
-        }
+    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
+        change = trust_ops.revoke(self.trust_store, device, identity, dry_run=dry_run)
+        if not dry_run:
+            self._trust_changed(device, "key revoked")
+            log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", change.changed)
+        return change.to_dict()
 
-    def _close_if_untrusted(self, device: str, reason: str) -> None:
-        """A live session whose key is no longer enrolled must not be leased again."""
+    def _trust_changed(self, device: str, reason: str) -> None:
+        """Reload the policy; a live session whose key is no longer enrolled must not be leased again."""
+        self.policy.reload()
         held = self.sessions.get(device)
         if (
             held is not None
@@ -496,17 +480,6 @@ class CallHomeListener:
             and held.fingerprint not in self.policy.index.tls
         ):
             held.close(reason)
-
-    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
-        changed = self.trust_store.update(lambda data: remove_identity(data, device, value=identity), dry_run=dry_run)[
-            0
-        ]
-        if dry_run:
-            return {"device": device, "identity": identity, "changed": bool(changed)}
-        self.policy.reload()
-        self._close_if_untrusted(device, "key revoked")
-        log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", changed)
-        return {"device": device, "identity": identity, "changed": bool(changed)}
 
 
 def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:
@@ -528,7 +501,7 @@ def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) ->
     if rec.status == KEY_MISMATCH:
         return (
             base + ". It presented a key that is not enrolled for it (%s); if the change is expected, "
-            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s"
+            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s --replace"
             % (rec.last_error, device)
         )
     if rec.status == AUTH_FAILED:

@@ -58,7 +58,7 @@ class ControlledListener(Protocol):
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession: ...
 
-    def approve(self, fingerprint: str, device: str = "") -> Dict[str, Any]: ...
+    def approve(self, fingerprint: str, device: str = "", *, replace: bool = False) -> Dict[str, Any]: ...
 
     def enroll(
         self,
@@ -322,7 +322,9 @@ class ControlServer:
         return [p.to_dict() for p in self.listener.registry.pending()]
 
     async def _op_approve(self, request: Dict[str, Any]) -> Any:
-        return self.listener.approve(_require_str(request, "fingerprint"), str(request.get("device") or ""))
+        return self.listener.approve(
+            _require_str(request, "fingerprint"), str(request.get("device") or ""), replace=bool(request.get("replace"))
+        )
 
     async def _op_revoke(self, request: Dict[str, Any]) -> Any:
         identity = request.get("identity")

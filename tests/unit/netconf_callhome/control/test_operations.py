@@ -118,7 +118,13 @@ def test_unknown_device_key_is_pending_until_approved(listener_in_thread: Any, s
     with pytest.raises(ConfigError, match="--device"):
         lst.call("approve", fingerprint=fleet.fingerprint("sim0001"))
     res = lst.call("approve", fingerprint=fleet.fingerprint("sim0001"), device="sim0001")
-    assert res == {"device": "sim0001", "fingerprint": fleet.fingerprint("sim0001"), "transport": "ssh", "changed": True}
+    assert {k: res[k] for k in ("device", "fingerprint", "transport", "changed", "replaced")} == {
+        "device": "sim0001",
+        "fingerprint": fleet.fingerprint("sim0001"),
+        "transport": "ssh",
+        "changed": True,
+        "replaced": [],
+    }
     rec = lst.call("wait", device="sim0001", wait=20, timeout=30)
     assert rec["status"] == "connected" and rec["fingerprint"] == fleet.fingerprint("sim0001")
     assert rec["enrolled"] is True and rec["session_mode"] == "channel"
@@ -159,10 +165,13 @@ def test_revoke_dry_run_changes_nothing(listener_in_thread: Any) -> None:
     lst = listener_in_thread()
     lst.call("enroll", device="r1", kind="ssh_host_keys", value=KEY)
     before = (lst.home / "trust.json").read_bytes()
-    assert lst.call("revoke", device="r1", dry_run=True) == {"device": "r1", "identity": None, "changed": True}
+    planned = lst.call("revoke", device="r1", dry_run=True)
+    assert (planned["device"], planned["identity"], planned["changed"], planned["dry_run"]) == ("r1", None, True, True)
+    assert planned["after"] == [] and len(planned["before"]) == 1
     assert (lst.home / "trust.json").read_bytes() == before
     assert lst.call("device", device="r1")["enrolled"] is True
-    assert lst.call("revoke", device="r1") == {"device": "r1", "identity": None, "changed": True}
+    done = lst.call("revoke", device="r1")
+    assert (done["device"], done["identity"], done["changed"], done["dry_run"]) == ("r1", None, True, False)
     assert lst.call("revoke", device="r1", dry_run=True)["changed"] is False
     with pytest.raises(DeviceNotFoundError):
         lst.call("device", device="r1")  # no longer enrolled, never seen
