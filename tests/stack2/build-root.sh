@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Make (or check) the Debian 13 root of the second test stack (issue 8), cached on this machine:
 #   $STACK2_ROOT (default /var/cache/netconf-callhome/trixie-root)

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-3.0-or-later
 # The second test stack (issue 8): Python 3.13, the newest ansible-core 2.21 and ansible.netcommon,
 # libnetconf2 3.x and OpenSSH from Debian 13, run in the Debian 13 root of build-root.sh.
