@@ -512,4 +512,3 @@ def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) ->
     if rec.last_error:
         return base + " (last error: %s)" % rec.last_error
     return base
-
