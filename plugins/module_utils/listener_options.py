@@ -20,4 +20,3 @@ LISTENER_ARGS: t.Dict[str, t.Dict[str, t.Any]] = {
     "tls_verify": {"type": "bool", "default": True},
     "request_timeout": {"type": "float", "default": 30.0},
 }
-
