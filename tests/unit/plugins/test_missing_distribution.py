@@ -15,6 +15,7 @@ installed). There:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -196,6 +197,22 @@ def test_the_message_names_the_pip_package(tmp_path: Path) -> None:
     message = out["message"]
     assert PIP_NAME in message and INSTALL_HINT in message
     assert "No module named 'netconf_callhome" in message
+
+
+def test_the_check_passes_where_the_distribution_is_installed() -> None:
+    """The helper's list of netconf_callhome modules matches the distribution (none renamed away).
+
+    Run where ``netconf-callhome`` is installed (``make setup`` installs it editable), a stale
+    entry in that list would make every plugin report the package as missing.
+    """
+    pytest.importorskip("netconf_callhome", reason="the netconf-callhome distribution is not installed here")
+    spec = importlib.util.spec_from_file_location(
+        "_netconf_callhome_under_test", PLUGINS / "module_utils" / "_netconf_callhome.py")
+    assert spec is not None and spec.loader is not None
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    assert helper.HAS_NETCONF_CALLHOME, helper.NETCONF_CALLHOME_IMPORT_TRACEBACK
+    assert helper.PIP_NAME == PIP_NAME
 
 
 def _import_params() -> list[Any]:
