@@ -12,6 +12,7 @@ import socket
 import stat
 import time
 import urllib.request
+from typing import Any, Dict, Optional
 
 import pytest
 from harness import free_port, ncclient_over_lease, running, wait_until
@@ -138,10 +139,11 @@ def test_new_call_replaces_older_connection(listener_factory, fleet):
     with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
         first = lst.wait_device("sim0001", "connected")
         with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
-            rec = wait_until(
-                lambda: (lambda r: r if r["connect_count"] >= 2 else None)(lst.call("device", device="sim0001")),
-                10, "the second simulator's call",
-            )
+            def second_call() -> Optional[Dict[str, Any]]:
+                rec = lst.call("device", device="sim0001")
+                return rec if rec["connect_count"] >= 2 else None
+
+            rec = wait_until(second_call, 10, "the second simulator's call")
             assert rec["peer"] != first["peer"]
             assert "event=device.replaced device=sim0001" in lst.log()
             assert lst.call("status")["sessions"] == 1

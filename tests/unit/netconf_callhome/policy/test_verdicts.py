@@ -332,8 +332,8 @@ def test_chain_table(tmp_path: Path, root: Issued) -> None:
     ]
     anchors = [root, inter_pathlen0_root, root_no_certsign]
     policy = make_policy(tmp_path, {"r1": {"tls_identities": ["serial:R1"]}}, [a.pem for a in anchors])
-    results = {name: _refused(policy, chain) for name, chain, _, _ in table}
-    assert results == {name: expected for name, _, expected, _ in table}
+    results = {row[0]: _refused(policy, row[1]) for row in table}
+    assert results == {row[0]: row[2] for row in table}
 
     def reason(chain: t.Sequence[Issued]) -> str:
         try:
@@ -342,9 +342,9 @@ def test_chain_table(tmp_path: Path, root: Issued) -> None:
             return str(exc.details["reason"])
         return ""
 
-    reasons = {name: reason(chain) for name, chain, _, _ in table}
-    assert {name: why in reasons[name] and bool(why) == bool(reasons[name]) for name, _, _, why in table} == {
-        name: True for name, _, _, _ in table
+    reasons = {row[0]: reason(row[1]) for row in table}
+    assert {row[0]: row[3] in reasons[row[0]] and bool(row[3]) == bool(reasons[row[0]]) for row in table} == {
+        row[0]: True for row in table
     }, reasons
     # a trust anchor that may not sign certificates anchors nothing
     (tmp_path / "bad").mkdir()
