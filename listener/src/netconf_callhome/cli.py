@@ -17,13 +17,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
     default_home,
 )
+from netconf_callhome.config import SESSION_MODES
 from netconf_callhome.errors import CallHomeError
 
 
@@ -70,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tcp-keepalive-interval", type=float)
     serve.add_argument("--tcp-keepalive-count", type=int)
     serve.add_argument("--handshake-timeout", type=float)
+    serve.add_argument(
+        "--channel-hello-timeout",
+        type=float,
+        help="seconds a new netconf channel has to say hello before the device is served over its one session",
+    )
+    serve.add_argument(
+        "--session-mode",
+        action="append",
+        dest="session_modes",
+        metavar="DEVICE=MODE",
+        type=_session_mode,
+        help="pin how a device's session is leased: auto, channel or shared (repeatable)",
+    )
     serve.add_argument("--max-handshakes", type=int, help="handshakes in progress at once; more are refused")
     serve.add_argument("--metrics", dest="metrics_bind", metavar="HOST:PORT", help="serve Prometheus metrics")
     serve.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (embedded mode)")
@@ -119,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
             "tcp_keepalive_interval",
             "tcp_keepalive_count",
             "handshake_timeout",
+            "channel_hello_timeout",
             "max_handshakes",
             "metrics_bind",
             "idle_exit",
@@ -126,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
             "log_level",
         )
     }
+    if args.session_modes:
+        overrides["session_modes"] = dict(args.session_modes)  # refines the file's mapping
     if args.control_socket is None and args.control and args.control.startswith("unix:"):
         overrides["control_socket"] = args.control[5:]
     creds = {
@@ -158,6 +175,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _session_mode(value: str) -> Tuple[str, str]:
+    device, sep, mode = value.partition("=")
+    if not sep or not device or mode not in SESSION_MODES:
+        raise argparse.ArgumentTypeError(
+            "expected DEVICE=MODE with MODE one of %s, got %r" % (", ".join(SESSION_MODES), value)
+        )
+    return device, mode
 
 
 def _raise_nofile_limit() -> None:

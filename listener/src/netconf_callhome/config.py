@@ -16,6 +16,8 @@ from netconf_callhome.errors import ConfigError
 
 PORT_SSH = 4334
 PORT_TLS = 4335
+# How a device's session is leased (protocol.session): decided by the listener, or pinned.
+SESSION_MODES = ("auto", "channel", "shared")
 
 
 def parse_bind(value: str, default_port: int) -> Tuple[str, int]:
@@ -100,6 +102,10 @@ class ListenerConfig:
     tcp_keepalive_idle: float = 30.0
     tcp_keepalive_interval: float = 10.0
     tcp_keepalive_count: int = 3
+    # A device that accepts a new ``netconf`` channel but sends no hello on it within this many
+    # seconds serves one NETCONF session per connection: it is leased over its held session.
+    channel_hello_timeout: float = 5.0
+    session_modes: Dict[str, str] = field(default_factory=dict)  # device -> auto | channel | shared
     max_hello_bytes: int = 1024 * 1024
     max_message_bytes: int = 256 * 1024 * 1024
     block_failures: int = 50  # failed handshakes from one address within block_window...
@@ -127,7 +133,12 @@ class ListenerConfig:
             raise ConfigError("TLS call home needs tls.client_cert and tls.client_key (the listener's certificate)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be 'text' or 'json'")
-        for name in ("handshake_timeout", "tcp_keepalive_idle", "tcp_keepalive_interval"):
+        for device, mode in self.session_modes.items():
+            if mode not in SESSION_MODES:
+                raise ConfigError(
+                    "session_modes.%s: %r is not a session mode (one of %s)" % (device, mode, ", ".join(SESSION_MODES))
+                )
+        for name in ("handshake_timeout", "tcp_keepalive_idle", "tcp_keepalive_interval", "channel_hello_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError("%s must be positive" % name)
         if self.keepalive_interval < 0:
@@ -167,6 +178,12 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
         default = spec.default_factory() if callable(spec.default_factory) else spec.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, "%s.%s" % (where, name))
+        elif isinstance(default, dict):
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError("%s.%s must be a mapping" % (where, name))
+            kwargs[name] = {str(k): "" if v is None else str(v) for k, v in value.items()}
         elif isinstance(default, list):
             if isinstance(value, str):
                 value = [value]

@@ -40,9 +40,10 @@ from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
-from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.protocol.session import AUTO, HeldSession
 from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
 from netconf_callhome.protocol.tls import TLSTransport
+from netconf_callhome.sessions.mux import Multiplexer
 from netconf_callhome.state.registry import (
     AUTH_FAILED,
     CONNECTED,
@@ -308,13 +309,22 @@ class CallHomeListener:
     def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
         assert held.hello is not None
         now = time.time()
+        rec = self.registry.get(held.device)
+        # How its leases run: the operator's pin, else what an earlier connection taught (a
+        # device that refused or ignored a second channel stays shared), else the transport's.
+        held.configure(
+            shared=Multiplexer(held),
+            pinned=self.config.session_modes.get(held.device, AUTO),
+            remembered=rec.session_mode if rec is not None and rec.transport == held.transport else "",
+            channel_hello_timeout=self.config.channel_hello_timeout,
+            on_mode_change=self._mode_changed,
+        )
         old = self.sessions.get(held.device)
         self.sessions[held.device] = held
         held.closed.add_done_callback(lambda fut: self._session_closed(held, fut.result()))
         if old is not None and old is not held:
             old.close("replaced by a new call from %s" % held.peer)
             log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", held.device, old.peer, held.peer)
-        rec = self.registry.get(held.device)
         self.registry.update(
             held.device,
             status=CONNECTED,
@@ -359,6 +369,12 @@ class CallHomeListener:
         log.info(
             "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
         )
+
+    def _mode_changed(self, held: HeldSession, mode: str, reason: str) -> None:
+        """A lease found that the device serves one session per connection: remember it at once,
+        for this connection's next leases and the device's next connections."""
+        if self.sessions.get(held.device) is held:
+            self.registry.update(held.device, session_mode=mode)
 
     def lease_ended(self, held: HeldSession) -> None:
         """A device that refused a second channel is served shared from now on: record it."""

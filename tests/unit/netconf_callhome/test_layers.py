@@ -28,10 +28,11 @@ LAYERS: Dict[str, int] = {
     "policy": 2,
     "state": 3,
     "metrics": 3,
-    "control": 4,
-    "service": 5,
-    "cli": 5,
-    "__main__": 6,
+    "sessions": 4,
+    "control": 5,
+    "service": 6,
+    "cli": 6,
+    "__main__": 7,
 }
 ROOTS = {"service", "cli"}
 

@@ -31,7 +31,7 @@ from netconf_callhome.errors import (
 
 from netconf_callhome.config import ListenerConfig, parse_bind
 from netconf_callhome.metrics import Metrics
-from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.protocol.session import HeldSession, Lease
 from netconf_callhome.state.registry import Registry
 
 log = logging.getLogger("netconf_callhome.control")
@@ -191,11 +191,27 @@ class ControlServer:
         device = _require_str(request, "device")
         wait = _number(request, "wait", 0.0)
         held = await self.listener.wait_ready(device, wait)
+        # The mode is decided before the answer names it: a device that refuses or ignores a
+        # new channel is found here (within channel_hello_timeout) and this lease runs shared.
+        lease = await held.prepare()
+        try:
+            await self._answer_and_serve(request, held, lease, reader, writer)
+        finally:
+            lease.release()  # a no-op once served; closes the channel of a lease never used
+
+    async def _answer_and_serve(
+        self,
+        request: Dict[str, Any],
+        held: HeldSession,
+        lease: Lease,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         lease_id = uuid.uuid4().hex[:12]
         info = {
             "lease": lease_id,
-            "device": device,
-            "mode": held.mode,
+            "device": held.device,
+            "mode": lease.mode,
             "transport": held.transport,
             "peer": held.peer,
             "fingerprint": held.fingerprint,
@@ -230,26 +246,31 @@ class ControlServer:
                     server.close()
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
-                await self._serve_lease(held, info, r, w)
+                await self._serve_lease(held, lease, info, r, w)
                 w.close()
             finally:
                 if not done_serving.done():
                     done_serving.set_result(None)
             return
         await _answer(writer, {"ok": True, "result": info})
-        await self._serve_lease(held, info, reader, writer)
+        await self._serve_lease(held, lease, info, reader, writer)
 
     async def _serve_lease(
-        self, held: HeldSession, info: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        held: HeldSession,
+        lease: Lease,
+        info: Dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         metrics = self.listener.metrics
-        metrics.leases.labels(mode=held.mode).inc()
+        metrics.leases.labels(mode=lease.mode).inc()
         metrics.active_leases.inc()
         self.active_leases += 1
         started = time.monotonic()
-        log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, held.mode)
+        log.info("event=lease.start lease=%s device=%s mode=%s", info["lease"], held.device, lease.mode)
         try:
-            reason = await held.lease(reader, writer)
+            reason = await lease.serve(reader, writer)
             self.listener.lease_ended(held)
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
@@ -257,9 +278,10 @@ class ControlServer:
             metrics.active_leases.dec()
             self.active_leases -= 1
         log.info(
-            "event=lease.end lease=%s device=%s seconds=%.3f reason=%r",
+            "event=lease.end lease=%s device=%s mode=%s seconds=%.3f reason=%r",
             info["lease"],
             held.device,
+            lease.mode,
             time.monotonic() - started,
             reason,
         )

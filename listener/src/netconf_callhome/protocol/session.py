@@ -3,15 +3,21 @@
 
 Two ways to lease, chosen per device:
 
-``channel``  SSH devices that accept another ``netconf`` channel on the held connection get a
-             fresh channel per lease; bytes are piped untouched and the client runs its own
-             hello with the device. Leases on one device then run side by side.
+``channel``  SSH devices that serve a new NETCONF session on each ``netconf`` channel get a fresh
+             channel per lease. The listener reads the device's hello on it first (within
+             ``channel_hello_timeout``) and passes it on; then bytes are piped untouched and the
+             client runs its own hello with the device. Leases on one device run side by side.
 ``shared``   TLS devices (one NETCONF session per connection, RFC 7589) and SSH devices that
-             refuse a second channel: the listener keeps the one session it opened and proxies
-             whole messages. The client gets the device's original hello; its own hello and its
-             ``<close-session>`` are answered here, so the device session outlives the lease.
-             Replies to RPCs still outstanding when a lease ends are swallowed, so the next
-             lease never sees them. One lease at a time per device.
+             refuse a second channel or accept it and never say hello on it (one NETCONF session
+             per SSH connection, as libnetconf2 servers do): the listener keeps the one session
+             it opened, and a multiplexer (:mod:`netconf_callhome.sessions.mux`, handed in as a
+             :class:`SharedServer` by the service) serves any number of clients over it at once.
+
+An SSH device starts in ``channel`` (``auto``); the first refused or silent channel switches it
+to ``shared`` for good, and that lease is served shared. The service remembers the switch in
+the registry and passes it in for the device's next connections (:meth:`HeldSession.configure`),
+where an operator's pin (``session_modes``) overrides both. :meth:`HeldSession.prepare` decides
+the mode *before* the lease is announced, so the control answer names the mode it runs in.
 """
 
 from __future__ import annotations
@@ -19,20 +25,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional, Protocol, Tuple
+from typing import Any, Awaitable, Callable, Optional, Protocol, Tuple
 
+from netconf_callhome.config import SESSION_MODES  # ("auto", "channel", "shared")
 from netconf_callhome.errors import (
     FramingError,
     HandshakeError,
     LeaseError,
 )
 
-from netconf_callhome.protocol.framing import CLIENT_HELLO, Framer, Hello, is_close_session, message_id, ok_reply, parse_hello, reply_id
+from netconf_callhome.protocol.framing import CLIENT_HELLO, EOM, Framer, Hello, parse_hello
 
 log = logging.getLogger("netconf_callhome.session")
 
+AUTO = "auto"
 CHANNEL = "channel"
 SHARED = "shared"
+DEFAULT_CHANNEL_HELLO_TIMEOUT = 5.0
 _READ = 65536
 
 
@@ -42,6 +51,20 @@ class Carrier(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SharedServer(Protocol):
+    """Serves ``shared`` leases over the held session (``sessions.mux.Multiplexer``)."""
+
+    def device_message(self, message: bytes) -> None:
+        """Every device message after the hello."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        """One client's lease, until it or the device ends it; returns why."""
+        ...
+
+
+ModeChanged = Callable[["HeldSession", str, str], None]
 
 
 class HeldSession:
@@ -66,19 +89,22 @@ class HeldSession:
         self.hello: Optional[Hello] = None
         self.connected_at = time.time()
         self.max_message = max_message
+        self.max_hello = max_hello
         self._framer = Framer(max_hello)
         self._carrier: Optional[Carrier] = None
         self._hello_waiter: "asyncio.Future[Hello]" = asyncio.get_running_loop().create_future()
         # The waiter may fail before anyone awaits it (connection lost while opening the channel).
         self._hello_waiter.add_done_callback(_retrieve)
         self.closed: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
-        self._sink: Optional[Callable[[bytes], None]] = None
-        self._swallow: Dict[bytes, None] = {}
-        self._lease_lock = asyncio.Lock()
         self.active_leases = 0
         self.failed = False  # closed because the device broke the protocol, not a plain drop
         # From the SSH transport: opens a new ``netconf`` channel on the device's connection.
         self.open_channel = open_channel
+        # From the service (configure): how shared leases are served and the mode policy.
+        self._shared: Optional[SharedServer] = None
+        self.pinned = AUTO
+        self.channel_hello_timeout = DEFAULT_CHANNEL_HELLO_TIMEOUT
+        self._on_mode_change: Optional[ModeChanged] = None
 
     # -- carrier callbacks ---------------------------------------------------------------------
 
@@ -108,13 +134,9 @@ class HeldSession:
                     self._dispatch(self._framer.use_chunked())
                     return
                 continue
-            rid = reply_id(msg)
-            if rid is not None and rid in self._swallow:
-                del self._swallow[rid]
-                continue
-            if self._sink is not None:
-                self._sink(msg)
-            # Without a lease, notifications and stray replies are dropped on purpose.
+            if self._shared is not None:
+                self._shared.device_message(msg)
+            # Without a shared server, notifications and stray replies are dropped on purpose.
 
     def connection_lost(self, reason: str) -> None:
         if not self._hello_waiter.done():
@@ -144,86 +166,196 @@ class HeldSession:
     def is_open(self) -> bool:
         return not self.closed.done()
 
+    # -- mode policy ---------------------------------------------------------------------------
+
+    def configure(
+        self,
+        *,
+        shared: Optional[SharedServer] = None,
+        pinned: str = AUTO,
+        remembered: str = "",
+        channel_hello_timeout: float = DEFAULT_CHANNEL_HELLO_TIMEOUT,
+        on_mode_change: Optional[ModeChanged] = None,
+    ) -> None:
+        """Set by the service when the session is ready, before any lease.
+
+        ``pinned`` is the operator's choice for this device (``auto``, ``channel``, ``shared``);
+        under ``auto`` a device ``remembered`` as ``shared`` (it refused or ignored a channel on
+        an earlier connection) stays shared and is not probed again. Without a way to open
+        channels (TLS) the mode is ``shared`` whatever is asked. ``on_mode_change(held, mode,
+        reason)`` hears of a fallback, to remember it.
+        """
+        if pinned not in SESSION_MODES:
+            raise ValueError("session mode must be one of %s, not %r" % (", ".join(SESSION_MODES), pinned))
+        if shared is not None:
+            self._shared = shared
+        self.pinned = pinned
+        self.channel_hello_timeout = channel_hello_timeout
+        self._on_mode_change = on_mode_change
+        if self.open_channel is None or pinned == SHARED:
+            self.mode = SHARED
+        elif pinned == CHANNEL:
+            self.mode = CHANNEL
+        elif remembered == SHARED:
+            self.mode = SHARED
+
+    def _fall_back(self, reason: str) -> None:
+        """This device does not serve a session per channel: shared from now on."""
+        if self.mode == SHARED:
+            return  # a concurrent lease found out first
+        self.mode = SHARED
+        log.warning("event=session.mode_fallback device=%s mode=shared reason=%r", self.device, reason)
+        if self._on_mode_change is not None:
+            self._on_mode_change(self, SHARED, reason)
+
     # -- leases --------------------------------------------------------------------------------
 
-    async def lease(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        """Serve one lease on the client's streams until either side ends it; returns why."""
+    async def prepare(self) -> "Lease":
+        """Decide how the next lease runs and get it ready; :meth:`Lease.serve` runs it.
+
+        In ``channel`` mode this opens the channel and reads the device's hello on it, so a
+        device that refuses the channel, or accepts it and stays silent for
+        ``channel_hello_timeout`` s, is found here; the lease then runs shared (unless the
+        device is pinned to ``channel``: LeaseError).
+        """
+        if self.closed.done():
+            raise LeaseError("the device session of %s is closed: %s" % (self.device, self.closed.result()))
         self.active_leases += 1
         try:
             if self.mode == CHANNEL and self.open_channel is not None:
-                try:
-                    chan_writer, chan_reader = await self.open_channel()
-                except LeaseError:
-                    self.mode = SHARED  # the device refused a second channel: fall back for good
-                else:
-                    return await _pipe(reader, writer, chan_reader, chan_writer, self.closed)
-            async with self._lease_lock:
-                return await self._shared_lease(reader, writer)
-        finally:
+                lease = await self._channel_lease()
+                if lease is not None:
+                    return lease
+            if self._shared is None:
+                raise LeaseError("the session of %s cannot be shared (no multiplexer configured)" % self.device)
+            return Lease(self, SHARED)
+        except BaseException:
             self.active_leases -= 1
+            raise
 
-    async def _shared_lease(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        assert self.hello is not None
-        from_client = Framer(self.max_message)
-        to_client = Framer(self.max_message)
-        writer.write(self.hello.raw + b"]]>]]>")
-        outstanding: Dict[bytes, None] = {}
-
-        def deliver(msg: bytes) -> None:
-            rid = reply_id(msg)
-            if rid is not None:
-                outstanding.pop(rid, None)
-            writer.write(to_client.encode(msg))
-
-        got_hello = False
-        closed_wait: "asyncio.Future[str]" = asyncio.ensure_future(asyncio.shield(self.closed))
+    async def _channel_lease(self) -> Optional["Lease"]:
+        assert self.open_channel is not None
         try:
-            while True:
-                read: "asyncio.Future[Any]" = asyncio.ensure_future(reader.read(_READ))
-                done = (await asyncio.wait({read, closed_wait}, return_when=asyncio.FIRST_COMPLETED))[0]
-                if closed_wait in done:
-                    read.cancel()
-                    return "device session closed: %s" % self.closed.result()
-                data = read.result()
-                if not data:
-                    return "client closed the lease"
-                msgs = from_client.feed(data)
-                while msgs:
-                    msg = msgs.pop(0)
-                    if not got_hello:
-                        got_hello = True
-                        if parse_hello(msg).base11 and self.hello.base11:
-                            to_client.use_chunked()
-                            msgs = from_client.use_chunked() + msgs
-                        # Only now is the client's framing known: device messages before this
-                        # point (a notification left running) are dropped as without a lease.
-                        self._sink = deliver
-                        continue
-                    if self._client_message(msg, outstanding, writer, to_client):
-                        return "client closed the session"
-                await writer.drain()
-        except FramingError as exc:
-            return "client broke NETCONF framing: %s" % exc.message
-        except (ConnectionError, OSError) as exc:
-            return "client connection lost: %s" % exc
-        finally:
-            closed_wait.cancel()
-            self._sink = None
-            # Replies to RPCs the client abandoned must not reach the next lease.
-            self._swallow.update(outstanding)
+            chan_writer, chan_reader = await self.open_channel()
+        except LeaseError as exc:
+            self._channel_failed(exc.message)
+            return None
+        try:
+            first = await asyncio.wait_for(
+                _read_hello(chan_reader, self.max_hello), self.channel_hello_timeout
+            )
+        except (asyncio.TimeoutError, TimeoutError):
+            _close_quietly(chan_writer)
+            self._channel_failed(
+                "device accepted a NETCONF channel but sent no hello on it within %g s" % self.channel_hello_timeout
+            )
+            return None
+        except (LeaseError, FramingError, ConnectionError, OSError) as exc:
+            _close_quietly(chan_writer)
+            self._channel_failed("no NETCONF hello on a new channel: %s" % getattr(exc, "message", exc))
+            return None
+        except BaseException:
+            _close_quietly(chan_writer)
+            raise
+        return Lease(self, CHANNEL, chan_reader=chan_reader, chan_writer=chan_writer, first=first)
 
-    def _client_message(
-        self, msg: bytes, outstanding: Dict[bytes, None], writer: asyncio.StreamWriter, to_client: Framer
-    ) -> bool:
-        """Forward one client message; True when it was ``<close-session>`` (answered here)."""
-        if is_close_session(msg):
-            writer.write(to_client.encode(ok_reply(message_id(msg))))
-            return True
-        mid = message_id(msg)
-        if mid is not None:
-            outstanding[mid] = None
-        self.send(msg)
-        return False
+    def _channel_failed(self, reason: str) -> None:
+        if self.pinned == CHANNEL:
+            raise LeaseError(
+                "%s is pinned to session mode 'channel' (session_modes) but %s; pin it 'shared' or 'auto'"
+                % (self.device, reason)
+            )
+        self._fall_back(reason)
+
+    async def lease(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_mode: Optional[Callable[[str], None]] = None,
+    ) -> str:
+        """Serve one lease on the client's streams until either side ends it; returns why.
+
+        ``on_mode`` hears the mode the lease runs in before it starts.
+        """
+        lease = await self.prepare()
+        if on_mode is not None:
+            try:
+                on_mode(lease.mode)
+            except BaseException:
+                lease.release()
+                raise
+        return await lease.serve(reader, writer)
+
+
+class Lease:
+    """One prepared lease of a held session: its mode is decided, its channel (if any) said hello.
+
+    Serve it once with :meth:`serve`, or give it up with :meth:`release`; either way the held
+    session's ``active_leases`` counts it until then.
+    """
+
+    def __init__(
+        self,
+        held: HeldSession,
+        mode: str,
+        *,
+        chan_reader: Optional[asyncio.StreamReader] = None,
+        chan_writer: Optional[asyncio.StreamWriter] = None,
+        first: bytes = b"",
+    ) -> None:
+        self.held = held
+        self.mode = mode
+        self._chan_reader = chan_reader
+        self._chan_writer = chan_writer
+        self._first = first  # the device's hello on the channel (and whatever came with it)
+        self._finished = False
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        if self._finished:
+            raise LeaseError("this lease of %s was already used" % self.held.device)
+        try:
+            if self._chan_reader is not None and self._chan_writer is not None:
+                writer.write(self._first)
+                return await _pipe(reader, writer, self._chan_reader, self._chan_writer, self.held.closed)
+            shared = self.held._shared  # pylint: disable=protected-access
+            assert shared is not None
+            return await shared.serve(reader, writer)
+        finally:
+            self._finish()
+
+    def release(self) -> None:
+        """Give up a lease that was never served (its channel is closed)."""
+        if self._chan_writer is not None and not self._finished:
+            _close_quietly(self._chan_writer)
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.held.active_leases -= 1
+
+
+async def _read_hello(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """The device's hello on a fresh channel: every byte read, kept for the client."""
+    buf = bytearray()
+    while True:
+        end = buf.find(EOM)
+        if end >= 0:
+            parse_hello(bytes(buf[:end]))  # FramingError: not a NETCONF session after all
+            return bytes(buf)
+        if len(buf) > limit:
+            raise FramingError("hello exceeds %d bytes" % limit)
+        data = await reader.read(_READ)
+        if not data:
+            raise LeaseError("device closed the channel before its hello")
+        buf += data
+
+
+def _close_quietly(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except Exception:  # the channel may already be gone with its connection
+        pass
 
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:
@@ -261,7 +393,4 @@ async def _pipe(
     finally:
         for task in (up, down, closed_wait):
             task.cancel()
-        try:
-            chan_writer.close()
-        except Exception:  # the channel may already be gone with its connection
-            pass
+        _close_quietly(chan_writer)

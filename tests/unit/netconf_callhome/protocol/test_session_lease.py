@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The lease proxy (``HeldSession``): the device side is a tiny fake carrier that answers RPCs,
-the client side is a real asyncio stream over a socketpair. No network, no SSH."""
+"""The leases of a held session (``HeldSession``): the device side is a tiny fake carrier that
+answers RPCs, the client side is a real asyncio stream over a socketpair. No network, no SSH.
+
+Shared leases run on the multiplexer (``sessions.mux``; its own tests are in
+tests/unit/netconf_callhome/sessions/test_mux.py): the device sees listener message-ids, so
+assertions on what the device received compare with :func:`same_but_id`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pytest
 from netconf_callhome.errors import HandshakeError, LeaseError
 from netconf_callhome.protocol.framing import BASE_10, BASE_11, CLIENT_HELLO, EOM, Framer, parse_hello
 from netconf_callhome.protocol.session import CHANNEL, SHARED, HeldSession
+from netconf_callhome.sessions.mux import Multiplexer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,6 +38,24 @@ def rpc(mid: Optional[str], body: str = "<get-config><source><running/></source>
 
 def reply(mid: str, body: str = "<data/>") -> bytes:
     return ('<rpc-reply xmlns="%s" message-id="%s">%s</rpc-reply>' % (NS, mid, body)).encode()
+
+
+_ID = re.compile(rb"""(message-id=)(["'])(.*?)\2""")
+
+
+def same_but_id(got: List[bytes], want: List[bytes]) -> bool:
+    """Messages equal apart from their message-id values (the multiplexer maps them)."""
+    def blank(m: bytes) -> bytes:
+        return _ID.sub(rb"\1\2*\2", m, count=1)
+
+    return [blank(m) for m in got] == [blank(m) for m in want]
+
+
+def device_id(msg: bytes) -> str:
+    """The message-id the device saw on a forwarded rpc."""
+    found = _ID.search(msg)
+    assert found is not None
+    return found.group(3).decode()
 
 
 CLOSE = "<close-session/>"
@@ -98,6 +121,7 @@ async def open_device(**kwargs: Any) -> Tuple[HeldSession, FakeDevice]:
     held.attach(dev)
     dev.send_hello()
     await held.wait_hello()
+    held.configure(shared=Multiplexer(held))  # as the service does when the session is ready
     return held, dev
 
 
@@ -289,13 +313,15 @@ def test_shared_lease_proxies_hello_rpcs_and_answers_close_session_itself() -> N
         assert held.active_leases == 1
         await client.send(rpc("101"))
         assert await client.recv() == reply("101")
-        assert dev.received == [rpc("101")]  # the client's hello was answered here, not forwarded
-        assert dev.raw.endswith(b"\n#%d\n%s\n##\n" % (len(rpc("101")), rpc("101")))
+        # the client's hello was answered here, not forwarded; the rpc went under a listener id
+        assert same_but_id(dev.received, [rpc("101")])
+        sent = dev.received[0]
+        assert dev.raw.endswith(b"\n#%d\n%s\n##\n" % (len(sent), sent))
         await client.send(rpc("102", CLOSE))
         ok = await client.recv()
         assert b'message-id="102"' in ok and b"<ok/>" in ok
         assert await task == "client closed the session"
-        assert dev.received == [rpc("101")]  # close-session never reached the device
+        assert len(dev.received) == 1  # close-session never reached the device
         assert held.is_open and held.active_leases == 0
         with pytest.raises(EOFError):
             await client.recv()
@@ -326,7 +352,7 @@ def test_base11_client_on_a_base10_device_stays_eom() -> None:
         assert not client.framer.chunked
         await client.send(rpc("1"))
         assert await client.recv() == reply("1")
-        assert dev.raw.endswith(rpc("1") + EOM)
+        assert dev.raw.endswith(dev.received[-1] + EOM) and same_but_id(dev.received, [rpc("1")])
         client.close()
         assert await task == "client closed the lease"
 
@@ -343,7 +369,7 @@ def test_client_rpcs_in_the_same_read_as_its_hello_are_forwarded_chunked() -> No
         client.writer.write(hello(BASE_11) + EOM + chunked.encode(rpc("5")) + chunked.encode(rpc("6")))
         client.framer.use_chunked()
         assert [await client.recv(), await client.recv()] == [reply("5"), reply("6")]
-        assert dev.received == [rpc("5"), rpc("6")]
+        assert same_but_id(dev.received, [rpc("5"), rpc("6")])
         client.close()
         assert await task == "client closed the lease"
 
@@ -370,13 +396,15 @@ def test_message_ids_in_other_quoting_and_prefixes_are_tracked() -> None:
         await client.hello(BASE_10, BASE_11)
         msg = ("<nc:rpc xmlns:nc='%s' message-id='a-1'><nc:get/></nc:rpc>" % NS).encode()
         await client.send(msg)
-        await wait_for(lambda: dev.received == [msg])
+        await wait_for(lambda: same_but_id(dev.received, [msg]))
+        seen = device_id(dev.received[0])
+        assert seen != "a-1" and b"message-id='%s'" % seen.encode() in dev.received[0]  # quotes kept
         client.close()
         assert await task == "client closed the lease"
         # the abandoned reply is swallowed: it was recognised by its single-quoted, prefixed id
         task2, client2 = await start_lease(held)
         await client2.hello(BASE_10, BASE_11)
-        dev.send(("<nc:rpc-reply xmlns:nc='%s' message-id='a-1'><nc:data/></nc:rpc-reply>" % NS).encode())
+        dev.send(("<nc:rpc-reply xmlns:nc='%s' message-id='%s'><nc:data/></nc:rpc-reply>" % (NS, seen)).encode())
         dev.auto_reply = True
         await client2.send(rpc("b-2"))
         assert await client2.recv() == reply("b-2")
@@ -392,13 +420,13 @@ def test_replies_to_abandoned_rpcs_never_reach_the_next_lease() -> None:
         task, client = await start_lease(held)
         await client.hello(BASE_10, BASE_11)
         await client.send(rpc("7"))
-        await wait_for(lambda: dev.received == [rpc("7")])
+        await wait_for(lambda: same_but_id(dev.received, [rpc("7")]))
         client.close()  # gives up before the device answers
         assert await task == "client closed the lease"
 
         task2, client2 = await start_lease(held)
         await client2.hello(BASE_10, BASE_11)
-        dev.answer("7", "<stale/>")  # the late reply to the first lease's rpc
+        dev.answer(device_id(dev.received[0]), "<stale/>")  # the late reply to the first lease's rpc
         dev.auto_reply = True
         await client2.send(rpc("7"))  # the new client happens to reuse the id: gets its own answer
         dev_reply = await client2.recv()
@@ -409,7 +437,7 @@ def test_replies_to_abandoned_rpcs_never_reach_the_next_lease() -> None:
     run(body)
 
 
-def test_notifications_reach_a_lease_and_are_dropped_without_one() -> None:
+def test_notifications_reach_a_subscribed_lease_and_are_dropped_without_one() -> None:
     async def body() -> None:
         held, dev = await open_device()
         dev.send(NOTIFICATION, now=True)  # no lease yet: dropped
@@ -417,6 +445,11 @@ def test_notifications_reach_a_lease_and_are_dropped_without_one() -> None:
         await client.hello(BASE_10, BASE_11)
         await client.send(rpc("1"))
         assert await client.recv() == reply("1")  # the lease has taken the client's hello by now
+        dev.send(NOTIFICATION)  # not subscribed: dropped
+        subscribe = '<create-subscription xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"/>'
+        await client.send(rpc("2", subscribe))
+        dev_ok = await client.recv()
+        assert b'message-id="2"' in dev_ok
         dev.send(NOTIFICATION)
         assert await client.recv() == NOTIFICATION
         client.close()
@@ -434,8 +467,8 @@ def test_device_message_before_the_client_hello_is_not_sent_in_the_wrong_framing
         await client.send(hello(BASE_10, BASE_11))
         client.framer.use_chunked()
         await client.send(rpc("1"))
-        # Before the client's hello its framing is unknown: the notification is dropped, as
-        # without a lease, and the first thing the client reads is its reply, chunk-framed.
+        # Before the client's hello its framing is unknown (and it has not subscribed): the
+        # notification is dropped, and the first thing the client reads is its reply, chunked.
         assert await client.recv() == reply("1")
         client.close()
         await task
@@ -481,21 +514,23 @@ def test_a_client_hello_that_is_not_a_hello_ends_the_lease() -> None:
     run(body)
 
 
-def test_shared_leases_take_turns() -> None:
+def test_shared_leases_run_at_the_same_time() -> None:
     async def body() -> None:
         held, _dev = await open_device()
         task1, client1 = await start_lease(held)
         await client1.hello(BASE_10, BASE_11)
         task2, client2 = await start_lease(held)
-        with pytest.raises(asyncio.TimeoutError):
-            await client2.recv(timeout=0.3)  # no hello while the first lease runs
+        # the second lease starts while the first runs (it used to wait for its turn)
+        assert await client2.hello(BASE_10, BASE_11) == hello(BASE_10, BASE_11)
         assert held.active_leases == 2
+        await client2.send(rpc("10"))
+        await client1.send(rpc("10"))  # the same id in both clients: each gets its own answer
+        assert await client2.recv() == reply("10") and await client1.recv() == reply("10")
         await client1.send(rpc("9", CLOSE))
         await client1.recv()
         assert await task1 == "client closed the session"
-        assert await client2.hello(BASE_10, BASE_11) == hello(BASE_10, BASE_11)
-        await client2.send(rpc("10"))
-        assert await client2.recv() == reply("10")
+        await client2.send(rpc("11"))
+        assert await client2.recv() == reply("11")
         client2.close()
         assert await task2 == "client closed the lease"
         assert held.active_leases == 0
@@ -506,11 +541,18 @@ def test_shared_leases_take_turns() -> None:
 # -- channel leases --------------------------------------------------------------------------------
 
 
-class FakeChannels:
-    """``open_channel`` of an SSH device: each lease gets a socketpair standing for a channel."""
+CHANNEL_HELLO = hello(BASE_10, BASE_11, session_id=8) + EOM
 
-    def __init__(self, refuse: bool = False) -> None:
+
+class FakeChannels:
+    """``open_channel`` of an SSH device: each lease gets a socketpair standing for a channel.
+
+    The device says its hello on each new channel at once, unless ``silent`` (one NETCONF
+    session per SSH connection: it accepts the channel and never speaks on it)."""
+
+    def __init__(self, refuse: bool = False, silent: bool = False) -> None:
         self.refuse = refuse
+        self.silent = silent
         self.opened = 0
         self.ends: List[Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
@@ -520,7 +562,10 @@ class FakeChannels:
         self.opened += 1
         ours, theirs = socket.socketpair()
         cr, cw = await asyncio.open_connection(sock=ours)
-        self.ends.append(await asyncio.open_connection(sock=theirs))
+        end = await asyncio.open_connection(sock=theirs)
+        if not self.silent:
+            end[1].write(CHANNEL_HELLO)
+        self.ends.append(end)
         return cw, cr
 
 
@@ -530,6 +575,8 @@ def test_channel_lease_pipes_bytes_untouched_both_ways() -> None:
         channels = FakeChannels()
         held.mode, held.open_channel = CHANNEL, channels
         task, client = await start_lease(held)
+        # the channel's own hello, read by the listener before piping, reaches the client intact
+        assert await read_exactly(client.reader, len(CHANNEL_HELLO)) == CHANNEL_HELLO
         payload = b"any bytes at all, even <hello> not framed"
         client.writer.write(payload)
         await client.writer.drain()
