@@ -234,29 +234,32 @@ class HeldSession:
             raise
 
     async def _channel_lease(self) -> Optional["Lease"]:
-        assert self.open_channel is not None
+        open_channel = self.open_channel
+        assert open_channel is not None
+
+        async def open_and_hello() -> Tuple[Any, Any, bytes]:
+            chan_writer, chan_reader = await open_channel()
+            try:
+                return chan_writer, chan_reader, await _read_hello(chan_reader, self.max_hello)
+            except BaseException:  # timed out, cancelled, or no hello: the channel goes
+                _close_quietly(chan_writer)
+                raise
+
+        # The open is bounded too: a device that never confirms the channel is as silent.
         try:
-            chan_writer, chan_reader = await self.open_channel()
-        except LeaseError as exc:
+            chan_writer, chan_reader, first = await asyncio.wait_for(open_and_hello(), self.channel_hello_timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._channel_failed(
+                "device sent no NETCONF hello on a new channel within %g s (it serves one session per connection)"
+                % self.channel_hello_timeout
+            )
+            return None
+        except LeaseError as exc:  # refused, or closed before its hello
             self._channel_failed(exc.message)
             return None
-        try:
-            first = await asyncio.wait_for(
-                _read_hello(chan_reader, self.max_hello), self.channel_hello_timeout
-            )
-        except (asyncio.TimeoutError, TimeoutError):
-            _close_quietly(chan_writer)
-            self._channel_failed(
-                "device accepted a NETCONF channel but sent no hello on it within %g s" % self.channel_hello_timeout
-            )
-            return None
-        except (LeaseError, FramingError, ConnectionError, OSError) as exc:
-            _close_quietly(chan_writer)
+        except (FramingError, ConnectionError, OSError) as exc:
             self._channel_failed("no NETCONF hello on a new channel: %s" % getattr(exc, "message", exc))
             return None
-        except BaseException:
-            _close_quietly(chan_writer)
-            raise
         return Lease(self, CHANNEL, chan_reader=chan_reader, chan_writer=chan_writer, first=first)
 
     def _channel_failed(self, reason: str) -> None:

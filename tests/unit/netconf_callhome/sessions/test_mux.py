@@ -652,7 +652,7 @@ def test_a_silent_channel_falls_back_to_shared_within_the_timeout_for_good() -> 
         client = await connect(held, modes=modes)  # the hello it got is the held session's
         assert time.monotonic() - started < 2.0
         assert modes == [SHARED] and held.mode == SHARED
-        assert changes and changes[0][0] == SHARED and "no hello" in changes[0][1] and "0.3 s" in changes[0][1]
+        assert changes and changes[0][0] == SHARED and "no NETCONF hello" in changes[0][1] and "0.3 s" in changes[0][1]
         # the silent channel was closed, and this very lease is served over the held session
         dev_reader, _w = channels.ends[0]
         assert await asyncio.wait_for(dev_reader.read(), 5) == b""
@@ -727,7 +727,7 @@ def test_pinned_modes_are_honoured() -> None:
         silent = FakeChannels(silent=True)
         held, _dev, changes = await ssh_device(silent, pinned=CHANNEL, remembered=SHARED, channel_hello_timeout=0.2)
         assert held.mode == CHANNEL
-        with pytest.raises(LeaseError, match="pinned to session mode 'channel'.*no hello"):
+        with pytest.raises(LeaseError, match="pinned to session mode 'channel'.*no NETCONF hello"):
             await held.prepare()
         assert held.mode == CHANNEL and changes == [] and held.active_leases == 0
         refused = FakeChannels(refuse=True)
@@ -908,3 +908,36 @@ async def control_lease(path: str, request: Dict[str, Any]) -> Tuple[Dict[str, A
     answer = json.loads(await asyncio.wait_for(r.readline(), 5))
     assert answer["ok"], answer
     return answer["result"], (r, w)
+
+
+def test_an_in_process_lease_hands_out_a_plain_socket() -> None:
+    """The interface for an in-process client (the persistent-connection endpoint)."""
+    from netconf_callhome.sessions.local import open_local_lease
+
+    async def body() -> None:
+        held, _dev, mux = await open_device()
+        leases = [await open_local_lease(held) for _ in range(2)]
+        assert [lease.mode for lease in leases] == [SHARED, SHARED] and held.active_leases == 2
+
+        def blocking_client(sock: socket.socket, mid: str) -> bytes:
+            framer = Framer(1 << 20)
+            buf: List[bytes] = []
+            while not buf:
+                buf += framer.feed(sock.recv(65536))  # the device's hello
+            sock.sendall(hello(BASE_10, BASE_11) + EOM)
+            framer.use_chunked()
+            sock.sendall(framer.encode(rpc(mid)))
+            out: List[bytes] = []
+            while not out:
+                out += framer.feed(sock.recv(65536))
+            return out[0]
+
+        loop = asyncio.get_running_loop()
+        answers = await asyncio.gather(*[loop.run_in_executor(None, blocking_client, lease.sock, "9") for lease in leases])
+        assert answers == [reply("9")] * 2
+        for lease in leases:
+            lease.close()
+        assert [await lease.done for lease in leases] == ["client closed the lease"] * 2
+        assert held.active_leases == 0 and mux.clients == 0
+
+    run(body)
