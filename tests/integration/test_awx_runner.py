@@ -8,7 +8,8 @@ test does the same without AWX:
 * the credential type is the one in ``docs/awx.md`` ("The credential type"): its input fields
   and its injectors are read from that page and rendered with Jinja2 as AWX does (``file``
   injectors become files in the private data directory, ``{{ tower.filename.<name> }}`` their
-  paths; ``env`` goes to runner's ``envvars``; ``extra_vars`` to its ``extravars``);
+  paths; ``env`` goes to runner's ``env/envvars``; ``extra_vars`` to its ``env/extravars``), and
+  ``ansible-runner run`` runs the job on that private data directory;
 * the listener is a real ``callhome-listener serve`` process with its remote control endpoint
   (``control_tcp``: TLS with a trustme certificate for 127.0.0.1, a token file), reached only over
   ``tls://`` with the token; simulated devices call home to it over SSH;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -39,7 +41,6 @@ import trustme
 import yaml
 from harness import free_port, running
 
-ansible_runner = pytest.importorskip("ansible_runner", reason="ansible-runner is not installed (requirements-test.txt)")
 from jinja2 import StrictUndefined  # noqa: E402  (ansible-core's dependency)
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
 
@@ -49,6 +50,10 @@ REPO = Path(__file__).resolve().parents[2]
 AWX_DOC = REPO / "docs" / "awx.md"
 VENV_BIN = Path(sys.executable).parent
 COLLECTIONS_PATH = "%s:%s" % (REPO / ".collections", REPO / ".deps")
+RUNNER = str(VENV_BIN / "ansible-runner")
+if not Path(RUNNER).exists():
+    pytest.skip("ansible-runner is not installed next to %s (requirements-test.txt)" % sys.executable,
+                allow_module_level=True)
 TOKEN = "awx-job-token-0123456789abcdef"
 DEVICES = ["sim0001", "sim0002"]
 RESULT_EVENTS = ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped")
@@ -153,9 +158,26 @@ def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
+class Job:
+    """What AWX reads back from a finished job: runner's status and rc, stdout, the job events."""
+
+    def __init__(self, artifacts: Path, proc: subprocess.CompletedProcess) -> None:
+        self.proc = proc
+        self.status = (artifacts / "status").read_text().strip() if (artifacts / "status").exists() else None
+        self.rc = int((artifacts / "rc").read_text()) if (artifacts / "rc").exists() else None
+        self.stdout = (artifacts / "stdout").read_text() if (artifacts / "stdout").exists() else proc.stdout
+        events = [json.loads(p.read_text()) for p in (artifacts / "job_events").glob("*.json")]
+        self.events = sorted(events, key=lambda ev: ev.get("counter", 0))
+
+
 def run_job(private_data_dir: Path, env: Dict[str, str], extra_vars: Dict[str, str], hosts: List[str],
-            playbook: str = PLAYBOOK) -> Any:
-    """ansible_runner.run as AWX calls it: a project dir with the playbook, inventory, envvars, extravars."""
+            playbook: str = PLAYBOOK) -> Job:
+    """``ansible-runner run`` on a private data directory laid out as AWX writes it for a job.
+
+    project/ holds the playbook, inventory/ the inventory, env/envvars and env/extravars what the
+    credential injects (plus the EE's PATH and collections path). The runner CLI runs in its own
+    process, as in the EE (it forks ansible-playbook on a pty: better not from this multi-threaded one).
+    """
     project = private_data_dir / "project"
     project.mkdir(parents=True, exist_ok=True)
     (project / "job.yml").write_text(playbook)
@@ -174,6 +196,8 @@ def run_job(private_data_dir: Path, env: Dict[str, str], extra_vars: Dict[str, s
             "vars": {"ansible_python_interpreter": sys.executable},
         }
     }
+    (private_data_dir / "inventory").mkdir(exist_ok=True)
+    (private_data_dir / "inventory" / "hosts.json").write_text(json.dumps(inventory))
     envvars = dict(env)
     envvars.update({
         "PATH": "%s:%s" % (VENV_BIN, os.environ.get("PATH", "/usr/bin:/bin")),  # the EE's PATH
@@ -181,18 +205,17 @@ def run_job(private_data_dir: Path, env: Dict[str, str], extra_vars: Dict[str, s
         "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(private_data_dir / "pc"),
         "ANSIBLE_NOCOLOR": "1",
     })
-    return ansible_runner.run(
-        private_data_dir=str(private_data_dir),
-        playbook="job.yml",
-        inventory=json.dumps(inventory),
-        envvars=envvars,
-        extravars=extra_vars,
-        quiet=True,
-        timeout=180,
-    )
+    env_dir = private_data_dir / "env"
+    env_dir.mkdir(exist_ok=True)
+    for name, data in (("envvars", envvars), ("extravars", extra_vars), ("settings", {"job_timeout": 180})):
+        (env_dir / name).write_text(yaml.safe_dump(data))
+        (env_dir / name).chmod(0o600)
+    proc = subprocess.run([RUNNER, "run", str(private_data_dir), "-p", "job.yml", "--ident", "job"],
+                          capture_output=True, text=True, timeout=200, check=False)
+    return Job(private_data_dir / "artifacts" / "job", proc)
 
 
-def events_by_task(result: Any) -> Dict[str, List[Tuple[str, str, Dict[str, Any]]]]:
+def events_by_task(result: Job) -> Dict[str, List[Tuple[str, str, Dict[str, Any]]]]:
     """{task name: [(event, host, res)]} for the per-host result events (ok, failed, unreachable, skipped)."""
     out: Dict[str, List[Tuple[str, str, Dict[str, Any]]]] = {}
     for ev in result.events:
@@ -214,12 +237,13 @@ def test_job_through_ansible_runner_with_the_awx_credential(remote_listener, fle
 
     with running(fleet.simulator(lst.ssh_port, len(DEVICES), wait_connected=len(DEVICES))):
         result = run_job(pdd, env, extra_vars, DEVICES)
-        stdout = result.stdout.read()
+        stdout = result.stdout
         tasks = events_by_task(result)
 
-    detail = "status=%s rc=%s\n%s\nlistener log:\n%s" % (result.status, result.rc, stdout[-4000:], lst.log()[-3000:])
+    detail = "status=%s rc=%s\n%s\n%s\nlistener log:\n%s" % (
+        result.status, result.rc, stdout[-4000:], result.proc.stderr[-2000:], lst.log()[-3000:])
     assert result.status == "successful", detail
-    assert result.rc == 0, detail
+    assert result.rc == 0 and result.proc.returncode == 0, detail
     failed = [(t, e, h) for t, evs in tasks.items() for e, h, _r in evs if e != "runner_on_ok"]
     assert not failed, detail
 
@@ -250,7 +274,7 @@ def test_job_with_a_wrong_token_fails_naming_the_token(remote_listener, fleet, j
     pdd = tmp_path / "runner"
     env, extra_vars = awx_credential(pdd, {"listener": address, "token": "not-the-token-0123456789",
                                            "ca_cert": ca_pem})
-    playbook = PLAYBOOK.split("    - name: Listener info")[0] + """\
+    playbook = PLAYBOOK.partition("    - name: Listener info")[0] + """\
       ignore_errors: true
 
     - name: Get running

@@ -218,7 +218,7 @@ def test_builder_stage_introspects_and_pip_finds_the_wheel(built: Dict[str, Path
     _run([sys.executable, str(scripts / "introspect.py"), "introspect", str(galaxy_stage),
           "--write-pip=%s" % pip_out, "--write-bindep=%s" % bindep_out])
     python = [ln.split("#")[0].strip() for ln in pip_out.read_text().splitlines() if ln.strip()]
-    names = [re.split(r"[<>=!~ \[;]", ln, 1)[0].lower() for ln in python]
+    names = [re.split(r"[<>=!~ \[;]", ln, maxsplit=1)[0].lower() for ln in python]
     assert "netconf-callhome" in names and "ncclient" in names, python
     assert "ansible-core" not in names, python  # left to the image (ANSIBLE_INSTALL_REFS)
 
