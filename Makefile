@@ -90,8 +90,9 @@ typecheck: setup
 
 test: unit typecheck integration sanity
 
+# The demo script uses the collection's embedded-listener helper, found on the clone's collections path.
 demo: setup peers
-	cd $(ROOT) && $(PY) demo/run_demo.py
+	cd $(ROOT) && PYTHONPATH=$(ROOT)/.collections $(PY) demo/run_demo.py
 
 bench: setup
 	$(PY) bench/run_all.py
