@@ -23,16 +23,6 @@ ENV_LISTENER = "NETCONF_CALLHOME_LISTENER"
 ENV_TOKEN = "NETCONF_CALLHOME_TOKEN"
 READY = "connected"
 
-# Shared argument spec of every module that talks to the listener.
-CONNECTION_ARGS: t.Dict[str, t.Dict[str, t.Any]] = {
-    "listener": {"type": "str"},
-    "token": {"type": "str", "no_log": True},
-    "tls_ca_file": {"type": "path"},
-    "tls_verify": {"type": "bool", "default": True},
-    "request_timeout": {"type": "float", "default": 30.0},
-}
-
-
 def listener_address(value: t.Optional[str]) -> str:
     """The explicit address, else ``$NETCONF_CALLHOME_LISTENER``, else the local default."""
     return value or os.environ.get(ENV_LISTENER) or default_control_address()
@@ -134,6 +124,6 @@ def error_result(exc: CallHomeError) -> t.Dict[str, t.Any]:
 
 
 __all__ = (
-    "CONNECTION_ARGS", "ENV_LISTENER", "ENV_TOKEN", "client_from_params", "describe_missing",
+    "ENV_LISTENER", "ENV_TOKEN", "client_from_params", "describe_missing",
     "error_result", "listener_address", "listener_info", "wait_for_devices",
 )
