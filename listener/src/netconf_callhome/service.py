@@ -25,6 +25,7 @@ import asyncssh
 
 from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
 from netconf_callhome.control.server import ControlServer
+from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
 from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
@@ -92,6 +93,7 @@ class CallHomeListener:
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
         self.control = ControlServer(config, self)
+        self.endpoints = AnsibleEndpoints(config.home, touch=self.touch, lease_ended=self.lease_ended)
 
     @property
     def tls_context(self) -> Optional[ssl.SSLContext]:
@@ -162,6 +164,7 @@ class CallHomeListener:
         for sock in self._listen_socks:
             sock.close()
         await self.control.stop()
+        await self.endpoints.close_all()
         for held in list(self.sessions.values()):
             held.close("listener stopping")
         for task in list(self._tasks):
@@ -190,6 +193,7 @@ class CallHomeListener:
             if (
                 self.config.idle_exit
                 and not self.control.active_leases
+                and not self.endpoints.active
                 and time.monotonic() - self.last_activity > self.config.idle_exit
             ):
                 log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
@@ -410,6 +414,26 @@ class CallHomeListener:
                 waiters = self._waiters.get(device)
                 if waiters and fut in waiters:
                     waiters.remove(fut)
+
+    async def endpoint(
+        self,
+        device: str,
+        *,
+        wait: float,
+        network_os: str,
+        command_timeout: float,
+        collections_paths: List[str],
+        client: str,
+    ) -> Dict[str, Any]:
+        """The device's persistent-connection endpoint, waiting up to ``wait`` s for it to call home."""
+        held = await self.wait_ready(device, wait)
+        return await self.endpoints.open(
+            held,
+            network_os=network_os,
+            command_timeout=command_timeout,
+            collections_paths=collections_paths,
+            client=client,
+        )
 
     def _not_ready(self, device: str, timeout: float) -> CallHomeError:
         rec = self.registry.get(device)

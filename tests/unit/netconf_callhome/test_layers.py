@@ -3,7 +3,8 @@
 
 Layers import downward only: a module may import its own layer or the layers above it. The
 service and the CLI are the composition root: nothing imports them. No import cycle anywhere,
-and the distribution never imports the collection or Ansible.
+and the distribution never imports the collection; Ansible and ncclient only in the endpoints
+layer (the optional ``ansible`` extra, imported when the first endpoint is opened).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LAYERS: Dict[str, int] = {
     "metrics": 3,
     "sessions": 4,
     "control": 5,
+    "endpoints": 5,
     "service": 6,
     "cli": 6,
     "__main__": 7,
@@ -127,6 +129,21 @@ def test_the_distribution_never_imports_the_collection_or_ansible() -> None:
         (module, target)
         for module, imported in GRAPH.items()
         for target in imported
-        if target.split(".")[0] in ("ansible_collections", "ansible")
+        if target.split(".")[0] == "ansible_collections"
+        or (target.split(".")[0] in ("ansible", "ncclient") and _layer(module) != "endpoints")
     ]
     assert not leaks, leaks
+
+
+def test_ansible_is_imported_lazily_in_the_endpoints() -> None:
+    """The listener runs without the ``ansible`` extra: no module-level import of ansible/ncclient."""
+    eager = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            eager += [(_module_name(path), n) for n in names if n.split(".")[0] in ("ansible", "ncclient")]
+    assert not eager, eager

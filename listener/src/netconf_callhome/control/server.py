@@ -78,6 +78,17 @@ class ControlledListener(Protocol):
 
     def lease_ended(self, held: HeldSession) -> None: ...
 
+    async def endpoint(
+        self,
+        device: str,
+        *,
+        wait: float,
+        network_os: str,
+        command_timeout: float,
+        collections_paths: List[str],
+        client: str,
+    ) -> Dict[str, Any]: ...
+
     def touch(self) -> None: ...
 
     def request_stop(self) -> None: ...
@@ -373,6 +384,26 @@ class ControlServer:
         held = await self.listener.wait_ready(device, _number(request, "wait", 0.0))
         rec = self.listener.registry.get(held.device)
         return self._device_view(device, rec.to_dict() if rec else {"name": device})
+
+    async def _op_endpoint(self, request: Dict[str, Any]) -> Any:
+        """Ansible's persistent-connection endpoint for a device (endpoints.ansible_rpc)."""
+        device = _require_str(request, "device")
+        paths = request.get("collections_paths") or []
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ControlError("'collections_paths' must be a list of strings")
+        network_os = request.get("network_os") or "auto"
+        client = request.get("client") or ""
+        if not isinstance(network_os, str) or not isinstance(client, str):
+            raise ControlError("'network_os' and 'client' must be strings")
+        command_timeout = _number(request, "command_timeout", 30.0)
+        return await self.listener.endpoint(
+            device,
+            wait=_number(request, "wait", 0.0),
+            network_os=network_os,
+            command_timeout=command_timeout or 30.0,
+            collections_paths=paths,
+            client=client,
+        )
 
     async def _op_reload(self, request: Dict[str, Any]) -> Any:
         return {"reloaded": self.listener.reload_trust(), "enrolled": len(self.listener.enrolled_devices())}

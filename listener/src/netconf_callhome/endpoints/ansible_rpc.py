@@ -1,0 +1,525 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Ansible's persistent-connection protocol, served by the listener for the sessions it holds.
+
+``ansible-connection`` exists to hold a device's session between tasks; the listener already
+holds every device's session. So it serves what modules reach through
+``ansible.module_utils.connection.Connection`` itself: per client of a device, a Unix socket
+(mode 0600, under ``<home>/rpc/``) carrying ``send_data`` / ``recv_data`` frames (an 8-byte
+big-endian length, then a JSON-RPC 2.0 request or response), answered by ansible-core's own
+``ansible.utils.jsonrpc.JsonRpcServer``. The registered object is :class:`EndpointConnection`,
+the little of a netconf connection plugin that the netconf sub-plugins (``ansible.netcommon``'s
+``default``, vendor plugins) and the modules use: ``manager`` (an ncclient ``Manager`` over an
+in-process lease, :func:`~netconf_callhome.sessions.local.open_local_lease`), ``get_option``,
+``_network_os``, and every method of the sub-plugin (``get_capabilities``, ``get_config``,
+``edit_config``, ``lock``, ``dispatch`` ...).
+
+Requests run in a thread pool (ncclient is blocking), so several clients of one device run at
+once. ansible-core and ncclient are imported on the first endpoint only (the ``ansible`` extra of
+the distribution); the netconf sub-plugin classes are loaded once per ``network_os`` with
+Ansible's plugin loader, from the collections path the first client passed. An endpoint and its
+manager exist while clients use them and go after ``idle_timeout`` seconds without a request.
+
+Why an endpoint per *client* (one playbook's inventory host) and not one per device: each client
+gets its own lease, as its ``ansible-connection`` had, so a lock taken by one playbook holds
+against another's edit (``lock-denied`` / ``in-use`` from the multiplexer or the device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+from netconf_callhome.errors import CallHomeError
+from netconf_callhome.endpoints.platform import DEFAULT, Platform, platform_for, short_network_os
+from netconf_callhome.protocol.session import HeldSession
+from netconf_callhome.sessions.local import LocalLease, open_local_lease
+
+log = logging.getLogger("netconf_callhome.endpoints")
+
+_HEADER = struct.Struct("!Q")  # ansible.module_utils.connection.send_data: the payload's length
+_MAX_REQUEST = 256 * 1024 * 1024
+INSTALL_HINT = "pip install 'netconf-callhome[ansible]' (ansible-core and ncclient) into the listener's environment"
+
+
+class EndpointError(CallHomeError):
+    """The persistent-connection endpoint of a device cannot be served."""
+
+    code = "endpoint"
+
+
+class EndpointUnavailableError(EndpointError):
+    """ansible-core or ncclient is missing in the listener's Python environment."""
+
+    code = "endpoint-unavailable"
+
+
+class EndpointRPCError(Exception):
+    """A request failed for a reason of the endpoint (session lost, timeout); the text reaches the module."""
+
+
+Key = Tuple[str, str, str, float]
+
+
+class _AnsibleRuntime:
+    """ansible-core and ncclient, imported on first use; the plugin loader set up once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = False
+        self._paths: Tuple[str, ...] = ()
+        self._classes: Dict[str, Any] = {}
+        self.modules: Dict[str, Any] = {}
+
+    def load(self, collections_paths: Sequence[str]) -> None:
+        with self._lock:
+            if self._ready:
+                missing = [p for p in collections_paths if p not in self._paths]
+                if missing:
+                    log.warning(
+                        "event=endpoint.collections_path_ignored paths=%s loaded=%s "
+                        "reason='the plugin loader is set up once per listener'",
+                        ":".join(missing), ":".join(self._paths),
+                    )
+                return
+            try:
+                from ansible.plugins.loader import init_plugin_loader, netconf_loader
+                from ansible.utils.jsonrpc import JsonRpcServer
+                from ncclient import manager as nc_manager
+                from ncclient.transport import UnixSocketSession
+                from ncclient.transport.session import SessionListener
+                from ncclient.xml_ import to_ele
+            except Exception as exc:  # ImportError, or ncclient's paramiko/FIPS oddities
+                raise EndpointUnavailableError(
+                    "the listener cannot serve Ansible modules: %s: %s; %s" % (type(exc).__name__, exc, INSTALL_HINT)
+                ) from None
+            init_plugin_loader(list(collections_paths))
+            self.modules.update(
+                netconf_loader=netconf_loader, JsonRpcServer=JsonRpcServer, nc_manager=nc_manager,
+                UnixSocketSession=UnixSocketSession, SessionListener=SessionListener, to_ele=to_ele,
+            )
+            self._paths = tuple(collections_paths)
+            self._ready = True
+            log.info("event=endpoint.ansible_loaded collections_paths=%s", ":".join(self._paths))
+
+    def netconf_class(self, network_os: str) -> Any:
+        """The netconf sub-plugin class for ``network_os`` (``default`` when none is installed)."""
+        with self._lock:
+            cls = self._classes.get(network_os)
+            if cls is None:
+                loader = self.modules["netconf_loader"]
+                cls = loader.get(network_os, class_only=True) or loader.get("default", class_only=True)
+                if cls is None:
+                    raise EndpointUnavailableError(
+                        "no netconf plugin for network_os %r and no 'default' one: is ansible.netcommon "
+                        "in the collections path %s?" % (network_os, ":".join(self._paths))
+                    )
+                self._classes[network_os] = cls
+                log.info("event=endpoint.plugin_loaded network_os=%s plugin=%s", network_os,
+                         getattr(cls, "_load_name", cls.__name__))
+            return cls
+
+
+class Endpoint:
+    """One client's persistent connection to one device: socket, lease, manager, sub-plugin."""
+
+    def __init__(self, key: Key, held: HeldSession, path: str, platform: Platform, command_timeout: float) -> None:
+        self.key = key
+        self.held = held
+        self.device = held.device
+        self.path = path
+        self.platform = platform
+        self.command_timeout = command_timeout
+        self.lease: Optional[LocalLease] = None
+        self.manager: Any = None
+        self.sub_plugin: Any = None
+        self.connection: Optional[EndpointConnection] = None
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.device_handler = platform.device_handler
+        self.lost: Optional[str] = None
+        self.active = 0
+        self.requests = 0
+        self.last_used = time.monotonic()
+        self.created = time.time()
+
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and self.held.is_open and self.manager is not None
+
+    def session_lost(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+            log.info("event=endpoint.session_lost device=%s path=%s reason=%r", self.device, self.path, reason)
+
+    def close_manager(self) -> None:
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                manager._session.close()
+        if self.lease is not None:
+            with contextlib.suppress(OSError):
+                self.lease.close()
+
+
+class EndpointConnection:
+    """What the netconf sub-plugin and the modules' JSON-RPC calls expect of the connection."""
+
+    def __init__(self, endpoint: Endpoint, options: Dict[str, Any]) -> None:
+        self._endpoint = endpoint
+        self._network_os = short_network_os(endpoint.platform.network_os)
+        self._options = options
+
+    # -- what the sub-plugins use --------------------------------------------------------------
+
+    @property
+    def manager(self) -> Any:
+        ep = self._endpoint
+        if ep.manager is None or ep.lost is not None:
+            raise EndpointRPCError(self._lost_text())
+        return ep.manager
+
+    def get_option(self, option: str, hostvars: Any = None) -> Any:
+        return self._options.get(option)
+
+    def queue_message(self, level: str, message: str) -> None:
+        log.debug("event=endpoint.message device=%s level=%s message=%r", self._endpoint.device, level, message)
+
+    # -- what ansible-connection's netconf connection answered itself ----------------------------
+
+    def exec_command(self, cmd: str, in_data: Any = None, sudoable: bool = True) -> Any:
+        """A raw XML request (netcommon's ``exec_command`` form)."""
+        to_ele = _RUNTIME.modules["to_ele"]
+        return self._guarded("exec_command", lambda: self.manager.rpc(to_ele(cmd)).data_xml)
+
+    def pop_messages(self) -> list:
+        return []
+
+    def set_options(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def update_play_context(self, pc_data: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        """A module cannot close the endpoint: it goes after its idle time."""
+        return None
+
+    reset = close
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        sub = self.__dict__["_endpoint"].sub_plugin
+        method = getattr(sub, name, None) if sub is not None else None
+        if method is None or not callable(method):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._guarded(name, lambda: method(*args, **kwargs))
+
+        return call
+
+    # -- failures that name the device ---------------------------------------------------------
+
+    def _lost_text(self) -> str:
+        ep = self._endpoint
+        return (
+            "device %s: its NETCONF session ended (%s); the next task waits for the device to call home again"
+            % (ep.device, ep.lost or "closed")
+        )
+
+    def _guarded(self, name: str, run: Callable[[], Any]) -> Any:
+        ep = self._endpoint
+        if ep.lost is not None:
+            raise EndpointRPCError(self._lost_text())
+        try:
+            return run()
+        except EndpointRPCError:
+            raise
+        except Exception as exc:
+            manager = ep.manager
+            if ep.lost is not None or manager is None or not manager.connected or not ep.held.is_open:
+                ep.session_lost(ep.lost or "%s: %s" % (type(exc).__name__, exc))
+                raise EndpointRPCError(self._lost_text()) from None
+            if type(exc).__name__ == "TimeoutExpiredError":
+                raise EndpointRPCError(
+                    "device %s: no reply to %s within %g s (ansible_command_timeout)" % (ep.device, name, ep.command_timeout)
+                ) from None
+            raise
+
+
+_RUNTIME = _AnsibleRuntime()
+
+
+class AnsibleEndpoints:
+    """The persistent-connection endpoints of a listener (``endpoint`` control operation)."""
+
+    def __init__(
+        self,
+        home: str,
+        *,
+        idle_timeout: float = 60.0,
+        max_workers: int = 32,
+        touch: Optional[Callable[[], None]] = None,
+        lease_ended: Optional[Callable[[HeldSession], None]] = None,
+    ) -> None:
+        self.rpc_dir = os.path.join(home, "rpc")
+        self.idle_timeout = idle_timeout
+        self._max_workers = max_workers
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._endpoints: Dict[Key, Endpoint] = {}
+        self._locks: Dict[Key, asyncio.Lock] = {}
+        self._touch = touch or (lambda: None)
+        self._lease_ended = lease_ended or (lambda held: None)
+        self._reaper: Optional["asyncio.Task[None]"] = None
+        self.runtime = _RUNTIME
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Requests running now (the listener's idle exit waits for them)."""
+        return sum(ep.active for ep in self._endpoints.values())
+
+    def __len__(self) -> int:
+        return len(self._endpoints)
+
+    def describe(self) -> Iterable[Dict[str, Any]]:
+        for ep in self._endpoints.values():
+            yield {"device": ep.device, "client": ep.key[1], "socket_path": ep.path, "requests": ep.requests,
+                   "active": ep.active, "lost": ep.lost}
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="callhome-rpc")
+        return self._pool
+
+    # -- the control operation -----------------------------------------------------------------
+
+    async def open(
+        self,
+        held: HeldSession,
+        *,
+        network_os: str = "auto",
+        command_timeout: float = 30.0,
+        collections_paths: Sequence[str] = (),
+        client: str = "",
+    ) -> Dict[str, Any]:
+        """The endpoint for ``client`` of ``held``'s device: an existing one, or a new one."""
+        started = time.monotonic()
+        key: Key = (held.device, client, network_os or "auto", float(command_timeout))
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            ep = self._endpoints.get(key)
+            created = False
+            if ep is not None and not (ep.usable and ep.held is held):
+                await self._close(ep, "replaced")
+                ep = None
+            if ep is None:
+                ep = await self._create(key, held, network_os or "auto", float(command_timeout), collections_paths)
+                created = True
+            ep.last_used = time.monotonic()
+        self._ensure_reaper()
+        return {
+            "socket_path": ep.path,
+            "device": ep.device,
+            "mode": ep.lease.mode if ep.lease else held.mode,
+            "network_os": ep.platform.network_os,
+            "device_handler": ep.device_handler,
+            "transport": held.transport,
+            "peer": held.peer,
+            "capabilities": held.hello.capabilities if held.hello else [],
+            "session_id": getattr(ep.manager, "session_id", None),
+            "created": created,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+
+    async def _create(
+        self, key: Key, held: HeldSession, network_os: str, command_timeout: float, collections_paths: Sequence[str]
+    ) -> Endpoint:
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        await loop.run_in_executor(pool, self.runtime.load, tuple(collections_paths))
+        capabilities = held.hello.capabilities if held.hello else []
+        platform = platform_for(network_os, capabilities)
+        cls = await loop.run_in_executor(pool, self.runtime.netconf_class, platform.network_os)
+        path = self._path_for(key)
+        ep = Endpoint(key, held, path, platform, command_timeout)
+        options = {
+            "persistent_command_timeout": int(command_timeout),
+            "network_os": platform.network_os,
+            "host": held.device,
+            "callhome_device": held.device,
+        }
+        ep.connection = EndpointConnection(ep, options)
+        ep.sub_plugin = cls(ep.connection)
+        with contextlib.suppress(Exception):  # a sub-plugin without options of its own
+            ep.sub_plugin.set_options()
+        if getattr(cls, "_load_name", "default").rsplit(".", 1)[-1] != "default":
+            with contextlib.suppress(Exception):
+                ep.device_handler = ep.sub_plugin.get_option("ncclient_device_handler") or ep.device_handler
+        ep.lease = await open_local_lease(held)  # LeaseError as for a control-socket lease
+        ep.lease.done.add_done_callback(lambda fut: self._lease_done(ep, fut))
+        try:
+            ep.manager = await loop.run_in_executor(pool, self._manager, ep)
+            await self._listen(ep)
+        except BaseException:
+            ep.close_manager()
+            raise
+        self._endpoints[key] = ep
+        log.info(
+            "event=endpoint.start device=%s client=%s mode=%s network_os=%s handler=%s path=%s",
+            ep.device, key[1] or "-", ep.lease.mode, platform.network_os, ep.device_handler, path,
+        )
+        return ep
+
+    def _lease_done(self, ep: Endpoint, fut: "asyncio.Future[str]") -> None:
+        reason = "lease ended"
+        if not fut.cancelled():
+            exc = fut.exception()
+            reason = str(exc) if exc is not None else (fut.result() or reason)
+        ep.session_lost(reason)
+        with contextlib.suppress(Exception):
+            self._lease_ended(ep.held)
+
+    def _manager(self, ep: Endpoint) -> Any:
+        """An ncclient Manager over the endpoint's lease (in a pool thread: the hello blocks)."""
+        mods = self.runtime.modules
+        assert ep.lease is not None
+        device_handler = mods["nc_manager"].make_device_handler({"name": ep.device_handler})
+        session = mods["UnixSocketSession"](device_handler)
+        session._socket = ep.lease.sock
+        session._connected = True
+        try:
+            session._post_connect(timeout=max(ep.command_timeout, 10))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                session.close()
+            raise EndpointError(
+                "device %s: the NETCONF hello over the endpoint's session failed: %s" % (ep.device, exc),
+                details={"device": ep.device},
+            ) from None
+
+        listener_base: Any = mods["SessionListener"]
+
+        class DropWatcher(listener_base):  # type: ignore[misc,valid-type]
+            def callback(self, root: Any, raw: Any) -> None:
+                return None
+
+            def errback(self, ex: Exception) -> None:
+                ep.session_lost("%s: %s" % (type(ex).__name__, ex))
+
+        session.add_listener(DropWatcher())
+        manager = mods["nc_manager"].Manager(session, device_handler, timeout=ep.command_timeout)
+        manager._timeout = ep.command_timeout
+        return manager
+
+    # -- the socket ----------------------------------------------------------------------------
+
+    def _path_for(self, key: Key) -> str:
+        digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:12]
+        return os.path.join(self.rpc_dir, "%s.sock" % digest)
+
+    async def _listen(self, ep: Endpoint) -> None:
+        os.makedirs(self.rpc_dir, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ep.path)
+        old_umask = os.umask(0o177)
+        try:
+            ep.server = await asyncio.start_unix_server(lambda r, w: self._serve(ep, r, w), path=ep.path)
+        except OSError as exc:
+            raise EndpointError("cannot listen on %s: %s" % (ep.path, exc.strerror or exc)) from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(ep.path, 0o600)
+
+    async def _serve(self, ep: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                    if size > _MAX_REQUEST:
+                        log.warning("event=endpoint.request_too_large device=%s bytes=%d", ep.device, size)
+                        return
+                    data = await reader.readexactly(size)
+                except asyncio.IncompleteReadError:
+                    return
+                ep.active += 1
+                ep.requests += 1
+                self._touch()
+                try:
+                    response = await loop.run_in_executor(self._executor(), self._handle, ep, data)
+                finally:
+                    ep.active -= 1
+                    ep.last_used = time.monotonic()
+                writer.write(_HEADER.pack(len(response)) + response)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def _handle(self, ep: Endpoint, data: bytes) -> bytes:
+        """One JSON-RPC request; a server instance per request (its ``_objects`` is a class attribute)."""
+        server = self.runtime.modules["JsonRpcServer"]()
+        server._objects = {ep.connection}
+        response = server.handle_request(data)
+        return response.encode("utf-8") if isinstance(response, str) else bytes(response)
+
+    # -- idle time and shutdown ----------------------------------------------------------------
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        interval = max(0.2, min(5.0, self.idle_timeout / 4))
+        while self._endpoints:
+            await asyncio.sleep(interval)
+            await self.reap()
+
+    async def reap(self) -> None:
+        now = time.monotonic()
+        for ep in list(self._endpoints.values()):
+            if ep.active:
+                continue
+            if ep.lost is not None or not ep.held.is_open:
+                await self._close(ep, ep.lost or "device session closed")
+            elif now - ep.last_used > self.idle_timeout:
+                await self._close(ep, "idle %.0f s" % (now - ep.last_used))
+
+    async def _close(self, ep: Endpoint, reason: str) -> None:
+        if self._endpoints.get(ep.key) is ep:
+            del self._endpoints[ep.key]
+        if ep.server is not None:
+            ep.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self._endpoints.get(ep.key) is None:
+                os.unlink(ep.path)
+        if ep.manager is not None or ep.lease is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor(), ep.close_manager)
+        log.info("event=endpoint.end device=%s client=%s requests=%d reason=%r", ep.device, ep.key[1] or "-",
+                 ep.requests, reason)
+
+    async def close_all(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for ep in list(self._endpoints.values()):
+            await self._close(ep, "listener stopping")
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+__all__ = (
+    "AnsibleEndpoints", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointRPCError",
+    "EndpointUnavailableError", "INSTALL_HINT",
+)
