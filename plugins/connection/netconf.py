@@ -3,6 +3,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Connection plugin ``netconf.callhome.netconf``: NETCONF over sessions devices opened by calling home.
 
+With a local listener (issue 9) the plugin is not persistent: ``socket_path`` (what modules get as
+``_ansible_socket``) is the listener's endpoint for the device, asked for with the control
+operation ``endpoint``; the netconf sub-plugin runs inside the listener. The lease path below
+(``_connect_lease`` in ``ansible-connection``) remains for a remote ``tls://`` listener.
+
 Why a subclass of ansible.netcommon's netconf connection: the persistent-connection machinery, the
 netconf sub-plugins chosen by ``ansible_network_os`` and their ``__rpc__`` methods are what
 ``ansible.netcommon.netconf_get`` / ``netconf_config`` / ``netconf_rpc`` talk to. Only ``_connect``
@@ -22,10 +27,14 @@ description:
   - Runs NETCONF tasks (M(ansible.netcommon.netconf_get), M(ansible.netcommon.netconf_config),
     M(ansible.netcommon.netconf_rpc) and this collection's modules) over the NETCONF session a
     device opened by calling home to the call-home listener. It never connects to the device.
-  - On the first task of a host it asks the listener for a lease on the device named by
-    O(callhome_device) (by default the inventory host name), waiting up to O(callhome_timeout)
-    seconds for the device to call home. With C(-v), the device it waits for and what the
-    listener knows of it are shown.
+  - Each task asks the listener for the endpoint of the device named by O(callhome_device) (by
+    default the inventory host name), waiting up to O(callhome_timeout) seconds for the device to
+    call home. With C(-v), the device it waits for and what the listener knows of it are shown.
+  - With a local listener the plugin is not persistent, and no C(ansible-connection) process
+    starts; the listener serves Ansible's persistent-connection protocol itself and runs the
+    netconf sub-plugin on the session it holds. The listener's environment then needs
+    ansible-core and ncclient (C(pip install 'netconf-callhome[ansible]')). With a remote
+    (V(tls://)) listener the session is leased into C(ansible-connection) as before.
   - When no listener answers at the default local address, it starts one on this machine (the
     embedded default), shared by every host and fork and stopping after O(callhome_idle_exit)
     idle seconds. A remote listener (AWX, containers) is reached with a C(tls://HOST:PORT)
@@ -210,6 +219,7 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 from ansible.plugins.loader import netconf_loader
+from ansible.utils.collection_loader import AnsibleCollectionConfig
 from ansible.utils.display import Display
 
 from ansible_collections.ansible.netcommon.plugins.connection.netconf import (
@@ -287,12 +297,38 @@ class Connection(NetconfConnection):
     transport = "netconf.callhome.netconf"
     has_pipelining = False
 
+    # -- which path: the listener's endpoint (local listener) or a lease in ansible-connection --
+
+    @property  # type: ignore[override]
+    def force_persistence(self) -> bool:  # pylint: disable=invalid-overridden-method
+        """Only a remote (``tls://``) listener still needs ``ansible-connection`` (a lease per host).
+
+        A local listener serves Ansible's persistent-connection protocol itself: the task executor
+        starts no ``ansible-connection``; modules get the listener's endpoint as ``_ansible_socket``.
+        """
+        return not self._use_endpoint()
+
+    def _use_endpoint(self) -> bool:
+        try:
+            address = self.get_option("callhome_listener") or ""
+        except KeyError:  # options not set yet
+            address = ""
+        return not address.startswith(("tls://", "tcp+tls://"))
+
+    @property
+    def socket_path(self) -> t.Optional[str]:
+        """What ``_execute_module`` gives modules as ``_ansible_socket``: the hand-off happens here."""
+        if self._use_endpoint() and self._endpoint_info is None:
+            self._handoff()
+        return self._socket_path
+
     def __init__(self, play_context: t.Any, new_stdin: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(play_context, new_stdin, *args, **kwargs)
         self._lease_info: t.Dict[str, t.Any] = {}
         self._lease_socket: t.Any = None
         self._drop_reason: t.Optional[str] = None
         self._prewaited = False
+        self._endpoint_info: t.Optional[t.Dict[str, t.Any]] = None
 
     # -- options ---------------------------------------------------------------------------------
 
@@ -324,6 +360,57 @@ class Connection(NetconfConnection):
     # -- connect ---------------------------------------------------------------------------------
 
     def _connect(self) -> t.Any:
+        if self._use_endpoint():
+            if self._endpoint_info is None:
+                self._handoff()
+            self._connected = True
+            return self
+        return self._connect_lease()
+
+    def _handoff(self) -> None:
+        """Wait for the device (with progress under ``-v``), then ask the listener for its endpoint."""
+        _require_netconf_callhome()
+        device = self._device_name()
+        wait = float(self.get_option("callhome_timeout"))
+        command_timeout = int(self.get_option("persistent_command_timeout"))
+        host = self._play_context.remote_addr
+        request = {
+            "device": device,
+            "network_os": self.get_option("network_os") or self._play_context.network_os or "auto",
+            "command_timeout": command_timeout,
+            "collections_paths": [str(p) for p in AnsibleCollectionConfig.collection_paths],
+            "client": "%s/%s" % (self._ansible_playbook_pid or os.getppid(), host),
+        }
+        client = self._control_client(timeout=max(60.0, command_timeout + 30.0))
+
+        def show(level: str, message: str) -> None:
+            getattr(display, level)(message, host=host)
+
+        self._ensure_listener(client, show)
+        started = time.monotonic()
+        try:
+            info = client.call("endpoint", wait=0, **request)
+        except (WaitTimeoutError, DeviceNotReadyError, DeviceNotFoundError):
+            self._wait_in_worker(client)  # -v progress; fails with the device's registry state
+            try:
+                info = client.call("endpoint", wait=wait, timeout=wait + command_timeout + 30, **request)
+            except CallHomeError as exc:
+                raise self._failure(exc, device, str(client.address)) from None
+        except CallHomeError as exc:  # pylint: disable=duplicate-except
+            raise self._failure(exc, device, str(client.address)) from None
+        self._endpoint_info = info
+        self._socket_path = info["socket_path"]
+        self._network_os = info.get("network_os") or self._network_os
+        show(
+            "vvv",
+            "device %s handed off in %.1f ms: endpoint %s (%s, %s over %s from %s, network_os %s, %s)"
+            % (device, (time.monotonic() - started) * 1000, info["socket_path"], info.get("mode"),
+               "new" if info.get("created") else "reused", info.get("transport"), info.get("peer"),
+               info.get("network_os"), info.get("device_handler")),
+        )
+
+    def _connect_lease(self) -> t.Any:
+        """The lease path in ``ansible-connection``, kept for a remote (``tls://``) listener."""
         _require_netconf_callhome()
         if not HAS_NCCLIENT:
             raise AnsibleError("%s: %s" % (missing_required_lib("ncclient"), to_native(NCCLIENT_IMP_ERR)))
@@ -442,13 +529,14 @@ class Connection(NetconfConnection):
         it; ``_connect`` then finds the device connected and leases at once.
         """
         options = super().get_options(hostvars=hostvars)
-        if hostvars is None and not self._connected and not self._prewaited and _in_worker():
+        if (hostvars is None and not self._connected and not self._prewaited and not self._use_endpoint()
+                and _in_worker()):
             _require_netconf_callhome()
             self._prewaited = True
             self._wait_in_worker()
         return options
 
-    def _wait_in_worker(self) -> None:
+    def _wait_in_worker(self, client: t.Optional[ControlClient] = None) -> None:
         device = self._device_name()
         wait = float(self.get_option("callhome_timeout"))
         host = self._play_context.remote_addr
@@ -456,8 +544,9 @@ class Connection(NetconfConnection):
         def show(level: str, message: str) -> None:
             getattr(display, level)(message, host=host)
 
-        client = self._control_client()
-        self._ensure_listener(client, show)
+        if client is None:
+            client = self._control_client()
+            self._ensure_listener(client, show)
         try:
             known = self._describe_device(client, device)
         except ListenerUnreachableError as exc:

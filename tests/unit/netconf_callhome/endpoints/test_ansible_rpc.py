@@ -63,12 +63,12 @@ def test_several_clients_at_once_on_one_endpoint(device: Any) -> None:
 
     def work() -> None:
         try:
-            for _ in range(5):
+            for _round in range(5):
                 assert "<data" in Connection(path).get(filter=None)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(5)]
+    threads = [threading.Thread(target=work) for _thread in range(5)]
     for th in threads:
         th.start()
     for th in threads:

@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The hand-off of issue 9: the listener serves Ansible's persistent-connection protocol itself.
+
+Real ``ansible-playbook`` runs prove that no ``ansible-connection`` starts on the call-home path,
+that several clients of one device (forks, two playbooks at once) run side by side on a device
+that serves one NETCONF session, and that a lock taken by one playbook holds against another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_playbook_callhome import (  # noqa: E402  (helpers of the playbook tests, same listener set-up)
+    PASSWORD,
+    VENV_BIN,
+    Listener,
+    _enroll,
+    _env,
+    _recap,
+)
+
+from simulator import start_simulator_process  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("handoff")
+    path.chmod(0o700)
+    return path
+
+
+@pytest.fixture(scope="module")
+def listener(home: Path) -> Iterator[Listener]:
+    lst = Listener(home)
+    yield lst
+    lst.stop()
+
+
+@pytest.fixture(scope="module")
+def single(listener: Listener, home: Path) -> Iterator[str]:
+    """One simulated device that serves one NETCONF session (refuses a second channel)."""
+    name = "one0001"
+    _enroll(home, home / "keys", [name])
+    listener.call("reload")
+    sim = start_simulator_process(
+        ["--listener", "127.0.0.1:%d" % listener.ssh_port, "--count", "1", "--name-prefix", "one",
+         "--keys-dir", str(home / "keys"), "--password", PASSWORD, "--single-session"],
+        wait_connected=1,
+    )
+    try:
+        listener.wait_connected([name])
+        yield name
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def no_connection_stub(home: Path) -> Path:
+    """An ``ansible-connection`` stand-in that records being run and fails."""
+    record = home / "ansible-connection-ran"
+    stub = home / "ansible-connection-stub.py"
+    stub.write_text("import pathlib, sys\npathlib.Path(%r).write_text(' '.join(sys.argv))\nsys.exit(1)\n" % str(record))
+    return stub
+
+
+def _env_no_stub(home: Path, stub: Path) -> Any:
+    return _env(home, _ANSIBLE_CONNECTION_PATH=str(stub))
+
+
+def _inventory(home: Path, name: str, hosts: Any, **hostvars: Any) -> Path:
+    inv = {"all": {"vars": dict({"ansible_connection": "netconf.callhome.netconf",
+                                 "ansible_python_interpreter": sys.executable}, **hostvars),
+                   "hosts": hosts}}
+    path = home / ("%s.json" % name)
+    path.write_text(json.dumps(inv))
+    return path
+
+
+def _write(home: Path, name: str, text: str) -> Path:
+    path = home / name
+    path.write_text(text)
+    return path
+
+
+GET = """---
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.netcommon.netconf_get:
+        source: running
+      register: running
+    - ansible.netcommon.netconf_rpc:
+        rpc: get-config
+        xmlns: urn:ietf:params:xml:ns:netconf:base:1.0
+        content: <source><running/></source>
+    - ansible.builtin.assert:
+        that: "'hostname' in running.stdout"
+"""
+
+HOLD_LOCK = """---
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Lock running
+      ansible.netcommon.netconf_rpc:
+        rpc: lock
+        xmlns: urn:ietf:params:xml:ns:netconf:base:1.0
+        content: <target><running/></target>
+    - name: Hold the lock
+      ansible.builtin.pause:
+        seconds: 12
+    - name: Unlock running
+      ansible.netcommon.netconf_rpc:
+        rpc: unlock
+        xmlns: urn:ietf:params:xml:ns:netconf:base:1.0
+        content: <target><running/></target>
+"""
+
+EDIT = """---
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.netcommon.netconf_config:
+        target: running
+        lock: always
+        content: |
+          <config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">
+            <system xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><location>locked-out</location></system>
+          </config>
+"""
+
+
+def _run(home: Path, playbook: Path, inv: Path, *args: str, env: Any) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(playbook), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(home),
+    )
+
+
+def test_the_stub_detects_ansible_connection(home: Path, no_connection_stub: Path) -> None:
+    """Control: a persistent connection (netcommon's own netconf) does run the stub."""
+    record = home / "ansible-connection-ran"
+    inv = _inventory(home, "direct", {"nowhere": {}}, ansible_connection="ansible.netcommon.netconf",
+                     ansible_host="127.0.0.1", ansible_port=1)
+    proc = _run(home, _write(home, "get.yml", GET), inv, env=_env_no_stub(home, no_connection_stub))
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and record.exists(), out[-3000:]
+    record.unlink()
+
+
+def test_no_ansible_connection_and_forks_on_a_one_session_device(home: Path, single: str, no_connection_stub: Path) -> None:
+    """Five inventory hosts on one one-session device, --forks 5; ansible-connection never runs."""
+    hosts = {"h%d" % i: {"callhome_device": single} for i in range(1, 6)}
+    inv = _inventory(home, "forks", hosts)
+    pb = _write(home, "get.yml", GET)
+    proc = _run(home, pb, inv, "--forks", "5", "-vvv", env=_env_no_stub(home, no_connection_stub))
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out[-6000:]
+    recap = _recap(out)
+    assert sorted(recap) == sorted(hosts)
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 and r["ok"] == 3 for r in recap.values()), out[-4000:]
+    assert not (home / "ansible-connection-ran").exists(), "ansible-connection ran"
+    assert "handed off in" in out
+
+
+def test_two_playbooks_at_once_on_a_one_session_device(home: Path, single: str, no_connection_stub: Path) -> None:
+    env = _env_no_stub(home, no_connection_stub)
+    pb = _write(home, "get.yml", GET)
+    procs = [_run(home, pb, _inventory(home, "two%d" % i, {"p%d" % i: {"callhome_device": single}}), env=env)
+             for i in (1, 2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for proc, out in zip(procs, outs):
+        assert proc.returncode == 0, out[-4000:]
+    assert not (home / "ansible-connection-ran").exists()
+
+
+def test_a_lock_taken_by_one_playbook_denies_another_playbooks_edit(
+    home: Path, single: str, no_connection_stub: Path
+) -> None:
+    env = _env_no_stub(home, no_connection_stub)
+    holder = _run(home, _write(home, "hold.yml", HOLD_LOCK),
+                  _inventory(home, "holder", {"holder": {"callhome_device": single}}), env=env)
+    assert holder.stdout is not None
+    seen: List[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = holder.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "TASK [Hold the lock]" in line:
+            break
+    assert any("TASK [Hold the lock]" in line for line in seen), "".join(seen)
+    assert not any("FAILED" in line or "fatal" in line for line in seen), "".join(seen)
+    editor = _run(home, _write(home, "edit.yml", EDIT),
+                  _inventory(home, "editor", {"editor": {"callhome_device": single}}), env=env)
+    out = editor.communicate(timeout=120)[0]
+    rest = holder.communicate(timeout=120)[0]
+    assert editor.returncode != 0, out
+    # the multiplexer's rpc-error: error-tag lock-denied, this error-message (what netcommon shows)
+    assert "lock-denied" in out or "locked by another client" in out, out[-4000:]
+    assert holder.returncode == 0, "".join(seen) + rest
+    assert _recap(out)["editor"]["failed"] == 1
+
+
+def test_tls_device_with_five_forks(device_binary: Any, listener_factory: Any, tmp_path: Path) -> None:
+    """libnetconf2 over TLS (one NETCONF session per connection): five inventory hosts, --forks 5."""
+    from harness import child_env, enroll
+    from lnc2_peer import Lnc2Device
+    from pki import make_pki
+
+    tls_pki = make_pki(tmp_path / "pki-tls", device_name="lnc2-tls")
+    lst = listener_factory("--tls", "127.0.0.1:0", "--tls-client-cert", str(tls_pki.listener_cert.cert_path),
+                           "--tls-client-key", str(tls_pki.listener_cert.key_path))
+    lst.start()
+    enroll(lst.home, "lnc2-tls", tls_fp=tls_pki.device_self_signed.fingerprint)
+    lst.call("reload")
+    record = tmp_path / "ansible-connection-ran"
+    stub = tmp_path / "stub.py"
+    stub.write_text("import pathlib, sys\npathlib.Path(%r).write_text('ran')\nsys.exit(1)\n" % str(record))
+    hosts = {"t%d" % i: {"callhome_device": "lnc2-tls"} for i in range(1, 6)}
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps({"all": {"vars": {
+        "ansible_connection": "netconf.callhome.netconf",
+        "ansible_callhome_listener": "unix:%s" % (lst.home / "control.sock"),
+        "ansible_callhome_timeout": 60, "ansible_python_interpreter": sys.executable}, "hosts": hosts}}))
+    pb = tmp_path / "get.yml"
+    pb.write_text(GET.replace("'hostname' in running.stdout", "running.stdout | length > 0"))
+    env = child_env(ANSIBLE_CONFIG=str(Path(__file__).resolve().parents[2] / "ansible.cfg"),
+                    NETCONF_CALLHOME_HOME=str(lst.home), ANSIBLE_NOCOLOR="1", _ANSIBLE_CONNECTION_PATH=str(stub),
+                    ANSIBLE_PERSISTENT_CONTROL_PATH_DIR=str(tmp_path / "pc"),
+                    PATH="%s:%s" % (Path(sys.executable).parent, os.environ.get("PATH", "")))
+    with Lnc2Device.from_pki(tls_pki, tls_port=lst.tls_port, self_signed=True):
+        res = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(pb), "--forks", "5"],
+                             env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path), check=False)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    recap = _recap(res.stdout)
+    assert sorted(recap) == sorted(hosts)
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), res.stdout[-4000:]
+    assert not record.exists()
