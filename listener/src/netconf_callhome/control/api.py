@@ -23,6 +23,7 @@ ENV_LISTENER = "NETCONF_CALLHOME_LISTENER"
 ENV_TOKEN = "NETCONF_CALLHOME_TOKEN"
 READY = "connected"
 
+
 def listener_address(value: t.Optional[str]) -> str:
     """The explicit address, else ``$NETCONF_CALLHOME_LISTENER``, else the local default."""
     return value or os.environ.get(ENV_LISTENER) or default_control_address()

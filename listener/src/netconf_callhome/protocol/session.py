@@ -61,7 +61,6 @@ class SharedServer(Protocol):
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         """One client's lease, until it or the device ends it; returns why."""
-        ...
 
 
 ModeChanged = Callable[["HeldSession", str, str], None]

@@ -486,4 +486,3 @@ class Multiplexer:
             client.end(reason)
         self._inflight.clear()
         self.locks.clear()
-

@@ -200,14 +200,14 @@ def error_tag(msg: bytes) -> str:
 def test_concurrent_clients_are_interleaved_and_each_gets_its_own_replies() -> None:
     async def body() -> None:
         held, dev, mux = await open_device(auto_reply=False)
-        clients = [await connect(held) for _ in range(3)]
+        clients = [await connect(held) for _n in range(3)]
         assert held.active_leases == 3 and mux.clients == 3
         for i, client in enumerate(clients):
             await client.send(rpc("1", "<get><filter>c%d</filter></get>" % i))  # the same id in each
         await wait_for(lambda: len(dev.received) == 3)  # all three at the device at once
         device_ids = [ids(m) for m in dev.received]
         assert len(set(device_ids)) == 3  # three listener ids for the one id of the clients
-        for _ in range(3):
+        for _n in range(3):
             dev.answer_next("<data>%s</data>" % re.search(rb"c\d", dev.unanswered[0]).group().decode())  # type: ignore[union-attr]
         for i, client in enumerate(clients):
             assert await client.recv() == reply("1", "<data>c%d</data>" % i)
@@ -674,7 +674,7 @@ def test_concurrent_leases_on_a_silent_device_fall_back_once() -> None:
         channels = FakeChannels(silent=True)
         held, _dev, changes = await ssh_device(channels, channel_hello_timeout=0.2)
         modes: List[str] = []
-        clients = await asyncio.gather(*[connect(held, modes=modes) for _ in range(3)])
+        clients = await asyncio.gather(*[connect(held, modes=modes) for _n in range(3)])
         assert modes == [SHARED] * 3 and len(changes) == 1
         replies = await asyncio.gather(*[c.call(rpc("1")) for c in clients])
         assert replies == [reply("1")] * 3
@@ -825,7 +825,7 @@ def test_the_service_remembers_a_fallback_and_the_lease_answer_names_the_real_mo
 
             # two raw leases at once on the same one-session device
             raws = []
-            for _ in range(2):
+            for _n in range(2):
                 info, _ctl = await control_lease(cfg.control_socket, {"device": "r1", "listen": True})
                 assert info["mode"] == SHARED
                 r, w = await asyncio.open_unix_connection(info["path"])
@@ -916,7 +916,7 @@ def test_an_in_process_lease_hands_out_a_plain_socket() -> None:
 
     async def body() -> None:
         held, _dev, mux = await open_device()
-        leases = [await open_local_lease(held) for _ in range(2)]
+        leases = [await open_local_lease(held) for _n in range(2)]
         assert [lease.mode for lease in leases] == [SHARED, SHARED] and held.active_leases == 2
 
         def blocking_client(sock: socket.socket, mid: str) -> bytes:
