@@ -259,7 +259,15 @@ async def ssh_listener(
         yield SshListener(acceptor, conns, errors)
     finally:
         acceptor.close()
-        await acceptor.wait_closed()
+        # Python 3.12+: asyncio's Server.wait_closed() also waits for the connections it accepted,
+        # and the (persistent) device may already have called home again: close what is queued and
+        # do not wait for a connection still in its handshake (it ends when the device stops).
+        while not conns.empty():
+            conns.get_nowait().abort()
+        try:
+            await asyncio.wait_for(acceptor.wait_closed(), 2)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def open_netconf(conn: asyncssh.SSHClientConnection) -> NetconfChannel:

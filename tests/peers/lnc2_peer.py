@@ -14,6 +14,16 @@ Device command line (see the comment at the top of ``libnetconf2/device.c``)::
         [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca CA_PEM [...]
          --ctn-fingerprint SHA256_FP [--ctn-user USER]]
         [--direct-ssh HOST:PORT]   (listening NETCONF over SSH, same SSH credentials)
+        [--extra-channels accept|silent|refuse]
+
+Extra SSH channels (``extra_channels``, issue 9): a client that already has a NETCONF session
+over SSH may open another ``session`` channel with the ``netconf`` subsystem on the same SSH
+connection. ``accept`` (default) starts a second NETCONF session on it (hello and all); ``silent``
+accepts the channel and the subsystem request but never starts a NETCONF session there (no hello,
+no answer; like devices that serve one NETCONF session per SSH connection); ``refuse`` answers the
+channel-open request with SSH_MSG_CHANNEL_OPEN_FAILURE. Event lines: ``ch-ssh session N established
+on a new channel`` / ``ch-ssh session N extra channel left silent`` (N: the session the channel
+belongs to) / ``ssh extra channel refused``. Same on both libnetconf2 generations.
 
 Pushed call-home configuration: the device accepts ``ietf-netconf-server`` XML in the shape of
 revision 2023-12-28 (and advertises that revision in its hello) with :candidate,
@@ -74,6 +84,7 @@ else:  # pragma: no cover - imported as a package module
 __all__ = (
     "PEERS_DIR",
     "DEVICE_BINARY",
+    "EXTRA_CHANNEL_MODES",
     "PeerBuildError",
     "SshCallHome",
     "TlsCallHome",
@@ -89,6 +100,8 @@ PEERS_DIR = Path(__file__).resolve().parent
 # tests/peers/Makefile) when a second stack builds its own device (tests/stack2/run.sh).
 PEERS_BIN = Path(os.environ.get("CALLHOME_PEERS_BIN") or PEERS_DIR / "bin")
 DEVICE_BINARY = PEERS_BIN / "lnc2-device"
+#: ``Lnc2Device(extra_channels=...)``: ``--extra-channels`` of the device
+EXTRA_CHANNEL_MODES = ("accept", "silent", "refuse")
 _REQUIRED_YANG = ("ietf-netconf.yang", "ietf-netconf-monitoring.yang", "ietf-inet-types.yang")
 
 
@@ -289,9 +302,14 @@ class Lnc2Device:
         binary: Path = DEVICE_BINARY,
         log_file: Path | None = None,
         listener_key: Path | None = None,
+        extra_channels: str = "accept",
     ) -> None:
         if ssh is None and tls is None and direct is None:
             raise ValueError("give ssh and/or tls call-home settings, or a direct endpoint")
+        if extra_channels not in EXTRA_CHANNEL_MODES:
+            raise ValueError(f"extra_channels must be one of {', '.join(EXTRA_CHANNEL_MODES)}")
+        #: what the device does with further SSH channels of a session (module docstring)
+        self.extra_channels = extra_channels
         self.name = name
         self.ssh = ssh
         self.tls = tls
@@ -398,6 +416,8 @@ class Lnc2Device:
             argv += self.tls.args()
         if self.direct is not None:
             argv += self.direct.args(with_credentials=self.ssh is None)
+        if self.extra_channels != "accept":
+            argv += ["--extra-channels", self.extra_channels]
         return argv + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> Lnc2Device:

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 /*
- * lnc2-device - a small NETCONF device (server) built on libnetconf2 2.0.x that calls home
+ * lnc2-device - a small NETCONF device (server) built on libnetconf2 2.0.x or 3.x that calls home
  * (RFC 8071) over SSH and/or TLS. It exists so that the netconf.callhome listener can be
  * tested against a NETCONF server implementation that nobody in this project wrote.
  *
@@ -10,7 +10,7 @@
  *        (--authorized-key PUBFILE [--authorized-key ...] | --password PW)]
  *       [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca CA_PEM [--tls-ca ...]
  *        --ctn-fingerprint FP [--ctn-user USER]]
- *       [--direct-ssh HOST:PORT]
+ *       [--direct-ssh HOST:PORT] [--extra-channels accept|silent|refuse]
  *
  *   --name             device name; stored in /callhome-test-device:device/name of the
  *                      running datastore and used in call-home client names.
@@ -40,6 +40,12 @@
  *                      with the same --hostkey / --user / --authorized-key / --password.
  *                      --tls-cert/--tls-key/--tls-ca may be given without --tls-ch: then they
  *                      serve pushed TLS call-home configuration only.
+ *   --extra-channels   what happens to a further SSH "session" channel with the "netconf"
+ *                      subsystem on an established NETCONF over SSH session: accept (default)
+ *                      = a second NETCONF session on it; silent = the channel and the subsystem
+ *                      request are accepted but no NETCONF session ever starts there (no hello,
+ *                      nothing read); refuse = SSH_MSG_CHANNEL_OPEN_FAILURE. See the libssh
+ *                      interposers below for how (the same on both libnetconf2 generations).
  *   --verbose          forward libnetconf2 verbose messages too (default: warnings and errors).
  *
  * Behaviour: one call-home client per command-line transport ("NAME-ssh", "NAME-tls"),
@@ -112,6 +118,9 @@
  *   lnc2-device: ch-ssh connect attempt to 127.0.0.1:4334                (every TCP attempt)
  *   lnc2-device: ch-ssh tcp connected to 127.0.0.1:4334
  *   lnc2-device: ssh password auth for user=netconf accepted             (or rejected)
+ *   lnc2-device: ch-ssh session 1 established on a new channel           (--extra-channels accept)
+ *   lnc2-device: ch-ssh session 1 extra channel left silent              (--extra-channels silent)
+ *   lnc2-device: ssh extra channel refused                               (--extra-channels refuse)
  *   lnc2-device: ch-ssh session 1 established client=dev1-ssh user=netconf host=127.0.0.1 port=4334
  *   lnc2-device: session 1 rpc get-config
  *   lnc2-device: ch-ssh session 1 closed reason=closed
@@ -119,10 +128,16 @@
  *   lnc2-device: stopped
  *   lnc2-device: libnetconf2 ERR: ...  /  libyang WRN: ...   (library messages)
  * The same with "ch-tls" for TLS. With --verbose, libnetconf2/libyang verbose messages too.
+ * The command line and these lines are the same with libnetconf2 2.0 and 3.x. Differences of 3.x
+ * (Debian 13 ships 3.7.1): the keystore, truststore, users and call-home clients are YANG data
+ * applied with nc_server_config_setup_data() (pushed netconf-client entries are checked by
+ * libnetconf2's own modules, see apply_config()); the device's context also holds ietf-ssh-server
+ * (load_server_modules()); rpc-errors of the device's own checks carry no error-path.
  * SIGTERM / SIGINT stop the device cleanly (exit status 0).
  */
 #define _GNU_SOURCE
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -225,16 +240,11 @@ label_for_port(unsigned port)
  * except that each call-home TCP attempt is turned into an event line of our own (libnetconf2
  * 2.0 has no hook for connection attempts, so its verbose message is the only source).
  */
-#if LNC2_V3
-static int opts_password_only(void);
-#endif
+static __thread int channel_refused; /* this thread just refused an extra channel */
 
 static void
 lnc2_print_clb(NC_VERB_LEVEL level, const char *msg)
 {
-#if LNC2_V3
-    char user[128];
-#endif
     static const char *names[] = {"ERR", "WRN", "VRB", "DBG", "DBL"};
     char host[256];
     unsigned port;
@@ -254,18 +264,11 @@ lnc2_print_clb(NC_VERB_LEVEL level, const char *msg)
             logline("%s tcp connected to %s:%u", label_for_port(port), host, port);
         }
     }
-#if LNC2_V3
-    /* 3.x checks passwords itself (hashes in its configuration), without a callback: its
-     * authentication messages stand in for the callback's event when a password is the only
-     * method the device offers (no --authorized-key) */
-    if (opts_password_only()) {
-        if (sscanf(msg, "User \"%127[^\"]\" authenticated.", user) == 1) {
-            logline("ssh password auth for user=%s accepted", user);
-        } else if (sscanf(msg, "Failed user \"%127[^\"]\" authentication attempt", user) == 1) {
-            logline("ssh password auth for user=%s rejected", user);
-        }
+    if (channel_refused && strstr(msg, "failed to create a new SSH channel")) {
+        /* libnetconf2's complaint about the channel the device refused on purpose */
+        channel_refused = 0;
+        return;
     }
-#endif
     if (level <= NC_VERB_WARNING || verbose_lib) {
         logline("libnetconf2 %s: %s", names[level <= 4 ? level : 4], msg);
     }
@@ -327,17 +330,15 @@ static struct {
     const char *ctn_user;
 
     struct endpoint direct;
+    int extra_channels; /* EXTRA_* */
 } opts;
+
+/* --extra-channels: what the device does with a second (third, ...) SSH channel of an established
+ * NETCONF over SSH session (call home or direct) */
+enum { EXTRA_ACCEPT, EXTRA_SILENT, EXTRA_REFUSE };
 
 static volatile sig_atomic_t stop_requested;
 
-#if LNC2_V3
-static int
-opts_password_only(void)
-{
-    return opts.password && !opts.authkey_count;
-}
-#endif
 
 static void
 die(const char *fmt, ...)
@@ -419,7 +420,7 @@ usage(void)
             "  [--ssh-ch HOST:PORT --hostkey KEY --user USER (--authorized-key PUB | --password PW)]\n"
             "  [--tls-ch HOST:PORT --tls-cert PEM --tls-key PEM --tls-ca PEM --ctn-fingerprint FP"
             " [--ctn-user USER]]\n"
-            "  [--direct-ssh HOST:PORT]\n");
+            "  [--direct-ssh HOST:PORT] [--extra-channels accept|silent|refuse]\n");
     exit(2);
 }
 
@@ -451,6 +452,7 @@ parse_args(int argc, char **argv)
         {"ctn-fingerprint", required_argument, NULL, 'f'},
         {"ctn-user", required_argument, NULL, 'U'},
         {"direct-ssh", required_argument, NULL, 'D'},
+        {"extra-channels", required_argument, NULL, 'E'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -473,6 +475,17 @@ parse_args(int argc, char **argv)
         case 'f': opts.ctn_fingerprint = normalize_fingerprint(optarg); break;
         case 'U': opts.ctn_user = optarg; break;
         case 'D': parse_endpoint(optarg, &opts.direct); break;
+        case 'E':
+            if (!strcmp(optarg, "accept")) {
+                opts.extra_channels = EXTRA_ACCEPT;
+            } else if (!strcmp(optarg, "silent")) {
+                opts.extra_channels = EXTRA_SILENT;
+            } else if (!strcmp(optarg, "refuse")) {
+                opts.extra_channels = EXTRA_REFUSE;
+            } else {
+                die("bad --extra-channels '%s', expected accept, silent or refuse", optarg);
+            }
+            break;
         default: usage();
         }
     }
@@ -493,6 +506,71 @@ parse_args(int argc, char **argv)
         }
     }
 }
+
+/* ---------------------------------------------------------------- libssh interposers */
+
+/*
+ * Two libssh functions that libnetconf2 calls are defined here as well. The dynamic linker binds
+ * libnetconf2's calls to these definitions (the executable comes first in the lookup order, and ld
+ * exports them because libnetconf2.so, on the link line, refers to them); each one calls libssh's
+ * own function (dlsym RTLD_NEXT). Both generations of libnetconf2 accept every further SSH channel
+ * and its "netconf" subsystem request themselves, with no hook for the application, and 3.x checks
+ * passwords itself with no callback; these two wrappers are where the device gets a say.
+ */
+
+/* set around nc_ps_poll() in the main thread: SSH messages handled there belong to established
+ * sessions, so a channel-open request met there is an extra channel (the first channel of a
+ * session is opened in a call-home thread or in nc_accept(), outside this flag) */
+static __thread int in_ps_poll;
+
+/**
+ * --extra-channels refuse: an extra channel's open request gets no channel. libnetconf2 then
+ * answers the request with libssh's default reply, SSH_MSG_CHANNEL_OPEN_FAILURE (2.0: its message
+ * callback returns 1 and libssh replies; 3.x: nc_session_ssh_msg() calls ssh_message_reply_default()
+ * when nc_server_ssh_channel_open() fails).
+ */
+ssh_channel
+ssh_message_channel_request_open_reply_accept(ssh_message msg)
+{
+    static ssh_channel (*real)(ssh_message);
+
+    if (in_ps_poll && opts.extra_channels == EXTRA_REFUSE) {
+        logline("ssh extra channel refused");
+        channel_refused = 1;
+        return NULL;
+    }
+    if (!real) {
+        *(void **)&real = dlsym(RTLD_NEXT, "ssh_message_channel_request_open_reply_accept");
+    }
+    return real(msg);
+}
+
+#if LNC2_V3
+/**
+ * libnetconf2 3.x checks a password against the crypt hash in its configuration (the command
+ * line's --password, hashed by nc_server_config_add_ch_ssh_user_password()); it has no password
+ * callback (nc_server_ssh_set_passwd_auth_clb() of 2.0 is gone) and does not log a failed
+ * attempt with the user name. It reads the password with this function, so the device logs the
+ * same event as 2.0's callback here, with the same verdict (the same password, compared in clear).
+ */
+const char *
+ssh_message_auth_password(ssh_message msg)
+{
+    static const char *(*real)(ssh_message);
+    const char *password, *user;
+    int ok;
+
+    if (!real) {
+        *(void **)&real = dlsym(RTLD_NEXT, "ssh_message_auth_password");
+    }
+    password = real(msg);
+    user = ssh_message_auth_user(msg);
+    ok = opts.password && user && password && opts.user && !strcmp(user, opts.user) &&
+            !strcmp(password, opts.password);
+    logline("ssh password auth for user=%s %s", user ? user : "?", ok ? "accepted" : "rejected");
+    return password;
+}
+#endif
 
 /* ---------------------------------------------------------------- callbacks */
 
@@ -1834,7 +1912,10 @@ stored_error(const char *path, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     nc_err_set_msg(err, msg, "en");
-    if (path) {
+    /* libyang 3 (libnetconf2 3.x) types error-path as yang:xpath1.0 and must resolve its prefixes
+     * in the session's context, which has no ietf-netconf-server (see the top comment): the reply
+     * could not be printed ("Failed to resolve prefix"), so 3.x replies without error-path */
+    if (path && (!LY_V3 || ly_ctx_get_module_implemented(ctx, "ietf-netconf-server"))) {
         nc_err_set_path(err, path);
     }
     logline("edit refused: %s", msg);
@@ -2156,6 +2237,15 @@ rpc_clb(struct lyd_node *rpc, struct nc_session *session)
     struct lyd_node *node = NULL;
 
     logline("session %u rpc %s", nc_session_get_id(session), op);
+#if LNC2_V3
+    /* 2.0 serves these itself; 3.x hands every RPC to the global callback */
+    if (!strcmp(mod, "ietf-netconf") && !strcmp(op, "close-session")) {
+        return nc_clb_default_close_session(rpc, session);
+    }
+    if (!strcmp(mod, "ietf-netconf-monitoring") && !strcmp(op, "get-schema")) {
+        return nc_clb_default_get_schema(rpc, session);
+    }
+#endif
     if (strcmp(mod, "ietf-netconf")) {
         return reply_error(NC_ERR_OP_NOT_SUPPORTED, NC_ERR_TYPE_PROT, NULL);
     }
@@ -2393,34 +2483,238 @@ setup_tls(void)
 
 #else /* LNC2_V3 */
 
-/** The command line's part of libnetconf2's configuration (see apply_config()). */
-static void
-build_base_config(void)
+/**
+ * The body (base64 lines, newline separated) and label ("OPENSSH PRIVATE KEY", "CERTIFICATE", ...)
+ * of the first PEM block of `path`. NULL if the file has none.
+ */
+static char *
+pem_body(const char *path, char *label, size_t label_size)
 {
-    char client[128], keyname[32], port[8];
-    int i, r = 0;
+    FILE *f = fopen(path, "r");
+    char line[4096], *body = NULL, *end;
+    size_t len = 0;
+    FILE *out;
+    int inside = 0, done = 0, lines = 0;
+
+    if (!f) {
+        return NULL;
+    }
+    out = open_memstream(&body, &len);
+    while (!done && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!inside && !strncmp(line, "-----BEGIN ", 11) && (end = strstr(line + 11, "-----"))) {
+            *end = '\0';
+            snprintf(label, label_size, "%.63s", line + 11);
+            inside = 1;
+        } else if (inside && !strncmp(line, "-----END ", 9)) {
+            done = 1;
+        } else if (inside && line[0]) {
+            fprintf(out, "%s%s", lines++ ? "\n" : "", line);
+        }
+    }
+    fclose(f);
+    fclose(out);
+    if (!done || !lines) {
+        free(body);
+        return NULL;
+    }
+    return body;
+}
+
+/** The ietf-crypto-types private-key-format identity of a PEM private key label, as libnetconf2 3.x
+ * reads it back: it writes "-----BEGIN <label>-----", the stored base64 and the footer to a file and
+ * loads that with libssh (SSH) or OpenSSL (TLS), so the stored data is the PEM body of the file as
+ * it is. OpenSSH (also ed25519) and PKCS#8 are libnetconf2's own identities (see its YANG module
+ * libnetconf2-netconf-server, "openssh-private-key-format" and "private-key-info-format"). */
+static const char *
+privkey_format(const char *label)
+{
+    if (!strcmp(label, "OPENSSH PRIVATE KEY")) {
+        return "libnetconf2-netconf-server:openssh-private-key-format";
+    } else if (!strcmp(label, "RSA PRIVATE KEY")) {
+        return "ietf-crypto-types:rsa-private-key-format";
+    } else if (!strcmp(label, "EC PRIVATE KEY")) {
+        return "ietf-crypto-types:ec-private-key-format";
+    } else if (!strcmp(label, "PRIVATE KEY")) {
+        return "libnetconf2-netconf-server:private-key-info-format";
+    }
+    return NULL;
+}
+
+/** base64 with a line break every 64 characters (a PEM body; libyang's binary type allows them). */
+static char *
+b64_lines(const unsigned char *data, int len)
+{
+    char *flat = b64(data, len), *out, *p;
+    size_t n = strlen(flat), i;
+
+    out = p = malloc(n + n / 64 + 2);
+    for (i = 0; i < n; i++) {
+        if (i && !(i % 64)) {
+            *p++ = '\n';
+        }
+        *p++ = flat[i];
+    }
+    *p = '\0';
+    free(flat);
+    return out;
+}
+
+static char *
+cert_body(const char *path, const char *what)
+{
+    char label[64], *body = pem_body(path, label, sizeof label);
+
+    if (!body || strcmp(label, "CERTIFICATE")) {
+        die("cannot read %s %s (a PEM certificate)", what, path);
+    }
+    return body;
+}
+
+/**
+ * The keystore (host keys "hostkeyN", TLS key "tls-key" with certificate "tls-cert") and truststore
+ * (certificate bag "listener-ca") of libnetconf2's configuration, written as ietf-keystore /
+ * ietf-truststore data by the device itself. libnetconf2 3.7's helpers cannot be used for them:
+ * nc_server_config_add_keystore_asym_key() converts an OpenSSH key through libssh's export (OpenSSH
+ * format again with libssh 0.11) into OpenSSL, which rejects it ("Parsing certificate data failed
+ * (unsupported)"), derives SSH public keys for RSA and EC keys only ("Private key type not
+ * supported" for ed25519, server_config_util.c nc_server_config_util_evp_pkey_to_ssh_pubkey()), and
+ * all the keystore/truststore helpers go through nc_server_config_create(), which returns the tree
+ * at /ietf-netconf-server:netconf-server and so fails (without a message) while the tree holds no
+ * netconf-server node yet.
+ */
+static char *
+credentials_xml(void)
+{
+    char *xml = NULL, *pub, *body, label[64];
+    const char *fmt;
+    size_t len = 0;
+    FILE *out = open_memstream(&xml, &len);
+    ssh_key key = NULL, pubkey = NULL;
+    int i;
+
+    fprintf(out, "<keystore xmlns=\"%s\" xmlns:ct=\"%s\" xmlns:lnc=\"urn:cesnet:libnetconf2-netconf-server\">"
+            "<asymmetric-keys>", KS_NS, CT_NS);
+    for (i = 0; i < opts.hostkey_count; i++) {
+        if (ssh_pki_import_privkey_file(opts.hostkeys[i], NULL, NULL, NULL, &key) != SSH_OK ||
+                ssh_pki_export_privkey_to_pubkey(key, &pubkey) != SSH_OK ||
+                ssh_pki_export_pubkey_base64(pubkey, &pub) != SSH_OK) {
+            die("cannot read host key %s", opts.hostkeys[i]);
+        }
+        if (!(body = pem_body(opts.hostkeys[i], label, sizeof label)) || !(fmt = privkey_format(label))) {
+            die("host key %s: not a PEM or OpenSSH private key file", opts.hostkeys[i]);
+        }
+        fprintf(out, "<asymmetric-key><name>hostkey%d</name><public-key-format>ct:ssh-public-key-format"
+                "</public-key-format><public-key>%s</public-key><private-key-format>%s%s</private-key-format>"
+                "<cleartext-private-key>%s</cleartext-private-key></asymmetric-key>", i, pub,
+                strncmp(fmt, "ietf-crypto-types:", 18) ? "lnc:" : "ct:", strchr(fmt, ':') + 1, body);
+        free(body);
+        ssh_string_free_char(pub);
+        ssh_key_free(pubkey);
+        ssh_key_free(key);
+        key = pubkey = NULL;
+    }
+    if (opts.tls_cert && opts.tls_key) {
+        FILE *f = fopen(opts.tls_cert, "r");
+        X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+        unsigned char *der = NULL;
+        char *spki, *crt;
+        int dlen;
+
+        if (f) {
+            fclose(f);
+        }
+        if (!cert || (dlen = i2d_PUBKEY(X509_get0_pubkey(cert), &der)) <= 0) {
+            die("cannot read --tls-cert %s", opts.tls_cert);
+        }
+        spki = b64_lines(der, dlen);
+        OPENSSL_free(der);
+        X509_free(cert);
+        if (!(body = pem_body(opts.tls_key, label, sizeof label)) || !(fmt = privkey_format(label))) {
+            die("--tls-key %s: not a PEM private key file", opts.tls_key);
+        }
+        crt = cert_body(opts.tls_cert, "--tls-cert");
+        fprintf(out, "<asymmetric-key><name>tls-key</name><public-key-format>ct:subject-public-key-info-format"
+                "</public-key-format><public-key>%s</public-key><private-key-format>%s%s</private-key-format>"
+                "<cleartext-private-key>%s</cleartext-private-key><certificates><certificate><name>tls-cert</name>"
+                "<cert-data>%s</cert-data></certificate></certificates></asymmetric-key>", spki,
+                strncmp(fmt, "ietf-crypto-types:", 18) ? "lnc:" : "ct:", strchr(fmt, ':') + 1, body, crt);
+        free(spki);
+        free(body);
+        free(crt);
+    }
+    fprintf(out, "</asymmetric-keys></keystore>");
+    if (opts.tls_ca_count) {
+        fprintf(out, "<truststore xmlns=\"%s\"><certificate-bags><certificate-bag><name>listener-ca</name>", TS_NS);
+        for (i = 0; i < opts.tls_ca_count; i++) {
+            body = cert_body(opts.tls_cas[i], "--tls-ca");
+            fprintf(out, "<certificate><name>ca%d</name><cert-data>%s</cert-data></certificate>", i, body);
+            free(body);
+        }
+        fprintf(out, "</certificate-bag></certificate-bags></truststore>");
+    }
+    fclose(out);
+    return xml;
+}
+
+/**
+ * libnetconf2's configuration modules in a context of their own (cfg_ctx), and ietf-ssh-server in the
+ * device's context too: libnetconf2 3.x authenticates an SSH client with the context of the session
+ * (the device's) and refuses to ("nc_session_ssh_msg: internal error") unless that context has
+ * ietf-ssh-server, whose feature local-users-supported says that users come from the configuration
+ * (session_server_ssh.c, nc_session_ssh_msg(): ly_ctx_get_module_latest(ctx, "ietf-ssh-server") and
+ * lys_feature_value(mod, "local-users-supported")). ietf-ssh-server has groupings only, no data
+ * nodes, so ietf-keystore & co. stay import-only there and the device keeps storing those subtrees
+ * as opaque XML (see the top comment). Its features are the ones libnetconf2 enabled in cfg_ctx.
+ */
+static void
+load_server_modules(void)
+{
+    const char *const *dirs;
+    const char *features[32];
+    const struct lys_module *mod;
+    const struct lysp_feature *f = NULL;
+    uint32_t idx = 0;
+    int n = 0;
 
     if (nc_server_config_load_modules(&cfg_ctx)) {
         die("cannot load libnetconf2's configuration modules");
     }
-    for (i = 0; i < opts.hostkey_count; i++) {
-        snprintf(keyname, sizeof keyname, "hostkey%d", i);
-        if (nc_server_config_add_keystore_asym_key(cfg_ctx, NC_TI_SSH, keyname, opts.hostkeys[i], NULL, &base_cfg)) {
-            die("cannot add host key %s", opts.hostkeys[i]);
+    for (dirs = ly_ctx_get_searchdirs(cfg_ctx); dirs && *dirs; dirs++) {
+        ly_ctx_set_searchdir(ctx, *dirs);
+    }
+    mod = ly_ctx_get_module_implemented(cfg_ctx, "ietf-ssh-server");
+    if (!mod) {
+        die("libnetconf2's configuration has no ietf-ssh-server module");
+    }
+    while ((f = lysp_feature_next(f, mod->parsed, &idx)) && n < 31) {
+        if (f->flags & LYS_FENABLED) {
+            features[n++] = f->name;
         }
     }
-    if (opts.tls_cert && opts.tls_key) {
-        if (nc_server_config_add_keystore_asym_key(cfg_ctx, NC_TI_TLS, "tls-key", opts.tls_key, NULL, &base_cfg) ||
-                nc_server_config_add_keystore_cert(cfg_ctx, "tls-key", "tls-cert", opts.tls_cert, &base_cfg)) {
-            die("cannot add the TLS key and certificate");
-        }
+    features[n] = NULL;
+    if (!ly_ctx_load_module(ctx, "ietf-ssh-server", mod->revision, features)) {
+        die("cannot load ietf-ssh-server into the device's context");
     }
-    for (i = 0; i < opts.tls_ca_count; i++) {
-        snprintf(keyname, sizeof keyname, "ca%d", i);
-        if (nc_server_config_add_truststore_cert(cfg_ctx, "listener-ca", keyname, opts.tls_cas[i], &base_cfg)) {
-            die("cannot add --tls-ca %s", opts.tls_cas[i]);
-        }
-    }
+}
+
+static int
+ctn_leaf(const char *prefix, const char *leaf, const char *value)
+{
+    char path[600];
+
+    snprintf(path, sizeof path, "%s%s", prefix, leaf);
+    return lyd_new_path(base_cfg, cfg_ctx, path, value, LYD_NEW_PATH_UPDATE, NULL) ? 1 : 0;
+}
+
+/** The command line's part of libnetconf2's configuration (see apply_config()). */
+static void
+build_base_config(void)
+{
+    char client[128], keyname[32], port[8], *xml;
+    struct lyd_node *creds = NULL;
+    int i, r = 0;
+
     if (opts.ssh.host) {
         snprintf(client, sizeof client, "%s-ssh", opts.name);
         snprintf(port, sizeof port, "%u", opts.ssh.port);
@@ -2442,8 +2736,19 @@ build_base_config(void)
         r |= nc_server_config_add_ch_persistent(cfg_ctx, client, &base_cfg);
         r |= nc_server_config_add_ch_tls_keystore_ref(cfg_ctx, client, "tls", "tls-key", "tls-cert", &base_cfg);
         r |= nc_server_config_add_ch_tls_ca_cert_truststore_ref(cfg_ctx, client, "tls", "listener-ca", &base_cfg);
-        r |= nc_server_config_add_ch_tls_ctn(cfg_ctx, client, "tls", 1, opts.ctn_fingerprint,
-                opts.ctn_user ? NC_TLS_CTN_SPECIFIED : NC_TLS_CTN_COMMON_NAME, opts.ctn_user, &base_cfg);
+        if (opts.ctn_user) {
+            r |= nc_server_config_add_ch_tls_ctn(cfg_ctx, client, "tls", 1, opts.ctn_fingerprint,
+                    NC_TLS_CTN_SPECIFIED, opts.ctn_user, &base_cfg);
+        } else {
+            /* the helper insists on a name, which map type common-name does not have */
+            char path[512];
+
+            snprintf(path, sizeof path, "/ietf-netconf-server:netconf-server/call-home/netconf-client[name='%s']"
+                    "/endpoints/endpoint[name='tls']/tls/netconf-server-parameters/client-identity-mappings"
+                    "/cert-to-name[id='1']/", client);
+            r |= ctn_leaf(path, "fingerprint", opts.ctn_fingerprint);
+            r |= ctn_leaf(path, "map-type", "ietf-x509-cert-to-name:common-name");
+        }
         if (r) {
             die("cannot configure the TLS call-home client");
         }
@@ -2460,6 +2765,13 @@ build_base_config(void)
             die("cannot listen on %s:%u", opts.direct.host, opts.direct.port);
         }
     }
+    /* after the netconf-server part: see credentials_xml() */
+    xml = credentials_xml();
+    if (lyd_parse_data_mem(cfg_ctx, xml, LYD_XML, LYD_PARSE_ONLY | LYD_PARSE_STRICT | LYD_PARSE_NO_STATE, 0, &creds) ||
+            lyd_merge_siblings(&base_cfg, creds, LYD_MERGE_DESTRUCT)) {
+        die("cannot build the keystore and truststore: %s", ly_last_logmsg());
+    }
+    free(xml);
 }
 
 static const struct ly_ctx *
@@ -2616,6 +2928,7 @@ main(int argc, char **argv)
     nc_server_tls_set_server_cert_clb(server_cert_clb, NULL, NULL);
     nc_server_tls_set_trusted_cert_list_clb(trusted_cert_list_clb, NULL, NULL);
 #else
+    load_server_modules();
     build_base_config();
 #endif
 
@@ -2659,7 +2972,9 @@ main(int argc, char **argv)
         }
         close_marked_sessions();
         session = NULL;
+        in_ps_poll = 1;
         r = nc_ps_poll(ps, 100, &session);
+        in_ps_poll = 0;
         if (r & NC_PSPOLL_NOSESSIONS) {
             usleep(50 * 1000);
             continue;
@@ -2675,6 +2990,12 @@ main(int argc, char **argv)
             nc_ps_del_session(ps, session);
             /* freeing the session wakes libnetconf2's call-home thread, which then reconnects */
             nc_session_free(session, NULL);
+        } else if ((r & NC_PSPOLL_SSH_CHANNEL) && session && opts.extra_channels == EXTRA_SILENT) {
+            /* the channel is open and its "netconf" subsystem accepted (libnetconf2 did both);
+             * without nc_ps_accept_ssh_channel() no hello is sent and nothing read on it. It stays
+             * until the SSH connection ends (libnetconf2 frees such starting sessions with the
+             * session they belong to). */
+            logline("%s session %u extra channel left silent", transport_label(session), nc_session_get_id(session));
         } else if ((r & NC_PSPOLL_SSH_CHANNEL) && session) {
             struct nc_session *extra = NULL;
 
