@@ -72,7 +72,7 @@ async def first_session(pki: TestPki, mode: str) -> AsyncIterator[tuple[Lnc2Devi
     try:
         dev.start()
         conn = await asyncio.wait_for(conns.get(), TIMEOUT)
-        writer, reader, _ = await asyncio.wait_for(
+        writer, reader, _stderr = await asyncio.wait_for(
             conn.open_session(subsystem="netconf", encoding=None), TIMEOUT
         )
         hello = await read_message(reader, TIMEOUT)
@@ -106,7 +106,7 @@ async def read_message(reader: asyncssh.SSHReader[bytes], timeout: float) -> byt
 def test_extra_channel_accept(device_binary: Path, pki: TestPki) -> None:
     async def scenario() -> None:
         async with first_session(pki, "accept") as (dev, conn):
-            writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+            writer, reader, _stderr = await conn.open_session(subsystem="netconf", encoding=None)
             hello = await read_message(reader, TIMEOUT)
             writer.write(HELLO.encode())
             first = dev.wait_for(r"ch-ssh session (\d+) established client=").group(1)
@@ -120,7 +120,7 @@ def test_extra_channel_accept(device_binary: Path, pki: TestPki) -> None:
 def test_extra_channel_silent(device_binary: Path, pki: TestPki) -> None:
     async def scenario() -> None:
         async with first_session(pki, "silent") as (dev, conn):
-            writer, reader, _ = await asyncio.wait_for(
+            writer, reader, _stderr = await asyncio.wait_for(
                 conn.open_session(subsystem="netconf", encoding=None), TIMEOUT
             )  # the subsystem request succeeded
             await dev.await_line(r"ch-ssh session \d+ extra channel left silent", TIMEOUT)

@@ -4,8 +4,9 @@
 # libnetconf2 3.x and OpenSSH from Debian 13, run in the Debian 13 root of build-root.sh.
 #   tests/stack2/run.sh [PART ...]     PART: unit, peers, sanity (default: all three)
 # unit   = tests/unit
-# peers  = the playbook and self-check tests against real peers (libnetconf2 3.x device built in
-#          the root into its own bin dir, OpenSSH): STACK2_PEER_TESTS, default below
+# peers  = the tests against real peers (self-checks, pushed configuration, listener, playbooks;
+#          libnetconf2 3.x device built in the root into its own bin dir, OpenSSH):
+#          STACK2_PEER_TESTS, default below
 # sanity = ansible-test sanity through tests/sanity/run_sanity.py
 # Each part's pass/fail counts and wall time are printed at the end; the exit status is non-zero
 # when a part failed. Mounts live in a private mount namespace and are unmounted by a trap.
@@ -14,7 +15,10 @@ set -euo pipefail
 # shellcheck source=tests/stack2/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PEER_TESTS=${STACK2_PEER_TESTS:-tests/integration/test_playbook_real_peers.py tests/integration/test_lnc2_selfcheck.py tests/integration/test_lnc2_pushed_config.py}
+# Every test against the libnetconf2 device and OpenSSH: the device's self-checks, configuration
+# pushed into libnetconf2 3.x's own ietf-netconf-server implementation (directly and through
+# netconf.callhome.config), the listener and playbooks against the real peers.
+PEER_TESTS=${STACK2_PEER_TESTS:-tests/integration/test_lnc2_selfcheck.py tests/integration/test_lnc2_extra_channels.py tests/integration/test_lnc2_pushed_config.py tests/integration/test_config_module_lnc2.py tests/integration/test_listener_real_peers.py tests/integration/test_playbook_real_peers.py}
 
 if [ -z "${S2_IN_NAMESPACE:-}" ]; then
     [ "$(id -u)" = 0 ] || { s2_log "run.sh needs root (chroot, mount)"; exit 1; }
@@ -47,10 +51,12 @@ run_part() {
         $cmd" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
-    counts=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|skipped)|[0-9]+ (passed|failed)' "$log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')
+    # (|| true: a grep that finds nothing must not end the script under set -e / pipefail)
+    counts=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|skipped)|[0-9]+ (passed|failed)' "$log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//' || true)
     if [ "$name" = sanity ]; then
-        counts=$(grep -E '^\[run_sanity\] +(passed|failed|skipped)|tests? (passed|failed)' "$log" | tr '\n' ' ')
-        [ -n "$counts" ] || counts=$(grep -A20 '\[run_sanity\] summary' "$log" | tail -n +2 | head -n 12 | tr '\n' ' ')
+        counts=$(grep -E '^ran and (passed|FAILED) \([0-9]+\)|^skipped \([0-9]+\)' "$log" | sed 's/:.*//' | tr '\n' ' ' || true)
+        failed_tests=$(grep -E '^ran and FAILED' "$log" | sed 's/^[^:]*: *//' || true)
+        [ -z "$failed_tests" ] || counts="$counts (failed: $failed_tests)"
     fi
     summary+=("$(printf '%-7s %s  %4ss  %s' "$name" "$([ "$rc" = 0 ] && echo PASS || echo "FAIL(rc=$rc)")" "$(($(date +%s) - start))" "$counts")")
     [ "$rc" = 0 ] || failed=1
