@@ -3,16 +3,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Connection plugin ``netconf.callhome.netconf``: NETCONF over sessions devices opened by calling home.
 
-With a local listener (issue 9) the plugin is not persistent: ``socket_path`` (what modules get as
-``_ansible_socket``) is the listener's endpoint for the device, asked for with the control
-operation ``endpoint``; the netconf sub-plugin runs inside the listener. The lease path below
-(``_connect_lease`` in ``ansible-connection``) remains for a remote ``tls://`` listener.
+The plugin is not persistent (issue 9): ``socket_path`` (what modules get as ``_ansible_socket``)
+is the listener's endpoint for the device, asked for with the control operation ``endpoint``; the
+netconf sub-plugin runs inside the listener, on the session it holds. With a remote ``tls://``
+listener the endpoint's Unix socket is on another host, so the plugin serves a local socket for
+the duration of the task and relays each JSON-RPC request over the authenticated control channel
+(operation ``rpc``, plugin_utils/rpc_relay.py). No ``ansible-connection`` runs either way.
 
-Why a subclass of ansible.netcommon's netconf connection: the persistent-connection machinery, the
-netconf sub-plugins chosen by ``ansible_network_os`` and their ``__rpc__`` methods are what
-``ansible.netcommon.netconf_get`` / ``netconf_config`` / ``netconf_rpc`` talk to. Only ``_connect``
-changes: instead of dialling the device it leases the session the device opened to the call-home
-listener, and adopts the leased socket as an ncclient Unix-socket session. The file must be named
+Why a subclass of ansible.netcommon's netconf connection: its options (``persistent_command_timeout``
+and the rest) and its name are what ``ansible.netcommon.netconf_get`` / ``netconf_config`` /
+``netconf_rpc`` and netcommon's netconf action plugin expect. The file must be named
 ``netconf.py``: netcommon's netconf action plugin accepts only connections named ``*.netconf``.
 """
 
@@ -30,22 +30,23 @@ description:
   - Each task asks the listener for the endpoint of the device named by O(callhome_device) (by
     default the inventory host name), waiting up to O(callhome_timeout) seconds for the device to
     call home. With C(-v), the device it waits for and what the listener knows of it are shown.
-  - With a local listener the plugin is not persistent, and no C(ansible-connection) process
+  - The plugin is not persistent, and no C(ansible-connection) process
     starts; the listener serves Ansible's persistent-connection protocol itself and runs the
     netconf sub-plugin on the session it holds. The listener's environment then needs
     ansible-core and ncclient (C(pip install 'netconf-callhome[ansible]')). With a remote
-    (V(tls://)) listener the session is leased into C(ansible-connection) as before.
+    (V(tls://)) listener, this plugin serves the task's modules a local socket (mode 0600, in a
+    private directory removed when the task ends) and relays their requests to the listener over
+    its TLS control endpoint with the token; still no C(ansible-connection).
   - When no listener answers at the default local address, it starts one on this machine (the
     embedded default), shared by every host and fork and stopping after O(callhome_idle_exit)
     idle seconds. A remote listener (AWX, containers) is reached with a C(tls://HOST:PORT)
     address and a token.
   - Built on the C(ansible.netcommon.netconf) connection, so the netconf sub-plugins chosen by
-    C(ansible_network_os) work unchanged. Requires the C(netconf-callhome) Python package
-    and ncclient on the controller.
+    C(ansible_network_os) work unchanged (they run inside the listener). Requires the
+    C(netconf-callhome) Python package on the controller.
 version_added: 1.0.0
 requirements:
   - the netconf-callhome Python package (C(pip install netconf-callhome))
-  - ncclient
 extends_documentation_fragment:
   - ansible.netcommon.connection_persistent
 options:
@@ -187,7 +188,7 @@ notes:
     host that does not answer would), with the listener's explanation as the message.
   - The command timeout (O(persistent_command_timeout), C(ansible_command_timeout)) bounds every
     NETCONF request; a device that drops its session mid-task fails that task, and the next task
-    leases a new session.
+    waits for the device to call home again.
 seealso:
   - module: netconf.callhome.wait_for_devices
   - module: netconf.callhome.listener_info
@@ -209,16 +210,12 @@ EXAMPLES = r"""
 """
 
 import os
-import signal
-import sys
+import socket
 import threading
 import time
 import typing as t
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
-from ansible.module_utils.basic import missing_required_lib
-from ansible.module_utils.common.text.converters import to_bytes, to_native
-from ansible.plugins.loader import netconf_loader
 from ansible.utils.collection_loader import AnsibleCollectionConfig
 from ansible.utils.display import Display
 
@@ -234,10 +231,10 @@ from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener
     ensure_listener,
     is_default_address,
 )
-from ansible_collections.netconf.callhome.plugins.plugin_utils.lease_socket import adoptable
-from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import (
-    DEFAULT,
-    platform_from_capabilities,
+from ansible_collections.netconf.callhome.plugins.plugin_utils.rpc_relay import (
+    Relay,
+    RelayError,
+    control_rpc,
 )
 
 try:
@@ -257,78 +254,30 @@ except ImportError:  # reported when the connection is used (_require_netconf_ca
     CallHomeError = DeviceNotFoundError = DeviceNotReadyError = NetconfCallhomeMissing
     ListenerUnreachableError = NotAuthorizedError = WaitTimeoutError = NetconfCallhomeMissing
 
-try:
-    from ncclient import manager as nc_manager
-    from ncclient.transport import UnixSocketSession
-    from ncclient.transport.session import SessionListener
-
-    HAS_NCCLIENT = True
-    NCCLIENT_IMP_ERR: t.Optional[BaseException] = None
-except Exception as err:  # same reasons as netcommon: paramiko/gssapi/FIPS raise odd errors
-    HAS_NCCLIENT = False
-    NCCLIENT_IMP_ERR = err
-    SessionListener = object  # type: ignore[misc,assignment]
-
 display = Display()
-
-# network_os -> ncclient device handler, for platforms whose netconf sub-plugin is not installed.
-_HANDLERS = {
-    "junos": "junos", "iosxr": "iosxr", "iosxe": "iosxe", "nxos": "nexus", "sros": "sros",
-    "ce": "huaweiyang", "h3c": "h3c", "ericsson": "ericsson", "default": "default",
-}
-
-
-class _DropWatcher(SessionListener):  # type: ignore[misc,valid-type]
-    """Marks the connection unconnected when the leased session ends, so the next task re-leases."""
-
-    def __init__(self, conn: "Connection") -> None:
-        self._conn = conn
-
-    def callback(self, root: t.Any, raw: t.Any) -> None:
-        return None
-
-    def errback(self, ex: Exception) -> None:
-        self._conn._lease_lost(ex)
 
 
 class Connection(NetconfConnection):
-    """ansible.netcommon's netconf connection, with sessions leased from a call-home listener."""
+    """ansible.netcommon's netconf connection, handing modules the listener's endpoint of the device."""
 
     transport = "netconf.callhome.netconf"
     has_pipelining = False
-
-    # -- which path: the listener's endpoint (local listener) or a lease in ansible-connection --
-
-    @property  # type: ignore[override]
-    def force_persistence(self) -> bool:  # pylint: disable=invalid-overridden-method
-        """Only a remote (``tls://``) listener still needs ``ansible-connection`` (a lease per host).
-
-        A local listener serves Ansible's persistent-connection protocol itself: the task executor
-        starts no ``ansible-connection``; modules get the listener's endpoint as ``_ansible_socket``.
-        """
-        return not self._use_endpoint()
-
-    def _use_endpoint(self) -> bool:
-        try:
-            address = self.get_option("callhome_listener") or ""
-        except KeyError:  # options not set yet
-            address = ""
-        return not address.startswith(("tls://", "tcp+tls://"))
+    # No ansible-connection, local or remote listener: the listener holds the session and serves
+    # the persistent-connection protocol; modules get its endpoint (or this task's relay to it).
+    force_persistence = False
 
     @property
     def socket_path(self) -> t.Optional[str]:
         """What ``_execute_module`` gives modules as ``_ansible_socket``: the hand-off happens here."""
-        if self._use_endpoint() and self._endpoint_info is None:
+        if self._endpoint_info is None:
             self._handoff()
         return self._socket_path
 
     def __init__(self, play_context: t.Any, new_stdin: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(play_context, new_stdin, *args, **kwargs)
-        self._lease_info: t.Dict[str, t.Any] = {}
-        self._lease_socket: t.Any = None
-        self._drop_reason: t.Optional[str] = None
-        self._prewaited = False
         self._endpoint_info: t.Optional[t.Dict[str, t.Any]] = None
+        self._endpoint_request: t.Dict[str, t.Any] = {}
+        self._relay: t.Optional[Relay] = None
 
     # -- options ---------------------------------------------------------------------------------
 
@@ -360,12 +309,13 @@ class Connection(NetconfConnection):
     # -- connect ---------------------------------------------------------------------------------
 
     def _connect(self) -> t.Any:
-        if self._use_endpoint():
-            if self._endpoint_info is None:
-                self._handoff()
-            self._connected = True
-            return self
-        return self._connect_lease()
+        if self._endpoint_info is None:
+            self._handoff()
+        self._connected = True
+        return self
+
+    def _is_remote(self) -> bool:
+        return self._listener_address().startswith(("tls://", "tcp+tls://"))
 
     def _handoff(self) -> None:
         """Wait for the device (with progress under ``-v``), then ask the listener for its endpoint."""
@@ -381,6 +331,8 @@ class Connection(NetconfConnection):
             "collections_paths": [str(p) for p in AnsibleCollectionConfig.collection_paths],
             "client": "%s/%s" % (self._ansible_playbook_pid or os.getppid(), host),
         }
+        if self._is_remote():  # several controllers (AWX nodes) share a remote listener
+            request["client"] = "%s:%s" % (socket.gethostname(), request["client"])
         client = self._control_client(timeout=max(60.0, command_timeout + 30.0))
 
         def show(level: str, message: str) -> None:
@@ -399,53 +351,66 @@ class Connection(NetconfConnection):
         except CallHomeError as exc:  # pylint: disable=duplicate-except
             raise self._failure(exc, device, str(client.address)) from None
         self._endpoint_info = info
-        self._socket_path = info["socket_path"]
+        self._endpoint_request = request
+        socket_path = info["socket_path"]
+        if self._is_remote():
+            socket_path = self._start_relay(client, info, command_timeout)
+        self._socket_path = socket_path
         self._network_os = info.get("network_os") or self._network_os
         show(
             "vvv",
             "device %s handed off in %.1f ms: endpoint %s (%s, %s over %s from %s, network_os %s, %s)"
-            % (device, (time.monotonic() - started) * 1000, info["socket_path"], info.get("mode"),
+            % (device, (time.monotonic() - started) * 1000, socket_path, info.get("mode"),
                "new" if info.get("created") else "reused", info.get("transport"), info.get("peer"),
                info.get("network_os"), info.get("device_handler")),
         )
 
-    def _connect_lease(self) -> t.Any:
-        """The lease path in ``ansible-connection``, kept for a remote (``tls://``) listener."""
-        _require_netconf_callhome()
-        if not HAS_NCCLIENT:
-            raise AnsibleError("%s: %s" % (missing_required_lib("ncclient"), to_native(NCCLIENT_IMP_ERR)))
-        if self._manager is not None:  # a lease that ended under a previous task
-            self.queue_message("vvv", "previous leased session ended (%s); leasing a new one" % self._drop_reason)
-            self.close()
-            self._conn_closed = False
-        device = self._device_name()
-        wait = float(self.get_option("callhome_timeout"))
-        command_timeout = int(self.get_option("persistent_command_timeout"))
-        client = self._control_client()
-        self._ensure_listener(client)
+    # -- a remote listener: this task's relay to its endpoint --------------------------------
 
-        # ansible-connection runs each request under alarm(command timeout); the wait for a device
-        # to call home is longer by design, so the alarm is widened for it and restored after.
-        armed = _rearm_alarm(int(wait) + command_timeout + 30)
-        try:
-            sock, info = self._lease(client, device, wait)
-        finally:
-            if armed:
-                _rearm_alarm(command_timeout)
-        try:
-            self._adopt(sock, info, command_timeout)
-        except BaseException:
-            _close_quietly(sock)
-            raise
-        self._connected = True
-        self._drop_reason = None
-        self.queue_message(
-            "vvv",
-            "leased NETCONF session %s of device %s (lease %s, %s over %s from %s, network_os %s)"
-            % (self._manager.session_id, device, info.get("lease"), info.get("mode"), info.get("transport"),
-               info.get("peer"), self._network_os),
-        )
-        return 0, to_bytes(self._manager.session_id or "", errors="surrogate_or_strict"), b""
+    def _start_relay(self, client: ControlClient, info: t.Dict[str, t.Any], command_timeout: int) -> str:
+        """A local socket for the modules of this task, forwarding to the remote endpoint (op ``rpc``).
+
+        Modules cannot reach the listener's Unix socket on another host; the worker process lives
+        while the task's module runs, so a thread of it relays each request over the control channel
+        (TLS, token). :meth:`close` removes it when the task ends.
+        """
+        device = self._device_name()
+        address = str(client.address)
+        timeout = float(command_timeout) + 30.0
+        state = {"id": info.get("id")}
+        if not state["id"]:
+            raise AnsibleConnectionFailure(
+                "the call-home listener at %s is too old to serve modules over %s (its 'endpoint' answer has no "
+                "id for the 'rpc' operation): upgrade netconf-callhome on the listener host" % (address, address)
+            )
+
+        def open_socket() -> socket.socket:
+            try:
+                return client._open(timeout)  # the same TLS context and CA file as every control call
+            except CallHomeError as exc:
+                raise RelayError(exc.message, exc.code) from None
+
+        def exchange(data: bytes) -> bytes:
+            try:
+                try:
+                    return control_rpc(open_socket, client.token, state["id"], data)
+                except RelayError as exc:
+                    if exc.code != "endpoint-gone":
+                        raise
+                    # the endpoint went after its idle time: ask for it again, once
+                    state["id"] = client.call("endpoint", wait=0, timeout=timeout, **self._endpoint_request)["id"]
+                    return control_rpc(open_socket, client.token, state["id"], data)
+            except RelayError as exc:
+                raise RelayError("device %s: the call-home listener at %s: %s" % (device, address, exc.message),
+                                 exc.code) from None
+            except CallHomeError as exc:
+                raise RelayError("device %s: the call-home listener at %s: %s" % (device, address, exc.message),
+                                 exc.code) from None
+
+        self._relay = Relay(exchange, name="callhome-relay-%s" % device)
+        display.vvv("relaying the modules' requests for device %s through %s to the listener at %s"
+                    % (device, self._relay.path, address), host=self._play_context.remote_addr)
+        return self._relay.path
 
     def _ensure_listener(self, client: ControlClient, show: t.Optional[t.Callable[[str, str], None]] = None) -> None:
         show = show or self._progress
@@ -479,29 +444,6 @@ class Connection(NetconfConnection):
             text += ", last error: %s" % rec["last_error"]
         return text
 
-    def _lease(self, client: ControlClient, device: str, wait: float) -> t.Tuple[t.Any, t.Dict[str, t.Any]]:
-        try:
-            known = self._describe_device(client, device)
-        except ListenerUnreachableError as exc:
-            raise AnsibleConnectionFailure(self._unreachable(exc)) from None
-        self._progress(
-            "vvv", "leasing device %s, waiting up to %.0f s (listener %s: %s)" % (device, wait, client.address, known)
-        )
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch, args=(client, device, stop, self._progress), name="callhome-wait-progress", daemon=True
-        )
-        watcher.start()
-        started = time.monotonic()
-        try:
-            sock, info = client.lease(device, wait=wait)
-        except CallHomeError as exc:
-            raise self._failure(exc, device, str(client.address)) from None
-        finally:
-            stop.set()
-        self._progress("vvv", "device %s leased (lease %s) after %.1f s" % (device, info.get("lease"), time.monotonic() - started))
-        return sock, info
-
     def _failure(self, exc: CallHomeError, device: str, address: str) -> AnsibleConnectionFailure:
         """The listener's error as the message an operator reads in the failed task."""
         if isinstance(exc, ListenerUnreachableError):
@@ -519,22 +461,6 @@ class Connection(NetconfConnection):
         )
 
     # -- waiting, in the worker process --------------------------------------------------------
-
-    def get_options(self, hostvars: t.Any = None) -> t.Any:
-        """Also the last call the task executor makes before it starts ``ansible-connection``.
-
-        Why wait here: ``_connect`` runs in the ``ansible-connection`` process, whose output is
-        discarded until the task ends. Waiting for the device in the worker first lets ``-v``
-        show, while it happens, which device the host waits for and what the listener knows of
-        it; ``_connect`` then finds the device connected and leases at once.
-        """
-        options = super().get_options(hostvars=hostvars)
-        if (hostvars is None and not self._connected and not self._prewaited and not self._use_endpoint()
-                and _in_worker()):
-            _require_netconf_callhome()
-            self._prewaited = True
-            self._wait_in_worker()
-        return options
 
     def _wait_in_worker(self, client: t.Optional[ControlClient] = None) -> None:
         device = self._device_name()
@@ -596,75 +522,11 @@ class Connection(NetconfConnection):
             advice = "check that the listener runs with control_tcp enabled and that this host can reach it"
         return "%s (looked for it at %s, from %s); %s" % (exc.message, address, how, advice)
 
-    def _adopt(self, sock: t.Any, info: t.Dict[str, t.Any], command_timeout: int) -> None:
-        """Build the ncclient manager over the leased socket with the right device handler."""
-        network_os = self.get_option("network_os") or self._play_context.network_os or "auto"
-        if network_os == "auto":
-            platform = platform_from_capabilities(info.get("capabilities") or [])
-            self._load_sub_plugin(platform.network_os)
-            handler = platform.device_handler
-            self._progress("vvv", "derived network_os %s from the device's capabilities" % platform.network_os)
-        else:
-            self._network_os = network_os
-            handler = _HANDLERS.get(network_os, DEFAULT.device_handler)
-            if self.netconf is not None and self.netconf._load_name.split(".")[-1] != "default":
-                try:
-                    handler = self.netconf.get_option("ncclient_device_handler") or handler
-                except KeyError:
-                    pass
-        self._progress("vvv", "ncclient device handler: %s" % handler)
-        device_handler = nc_manager.make_device_handler({"name": handler})
-        session = UnixSocketSession(device_handler)
-        session._socket = adoptable(sock)
-        session._connected = True
-        try:
-            session._post_connect(timeout=max(command_timeout, 10))
-        except Exception as exc:
-            session.close()
-            raise AnsibleConnectionFailure(
-                "device %s: the NETCONF hello over the leased session failed: %s" % (self._device_name(), exc)
-            ) from None
-        session.add_listener(_DropWatcher(self))
-        self._lease_socket = sock
-        self._lease_info = info
-        self._manager = nc_manager.Manager(session, device_handler, timeout=command_timeout)
-        self._manager._timeout = command_timeout
-
-    def _load_sub_plugin(self, network_os: str) -> None:
-        self._network_os = network_os
-        sub = netconf_loader.get(network_os, self) or netconf_loader.get("default", self)
-        if sub is self.netconf:
-            return
-        self.netconf = sub
-        self._sub_plugin = {"type": "netconf", "name": sub._load_name, "obj": sub}
-        try:
-            sub.set_options()
-        except Exception:  # a sub-plugin without options of its own
-            pass
-
-    def _lease_lost(self, exc: Exception) -> None:
-        """Called from ncclient's reader thread when the leased session ends."""
-        self._drop_reason = "%s: %s" % (type(exc).__name__, exc)
-        self._connected = False
-        display.display(
-            "%s: leased NETCONF session ended: %s" % (self._device_name(), self._drop_reason), log_only=True
-        )
-
     def close(self) -> None:
-        manager, self._manager = self._manager, None
-        if manager is not None:
-            try:
-                if manager.connected:
-                    manager.close_session()
-            except Exception:  # the device may be gone already; closing the socket ends the lease
-                pass
-            try:
-                manager._session.close()
-            except Exception:
-                pass
-        if self._lease_socket is not None:
-            _close_quietly(self._lease_socket)
-            self._lease_socket = None
+        """The end of the task (the task executor closes its connection): the relay goes too."""
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
         self._conn_closed = True
         self._connected = False
 
@@ -673,25 +535,3 @@ def _require_netconf_callhome() -> None:
     """Fail the task with the pip package to install when ``netconf_callhome`` cannot be imported."""
     if not HAS_NETCONF_CALLHOME:
         raise AnsibleError("netconf.callhome.netconf connection: %s" % missing_netconf_callhome_msg())
-
-
-def _in_worker() -> bool:
-    """True in ansible-playbook's worker, False in the ansible-connection process."""
-    return not os.path.basename(sys.argv[0] if sys.argv else "").startswith("ansible_connection_cli_stub")
-
-
-def _rearm_alarm(seconds: int) -> bool:
-    """Re-arm a pending SIGALRM (ansible-connection's command timeout); False if none was set."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if signal.getitimer(signal.ITIMER_REAL)[0] <= 0:
-        return False
-    signal.alarm(max(1, seconds))
-    return True
-
-
-def _close_quietly(sock: t.Any) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass

@@ -250,3 +250,79 @@ def test_tls_device_with_five_forks(device_binary: Any, listener_factory: Any, t
     assert sorted(recap) == sorted(hosts)
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), res.stdout[-4000:]
     assert not record.exists()
+
+
+REMOTE_TOKEN = "handoff-remote-token-0123456789"
+
+
+def test_remote_listener_relays_without_ansible_connection(listener_factory: Any, fleet: Any, tmp_path: Path) -> None:
+    """A remote (tls:// + token) listener, as AWX reaches it: the plugin relays the modules' requests
+    over the control channel (op ``rpc``); no ansible-connection; the relay's socket is gone after the
+    run; a wrong token fails the task naming the token, still without ansible-connection."""
+    import re
+
+    import trustme
+    from harness import free_port, running
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "srv.pem", tmp_path / "srv.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    token_file = tmp_path / "token"
+    token_file.write_text(REMOTE_TOKEN + "\n")
+    port = free_port()
+    config = tmp_path / "listener.yml"
+    config.write_text(json.dumps({"control_tcp": {"bind": "127.0.0.1:%d" % port, "cert": str(cert_pem),
+                                                  "key": str(key_pem), "token_file": str(token_file)}}))
+    lst = listener_factory("--config", str(config))
+    devices = ["sim0001", "sim0002"]
+    fleet.enroll(lst.home / "trust.json", devices)
+    lst.start()
+    record = tmp_path / "ansible-connection-ran"
+    stub = tmp_path / "stub.py"
+    stub.write_text("import pathlib, sys\npathlib.Path(%r).write_text('ran')\nsys.exit(1)\n" % str(record))
+    job_home = tmp_path / "job-home"  # the worker's own home: no listener may start there
+    job_home.mkdir(mode=0o700)
+    pb = tmp_path / "get.yml"
+    pb.write_text(GET + """    - ansible.netcommon.netconf_config:
+        target: running
+        content: |
+          <config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">
+            <system xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><location>relayed</location></system>
+          </config>
+""")
+
+    def run(token: str, name: str) -> "subprocess.CompletedProcess[str]":
+        inv = tmp_path / ("%s.json" % name)
+        inv.write_text(json.dumps({"all": {"vars": {
+            "ansible_connection": "netconf.callhome.netconf",
+            "ansible_callhome_listener": "tls://127.0.0.1:%d" % port,
+            "ansible_callhome_token": token, "ansible_callhome_tls_ca_file": str(ca_pem),
+            "ansible_callhome_embedded": False, "ansible_callhome_timeout": 60,
+            "ansible_python_interpreter": sys.executable}, "hosts": {d: {} for d in devices}}}))
+        return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(pb), "--forks", "2", "-vvv"],
+                              env=_env(job_home, _ANSIBLE_CONNECTION_PATH=str(stub)), capture_output=True, text=True,
+                              timeout=240, cwd=str(tmp_path), check=False)
+
+    with running(fleet.simulator(lst.ssh_port, len(devices), "--single-session", wait_connected=len(devices))):
+        res = run(REMOTE_TOKEN, "good")
+        bad = run("not-the-token-0123456789", "bad")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:] + lst.log()[-3000:]
+    recap = _recap(res.stdout)
+    assert sorted(recap) == devices
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 and r["ok"] == 4 for r in recap.values()), out[-4000:]
+    assert not record.exists(), "ansible-connection ran"
+    relays = re.findall(r"relaying the modules' requests for device \S+ through (\S+) ", out)
+    assert len(relays) >= 2 * 3, out[-4000:]  # every module task of every host
+    assert not any(Path(p).exists() or Path(p).parent.exists() for p in relays)  # removed after each task
+    assert REMOTE_TOKEN not in out and REMOTE_TOKEN not in lst.log()
+    assert not (job_home / "control.sock").exists()
+    assert "event=endpoint.start" in lst.log()
+
+    bad_out = bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    assert "a valid token is required" in bad_out and "ansible_callhome_token" in bad_out, bad_out[-4000:]
+    assert not record.exists(), "ansible-connection ran"

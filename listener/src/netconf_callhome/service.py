@@ -435,6 +435,10 @@ class CallHomeListener:
             client=client,
         )
 
+    async def rpc(self, endpoint: str, request: bytes) -> bytes:
+        """One JSON-RPC request for an endpoint, relayed over the control channel (op ``rpc``)."""
+        return await self.endpoints.request(endpoint, request)
+
     def _not_ready(self, device: str, timeout: float) -> CallHomeError:
         rec = self.registry.get(device)
         enrolled = device in self.policy.index.devices

@@ -37,6 +37,7 @@ from netconf_callhome.state.registry import Registry
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
 _LINE_LIMIT = 1024 * 1024
+_MAX_RPC = 256 * 1024 * 1024  # as a request on an endpoint's Unix socket (endpoints.ansible_rpc)
 
 
 class ControlledListener(Protocol):
@@ -88,6 +89,8 @@ class ControlledListener(Protocol):
         collections_paths: List[str],
         client: str,
     ) -> Dict[str, Any]: ...
+
+    async def rpc(self, endpoint: str, request: bytes) -> bytes: ...
 
     def touch(self) -> None: ...
 
@@ -169,11 +172,14 @@ class ControlServer:
             if op == "lease":
                 await self._lease(request, reader, writer)
                 return
+            if op == "rpc":
+                await self._rpc(request, reader, writer)
+                return
             if op == "shutdown" and remote:
                 raise NotAuthorizedError("shutdown is only accepted on the local control socket")
             handler = self._ops.get(op)
             if handler is None:
-                raise ControlError("unknown operation %r (known: %s)" % (op, ", ".join(sorted(self._ops) + ["lease"])))
+                raise ControlError("unknown operation %r (known: %s)" % (op, ", ".join(sorted(list(self._ops) + ["lease", "rpc"]))))
             result = await handler(request)
             await _answer(writer, {"ok": True, "result": result})
         except CallHomeError as exc:
@@ -195,6 +201,30 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    # -- a relayed JSON-RPC request -------------------------------------------------------------
+
+    async def _rpc(self, request: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """``{"op": "rpc", "endpoint": ID, "size": N}`` then N bytes: one JSON-RPC request of a module.
+
+        For clients that cannot reach the endpoint's Unix socket (a remote listener: the relay the
+        connection plugin runs in the ``ansible-playbook`` worker). The request goes to the same
+        handler as one on the endpoint's socket (``endpoints.ansible_rpc``); the answer line
+        ``{"ok": true, "result": {"size": M}}`` is followed by the M bytes of the JSON-RPC response.
+        The body follows the request line so that it is read only after the token was checked, and
+        neither side escapes a configuration of many megabytes into a JSON string.
+        """
+        endpoint = _require_str(request, "endpoint")
+        size = request.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_RPC:
+            raise ControlError("'size' must be the request's length in bytes (1 to %d)" % _MAX_RPC)
+        try:
+            data = await reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise ControlError("the connection ended before the %d bytes of the request" % size) from None
+        response = await self.listener.rpc(endpoint, data)
+        writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode("utf-8") + b"\n" + response)
+        await writer.drain()
 
     # -- leases --------------------------------------------------------------------------------
 

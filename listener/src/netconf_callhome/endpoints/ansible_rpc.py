@@ -61,6 +61,12 @@ class EndpointUnavailableError(EndpointError):
     code = "endpoint-unavailable"
 
 
+class EndpointGoneError(EndpointError):
+    """No endpoint has this id (it went after its idle time, or its session ended): ask ``endpoint`` again."""
+
+    code = "endpoint-gone"
+
+
 class EndpointRPCError(Exception):
     """A request failed for a reason of the endpoint (session lost, timeout); the text reaches the module."""
 
@@ -135,6 +141,7 @@ class Endpoint:
         self.held = held
         self.device = held.device
         self.path = path
+        self.id = os.path.basename(path).rsplit(".", 1)[0]
         self.platform = platform
         self.command_timeout = command_timeout
         self.lease: Optional[LocalLease] = None
@@ -329,6 +336,7 @@ class AnsibleEndpoints:
         self._ensure_reaper()
         return {
             "socket_path": ep.path,
+            "id": ep.id,
             "device": ep.device,
             "mode": ep.lease.mode if ep.lease else held.mode,
             "network_os": ep.platform.network_os,
@@ -441,7 +449,6 @@ class AnsibleEndpoints:
         os.chmod(ep.path, 0o600)
 
     async def _serve(self, ep: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -452,20 +459,38 @@ class AnsibleEndpoints:
                     data = await reader.readexactly(size)
                 except asyncio.IncompleteReadError:
                     return
-                ep.active += 1
-                ep.requests += 1
-                self._touch()
-                try:
-                    response = await loop.run_in_executor(self._executor(), self._handle, ep, data)
-                finally:
-                    ep.active -= 1
-                    ep.last_used = time.monotonic()
+                response = await self._request(ep, data)
                 writer.write(_HEADER.pack(len(response)) + response)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             writer.close()
+
+    async def request(self, endpoint_id: str, data: bytes) -> bytes:
+        """One JSON-RPC request for the endpoint ``endpoint_id`` (the ``id`` that ``open`` answered).
+
+        What the control operation ``rpc`` runs for a relay of a remote listener's client: the same
+        handler as a request on the endpoint's Unix socket.
+        """
+        for ep in self._endpoints.values():
+            if ep.id == endpoint_id:
+                return await self._request(ep, data)
+        raise EndpointGoneError(
+            "no endpoint %r on this listener (it went after %g s idle or its session ended)"
+            % (endpoint_id, self.idle_timeout),
+            details={"endpoint": endpoint_id},
+        )
+
+    async def _request(self, ep: Endpoint, data: bytes) -> bytes:
+        ep.active += 1
+        ep.requests += 1
+        self._touch()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor(), self._handle, ep, data)
+        finally:
+            ep.active -= 1
+            ep.last_used = time.monotonic()
 
     def _handle(self, ep: Endpoint, data: bytes) -> bytes:
         """One JSON-RPC request; a server instance per request (its ``_objects`` is a class attribute)."""
@@ -520,6 +545,7 @@ class AnsibleEndpoints:
 
 
 __all__ = (
-    "AnsibleEndpoints", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointRPCError",
+    "AnsibleEndpoints", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointGoneError",
+    "EndpointRPCError",
     "EndpointUnavailableError", "INSTALL_HINT",
 )

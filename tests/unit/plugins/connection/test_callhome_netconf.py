@@ -25,7 +25,7 @@ for _name in [m for m in sys.modules if m == "ansible_collections" or m.startswi
     del sys.modules[_name]
 init_plugin_loader([str(REPO / ".collections"), str(REPO / ".deps")])
 
-from ansible_collections.netconf.callhome.plugins.plugin_utils.platform import platform_from_capabilities
+from netconf_callhome.endpoints.platform import platform_from_capabilities
 
 pytestmark = pytest.mark.timeout(60)
 
