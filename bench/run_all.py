@@ -32,7 +32,7 @@ FULL: Dict[str, Any] = {
     "held": dict(ns=[1000, 10000], variants=["listener:default", "listener:30", "bare-ssh:30"], window=60.0,
                  tracemalloc_n=1000),
     "handoff": dict(iterations=200),
-    "playbook": dict(ns=[20, 50], forks=10, repeat=2),
+    "playbook": dict(ns=[20, 50], forks=10, repeat=3),
 }
 QUICK: Dict[str, Any] = {
     "storm": dict(ns=[100, 1000], ncclient_n=3, ncclient_budget=5.0, profile_n=0),
@@ -95,8 +95,10 @@ def table(res: Dict[str, Any]) -> List[str]:
             r["keepalive_interval_s"], " = default" if r.get("keepalive_is_default") else ""))
     ho = res.get("handoff")
     if ho and "direct" in ho:
-        for k in ("lease-adopt", "lease-uds", "direct"):
-            out.append("handoff %-11s median %.2f ms, p95 %.2f ms" % (k, ho[k]["median_ms"], ho[k]["p95_ms"]))
+        for k in ("lease-adopt", "lease-uds", "direct", "endpoint-new", "endpoint-reused"):
+            if k not in ho:
+                continue
+            out.append("handoff %-15s median %.2f ms, p95 %.2f ms" % (k, ho[k]["median_ms"], ho[k]["p95_ms"]))
         out.append("handoff ratio lease-adopt/direct (median): %s" % ho["ratio_median_lease_adopt_vs_direct"])
     pb = res.get("playbook", {})
     if pb.get("skipped_callhome"):
