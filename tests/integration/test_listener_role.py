@@ -25,18 +25,19 @@ from netconf_callhome.control.client import ControlClient
 pytestmark = pytest.mark.timeout(420)
 
 UNIT = "etc/systemd/system/netconf-callhome-listener.service"
+DEPS = ROOT / ".deps" / "ansible_collections"
 
 
-def run_role(root: Path, extra: Dict[str, Any]) -> subprocess.CompletedProcess:
+def run_role(root: Path, extra: Dict[str, Any], check: bool = False) -> subprocess.CompletedProcess:
     play = [{"hosts": "localhost", "gather_facts": False,
              "roles": [{"role": "netconf.callhome.listener", "vars": extra}]}]
     path = root.parent / "role-play.json"
     path.write_text(json.dumps(play))
     return subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % sys.executable, str(path)],
+         "-e", "ansible_python_interpreter=%s" % sys.executable, str(path)] + (["--check"] if check else []),
         capture_output=True, text=True, env=child_env(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
-        timeout=360, check=False)
+        timeout=600, check=False)
 
 
 def recap(out: str) -> Dict[str, int]:
@@ -45,9 +46,18 @@ def recap(out: str) -> Dict[str, int]:
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
 
 
+def task_status(out: str, task: str) -> str:
+    """ok / changed / skipping / failed / fatal of the first task whose name starts with ``task``."""
+    match = re.search(r"TASK \[netconf\.callhome\.listener : %s[^\n]*\n+(\w+):" % re.escape(task), out)
+    assert match, out[-3000:]
+    return match.group(1)
+
+
 def env_without_pythonpath() -> Dict[str, str]:
-    """The environment of a service: the test runner's PYTHONPATH (the collection tree) removed."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    """The environment of a service: the test runner's PYTHONPATH (the collection tree) and Ansible
+    settings (ANSIBLE_CONFIG naming the clone's collections) removed."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("ANSIBLE_")}
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     return env
 
@@ -70,6 +80,7 @@ def cli(venv: Path, args: List[str], **kwargs: Any) -> subprocess.CompletedProce
                           env=env_without_pythonpath(), timeout=60, check=False, **kwargs)
 
 
+@pytest.mark.timeout(1200)  # five role runs; the first pip-installs ansible-core and ncclient
 def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_runs(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     root = tmp_path / "root"
@@ -85,6 +96,8 @@ def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_run
         "callhome_listener_password": "device-pw",
         "callhome_listener_log_format": "text",
         "callhome_listener_initial_devices": {"r1": {"ssh_host_keys": ["SHA256:" + "A" * 43]}},
+        # offline: the collections make setup extracted from the ansible wheel (no Galaxy, no index)
+        "callhome_listener_collections_source": str(DEPS),
     }
     first = run_role(root, vars_)
     assert recap(first.stdout)["failed"] == 0, first.stdout[-4000:] + first.stderr[-2000:]
@@ -123,6 +136,43 @@ def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_run
 
     cfg = load_config(str(etc / "listener.yaml"))
     assert cfg.credentials.password_file == str(pw) and cfg.trust_store == str(trust)
+
+    # the [ansible] extra (ansible-core, ncclient) and the collections, where listener.yaml points:
+    # the venv's plugin loader finds ansible.netcommon's netconf plugin there, as the listener's does
+    collections = root / "opt/netconf-callhome/collections"
+    assert cfg.collections_paths == [str(collections)], cfg.collections_paths
+    for fqcn in ("ansible/netcommon", "ansible/utils"):
+        manifest = json.loads((collections / "ansible_collections" / fqcn / "MANIFEST.json").read_text())
+        shipped = json.loads((DEPS / fqcn / "MANIFEST.json").read_text())
+        assert manifest["collection_info"]["version"] == shipped["collection_info"]["version"]
+    probe = subprocess.run(
+        [str(venv / "bin/python"), "-c",
+         "import importlib.metadata as m, sys, ncclient\n"
+         "from ansible.plugins.loader import init_plugin_loader, netconf_loader\n"
+         "init_plugin_loader(sys.argv[1:])\n"
+         "cls = netconf_loader.get('ansible.netcommon.default', class_only=True)\n"
+         "print(m.version('ansible-core'), sys.modules[cls.__module__].__file__)",
+         str(collections)],
+        capture_output=True, text=True, env=env_without_pythonpath(), cwd=str(tmp_path), timeout=120, check=False)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    core_version, plugin_file = probe.stdout.split()
+    assert core_version and plugin_file.startswith(str(collections / "ansible_collections/ansible/netcommon")), plugin_file
+
+    # check mode changes nothing, and says what a run would change (a collection file altered);
+    # (pip's check mode cannot tell whether a wheel path is installed: that task says "changed")
+    collections_task = "Collections of the netconf plugins"
+    checked = run_role(root, vars_, check=True)
+    assert recap(checked.stdout)["failed"] == 0, checked.stdout[-4000:]
+    assert task_status(checked.stdout, collections_task) == "ok", checked.stdout[-4000:]
+    altered = collections / "ansible_collections/ansible/netcommon/MANIFEST.json"
+    altered.write_text("{}")
+    checked = run_role(root, vars_, check=True)
+    assert recap(checked.stdout)["failed"] == 0, checked.stdout[-4000:]
+    assert task_status(checked.stdout, collections_task) == "changed", checked.stdout[-4000:]
+    assert altered.read_text() == "{}"
+    repaired = run_role(root, vars_)
+    assert recap(repaired.stdout)["failed"] == 0, repaired.stdout[-4000:]
+    assert json.loads(altered.read_text())["collection_info"]["name"] == "netcommon"
 
     # idempotent: nothing changes on a second run (the wheel is already installed); the trust store
     # is never overwritten
@@ -187,3 +237,56 @@ def test_role_without_install_says_the_venv_lacks_the_distribution(tmp_path: Pat
     assert "has no working netconf-callhome distribution with its callhome-listener command" in run.stdout
     assert "set callhome_listener_install_deps: true" in run.stdout
     assert not (root / UNIT).exists(), "no unit that points at a missing command"
+
+
+def test_role_names_a_collection_its_source_lacks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    venv = root / "opt/netconf-callhome/venv"  # an image's venv: the distribution without dependencies
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+                    "--prefix", str(venv), str(build_wheel(tmp_path))], check=True, timeout=180)
+    run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
+                          "callhome_listener_install_deps": False,
+                          "callhome_listener_collections_source": str(DEPS),
+                          "callhome_listener_extra_collections": ["cisco.ios"]})
+    assert recap(run.stdout)["failed"] == 1, run.stdout[-3000:]
+    assert "could not install the collections into %s/opt/netconf-callhome/collections" % root in run.stdout
+    assert "collection cisco.ios is not in %s" % DEPS in run.stdout
+    assert not (root / "opt/netconf-callhome/collections/ansible_collections/cisco").exists()
+
+
+def test_collections_from_tarballs_and_from_the_ansible_wheel(tmp_path: Path) -> None:
+    """The role's installer on its other sources: galaxy tarballs (highest version) and the wheel."""
+    import tarfile
+
+    helper = ROOT / "roles/listener/files/install_collections.py"
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    version = json.loads((DEPS / "ansible/utils/MANIFEST.json").read_text())["collection_info"]["version"]
+    for name in ("ansible-utils-0.0.1.tar.gz", "ansible-utils-%s.tar.gz" % version):
+        with tarfile.open(tarballs / name, "w:gz") as archive:
+            archive.add(str(DEPS / "ansible/utils"), arcname=".")
+    dest = tmp_path / "collections"
+
+    def install(source: Path, names: List[str], check: bool = False) -> Dict[str, Any]:
+        spec = {"dest": str(dest), "source": str(source), "collections": names, "check": check}
+        done = subprocess.run([sys.executable, str(helper), json.dumps(spec)], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    first = install(tarballs, ["ansible.utils"])
+    assert first["changed"] and first["collections"]["ansible.utils"]["version"] == version
+    assert first["collections"]["ansible.utils"]["from"] == "tarball ansible-utils-%s.tar.gz" % version
+    assert (dest / "ansible_collections/ansible/utils/MANIFEST.json").is_file()
+    assert not install(tarballs, ["ansible.utils"])["changed"]
+
+    wheels = sorted((ROOT / ".cache/ansible-wheel").glob("ansible-*.whl"))
+    if not wheels:
+        pytest.skip("no ansible wheel in .cache/ansible-wheel (make collections downloads it)")
+    checked = install(wheels[-1], ["ansible.netcommon", "junipernetworks.junos"], check=True)
+    assert checked["changed"] and not (dest / "ansible_collections/junipernetworks").exists()
+    done = install(wheels[-1], ["ansible.netcommon", "junipernetworks.junos"])
+    assert done["collections"]["junipernetworks.junos"]["action"] == "installed"
+    assert (dest / "ansible_collections/junipernetworks/junos/plugins/netconf/junos.py").is_file()
+    assert not install(wheels[-1], ["ansible.netcommon", "junipernetworks.junos"])["changed"]

@@ -112,6 +112,9 @@ class ListenerConfig:
     block_window: float = 60.0
     block_seconds: float = 60.0  # ...block it this long (RFC 8071 section 4)
     metrics_bind: str = ""
+    # Collections paths for the Ansible endpoint's plugin loader (netconf sub-plugins); when set,
+    # used instead of the paths the first client sends (the role installs them, docs/listener.md).
+    collections_paths: List[str] = field(default_factory=list)
     idle_exit: float = 0.0  # embedded mode: exit after this long with no control activity/leases
     log_format: str = "text"
     log_level: str = "INFO"

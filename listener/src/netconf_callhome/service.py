@@ -93,7 +93,9 @@ class CallHomeListener:
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
         self.control = ControlServer(config, self)
-        self.endpoints = AnsibleEndpoints(config.home, touch=self.touch, lease_ended=self.lease_ended)
+        self.endpoints = AnsibleEndpoints(
+            config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
+        )
 
     @property
     def tls_context(self) -> Optional[ssl.SSLContext]:

@@ -276,8 +276,12 @@ class AnsibleEndpoints:
         max_workers: int = 32,
         touch: Optional[Callable[[], None]] = None,
         lease_ended: Optional[Callable[[HeldSession], None]] = None,
+        collections_paths: Sequence[str] = (),
     ) -> None:
         self.rpc_dir = os.path.join(home, "rpc")
+        # the listener's own collections paths (config collections_paths): when set, the plugin
+        # loader uses them instead of the paths the clients send
+        self.collections_paths = tuple(collections_paths)
         self.idle_timeout = idle_timeout
         self._max_workers = max_workers
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -354,7 +358,7 @@ class AnsibleEndpoints:
     ) -> Endpoint:
         loop = asyncio.get_running_loop()
         pool = self._executor()
-        await loop.run_in_executor(pool, self.runtime.load, tuple(collections_paths))
+        await loop.run_in_executor(pool, self.runtime.load, self.collections_paths or tuple(collections_paths))
         capabilities = held.hello.capabilities if held.hello else []
         platform = platform_for(network_os, capabilities)
         cls = await loop.run_in_executor(pool, self.runtime.netconf_class, platform.network_os)
