@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from netconf_callhome.errors import CallHomeError
 from netconf_callhome.endpoints.platform import DEFAULT, Platform, platform_for, short_network_os
+from netconf_callhome.endpoints.ncclient_session import direct_send_session_class
 from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.sessions.local import LocalLease, open_local_lease
 
@@ -100,7 +101,8 @@ class _AnsibleRuntime:
                 from ansible.utils.jsonrpc import JsonRpcServer
                 from ncclient import manager as nc_manager
                 from ncclient.transport import UnixSocketSession
-                from ncclient.transport.session import SessionListener
+                from ncclient.transport.errors import TransportError
+                from ncclient.transport.session import NetconfBase, SessionListener
                 from ncclient.xml_ import to_ele
             except Exception as exc:  # ImportError, or ncclient's paramiko/FIPS oddities
                 raise EndpointUnavailableError(
@@ -109,7 +111,8 @@ class _AnsibleRuntime:
             init_plugin_loader(list(collections_paths))
             self.modules.update(
                 netconf_loader=netconf_loader, JsonRpcServer=JsonRpcServer, nc_manager=nc_manager,
-                UnixSocketSession=UnixSocketSession, SessionListener=SessionListener, to_ele=to_ele,
+                UnixSocketSession=direct_send_session_class(UnixSocketSession, NetconfBase, TransportError),
+                SessionListener=SessionListener, to_ele=to_ele,
             )
             self._paths = tuple(collections_paths)
             self._ready = True
