@@ -1,6 +1,8 @@
 # netconf.callhome: every target sets up what it needs, idempotently.
 #   make demo   the main job: listener, devices calling home, enrollment, registry
-#   make test   unit tests, integration tests against real peers, ansible-test sanity
+#   make test   unit tests, integration tests against real peers, ansible-test sanity, on this
+#               machine's Python/ansible-core and (on Debian 12) again on Python 3.13 with the
+#               newest ansible-core in a Debian 13 root (tests/stack2)
 #   make dist   the collection tarball and the listener wheel, in dist/
 
 SHELL := /bin/bash
@@ -14,18 +16,23 @@ DIST        := $(ROOT)/dist
 VENV        := $(ROOT)/.venv
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
-ANSIBLE_PKG := ansible==12.3.0
+# ansible.netcommon/ansible.utils come from the `ansible` wheel that matches the ansible-core pip
+# picks for this Python (2.19 on 3.10/3.11: ansible 12; 2.21 on 3.12+: ansible 14).
+PY_MINOR    := $(shell $(PYTHON) -c 'import sys; print(sys.version_info[1])' 2>/dev/null)
+ANSIBLE_NEWEST := ansible>=14,<15
+ANSIBLE_PKG := $(if $(filter 10 11,$(PY_MINOR)),ansible==12.3.0,$(ANSIBLE_NEWEST))
+DEBIAN_VERSION := $(shell . /etc/os-release 2>/dev/null && echo $$VERSION_ID)
 COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
-DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev libyang2-dev libssh-dev libssl-dev \
+DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12,$(DEBIAN_VERSION)),libyang2-dev,libyang-dev) libssh-dev libssl-dev \
                openssh-server openssh-client socat shellcheck git
 
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity test demo bench dist clean
+.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity stack2 test-stack2 test demo bench dist clean
 
 help:
 	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
@@ -59,7 +66,7 @@ collections: venv $(DEPS_DIR)/ansible/netcommon/.stamp $(COLL_LINK)
 
 $(DEPS_DIR)/ansible/netcommon/.stamp:
 	rm -rf $(ROOT)/.cache/ansible-wheel && mkdir -p $(ROOT)/.cache/ansible-wheel $(DEPS_DIR)/ansible
-	$(PIP) download -q --no-deps $(ANSIBLE_PKG) -d $(ROOT)/.cache/ansible-wheel
+	$(PIP) download -q --no-deps '$(ANSIBLE_PKG)' -d $(ROOT)/.cache/ansible-wheel
 	cd $(ROOT)/.cache/ansible-wheel && $(PY) -c "import zipfile,glob; \
 	  z=zipfile.ZipFile(glob.glob('ansible-*.whl')[0]); \
 	  [z.extract(n, 'x') for n in z.namelist() if n.startswith(('ansible_collections/ansible/netcommon/','ansible_collections/ansible/utils/'))]"
@@ -88,7 +95,13 @@ sanity: setup
 typecheck: setup
 	cd $(ROOT)/listener && $(PY) -m mypy --config-file pyproject.toml -p netconf_callhome
 
-test: unit typecheck integration sanity
+test: unit typecheck integration sanity stack2
+
+# The second stack runs where the machine's own is older than the newest (Debian 12: Python 3.11,
+# ansible-core 2.19). On Debian 13 the machine's stack is already Python 3.13 / ansible-core 2.21.
+stack2:
+	@if [ "$(DEBIAN_VERSION)" = 12 ]; then $(MAKE) test-stack2; \
+	else echo "stack 2 skipped: this machine (Debian $(DEBIAN_VERSION), Python 3.$(PY_MINOR)) runs the newest stack natively"; fi
 
 # The demo script uses the collection's embedded-listener helper, found on the clone's collections path.
 demo: setup peers

@@ -198,8 +198,14 @@ def run_job(private_data_dir: Path, env: Dict[str, str], extra_vars: Dict[str, s
     }
     (private_data_dir / "inventory").mkdir(exist_ok=True)
     (private_data_dir / "inventory" / "hosts.json").write_text(json.dumps(inventory))
+    # An ansible-connection stand-in that records being run: the job must never start one (the
+    # listener is the persistent connection, reached through the plugin's relay).
+    stub = private_data_dir / "ansible-connection-stub.py"
+    stub.write_text("import pathlib, sys\npathlib.Path(%r).write_text(' '.join(sys.argv))\nsys.exit(1)\n"
+                    % str(private_data_dir / "ansible-connection-ran"))
     envvars = dict(env)
     envvars.update({
+        "_ANSIBLE_CONNECTION_PATH": str(stub),
         "PATH": "%s:%s" % (VENV_BIN, os.environ.get("PATH", "/usr/bin:/bin")),  # the EE's PATH
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS_PATH,  # the EE's installed collections
         "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(private_data_dir / "pc"),
@@ -267,6 +273,7 @@ def test_job_through_ansible_runner_with_the_awx_credential(remote_listener, fle
     assert TOKEN not in stdout
     assert TOKEN not in lst.log()
     assert not (job_env / "control.sock").exists()
+    assert not (pdd / "ansible-connection-ran").exists(), "the job started ansible-connection"
 
 
 def test_job_with_a_wrong_token_fails_naming_the_token(remote_listener, fleet, job_env, tmp_path):
