@@ -44,7 +44,6 @@ import benchlib as b  # noqa: E402
 import playbook as pb  # noqa: E402
 
 
-
 def play_text(tasks: int) -> str:
     """``tasks`` separate netconf_get tasks (not a loop: the recap then counts ok=tasks)."""
     text = "- name: netconf_get, %d per host\n  hosts: all\n  gather_facts: false\n  tasks:\n" % tasks
