@@ -1378,6 +1378,10 @@ reconcile(void)
  * sessions are closed; a changed client is removed and added again, as with 2.0.
  */
 static struct ly_ctx *cfg_ctx;  /* libnetconf2's configuration modules */
+/* held while nc_server_config_setup_data() runs (see acquire_ctx()) */
+static pthread_mutex_t apply_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t applying_thread;
+static volatile int applying;
 static struct lyd_node *base_cfg;
 
 /** The command line's users (authorized keys, password) on an SSH endpoint of a call-home
@@ -1463,7 +1467,14 @@ apply_config(char **sigs, int n)
         logline("configuration refused by libnetconf2's YANG modules: %s", ly_last_logmsg());
         goto cleanup;
     }
-    if (nc_server_config_setup_data(cfg)) {
+    pthread_mutex_lock(&apply_lock);
+    applying_thread = pthread_self();
+    applying = 1;
+    r = nc_server_config_setup_data(cfg);
+    applying = 0;
+    pthread_mutex_unlock(&apply_lock);
+    if (r) {
+        r = -1;
         logline("libnetconf2 did not apply the configuration");
         goto cleanup;
     }
@@ -2774,10 +2785,27 @@ build_base_config(void)
     free(xml);
 }
 
+/**
+ * Called by a call-home thread before its new session authenticates the client. It waits (at most
+ * a few seconds: applying a configuration may itself wait for a removed client's thread) until a
+ * configuration being applied is complete: libnetconf2 3.7 starts a new client's thread while
+ * nc_server_config_setup_data() is still adding that client's users, and a client that reaches
+ * authentication before them meets a user key without data ("Invalid argument base64
+ * (nc_server_ssh_create_ssh_pubkey())") and, retrying, a double free (seen on a loaded machine).
+ */
 static const struct ly_ctx *
 acquire_ctx(void *data)
 {
+    struct timespec until;
+
     (void)data;
+    if (!(applying && pthread_equal(applying_thread, pthread_self()))) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        if (!pthread_mutex_timedlock(&apply_lock, &until)) {
+            pthread_mutex_unlock(&apply_lock);
+        }
+    }
     return ctx;
 }
 
