@@ -243,8 +243,13 @@ def test_role_names_a_collection_its_source_lacks(tmp_path: Path) -> None:
     root = tmp_path / "root"
     venv = root / "opt/netconf-callhome/venv"  # an image's venv: the distribution without dependencies
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+    # --ignore-installed: with --prefix, pip otherwise first UNINSTALLS the netconf-callhome it finds
+    # in the running environment (the test venv's editable install), breaking every later test.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--ignore-installed",
                     "--prefix", str(venv), str(build_wheel(tmp_path))], check=True, timeout=180)
+    assert subprocess.run([sys.executable, "-c", "import netconf_callhome"], check=False, timeout=60).returncode == 0, (
+        "installing into the role's venv removed netconf_callhome from the test environment"
+    )
     run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
                           "callhome_listener_install_deps": False,
                           "callhome_listener_collections_source": str(DEPS),
