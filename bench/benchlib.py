@@ -353,7 +353,6 @@ class Listener:
         "handshake_limit_warnings": "event=handshake.limit",  # rate-limited: at most one per 5 s
         "handshake_failed": "event=handshake.failed",
         "device_session_failed": "event=device.session_failed",
-        "device_error": "event=device.error",
         "peer_blocked": "event=peer.blocked",
         "future_never_retrieved": "Future exception was never retrieved",
         "nonetype_errors": "NoneType: None",

@@ -97,10 +97,6 @@ class CallHomeListener:
             config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
         )
 
-    @property
-    def tls_context(self) -> Optional[ssl.SSLContext]:
-        return self.tls.context if self.tls is not None else None
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
