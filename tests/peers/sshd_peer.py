@@ -171,9 +171,15 @@ class SshdPeer:
             self.password = secrets.token_urlsafe(18)
             _run(["chpasswd"], input=f"{self.username}:{self.password}\n")
         python, self.python_note = pick_python(self.username)
+        # The login user must read the subsystem script: a checkout under a 0700 directory (a
+        # mktemp -d clone, root's home) is not readable to it, so the peer runs its own copy.
+        for name in ("netconf_stdio.py", "netconf_server.py"):  # the second is imported by the first
+            shutil.copyfile(PEERS / name, wd / name)
+            os.chmod(wd / name, 0o644)
+        server = wd / "netconf_stdio.py"
         self.config = wd / "sshd_config"
         subsystem = (
-            f"{python} {PEERS / 'netconf_stdio.py'} --hostname {self.hostname} "
+            f"{python} {server} --hostname {self.hostname} "
             f"--state-file {state / 'running.xml'}"
         )
         self.config.write_text(
