@@ -5,9 +5,13 @@
 # Idempotent. Two stamps in the root hold hashes of their inputs; a part is rebuilt when its
 # stamp is missing or its inputs changed:
 #   .stamp-system  debootstrap --variant=minbase trixie + the Debian packages (S2_DEB_PKGS)
-#   .stamp-python  the Python 3.13 venv (newest ansible-core 2.21.x, the listener distribution
-#                  editable from $REPO/listener, requirements*.txt) and ansible.netcommon /
-#                  ansible.utils from the newest 'ansible' 14.x wheel, in the root's deps dir
+#   .stamp-python  the Python 3.13 venv (newest ansible-core 2.21.x, requirements*.txt) and
+#                  ansible.netcommon / ansible.utils from the newest 'ansible' 14.x wheel, in the
+#                  root's deps dir
+#   .stamp-listener the listener distribution installed editable from $REPO/listener. Its hash
+#                  holds the checkout's path: the root outlives a checkout (CI clones main to a
+#                  new path on a machine where an earlier clone built the root), and an editable
+#                  install that points at a vanished path fails every import.
 # Needs root (debootstrap, chroot, mount). Usage: tests/stack2/build-root.sh [--force]
 set -euo pipefail
 
@@ -24,6 +28,10 @@ python_hash() {
         cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/listener/pyproject.toml"
         pip_conf
     } | sha256sum | cut -d' ' -f1
+}
+
+listener_hash() {
+    { printf '%s\n' "$REPO" "$S2_VENV"; cat "$REPO/listener/pyproject.toml"; } | sha256sum | cut -d' ' -f1
 }
 
 # The machine's pip configuration for the root: find-links and extra-index-url entries that are
@@ -85,6 +93,7 @@ copy_trust() {
 build_python() {
     local wheel_dir=$S2_CACHE/ansible-wheel
     s2_log "venv $S2_VENV: $S2_ANSIBLE_CORE, listener (editable), requirements"
+    rm -f "$STACK2_ROOT/.stamp-listener"
     rm -rf "${STACK2_ROOT:?}$S2_VENV" "${STACK2_ROOT:?}$S2_DEPS/ansible_collections"
     s2_chroot python3 -m venv "$S2_VENV"
     s2_chroot "$S2_VENV/bin/pip" install -q --upgrade pip
@@ -107,13 +116,27 @@ shutil.rmtree('$wheel_dir')
     s2_chroot "$S2_VENV/bin/python" -c "import ansible, sys; print('[stack2] Python', sys.version.split()[0], 'ansible-core', ansible.__version__, file=sys.stderr)"
 }
 
+# The listener, editable from this checkout (no dependencies: the venv has them). Reinstalled when
+# the checkout moved, in seconds, instead of rebuilding the venv.
+install_listener() {
+    s2_log "listener distribution (editable) from $REPO/listener"
+    s2_chroot "$S2_VENV/bin/pip" install -q --no-deps -e "$REPO/listener"
+    s2_chroot "$S2_VENV/bin/python" -c "
+import netconf_callhome, sys
+want = '$REPO/listener/src/netconf_callhome/__init__.py'
+if netconf_callhome.__file__ != want:
+    sys.exit(f'[stack2] netconf_callhome imports from {netconf_callhome.__file__}, not {want}')
+"
+}
+
 main() {
-    local force=0 sys_hash py_hash
+    local force=0 sys_hash py_hash lst_hash
     [ "${1:-}" = "--force" ] && force=1
     [ "$(id -u)" = 0 ] || { s2_log "build-root.sh needs root (debootstrap, chroot, mount)"; exit 1; }
     sys_hash=$(system_hash)
     py_hash=$(python_hash)
-    if [ "$force" = 0 ] && stamp_ok system "$sys_hash" && stamp_ok python "$py_hash"; then
+    lst_hash=$(listener_hash)
+    if [ "$force" = 0 ] && stamp_ok system "$sys_hash" && stamp_ok python "$py_hash" && stamp_ok listener "$lst_hash"; then
         copy_trust
         s2_log "root $STACK2_ROOT is up to date"
         return 0
@@ -141,6 +164,10 @@ main() {
         rm -f "$STACK2_ROOT/.stamp-python"
         build_python
         echo "$py_hash" >"$STACK2_ROOT/.stamp-python"
+    fi
+    if [ "$force" = 1 ] || ! stamp_ok listener "$lst_hash"; then
+        install_listener
+        echo "$lst_hash" >"$STACK2_ROOT/.stamp-listener"
     fi
     s2_log "root $STACK2_ROOT is ready"
 }
