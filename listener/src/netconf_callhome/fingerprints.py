@@ -4,9 +4,15 @@
 
 **PRIVATE** to the collection. Stdlib only, so modules can use it on any controller.
 SSH fingerprints use OpenSSH's form (``SHA256:`` + unpadded base64 of the key blob), which is
-what ``ssh-keygen -lf`` and device CLIs print. TLS fingerprints use the form
-``openssl x509 -fingerprint -sha256`` prints (upper-case hex pairs joined by colons) with a
-``SHA256:`` prefix so the two kinds are never confused with each other's encoding.
+what ``ssh-keygen -lf`` and device CLIs print. TLS certificate fingerprints use one notation only:
+the SHA-256 of the DER certificate as upper-case hex pairs joined by colons (``1F:A3:...``, 32
+pairs), as ``openssl x509 -noout -fingerprint -sha256`` prints it after ``Fingerprint=``. The two
+kinds cannot be confused: one is prefixed base64, the other bare hex pairs.
+
+Earlier releases wrote TLS fingerprints as ``SHA256:1F:A3:...`` (OpenSSH's prefix on OpenSSL's
+hex): still accepted on input, never written. The RFC 7407 ``tls-fingerprint`` a device's
+``cert-to-name`` entry needs (the hash algorithm's TLS code ``04`` for SHA-256, then the hex
+pairs: ``04:1F:A3:...``) is accepted on input too, and :func:`cert_to_name_fingerprint` writes it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ SSH_KEY_TYPES = (
     "ssh-ed448",
 )
 
-_HEX_FP = re.compile(r"^(?:sha256:)?((?:[0-9a-f]{2}:?){32})$", re.IGNORECASE)
+# Hex pairs, colons optional; the old ``SHA256:`` prefix, openssl's ``sha256 Fingerprint=`` and
+# RFC 7407's hash-algorithm octet ``04:`` (SHA-256, RFC 5246 7.4.1.4.1) are accepted in front.
+_HEX_FP = re.compile(
+    r"^(?:sha256:|sha256fingerprint=|(?P<tls_hash>04):?)?(?P<hex>(?:[0-9a-f]{2}:?){31}[0-9a-f]{2})$",
+    re.IGNORECASE,
+)
+# The TLS HashAlgorithm code of SHA-256, the first octet of an RFC 7407 tls-fingerprint.
+CERT_TO_NAME_SHA256 = "04"
 
 
 def ssh_fingerprint_of_blob(blob: bytes) -> str:
@@ -73,21 +86,38 @@ def normalize_ssh_fingerprint(value: str) -> str:
     return "SHA256:" + body
 
 
+def _hex_pairs(digest: str) -> str:
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
 def cert_fingerprint_of_der(der: bytes) -> str:
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+    """``1F:A3:..``: SHA-256 of the DER certificate, the one notation the listener writes."""
+    return _hex_pairs(hashlib.sha256(der).hexdigest().upper())
 
 
 def normalize_cert_fingerprint(value: str) -> str:
-    """Accept ``AB:CD:..``, ``abcd..`` or ``SHA256:AB:..`` and return ``SHA256:AB:CD:..``."""
+    """Accept ``AB:CD:..``, ``abcd..``, ``SHA256:AB:..`` (old notation) or ``04:AB:..`` (RFC 7407)
+    and return ``AB:CD:..``."""
+    # 32 pairs that happen to start with 04 are a bare fingerprint (the regex backtracks); only
+    # 33 pairs starting with 04 are the RFC 7407 form.
     match = _HEX_FP.match(value.strip().replace(" ", ""))
     if not match:
         raise ConfigError(
-            "certificate fingerprint must be 32 hex byte pairs (as 'openssl x509 -fingerprint -sha256' prints): %r"
-            % value
+            "certificate fingerprint must be the SHA-256 of the certificate as 32 hex byte pairs, "
+            "'AB:CD:...' (as 'openssl x509 -noout -fingerprint -sha256' prints it), or RFC 7407's "
+            "'04:AB:CD:...'; got %r" % value
         )
-    digest = match.group(1).replace(":", "").upper()
-    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+    return _hex_pairs(match.group("hex").replace(":", "").upper())
+
+
+def cert_to_name_fingerprint(value: str) -> str:
+    """The RFC 7407 ``tls-fingerprint`` of a certificate fingerprint (any accepted notation):
+    ``04:AB:CD:..``, what a device's ``cert-to-name`` entry for the listener's certificate needs."""
+    return CERT_TO_NAME_SHA256 + ":" + normalize_cert_fingerprint(value)
+
+
+def cert_to_name_fingerprint_of_der(der: bytes) -> str:
+    return CERT_TO_NAME_SHA256 + ":" + cert_fingerprint_of_der(der)
 
 
 def pem_to_der(pem: str) -> bytes:

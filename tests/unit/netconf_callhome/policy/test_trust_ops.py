@@ -27,8 +27,8 @@ from netconf_callhome.policy.trust_ops import (
 )
 from netconf_callhome.policy.trust_store import TrustStore
 
-CERT_FP = "SHA256:" + ":".join(["AB"] * 32)
-CERT_FP2 = "SHA256:" + ":".join(["CD"] * 32)
+CERT_FP = ":".join(["AB"] * 32)  # the one notation written (issue 10)
+CERT_FP2 = ":".join(["CD"] * 32)
 
 
 def ssh_key(alg: str = "ssh-ed25519") -> str:
