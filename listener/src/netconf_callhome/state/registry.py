@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Optional
+
+from netconf_callhome.errors import CallHomeError
+
+log = logging.getLogger("netconf_callhome.registry")
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
@@ -66,6 +71,13 @@ class PendingKey:
         return asdict(self)
 
 
+class RegistryWriteError(CallHomeError):
+    """The registry's store refused a write (e.g. SQLite "database is locked"); nothing was lost:
+    the changes stay in memory and are written by a later flush."""
+
+    code = "registry-write"
+
+
 class RegistryStore(abc.ABC):
     """Persistence behind the registry; called from a writer thread, never from the loop."""
 
@@ -88,10 +100,12 @@ class SQLiteStore(RegistryStore):
     """Records are stored as JSON documents keyed by name / fingerprint: the schema of the
     dataclasses can grow without migrations, and a PostgreSQL twin is a JSONB copy of this."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # ``busy_timeout``: how long one write waits for another process's lock before it fails
+        # with "database is locked" (the flush is then retried later, with backoff).
+        self._db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         os.chmod(path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -104,6 +118,16 @@ class SQLiteStore(RegistryStore):
         return devices, pending
 
     def save(
+        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+    ) -> None:
+        try:
+            self._save(devices, pending, dropped_pending)
+        except sqlite3.Error as exc:
+            raise RegistryWriteError(
+                "cannot write the registry %s: %s" % (self.path, exc), details={"path": self.path}
+            ) from exc
+
+    def _save(
         self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
     ) -> None:
         with self._db:
@@ -134,6 +158,10 @@ class Registry:
 
     Writes are coalesced: a record changed ten times between flushes is written once. A flush
     runs at most every ``flush_interval`` seconds in a thread, and at shutdown.
+
+    A record stays marked unsaved until a write that contains it succeeded: each mark carries a
+    sequence number, and a successful flush unmarks only what it wrote and what did not change
+    again meanwhile. A failed write (another process holding the database lock) loses nothing.
     """
 
     def __init__(self, store: RegistryStore, *, flush_interval: float = 0.5) -> None:
@@ -141,9 +169,11 @@ class Registry:
         self.flush_interval = flush_interval
         self._devices: Dict[str, DeviceRecord] = {}
         self._pending: Dict[str, PendingKey] = {}
-        self._dirty_devices: Dict[str, None] = {}
-        self._dirty_pending: Dict[str, None] = {}
-        self._dropped: Dict[str, None] = {}
+        # name / fingerprint -> sequence number of its latest change (see flush)
+        self._dirty_devices: Dict[str, int] = {}
+        self._dirty_pending: Dict[str, int] = {}
+        self._dropped: Dict[str, int] = {}
+        self._seq = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         # Devices per status, kept on every change: the control socket's ``status`` and the
@@ -158,7 +188,7 @@ class Registry:
                 # The sessions died with the previous process; say so instead of lying.
                 rec.status = DISCONNECTED
                 rec.last_disconnected = rec.last_disconnected or now
-                self._dirty_devices[rec.name] = None
+                self._dirty_devices[rec.name] = self._next_seq()
             self._devices[rec.name] = rec
             self._counts[rec.status] = self._counts.get(rec.status, 0) + 1
         self._pending = {p.fingerprint: p for p in pending}
@@ -183,7 +213,7 @@ class Registry:
             self._counts[old_status] -= 1
             self._counts[rec.status] = self._counts.get(rec.status, 0) + 1
         with self._lock:
-            self._dirty_devices[name] = None
+            self._dirty_devices[name] = self._next_seq()
         return rec
 
     def counts(self) -> Dict[str, int]:
@@ -198,19 +228,22 @@ class Registry:
         return self._pending.get(fingerprint)
 
     def record_pending(self, key: PendingKey) -> PendingKey:
+        """Record one presentation of a refused key. The entry describes the *latest* one (its
+        reason, claimed device, claim source, peer and identities belong together: mixing an old
+        claim with a new reason told the operator something no device ever said); only
+        ``first_seen`` and ``count`` carry over."""
         now = time.time()
         old = self._pending.get(key.fingerprint)
         if old is not None:
             key.first_seen = old.first_seen
             key.count = old.count
-            key.claimed_device = key.claimed_device or old.claimed_device
         else:
             key.first_seen = now
         key.last_seen = now
         key.count += 1
         self._pending[key.fingerprint] = key
         with self._lock:
-            self._dirty_pending[key.fingerprint] = None
+            self._dirty_pending[key.fingerprint] = self._next_seq()
             self._dropped.pop(key.fingerprint, None)
         return key
 
@@ -219,30 +252,111 @@ class Registry:
         if key is not None:
             with self._lock:
                 self._dirty_pending.pop(fingerprint, None)
-                self._dropped[fingerprint] = None
+                self._dropped[fingerprint] = self._next_seq()
         return key
 
     # -- persistence ---------------------------------------------------------------------------
 
+    def _next_seq(self) -> int:
+        # Called with self._lock held (or before the registry is shared, in load).
+        self._seq += 1
+        return self._seq
+
     def has_unsaved(self) -> bool:
         return bool(self._dirty_devices or self._dirty_pending or self._dropped)
 
+    def unsaved_count(self) -> int:
+        """Records (devices, pending entries, deletions) not yet written: for the failure log."""
+        with self._lock:
+            return len(self._dirty_devices) + len(self._dirty_pending) + len(self._dropped)
+
     def flush(self) -> None:
-        """Write what changed since the last flush (thread-safe; serialised)."""
+        """Write what changed since the last successful flush (thread-safe; serialised).
+
+        Raises :class:`RegistryWriteError` when the store refuses the write; the changes then
+        stay unsaved, for the next call.
+        """
         with self._flush_lock:
             with self._lock:
-                names, self._dirty_devices = list(self._dirty_devices), {}
-                fps, self._dirty_pending = list(self._dirty_pending), {}
-                dropped, self._dropped = list(self._dropped), {}
+                names = dict(self._dirty_devices)
+                fps = dict(self._dirty_pending)
+                dropped = dict(self._dropped)
             if not (names or fps or dropped):
                 return
             devices = [_copy(self._devices[n]) for n in names if n in self._devices]
             pending = [_copy(self._pending[f]) for f in fps if f in self._pending]
-            self.store.save(devices, pending, dropped)
+            self.store.save(devices, pending, list(dropped))
+            # Written: unmark what did not change again while the write ran (a newer change
+            # has a newer sequence number and stays for the next flush).
+            with self._lock:
+                for marks, written in (
+                    (self._dirty_devices, names),
+                    (self._dirty_pending, fps),
+                    (self._dropped, dropped),
+                ):
+                    for key, seq in written.items():
+                        if marks.get(key) == seq:
+                            del marks[key]
 
     def close(self) -> None:
-        self.flush()
+        """Last flush, then release the store. A final write the store refuses is logged with
+        what it loses (the process is going away), never raised: stopping must not fail."""
+        try:
+            self.flush()
+        except RegistryWriteError as exc:
+            log.error(
+                "event=registry.flush_failed at_stop=true unsaved=%d error=%r", self.unsaved_count(), exc.message
+            )
         self.store.close()
+
+
+class FlushRetry:
+    """When to try the next registry flush after failures: exponential backoff from ``base`` up
+    to ``cap`` seconds, and one log line per failure streak (plus one when it recovers), so that a
+    database locked for an hour is neither hammered nor logged 7,200 times."""
+
+    def __init__(self, base: float, cap: float = 30.0) -> None:
+        self.base = max(base, 0.01)
+        self.cap = max(cap, self.base)
+        self.failures = 0  # consecutive failed flushes in the current streak
+        self.next_at = 0.0  # monotonic time before which no flush is tried
+        self.streak_started = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def failed(self, now: float, error: str, unsaved: int) -> float:
+        """Record a failed flush; returns the delay before the next attempt."""
+        if self.failures == 0:
+            self.streak_started = now
+        self.failures += 1
+        delay = min(self.cap, self.base * (2 ** min(self.failures, 30)))
+        self.next_at = now + delay
+        if self.failures == 1:
+            log.error(
+                "event=registry.flush_failed attempts=%d unsaved=%d retry_in=%.1f retry_max=%.1f error=%r "
+                "(changes are kept in memory and written once the database accepts them)",
+                self.failures,
+                unsaved,
+                delay,
+                self.cap,
+                error,
+            )
+        else:
+            log.debug(
+                "event=registry.flush_retry_failed attempts=%d retry_in=%.1f error=%r", self.failures, delay, error
+            )
+        return delay
+
+    def succeeded(self, now: float) -> None:
+        if self.failures:
+            log.warning(
+                "event=registry.flush_recovered attempts=%d failed_for=%.1f",
+                self.failures + 1,
+                now - self.streak_started,
+            )
+        self.failures = 0
+        self.next_at = 0.0
 
 
 def _copy(rec: Any) -> Any:
