@@ -13,6 +13,8 @@ one registry update, one log line and metrics, here.
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import logging
 import os
 import signal
@@ -24,6 +26,7 @@ from typing import Any, Awaitable, Callable, Collection, Dict, List, Optional, S
 import asyncssh
 
 from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
+from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
 from netconf_callhome.errors import (
@@ -34,11 +37,11 @@ from netconf_callhome.errors import (
     WaitTimeoutError,
 )
 from netconf_callhome.metrics import Metrics
-from netconf_callhome.netutil import format_binds, make_listening_socket, peer_ip
+from netconf_callhome.netutil import format_binds, format_peer, make_listening_socket, peer_ip
 from netconf_callhome.policy.admission import Admission
 from netconf_callhome.policy import trust_ops
 from netconf_callhome.policy.trust_store import TrustStore
-from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict
+from netconf_callhome.policy.verdicts import TrustPolicy, Verdict, refusal
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
@@ -51,12 +54,20 @@ from netconf_callhome.state.registry import (
     DISCONNECTED,
     ERROR,
     KEY_MISMATCH,
+    FlushRetry,
     PendingKey,
     Registry,
+    RegistryWriteError,
     SQLiteStore,
 )
 
 log = logging.getLogger("netconf_callhome.listener")
+
+# Longest pause between registry flush attempts while the database refuses writes (seconds).
+REGISTRY_RETRY_MAX = 30.0
+# Certificate identities of accepted TLS handshakes, by fingerprint (a cache bounded in size: an
+# identity-enrolled session is re-checked against them on every trust change).
+TLS_IDENTITY_CACHE = 4096
 
 ConnectionHandler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
 
@@ -77,6 +88,7 @@ class CallHomeListener:
             block_failures=config.block_failures,
             block_window=config.block_window,
             block_seconds=config.block_seconds,
+            admit_rate=config.block_admit_rate,
             on_limit=lambda reason: self.metrics.failures.labels(transport="any", reason=reason).inc(),
         )
         self._keys = PrivateKeyCache()
@@ -90,9 +102,15 @@ class CallHomeListener:
         self._tasks: Set["asyncio.Future[Any]"] = set()
         self._waiters: Dict[str, List["asyncio.Future[None]"]] = {}
         self._hints: Dict[Tuple[str, str], str] = {}
+        # The certificate identities a TLS session was accepted under, kept to tell after a
+        # trust change whether it is still trusted (an identity-enrolled device has no pinned
+        # fingerprint to look up).
+        self._tls_identities: "collections.OrderedDict[str, List[str]]" = collections.OrderedDict()
+        self._session_identities: Dict[str, List[str]] = {}
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
         self.control = ControlServer(config, self)
+        self.instance = InstanceLock(config.home)
         self.endpoints = AnsibleEndpoints(
             config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
         )
@@ -100,6 +118,9 @@ class CallHomeListener:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # One listener per home: checked before a port is bound or the control socket replaced,
+        # so a second one names the first (ListenerRunningError) instead of failing on a port.
+        self.instance.acquire(mode=EMBEDDED if self.config.idle_exit else SERVICE, control_socket=self.config.control_socket)
         bind = ""
         try:
             for bind in self.config.ssh_binds:
@@ -111,8 +132,21 @@ class CallHomeListener:
                     self._serve(self._listen("tls", bind, PORT_TLS), self.tls.handle)
         except OSError as exc:
             await self.stop()
-            raise ConfigError("cannot listen on %s: %s" % (bind, exc.strerror or exc)) from None
+            raise ConfigError(
+                "cannot listen on %s: %s%s"
+                % (
+                    bind,
+                    exc.strerror or exc,
+                    "; the process holding it is not a listener of %s" % self.config.home
+                    if exc.errno == errno.EADDRINUSE
+                    else "",
+                )
+            ) from None
         await self.control.start()
+        self.instance.update(
+            {kind: [format_peer(b) for b in bound] for kind, bound in self.bound.items()}
+            | {"control_tcp": [self.control.tcp_address] if self.control.tcp_address else []}
+        )
         self.spawn(self._housekeeping())
         if self.config.metrics_bind:
             self.metrics.serve(self.config.metrics_bind)
@@ -149,7 +183,7 @@ class CallHomeListener:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.policy.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_trust)
         await self._stopping.wait()
         await self.stop()
 
@@ -169,6 +203,7 @@ class CallHomeListener:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.registry.close()
+        self.instance.release()
         log.info("event=listener.stopped")
 
     def spawn(self, awaitable: Awaitable[Any]) -> None:
@@ -182,12 +217,31 @@ class CallHomeListener:
         self.last_activity = time.monotonic()
 
     async def _housekeeping(self) -> None:
+        """Every ``flush_interval``: trust-store reload, registry flush, idle exit. None of them
+        may stop the others: a registry the database refuses to write (another process holds
+        its lock) is retried with backoff in the background while reloads and idle exit go on."""
         loop = asyncio.get_running_loop()
+        retry = FlushRetry(self.registry.flush_interval, REGISTRY_RETRY_MAX)
+        flushing: "Optional[asyncio.Future[None]]" = None
         while True:
             await asyncio.sleep(self.registry.flush_interval)
-            self.policy.reload()
-            if self.registry.has_unsaved():
-                await loop.run_in_executor(None, self.registry.flush)
+            try:
+                self.reload_trust()
+            except Exception:  # a bug must not end reloads for good; logged with its traceback
+                log.exception("event=trust.reload_error")
+            self.admission.sweep()  # expired address limits are logged (peer.unblocked) without new traffic
+            now = time.monotonic()
+            if flushing is not None and flushing.done():
+                error = flushing.exception()
+                flushing = None
+                if error is None:
+                    retry.succeeded(now)
+                else:
+                    message = error.message if isinstance(error, RegistryWriteError) else repr(error)
+                    retry.failed(now, message, self.registry.unsaved_count())
+            if flushing is None and self.registry.has_unsaved() and retry.due(now):
+                # Not awaited: a write waiting for a locked database must not hold up the loop.
+                flushing = loop.run_in_executor(None, self.registry.flush)
             if (
                 self.config.idle_exit
                 and not self.control.active_leases
@@ -226,6 +280,10 @@ class CallHomeListener:
             pem = ssl.DER_cert_to_PEM_cert(chain[0])
             self._refused(verdict, transport="tls", peer=peer, key_type="x509", public_key=pem)
             return None
+        self._tls_identities[verdict.fingerprint] = list(verdict.identities)
+        self._tls_identities.move_to_end(verdict.fingerprint)
+        while len(self._tls_identities) > TLS_IDENTITY_CACHE:
+            self._tls_identities.popitem(last=False)
         return VerifiedDevice(device=verdict.device, fingerprint=verdict.fingerprint)
 
     def hint_for(self, address: str, transport: str) -> str:
@@ -234,7 +292,13 @@ class CallHomeListener:
         return "" if device in self.sessions else device
 
     def _refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
-        """An unenrolled or mismatched key: record it, never authenticate, never hand it out."""
+        """An unenrolled or mismatched key: record it, never authenticate, never hand it out.
+
+        The claim (which device it says it is) goes on the pending entry; the claimed device's
+        own record changes only when that device holds no verified session (verdicts.refusal).
+        """
+        held = self.sessions.get(verdict.device) if verdict.device else None
+        outcome = refusal(verdict, key_type=key_type, peer=peer, device_connected=held is not None and held.is_open)
         pending = self.registry.record_pending(
             PendingKey(
                 fingerprint=verdict.fingerprint,
@@ -248,22 +312,20 @@ class CallHomeListener:
                 identities=list(verdict.identities),
             )
         )
-        if verdict.outcome == MISMATCH and verdict.device:
-            self.registry.update(
-                verdict.device,
-                status=KEY_MISMATCH,
-                last_seen=time.time(),
-                last_error="presented %s %s, which is not enrolled for it (from %s)"
-                % (key_type, verdict.fingerprint, peer),
-            )
+        if outcome.mark_device:
+            self.registry.update(verdict.device, status=KEY_MISMATCH, last_seen=time.time(), last_error=outcome.message)
+        if verdict.device:
             log.warning(
-                "event=device.key_mismatch device=%s peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
+                "event=%s device=%s peer=%s transport=%s fingerprint=%s key_type=%s claim_source=%s count=%d msg=%r",
+                outcome.event,
                 verdict.device,
                 peer,
                 transport,
                 verdict.fingerprint,
                 key_type,
+                verdict.claim_source,
                 pending.count,
+                outcome.message,
             )
         else:
             log.warning(
@@ -323,6 +385,8 @@ class CallHomeListener:
         )
         old = self.sessions.get(held.device)
         self.sessions[held.device] = held
+        if held.transport == "tls":
+            self._session_identities[held.device] = self._tls_identities.get(held.fingerprint, [])
         held.closed.add_done_callback(lambda fut: self._session_closed(held, fut.result()))
         if old is not None and old is not held:
             old.close("replaced by a new call from %s" % held.peer)
@@ -365,6 +429,7 @@ class CallHomeListener:
         if self.sessions.get(held.device) is not held:
             return  # an older, replaced session
         del self.sessions[held.device]
+        self._session_identities.pop(held.device, None)
         now = time.time()
         status = ERROR if held.failed else DISCONNECTED
         self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
@@ -390,7 +455,13 @@ class CallHomeListener:
         return self.policy.index.devices
 
     def reload_trust(self) -> bool:
-        return self.policy.reload()
+        """Re-read the trust store if it changed; then apply the change to live sessions and
+        pending entries (``_trust_reloaded``). Every reload goes through here: housekeeping,
+        SIGHUP, the control op and the service's own trust operations."""
+        changed = self.policy.reload()
+        if changed:
+            self._trust_reloaded()
+        return changed
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession:
         """The device's open session, waiting up to ``timeout`` s for it to call home."""
@@ -457,13 +528,20 @@ class CallHomeListener:
 
     # -- trust changes: the rules are trust_ops'; here, their effect on live sessions ---------
 
-    def approve(self, fingerprint: str, device: str = "", *, replace: bool = False) -> Dict[str, Any]:
+    def approve(
+        self,
+        fingerprint: str,
+        device: str = "",
+        *,
+        replace: bool = False,
+        credentials: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
         pending = self.registry.get_pending(fingerprint)
         if pending is None:
             raise DeviceNotFoundError(
                 "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
             )
-        change = trust_ops.approve_pending(self.trust_store, pending, device, replace=replace)
+        change = trust_ops.approve_pending(self.trust_store, pending, device, replace=replace, credentials=credentials)
         self.registry.drop_pending(fingerprint)
         self._trust_changed(change.device, "key replaced")
         log.info(
@@ -513,15 +591,30 @@ class CallHomeListener:
         return change.to_dict()
 
     def _trust_changed(self, device: str, reason: str) -> None:
-        """Reload the policy; a live session whose key is no longer enrolled must not be leased again."""
-        self.policy.reload()
-        held = self.sessions.get(device)
-        if (
-            held is not None
-            and held.fingerprint not in self.policy.index.ssh
-            and held.fingerprint not in self.policy.index.tls
-        ):
-            held.close(reason)
+        """After a trust operation on ``device``: reload the policy and apply it (``reason`` is
+        what that device's session, if no longer trusted, is closed with)."""
+        if self.policy.reload():
+            self._trust_reloaded(device, reason)
+
+    def _trust_reloaded(self, device: str = "", reason: str = "") -> None:
+        """A new trust store is in force. Close exactly the live sessions whose identity it no
+        longer trusts (a pinned key or certificate removed, the certificate identity a TLS
+        session was accepted under revoked); every other device keeps its session. Drop the
+        pending entries whose key is now enrolled, whichever way it was enrolled."""
+        for held in list(self.sessions.values()):
+            if self.policy.still_trusts(
+                held.device, held.transport, held.fingerprint, self._session_identities.get(held.device, ())
+            ):
+                continue
+            why = reason if reason and held.device == device else "identity no longer enrolled (trust store changed)"
+            log.info("event=device.untrusted device=%s fingerprint=%s reason=%r", held.device, held.fingerprint, why)
+            held.close(why)
+        for pending in self.registry.pending():
+            if self.policy.enrolled_pending(
+                pending.transport, pending.fingerprint, pending.public_key, pending.identities
+            ):
+                self.registry.drop_pending(pending.fingerprint)
+                log.info("event=pending.enrolled fingerprint=%s transport=%s", pending.fingerprint, pending.transport)
 
 
 def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:

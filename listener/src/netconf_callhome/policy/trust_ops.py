@@ -42,6 +42,7 @@ from netconf_callhome.fingerprints import (
 )
 from netconf_callhome.policy.trust_store import (
     CANONICAL,
+    CREDENTIAL_KEYS,
     TrustData,
     TrustStore,
     add_identity,
@@ -321,6 +322,7 @@ def approve_pending(
     device: str = "",
     *,
     replace: bool = False,
+    credentials: t.Optional[t.Mapping[str, t.Any]] = None,
     dry_run: bool = False,
 ) -> TrustChange:
     """Enroll the key of a pending entry (``callhome-listener approve``) for ``device``.
@@ -338,6 +340,10 @@ def approve_pending(
       the old key implicitly; replacing is now always asked for explicitly;
     * a key enrolled for another device is refused (revoke it there first).
 
+    ``credentials`` (references, never secrets) replace the device's credentials in the same
+    locked write, as with :func:`enroll` (the enroll module's ``source: pending`` with
+    ``credentials`` used to drop them silently).
+
     The caller drops the pending entry and reloads the policy after a real (not dry-run) approve.
     """
     name = device or (pending.claimed_device if pending.claim_source == "identity" else "")
@@ -349,6 +355,7 @@ def approve_pending(
         )
         raise ConfigError("say which device key %s belongs to (--device NAME)%s" % (pending.fingerprint, hint))
     identity = pending_identity(pending)
+    clean = _clean_credentials(credentials)
     remedy = (
         "If the device's key was really replaced, approve it with replace: callhome-listener approve %s "
         "--device %s --replace (control operation approve with \"replace\": true; netconf.callhome.enroll "
@@ -357,7 +364,7 @@ def approve_pending(
     holder: t.Dict[str, t.List[str]] = {}
 
     def mutate(data: TrustData) -> bool:
-        changed, holder["replaced"] = _add(data, name, identity, replace=replace, credentials=None, remedy=remedy)
+        changed, holder["replaced"] = _add(data, name, identity, replace=replace, credentials=clean, remedy=remedy)
         return changed
 
     changed, before, after = store.update(mutate, dry_run=dry_run)
@@ -393,7 +400,7 @@ def enroll(
     ``credentials`` (references, never secrets) replace the device's credentials when given.
     """
     identity = Identity(kind, value, canonical(kind, value), observed=observed)
-    clean = {k: v for k, v in (credentials or {}).items() if v not in (None, "")}
+    clean = _clean_credentials(credentials)
     holder: t.Dict[str, t.List[str]] = {}
 
     def mutate(data: TrustData) -> bool:
@@ -440,6 +447,16 @@ def revoke(
         identity=identity,
         dry_run=dry_run,
     )
+
+
+def _clean_credentials(credentials: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+    """The credential references that were given (unset options dropped); an object is required
+    (the control socket passes JSON through)."""
+    if credentials is None:
+        return {}
+    if not isinstance(credentials, t.Mapping):
+        raise ConfigError("credentials must be an object with %s" % ", ".join(CREDENTIAL_KEYS))
+    return {k: v for k, v in credentials.items() if v not in (None, "")}
 
 
 def _canonical_any(value: str, kind: t.Optional[str]) -> t.Optional[str]:

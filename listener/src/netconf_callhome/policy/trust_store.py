@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import glob
 import json
 import os
 import tempfile
+import time
 import typing as t
 
 from netconf_callhome.errors import ConfigError, TrustStoreError
@@ -50,6 +52,12 @@ CREDENTIAL_KEYS = ("username", "private_key_file", "password_file", "password_en
 IDENTITY_PREFIXES = ("cn:", "serial:", "dns:", "uri:", "ip:")
 
 TrustData = t.Dict[str, t.Any]
+
+# Temporary files of a write: ``<dir>/.trust-XXXX.tmp``. One older than this was left by a writer
+# that died before its rename (kill -9): a live write renames its file within milliseconds.
+TEMP_PREFIX = ".trust-"
+TEMP_SUFFIX = ".tmp"
+STALE_TEMP_SECONDS = 60.0
 
 
 def empty_store() -> TrustData:
@@ -128,6 +136,10 @@ class TrustStore:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def load(self) -> TrustData:
+        self._sweep_if_unlocked()
+        return self._read()
+
+    def _read(self) -> TrustData:
         try:
             with open(self.path, "r", encoding="utf-8") as handle:
                 raw = handle.read()
@@ -142,6 +154,43 @@ class TrustStore:
         except ValueError as exc:
             raise TrustStoreError("trust store %s is not valid JSON: %s" % (self.path, exc)) from None
         return validate(data, source=self.path)
+
+    def remove_stale_temp_files(self, *, max_age: float = STALE_TEMP_SECONDS) -> t.List[str]:
+        """Remove the temporary files of writes that died before their rename (older than
+        ``max_age`` seconds); call with the lock held, so no write of this store is under way.
+        Returns the paths removed. Files that cannot be removed are left (a reader without
+        write permission on the directory)."""
+        removed: t.List[str] = []
+        cutoff = time.time() - max_age
+        pattern = os.path.join(glob.escape(os.path.dirname(self.path)), TEMP_PREFIX + "*" + TEMP_SUFFIX)
+        for tmp in glob.glob(pattern):
+            try:
+                if os.lstat(tmp).st_mtime < cutoff:
+                    os.unlink(tmp)
+                    removed.append(tmp)
+            except OSError:
+                continue
+        return removed
+
+    def _sweep_if_unlocked(self) -> None:
+        """On a read: sweep stale temporary files if the lock is free right now. Never waits
+        (readers must not queue behind a writer), never fails and creates nothing: without a
+        lock file no writer ever ran here, so nothing is left to sweep; a reader that cannot
+        open it leaves the sweep to the next writer, which sweeps under the lock."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return
+        try:
+            self.remove_stale_temp_files()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self) -> t.Iterator[None]:
@@ -158,7 +207,7 @@ class TrustStore:
     def _write(self, data: TrustData) -> None:
         directory = os.path.dirname(self.path)
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".trust-", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -185,7 +234,8 @@ class TrustStore:
         (Ansible check mode).
         """
         with self._locked():
-            before = self.load()
+            self.remove_stale_temp_files()
+            before = self._read()
             after = copy.deepcopy(before)
             result = mutate(after)
             validate(after, source=self.path)

@@ -16,7 +16,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -50,6 +50,40 @@ class Verdict:
         return self.outcome == ACCEPTED
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """What a refused key does to the records, decided here so that every transport follows the
+    same rule (RFC 8071 C5-C7: an unauthenticated peer's words are a claim, never trust).
+
+    ``mark_device``: whether the claimed device's own record may say ``key-mismatch``. Never for
+    a device that holds a verified session: the claim is anyone's (a ``DEVICE-ID`` preamble, a
+    certificate subject, an address), and letting it flip a live device's status would let
+    any peer make inventories filtered on ``connected`` drop that device, and tell the operator
+    to approve the intruder's key. The claim is kept on the pending entry either way.
+    """
+
+    mark_device: bool
+    event: str  # the log event: device.key_mismatch, device.claim_refused or device.unknown_key
+    message: str  # the operator's sentence: what happened and what (not) to do
+
+
+def refusal(verdict: Verdict, *, key_type: str, peer: str, device_connected: bool) -> Refusal:
+    """How the service records a refused ``verdict`` (see :class:`Refusal`)."""
+    presented = "presented %s %s" % (key_type, verdict.fingerprint)
+    if verdict.outcome != MISMATCH or not verdict.device:
+        return Refusal(False, "device.unknown_key", "%s from %s, which is not enrolled" % (presented, peer))
+    if device_connected:
+        return Refusal(
+            False,
+            "device.claim_refused",
+            "a peer at %s %s claiming to be %r (by %s), which holds a verified session with its enrolled "
+            "identity; refused and recorded as pending only. Do not approve this key for %r unless the "
+            "device was really replaced"
+            % (peer, presented, verdict.device, verdict.claim_source or "?", verdict.device),
+        )
+    return Refusal(True, "device.key_mismatch", "%s, which is not enrolled for it (from %s)" % (presented, peer))
+
+
 class TrustPolicy:
     def __init__(self, store: TrustStore, tls: TLSOptions, default_credentials: Credentials) -> None:
         self.store = store
@@ -77,6 +111,38 @@ class TrustPolicy:
         self.index = index
         self._signature = signature
         log.info("event=trust.loaded devices=%d path=%s", len(index.devices), self.store.path)
+        return True
+
+    # -- trust of what was accepted before ---------------------------------------------------
+
+    def still_trusts(self, device: str, transport: str, fingerprint: str, identities: Sequence[str] = ()) -> bool:
+        """Whether a session accepted earlier for ``device`` would still be accepted after a
+        trust-store change: its pinned key/certificate, or (TLS) the certificate identity it was
+        accepted under, is still enrolled for that device. The CA check of an identity was done
+        at the handshake, and the device CAs do not change while the listener runs."""
+        if transport != "tls":
+            return self.index.ssh.get(fingerprint) == device
+        if self.index.tls.get(fingerprint) == device:
+            return True
+        claimed = _claimed(self.index.identities, identities)
+        return claimed == device
+
+    def enrolled_pending(self, transport: str, fingerprint: str, public_key: str, identities: Sequence[str]) -> bool:
+        """Whether a pending key would now be accepted: it was enrolled some other way (a file
+        edit, the enroll module, another device name's identity), so its entry is stale."""
+        if transport != "tls":
+            return fingerprint in self.index.ssh
+        if fingerprint in self.index.tls:
+            return True
+        if not _claimed(self.index.identities, identities) or not self._cas:
+            return False
+        # The entry holds the leaf only: a leaf issued by a configured CA is accepted now; one that
+        # needs intermediates is left for the device's next call (and a forged claim stays pending).
+        try:
+            leaf = x509.load_pem_x509_certificate(public_key.encode("ascii"))
+            verify_chain(leaf, [], self._cas, datetime.datetime.now(datetime.timezone.utc))
+        except (ValueError, ChainRejectedError):
+            return False
         return True
 
     def credentials_for(self, device: str) -> Credentials:
@@ -119,11 +185,7 @@ class TrustPolicy:
         identities = certificate_identities(leaf)
         if owner is not None:
             return Verdict(ACCEPTED, owner, fingerprint, identities=identities)
-        claimed = ""
-        for ident in identities:
-            claimed = self.index.identities.get(ident, "")
-            if claimed:
-                break
+        claimed = _claimed(self.index.identities, identities)
         if claimed:
             # An identity is a claim anyone can write into a certificate; only a valid path to a
             # configured device CA turns it into trust.
@@ -142,6 +204,15 @@ class TrustPolicy:
         if hint and self.index.has_tls_identity(hint):
             return Verdict(MISMATCH, hint, fingerprint, claim_source="address", identities=identities)
         return Verdict(UNKNOWN, "", fingerprint, identities=identities)
+
+
+def _claimed(enrolled: "dict[str, str]", identities: Sequence[str]) -> str:
+    """The device the first enrolled identity of a certificate names ('' when none)."""
+    for ident in identities:
+        owner: Optional[str] = enrolled.get(ident)
+        if owner:
+            return owner
+    return ""
 
 
 def certificate_identities(cert: x509.Certificate) -> List[str]:
