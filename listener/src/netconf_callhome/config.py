@@ -76,6 +76,13 @@ class ControlTCPOptions:
     key: str = ""
     token_file: str = ""
     token_env: str = ""
+    # Before its token is checked a remote client is a stranger: it gets auth_timeout seconds from
+    # the TCP accept to finish TLS and send its request line, at most max_request_bytes for that
+    # line, and at most max_unauthenticated such connections exist at once (the oldest is closed
+    # to make room, so a flood cannot lock out a client that authenticates promptly).
+    auth_timeout: float = 5.0
+    max_request_bytes: int = 64 * 1024
+    max_unauthenticated: int = 64
 
 
 @dataclass
@@ -111,6 +118,9 @@ class ListenerConfig:
     block_failures: int = 50  # failed handshakes from one address within block_window...
     block_window: float = 60.0
     block_seconds: float = 60.0  # ...block it this long (RFC 8071 section 4)
+    # A blocked address is rate-limited, not cut off: this many handshakes per second are still
+    # admitted from it, so an enrolled device behind the same address gets in (0: hard block).
+    block_admit_rate: float = 1.0
     metrics_bind: str = ""
     # Collections paths for the Ansible endpoint's plugin loader (netconf sub-plugins); when set,
     # used instead of the paths the first client sends (the role installs them, docs/listener.md).
@@ -146,12 +156,20 @@ class ListenerConfig:
                 raise ConfigError("%s must be positive" % name)
         if self.keepalive_interval < 0:
             raise ConfigError("keepalive_interval must be 0 (off) or positive")
+        if self.block_admit_rate < 0:
+            raise ConfigError("block_admit_rate must be 0 (hard block) or positive (handshakes per second)")
         if self.control_tcp.bind and not (
             self.control_tcp.cert
             and self.control_tcp.key
             and (self.control_tcp.token_file or self.control_tcp.token_env)
         ):
             raise ConfigError("control_tcp needs cert, key and token_file or token_env: remote access is never open")
+        if self.control_tcp.auth_timeout <= 0:
+            raise ConfigError("control_tcp.auth_timeout must be positive")
+        if self.control_tcp.max_request_bytes < 1024:
+            raise ConfigError("control_tcp.max_request_bytes must be at least 1024")
+        if self.control_tcp.max_unauthenticated < 1:
+            raise ConfigError("control_tcp.max_unauthenticated must be at least 1")
         return self
 
     @property

@@ -86,6 +86,26 @@ class ListenerUnreachableError(ControlError):
     code = "listener-unreachable"
 
 
+class ListenerBusyError(ControlError):
+    """A listener holds the control socket but did not accept the connection in time (its
+    backlog is full or it is still starting): retry later. Not ``ListenerUnreachableError``, so
+    nobody starts a second listener because one is busy."""
+
+    code = "listener-busy"
+
+
+class RequestTooLargeError(ControlError):
+    """A control request line is longer than the endpoint accepts."""
+
+    code = "request-too-large"
+
+
+class ListenerRunningError(CallHomeError):
+    """Another listener holds this state directory (its instance lock), or an address it needs."""
+
+    code = "listener-running"
+
+
 class NotAuthorizedError(ControlError):
     """The control client did not present a valid token."""
 

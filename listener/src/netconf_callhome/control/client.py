@@ -15,14 +15,19 @@ its ``<hello>`` first, exactly as over SSH), until either side closes it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
 import socket
 import ssl
+import time
 import typing as t
 
+from netconf_callhome.control.instance import LOCK_NAME, holder
 from netconf_callhome.errors import (
     ControlError,
+    ListenerBusyError,
     ListenerUnreachableError,
     error_from_dict,
 )
@@ -30,6 +35,10 @@ from netconf_callhome.errors import (
 from netconf_callhome.paths import ENV_HOME, default_home
 
 MAX_LINE = 16 * 1024 * 1024
+# Retrying a connection a busy listener did not accept yet: short first, then at most this
+# often, with jitter so that a thousand refused clients do not come back in one wave.
+_RETRY_FIRST = 0.005
+_RETRY_MAX = 0.1
 
 
 def default_control_address() -> str:
@@ -87,14 +96,7 @@ class ControlClient:
     def _open(self, timeout: float) -> socket.socket:
         try:
             if self.address.kind == "unix":
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                try:
-                    sock.connect(self.address.path)
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
+                return self._open_unix(timeout)
             raw = socket.create_connection((self.address.host, self.address.port), timeout=timeout)
             ctx = ssl.create_default_context(cafile=self.tls_ca_file)
             if not self.tls_verify:
@@ -106,6 +108,51 @@ class ControlClient:
                 "no call-home listener answers at %s: %s" % (self.address, getattr(exc, "strerror", None) or exc),
                 details={"address": str(self.address)},
             ) from None
+
+    def _open_unix(self, timeout: float) -> socket.socket:
+        """Connect, retrying while a listener holds the socket but does not accept yet.
+
+        A full accept backlog makes a Unix ``connect`` fail at once with EAGAIN (it does not
+        wait), and a listener between ``bind`` and ``listen`` refuses: both are a busy listener,
+        not a missing one, and end as :class:`ListenerBusyError` when ``timeout`` runs out.
+        ECONNREFUSED with nobody holding the home's instance lock is a stale socket file.
+        """
+        path = self.address.path
+        deadline = time.monotonic() + timeout
+        delay = _RETRY_FIRST
+        attempts = 0
+        while True:
+            attempts += 1
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                sock.connect(path)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EAGAIN:
+                    busy = "its accept backlog is full"
+                elif exc.errno == errno.ECONNREFUSED and self._lock_holder() is not None:
+                    busy = "it is not accepting connections yet"
+                else:
+                    raise
+            except BaseException:
+                sock.close()
+                raise
+            if time.monotonic() + delay >= deadline:
+                owner = self._lock_holder()
+                raise ListenerBusyError(
+                    "the call-home listener at %s is busy: %s and it did not accept this connection within "
+                    "%.1f s (%d attempts)%s; retry later or raise the client's timeout"
+                    % (self.address, busy, timeout, attempts, " (pid %d)" % owner.pid if owner and owner.pid else ""),
+                    details={"address": str(self.address), "attempts": attempts},
+                )
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, _RETRY_MAX)
+
+    def _lock_holder(self) -> t.Any:
+        """The listener holding the instance lock next to the socket (its home), if any."""
+        return holder(os.path.join(os.path.dirname(self.address.path), LOCK_NAME))
 
     def _request(self, sock: socket.socket, op: str, args: t.Mapping[str, t.Any]) -> t.Any:
         payload = dict(args)
@@ -125,9 +172,10 @@ class ControlClient:
     def call(self, op: str, *, timeout: t.Optional[float] = None, **args: t.Any) -> t.Any:
         """Run one control operation; ``timeout`` bounds the whole exchange."""
         wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         sock = self._open(wait)
         try:
-            sock.settimeout(wait)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             return self._request(sock, op, args)
         except socket.timeout:
             raise ControlError("listener at %s did not answer %r within %.0f s" % (self.address, op, wait)) from None

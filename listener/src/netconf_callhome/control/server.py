@@ -27,6 +27,7 @@ from netconf_callhome.errors import (
     DeviceNotFoundError,
     LeaseError,
     NotAuthorizedError,
+    RequestTooLargeError,
 )
 
 from netconf_callhome.config import ListenerConfig, parse_bind
@@ -36,7 +37,9 @@ from netconf_callhome.state.registry import Registry
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
-_LINE_LIMIT = 1024 * 1024
+_LINE_LIMIT = 1024 * 1024  # the local socket's request line (its clients passed the file mode)
+_BURST_QUIET = 10.0  # seconds without a hit before a bound's burst is reported as over
+_REJECT_GRACE = 1.0  # at most this long to let a rejected stranger read its error before closing
 _MAX_RPC = 256 * 1024 * 1024  # as a request on an endpoint's Unix socket (endpoints.ansible_rpc)
 
 
@@ -97,12 +100,90 @@ class ControlledListener(Protocol):
     def request_stop(self) -> None: ...
 
 
+def listen_backlog() -> int:
+    """The accept backlog of the control sockets: the kernel's cap (somaxconn), at least 4096.
+
+    asyncio's default (100) made a Unix ``connect`` fail with EAGAIN as soon as a hundred clients
+    (forks of a playbook leasing at once) were waiting to be accepted.
+    """
+    try:
+        with open("/proc/sys/net/core/somaxconn", "r", encoding="ascii") as handle:
+            kernel = int(handle.read().strip())
+    except (OSError, ValueError):
+        kernel = 0
+    return max(4096, kernel)
+
+
+class _Burst:
+    """Logs a bound that trips in a flood as two lines per burst, not one per connection: a
+    warning at the first hit, and once no hit came for ``_BURST_QUIET`` s, how many there were."""
+
+    def __init__(self, event: str, what: str) -> None:
+        self.event = event
+        self.what = what
+        self.count = 0
+        self._first = 0.0
+        self._last = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def hit(self, peer: Any) -> None:
+        now = time.monotonic()
+        if self.count == 0:
+            self._first = now
+            log.warning("event=%s peer=%s %s (further ones are counted, not logged)", self.event, _peer(peer), self.what)
+            self._timer = asyncio.get_running_loop().call_later(_BURST_QUIET, self._check)
+        self.count += 1
+        self._last = now
+
+    def _check(self) -> None:
+        quiet = time.monotonic() - self._last
+        if quiet < _BURST_QUIET:
+            self._timer = asyncio.get_running_loop().call_later(_BURST_QUIET - quiet, self._check)
+            return
+        log.warning(
+            "event=%s_end connections=%d seconds=%.1f", self.event, self.count, self._last - self._first
+        )
+        self.count = 0
+        self._timer = None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+        return "[%s]:%s" % (peer[0], peer[1]) if ":" in str(peer[0]) else "%s:%s" % (peer[0], peer[1])
+    return str(peer)
+
+
 class ControlServer:
     def __init__(self, config: ListenerConfig, listener: ControlledListener) -> None:
         self.listener = listener
         self.config = config
         self._servers: List[asyncio.AbstractServer] = []
         self._token: Optional[bytes] = None
+        self._tls: Optional[ssl.SSLContext] = None
+        # Remote connections whose token was not checked yet, oldest first (dicts keep order).
+        self._strangers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
+        self._evicted: "set[asyncio.Task[Any]]" = set()
+        tcp = config.control_tcp
+        self._bursts = {
+            "limit": _Burst(
+                "control.unauthenticated_limit",
+                "max_unauthenticated=%d connections without a valid token are open: the oldest is closed "
+                "for each new one" % tcp.max_unauthenticated,
+            ),
+            "timeout": _Burst(
+                "control.auth_timeout",
+                "closed: no TLS handshake and request line within auth_timeout=%gs" % tcp.auth_timeout,
+            ),
+            "too_long": _Burst(
+                "control.request_too_long",
+                "closed: request line over max_request_bytes=%d before authentication" % tcp.max_request_bytes,
+            ),
+        }
         self._started = time.time()
         self._ops: Dict[str, Callable[[Dict[str, Any]], Awaitable[Any]]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
@@ -118,7 +199,7 @@ class ControlServer:
         old_umask = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                lambda r, w: self._handle(r, w, remote=False), path=path, limit=_LINE_LIMIT
+                lambda r, w: self._handle(r, w, remote=False), path=path, limit=_LINE_LIMIT, backlog=listen_backlog()
             )
         finally:
             os.umask(old_umask)
@@ -130,9 +211,13 @@ class ControlServer:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(tcp.cert, tcp.key)
+            self._tls = ctx
             host, port = parse_bind(tcp.bind, 4339)
+            # Plain TCP here and TLS in _accept_remote: the TLS handshake then counts against the
+            # stranger's auth_timeout and max_unauthenticated like its request line does. The
+            # stream limit is the request line's bound (leases and rpc bodies do not read lines).
             server = await asyncio.start_server(
-                lambda r, w: self._handle(r, w, remote=True), host=host or None, port=port, ssl=ctx, limit=_LINE_LIMIT
+                self._accept_remote, host=host or None, port=port, limit=tcp.max_request_bytes, backlog=listen_backlog()
             )
             self._servers.append(server)
             sockname = server.sockets[0].getsockname()
@@ -145,30 +230,98 @@ class ControlServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        for task, writer in list(self._strangers.items()):
+            self._evict(task, writer)
+        for burst in self._bursts.values():
+            burst.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.control_socket)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, remote: bool) -> None:
+    # -- the remote endpoint: strangers until their token is checked ---------------------------
+
+    async def _accept_remote(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A TCP connection to the remote endpoint: TLS, one request line, its token, within bounds.
+
+        Until its token is verified the connection is a stranger: ``auth_timeout`` s from the
+        accept for all of it, a line of at most ``max_request_bytes``, one of
+        ``max_unauthenticated`` slots. Whatever misses a bound is closed; a bound that trips is
+        logged once per burst (:class:`_Burst`), a wrong token once per connection.
+        """
+        tcp = self.config.control_tcp
+        task = asyncio.current_task()
+        assert task is not None and self._tls is not None
+        peer = writer.get_extra_info("peername")
+        while len(self._strangers) >= tcp.max_unauthenticated:
+            oldest = next(iter(self._strangers))
+            self._evict(oldest, self._strangers[oldest])
+            self._bursts["limit"].hit(peer)
+        self._strangers[task] = writer
+        try:
+            async with asyncio.timeout(tcp.auth_timeout):
+                try:
+                    await writer.start_tls(self._tls, ssl_handshake_timeout=tcp.auth_timeout)
+                    line = await _read_line(reader, tcp.max_request_bytes)
+                    if not line:
+                        writer.transport.abort()
+                        return
+                    op, request = _parse(line)
+                    self._authenticate(request, op, peer)
+                except CallHomeError as exc:
+                    if isinstance(exc, RequestTooLargeError):
+                        self._bursts["too_long"].hit(peer)
+                    await _reject(reader, writer, exc)
+                    return
+        except TimeoutError:
+            self._bursts["timeout"].hit(peer)
+            log.debug("event=control.auth_timeout peer=%s", _peer(peer))
+            writer.transport.abort()
+            return
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            if task in self._evicted:
+                self._evicted.discard(task)
+                return  # made room for a newer stranger; ending cancelled would be logged by asyncio
+            raise
+        except (ssl.SSLError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("event=control.tls_failed peer=%s error=%r", _peer(peer), exc)
+            writer.transport.abort()
+            return
+        finally:
+            self._strangers.pop(task, None)
+        await self._handle(reader, writer, remote=True, parsed=(op, request))
+
+    def _authenticate(self, request: Dict[str, Any], op: str, peer: Any) -> None:
+        token = request.pop("token", None)
+        if not (isinstance(token, str) and self._token and hmac.compare_digest(token.encode("utf-8"), self._token)):
+            log.warning("event=control.unauthorized peer=%s op=%s", peer, op)
+            raise NotAuthorizedError("a valid token is required for remote access to the listener")
+
+    def _evict(self, task: "asyncio.Task[Any]", writer: asyncio.StreamWriter) -> None:
+        self._strangers.pop(task, None)
+        self._evicted.add(task)
+        writer.transport.abort()
+        task.cancel()
+
+    async def _handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        remote: bool,
+        parsed: Optional[Tuple[str, Dict[str, Any]]] = None,
+    ) -> None:
+        """One request: read and parsed here (local socket) or authenticated already (remote)."""
         self.listener.touch()
         op = "?"
         try:
-            try:
-                line = await reader.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                raise ControlError("request line exceeds %d bytes" % _LINE_LIMIT) from None
-            if not line:
-                return
-            try:
-                request = json.loads(line)
-                op = str(request.pop("op"))
-            except (ValueError, KeyError, AttributeError, TypeError):
-                raise ControlError("request must be one JSON object line with an 'op' field") from None
-            token = request.pop("token", None)
-            if remote and not (
-                isinstance(token, str) and self._token and hmac.compare_digest(token.encode("utf-8"), self._token)
-            ):
-                log.warning("event=control.unauthorized peer=%s op=%s", writer.get_extra_info("peername"), op)
-                raise NotAuthorizedError("a valid token is required for remote access to the listener")
+            if parsed is None:
+                line = await _read_line(reader, _LINE_LIMIT)
+                if not line:
+                    return
+                op, request = _parse(line)
+                request.pop("token", None)
+            else:
+                op, request = parsed
             if op == "lease":
                 await self._lease(request, reader, writer)
                 return
@@ -441,6 +594,38 @@ class ControlServer:
     async def _op_shutdown(self, request: Dict[str, Any]) -> Any:
         asyncio.get_running_loop().call_later(0.05, self.listener.request_stop)
         return {"stopping": True}
+
+
+async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """One request line of at most ``limit`` bytes (the reader's own limit), or ControlError."""
+    try:
+        return await reader.readline()
+    except (ValueError, asyncio.LimitOverrunError):
+        raise RequestTooLargeError(
+            "request line exceeds %d bytes; a request is one JSON object on one line (bulk data such as an "
+            "rpc body follows the line)" % limit
+        ) from None
+
+
+def _parse(line: bytes) -> Tuple[str, Dict[str, Any]]:
+    try:
+        request = json.loads(line)
+        return str(request.pop("op")), request
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise ControlError("request must be one JSON object line with an 'op' field") from None
+
+
+async def _reject(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exc: CallHomeError) -> None:
+    """Answer a stranger's bad request, then close. What it still sends is read and dropped for a
+    moment (inside the caller's auth_timeout): closing with unread bytes resets the connection,
+    and the reset can destroy the answer before the client reads it."""
+    with contextlib.suppress(ConnectionError, OSError):
+        await _answer(writer, {"ok": False, "error": exc.to_dict()})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REJECT_GRACE):
+                while await reader.read(65536):
+                    pass
+    writer.transport.abort()
 
 
 async def _answer(writer: asyncio.StreamWriter, payload: Dict[str, Any]) -> None:
