@@ -152,7 +152,6 @@ def test_trust_changes_close_only_untrusted_sessions(tmp_path: Path) -> None:
     ca = trustme.CA()
     ssh_dev, other = ssh_key(), ssh_key()
     pinned = ca.issue_cert("r3.example.net")
-    pinned_fp = lst_fp = ""
     lst = make_listener(
         tmp_path,
         {
@@ -163,10 +162,8 @@ def test_trust_changes_close_only_untrusted_sessions(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
-        nonlocal pinned_fp, lst_fp
         verified = lst.tls_certificate(der_chain(ca.issue_cert("r1.example.net")), peer="192.0.2.1:1")
         assert verified is not None
-        lst_fp = verified.fingerprint
         r1 = await connect(lst, "r1", "tls", verified.fingerprint)
         r2 = await connect(lst, "r2", "ssh", ssh_fingerprint(public_line(ssh_dev)))
         pinned_fp = trust_ops.explicit_identity("certificate", pinned.cert_chain_pems[0].bytes().decode()).fingerprint
@@ -226,7 +223,8 @@ def test_approve_applies_the_credentials(tmp_path: Path) -> None:
     async def scenario() -> None:
         lst.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
         fp = stray.get_fingerprint("sha256")
-        result = lst.approve(fp, "r9", credentials={"username": "admin", "password_env": "R9_PW", "password_file": None})
+        creds = {"username": "admin", "password_env": "R9_PW", "password_file": None}
+        result = lst.approve(fp, "r9", credentials=creds)
         assert result["device"] == "r9"
         entry = json.loads((tmp_path / "trust.json").read_text())["devices"]["r9"]
         assert entry["credentials"] == {"username": "admin", "password_env": "R9_PW"}

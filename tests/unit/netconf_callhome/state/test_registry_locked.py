@@ -156,5 +156,6 @@ def test_a_repeated_pending_entry_describes_the_latest_presentation(tmp_path):
             claim_source="device-id",
         )
     )
-    assert (third.reason, third.claimed_device, third.claim_source, third.count) == ("key-mismatch", "r2", "device-id", 3)
+    assert (third.reason, third.claimed_device, third.claim_source) == ("key-mismatch", "r2", "device-id")
+    assert third.count == 3
     reg.close()
