@@ -7,22 +7,25 @@ Two tools, both safe on untrusted input and both cheap on a 200 MB ``<edit-confi
   each attribute value, so the multiplexer replaces a ``message-id`` byte for byte and leaves
   everything else of a message as it came (a regular expression over the first kilobytes would
   also match ``<rpc message-id=...>`` inside a comment or a ``>`` inside an attribute value);
-* expat (ElementTree's pull parser), fed piece by piece and stopped as soon as the operation
-  and its target datastore are known, to classify an RPC by namespace-resolved names. DTDs are
-  refused before (:func:`~netconf_callhome.protocol.framing.check_xml_safe`), so no entity is
-  ever declared, let alone expanded.
+* the listener's one XML parser (:func:`~netconf_callhome.protocol.framing.xml_events`, libxml2
+  with entities, DTD loading and network off), fed piece by piece and stopped as soon as the
+  operation and its target datastore are known, to classify an RPC by namespace-resolved names.
+  It refuses a document with a DTD at its root element, whatever the document's encoding, so no
+  entity is ever declared, let alone expanded.
+
+The lexer reads bytes as ASCII, the parser decodes the encoding a document declares: a client's
+``<rpc>`` must be UTF-8 (RFC 6241 section 3), so that both read the same message.
 """
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 from xml.sax.saxutils import escape
 
 from netconf_callhome.errors import FramingError
-from netconf_callhome.protocol.framing import NS_BASE, check_xml_safe
+from netconf_callhome.protocol.framing import NS_BASE, xml_events
 
 NS_NOTIFICATION = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 NS_SUBSCRIBED = "urn:ietf:params:xml:ns:yang:ietf-subscribed-notifications"
@@ -31,9 +34,11 @@ NS_SUBSCRIBED = "urn:ietf:params:xml:ns:yang:ietf-subscribed-notifications"
 TARGET_OPERATIONS = frozenset({"lock", "unlock", "edit-config", "copy-config", "delete-config"})
 
 _BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = (b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")  # UTF-32/UTF-16 byte order marks
 _WS = re.compile(rb"[ \t\r\n]*")
 _NAME = re.compile(rb"[^\s/>=<'\"?!]+")
-_FEED = 65536
+_ENCODING = re.compile(rb"\sencoding\s*=\s*(['\"])([A-Za-z][A-Za-z0-9._-]*)\1")
+_UTF8 = (b"utf-8", b"utf8")
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Attribute:
 class StartTag:
     name: bytes
     attributes: List[Attribute] = field(default_factory=list)
+    encoding: bytes = b""  # as the XML declaration names it ("": none, so UTF-8)
 
     @property
     def local(self) -> bytes:
@@ -64,13 +70,19 @@ class StartTag:
 
 def root_start_tag(message: bytes) -> StartTag:
     """The root element's start tag, skipping the XML declaration, comments and PIs before it."""
+    if message.startswith(_WIDE_BOMS):
+        raise FramingError("the message is not UTF-8 (a UTF-16 or UTF-32 byte order mark); NETCONF is UTF-8")
     pos = len(_BOM) if message.startswith(_BOM) else 0
+    encoding = b""
     while True:
         pos = _match(_WS, message, pos)
         if message.startswith(b"<?", pos):
             end = message.find(b"?>", pos + 2)
             if end < 0:
                 raise FramingError("unterminated processing instruction before the root element")
+            if message.startswith(b"<?xml", pos) and message[pos + 5 : pos + 6].isspace():
+                declared = _ENCODING.search(message, pos, end)
+                encoding = declared.group(2) if declared is not None else b""
             pos = end + 2
         elif message.startswith(b"<!--", pos):
             end = message.find(b"-->", pos + 4)
@@ -79,12 +91,14 @@ def root_start_tag(message: bytes) -> StartTag:
             pos = end + 3
         elif message.startswith(b"<", pos) and not message.startswith(b"<!", pos):
             break
+        elif message[pos : pos + 9].upper() == b"<!DOCTYPE":
+            raise FramingError("the message carries a DTD (<!DOCTYPE ...>); refused")
         else:
             raise FramingError("no root element in the message")
     name = _NAME.match(message, pos + 1)
     if name is None:
         raise FramingError("malformed root element")
-    tag = StartTag(name.group())
+    tag = StartTag(name.group(), encoding=encoding)
     pos = name.end()
     while True:
         after_ws = _match(_WS, message, pos)
@@ -153,8 +167,12 @@ class Request:
 
 def parse_request(message: bytes) -> Request:
     """Classify a client message; FramingError for anything that is not a well-formed ``<rpc>``."""
-    check_xml_safe(message)
     tag = root_start_tag(message)
+    if tag.encoding and tag.encoding.lower() not in _UTF8:
+        raise FramingError(
+            "the <rpc> declares encoding %r; NETCONF messages are UTF-8 (RFC 6241 section 3)"
+            % tag.encoding.decode("ascii")
+        )
     if tag.local != b"rpc":
         raise FramingError("expected <rpc>, got <%s>" % tag.local.decode("utf-8", "replace"))
     request = Request(raw=message, tag=tag)
@@ -164,43 +182,55 @@ def parse_request(message: bytes) -> Request:
 
 def _operation(message: bytes) -> Tuple[str, str, str]:
     """(operation, its namespace, target datastore) from as few bytes as needed."""
-    parser: Any = ET.XMLPullParser(events=("start", "end"))
     depth = 0
     op = ns = ""
     in_target = False
-    try:
-        for chunk in _chunks(message):
-            parser.feed(chunk)
-            for event, element in parser.read_events():
-                assert isinstance(element, ET.Element)
-                if event == "start":
-                    depth += 1
-                    el_ns, local = _split(element.tag)
-                    if depth == 1 and el_ns != NS_BASE:
-                        return "", "", ""  # not a base:1.0 <rpc>: nothing the listener acts on
-                    if depth == 2 and not op:
-                        op, ns = local, el_ns
-                        if not (ns == NS_BASE and op in TARGET_OPERATIONS):
-                            return op, ns, ""
-                    elif depth == 3 and op and el_ns == NS_BASE and local == "target":
-                        in_target = True
-                    elif depth == 4 and in_target:
-                        return op, ns, local
-                else:
-                    depth -= 1
-                    element.clear()  # a target after a large <config> must not build its tree
-                    if depth == 2:
-                        in_target = False
-                    elif depth <= 1 and op:
-                        return op, ns, ""
-    except ET.ParseError as exc:
-        raise FramingError("message is not well-formed XML: %s" % exc) from None
+    for event, element in xml_events(message, "message"):
+        if event == "start":
+            depth += 1
+            if depth > 4 or (depth == 4 and not in_target):
+                continue  # inside <config> or a filter: only the depth counts
+            el_ns, local = _split(element.tag)
+            if depth == 1 and el_ns != NS_BASE:
+                return "", "", ""  # not a base:1.0 <rpc>: nothing the listener acts on
+            if depth == 2 and not op:
+                op, ns = local, el_ns
+                if not (ns == NS_BASE and op in TARGET_OPERATIONS):
+                    return op, ns, ""
+            elif depth == 3 and op and el_ns == NS_BASE and local == "target":
+                in_target = True
+            elif depth == 4 and in_target:
+                return op, ns, local
+        else:
+            depth -= 1
+            _drop(element)  # a target after a large <config> must not build its tree
+            if depth == 2:
+                in_target = False
+            elif depth <= 1 and op:
+                return op, ns, ""
     return op, ns, ""
 
 
-def _chunks(message: bytes) -> Iterable[bytes]:
-    for offset in range(0, len(message), _FEED):
-        yield message[offset : offset + _FEED]
+def _drop(element: Any) -> None:
+    """Forget an element parsed to its end, and its earlier siblings (kept by libxml2 otherwise)."""
+    element.clear()
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
+
+
+def _children(reply: bytes) -> Iterator[str]:
+    """Local names of the root's child elements, streamed: their content is never kept."""
+    depth = 0
+    for event, element in xml_events(reply, "reply"):
+        if event == "start":
+            depth += 1
+            if depth == 2:
+                yield _split(element.tag)[1]
+        else:
+            depth -= 1
+            _drop(element)
 
 
 def _split(tag: str) -> Tuple[str, str]:
@@ -218,22 +248,18 @@ def restore_reply_id(reply: bytes, attr: Attribute, original: bytes, quote: byte
 def reply_is_ok(reply: bytes) -> bool:
     """True for ``<rpc-reply><ok/></rpc-reply>`` (lock, unlock and subscription answers are small)."""
     try:
-        check_xml_safe(reply)
-        root = ET.fromstring(reply)
-    except (FramingError, ET.ParseError):
+        children = set(_children(reply))
+    except FramingError:
         return False
-    children = [_split(child.tag)[1] for child in root]
     return "ok" in children and "rpc-error" not in children
 
 
 def reply_is_error(reply: bytes) -> bool:
     """True when the reply carries an ``<rpc-error>`` (or cannot be read)."""
     try:
-        check_xml_safe(reply)
-        root = ET.fromstring(reply)
-    except (FramingError, ET.ParseError):
+        return any(name == "rpc-error" for name in _children(reply))
+    except FramingError:
         return True
-    return any(_split(child.tag)[1] == "rpc-error" for child in root)
 
 
 def rpc_error(
