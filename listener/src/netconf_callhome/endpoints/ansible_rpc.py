@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from netconf_callhome.errors import CallHomeError
 from netconf_callhome.endpoints.platform import DEFAULT, Platform, platform_for, short_network_os
-from netconf_callhome.endpoints.ncclient_session import direct_send_session_class
+from netconf_callhome.endpoints.ncclient_session import endpoint_session_class
 from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.sessions.local import LocalLease, open_local_lease
 
@@ -100,10 +100,10 @@ class _AnsibleRuntime:
                 from ansible.plugins.loader import init_plugin_loader, netconf_loader
                 from ansible.utils.jsonrpc import JsonRpcServer
                 from ncclient import manager as nc_manager
-                from ncclient.transport import UnixSocketSession
-                from ncclient.transport.errors import TransportError
-                from ncclient.transport.session import NetconfBase, SessionListener
+                from ncclient.transport.session import SessionListener
                 from ncclient.xml_ import to_ele
+
+                session_class = endpoint_session_class()
             except Exception as exc:  # ImportError, or ncclient's paramiko/FIPS oddities
                 raise EndpointUnavailableError(
                     "the listener cannot serve Ansible modules: %s: %s; %s" % (type(exc).__name__, exc, INSTALL_HINT)
@@ -111,12 +111,17 @@ class _AnsibleRuntime:
             init_plugin_loader(list(collections_paths))
             self.modules.update(
                 netconf_loader=netconf_loader, JsonRpcServer=JsonRpcServer, nc_manager=nc_manager,
-                UnixSocketSession=direct_send_session_class(UnixSocketSession, NetconfBase, TransportError),
+                EndpointSession=session_class,
                 SessionListener=SessionListener, to_ele=to_ele,
             )
             self._paths = tuple(collections_paths)
             self._ready = True
             log.info("event=endpoint.ansible_loaded collections_paths=%s", ":".join(self._paths))
+
+    def loaded_class(self, network_os: str) -> Any:
+        """The sub-plugin class for ``network_os`` if it is loaded already, else None (no lock:
+        a dict read; what every endpoint after the first one of a network_os finds)."""
+        return self._classes.get(network_os) if self._ready else None
 
     def netconf_class(self, network_os: str) -> Any:
         """The netconf sub-plugin class for ``network_os`` (``default`` when none is installed)."""
@@ -359,12 +364,15 @@ class AnsibleEndpoints:
     async def _create(
         self, key: Key, held: HeldSession, network_os: str, command_timeout: float, collections_paths: Sequence[str]
     ) -> Endpoint:
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
-        await loop.run_in_executor(pool, self.runtime.load, self.collections_paths or tuple(collections_paths))
+        started = time.monotonic()
         capabilities = held.hello.capabilities if held.hello else []
         platform = platform_for(network_os, capabilities)
-        cls = await loop.run_in_executor(pool, self.runtime.netconf_class, platform.network_os)
+        cls = self.runtime.loaded_class(platform.network_os)
+        if cls is None:  # the first endpoint of this network_os: imports and the plugin loader, in the pool
+            loop = asyncio.get_running_loop()
+            pool = self._executor()
+            await loop.run_in_executor(pool, self.runtime.load, self.collections_paths or tuple(collections_paths))
+            cls = await loop.run_in_executor(pool, self.runtime.netconf_class, platform.network_os)
         path = self._path_for(key)
         ep = Endpoint(key, held, path, platform, command_timeout)
         options = {
@@ -383,15 +391,16 @@ class AnsibleEndpoints:
         ep.lease = await open_local_lease(held)  # LeaseError as for a control-socket lease
         ep.lease.done.add_done_callback(lambda fut: self._lease_done(ep, fut))
         try:
-            ep.manager = await loop.run_in_executor(pool, self._manager, ep)
+            ep.manager = self._manager(ep)
             await self._listen(ep)
         except BaseException:
             ep.close_manager()
             raise
         self._endpoints[key] = ep
         log.info(
-            "event=endpoint.start device=%s client=%s mode=%s network_os=%s handler=%s path=%s",
+            "event=endpoint.start device=%s client=%s mode=%s network_os=%s handler=%s path=%s ms=%.1f",
             ep.device, key[1] or "-", ep.lease.mode, platform.network_os, ep.device_handler, path,
+            (time.monotonic() - started) * 1000,
         )
         return ep
 
@@ -405,15 +414,15 @@ class AnsibleEndpoints:
             self._lease_ended(ep.held)
 
     def _manager(self, ep: Endpoint) -> Any:
-        """An ncclient Manager over the endpoint's lease (in a pool thread: the hello blocks)."""
+        """An ncclient Manager over the endpoint's lease, built in the event loop: nothing here
+        waits (the session adopts the hello the listener holds, see ncclient_session)."""
         mods = self.runtime.modules
         assert ep.lease is not None
+        hello = ep.lease.hello
         device_handler = mods["nc_manager"].make_device_handler({"name": ep.device_handler})
-        session = mods["UnixSocketSession"](device_handler)
-        session._socket = ep.lease.sock
-        session._connected = True
+        session = mods["EndpointSession"](device_handler)
         try:
-            session._post_connect(timeout=max(ep.command_timeout, 10))
+            session.adopt(ep.lease.sock, hello.capabilities, hello.session_id)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 session.close()

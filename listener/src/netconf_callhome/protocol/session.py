@@ -312,6 +312,16 @@ class Lease:
         self._first = first  # the device's hello on the channel (and whatever came with it)
         self._finished = False
 
+    @property
+    def hello(self) -> Hello:
+        """The device's hello as this lease's client receives it first: the new channel's own
+        (its session-id), or the held session's for a shared lease (what the multiplexer replays)."""
+        if self._chan_reader is not None:
+            end = self._first.find(EOM)
+            return parse_hello(self._first[:end] if end >= 0 else self._first)
+        assert self.held.hello is not None  # a lease is prepared only after the hello came
+        return self.held.hello
+
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         if self._finished:
             raise LeaseError("this lease of %s was already used" % self.held.device)

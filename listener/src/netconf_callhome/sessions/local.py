@@ -14,6 +14,7 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
+from netconf_callhome.protocol.framing import Hello
 from netconf_callhome.protocol.session import HeldSession
 
 
@@ -25,6 +26,7 @@ class LocalLease:
     mode: str
     sock: socket.socket  # blocking; NETCONF from the first byte (the device's hello comes first)
     done: "asyncio.Future[str]"  # the lease's end reason
+    hello: Hello  # the device's hello, the first message on sock (verified by the listener)
 
     def close(self) -> None:
         self.sock.close()
@@ -33,6 +35,11 @@ class LocalLease:
 async def open_local_lease(held: HeldSession) -> LocalLease:
     """Lease ``held`` to an in-process client; LeaseError as for a control-socket lease."""
     lease = await held.prepare()
+    try:
+        hello = lease.hello
+    except BaseException:
+        lease.release()
+        raise
     ours, theirs = socket.socketpair()
     try:
         reader, writer = await asyncio.open_connection(sock=ours)
@@ -49,4 +56,4 @@ async def open_local_lease(held: HeldSession) -> LocalLease:
             writer.close()
 
     theirs.setblocking(True)
-    return LocalLease(device=held.device, mode=lease.mode, sock=theirs, done=asyncio.ensure_future(serve()))
+    return LocalLease(device=held.device, mode=lease.mode, sock=theirs, done=asyncio.ensure_future(serve()), hello=hello)
