@@ -307,6 +307,7 @@ class Listener:
     def __init__(
         self, manifest: Dict[str, Dict[str, str]], *, keepalive: Optional[float] = None,
         log_level: str = "WARNING", extra: Sequence[str] = (), prefix: Optional[List[str]] = None,
+        listener_src: Optional[str] = None,
     ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="bench-listener-"))
         self.trust_seconds = write_trust_store(self.home / "trust.json", manifest)
@@ -320,8 +321,11 @@ class Listener:
             cmd += ["--keepalive-interval", str(keepalive)]
         cmd += list(extra)
         self.cmd = (prefix or []) + cmd
+        child_env = env()
+        if listener_src:  # another netconf_callhome (e.g. a worktree of an older commit), for A/B runs
+            child_env["PYTHONPATH"] = os.pathsep.join(p for p in (listener_src, child_env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.home / "listener.log", "w"), env=env(),
+            self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.home / "listener.log", "w"), env=child_env,
         )
         from netconf_callhome.control.client import ControlClient
 

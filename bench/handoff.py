@@ -55,13 +55,14 @@ COLLECTIONS_PATHS = [str(b.ROOT / ".collections"), str(b.ROOT / ".deps")]
 
 
 def run(iterations: int, warmup: int = 5, endpoints: bool = True, profile: Optional[Path] = None,
-        profile_iterations: int = 100, only: Sequence[str] = (), profile_idle: bool = False) -> Dict[str, Any]:
+        profile_iterations: int = 100, only: Sequence[str] = (), profile_idle: bool = False,
+        listener_src: Optional[str] = None) -> Dict[str, Any]:
     from ncclient import manager
 
     from netconf_callhome.control.client import ControlClient
 
     manifest = b.ensure_fleet(1)
-    listener = b.Listener(manifest)
+    listener = b.Listener(manifest, listener_src=listener_src)
     base = b.free_port_block(1)
     sim = b.start_simulator(listener=listener.port, count=1, direct=base)
     try:
@@ -218,8 +219,14 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=[],
                    help="only these (lease-adopt lease-uds direct endpoint-new endpoint-reused; "
                         "endpoint-reused-get: a real <get-config> as the first RPC)")
+    p.add_argument("--compare-src", metavar="DIR",
+                   help="A/B: also run a listener whose netconf_callhome comes from DIR (e.g. "
+                        "'git worktree add /tmp/old HEAD~1' then /tmp/old/listener/src); the two "
+                        "alternate run by run, and their medians are reported side by side")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
+    if a.compare_src:
+        return b.report(_compare(a), a.json)
     runs = []
     for r in range(a.repeat):
         b.log("handoff: run %d of %d" % (r + 1, a.repeat))
@@ -235,6 +242,27 @@ def main() -> int:
             k: round(statistics.median(r[k]["median_ms"] for r in runs), 2)
             for k in runs[0] if isinstance(runs[0][k], dict) and "median_ms" in runs[0][k]}}
     return b.report(res, a.json)
+
+
+def _compare(a: argparse.Namespace) -> Dict[str, Any]:
+    """This tree's listener and the one from ``--compare-src``, alternating run by run."""
+    import statistics
+
+    sides: Dict[str, List[Dict[str, Any]]] = {"this": [], "compare": []}
+    for r in range(a.repeat):
+        for side, src in (("this", None), ("compare", a.compare_src)) if r % 2 == 0 else (
+                ("compare", a.compare_src), ("this", None)):
+            b.log("handoff: run %d of %d, %s" % (r + 1, a.repeat, side))
+            sides[side].append(run(a.iterations, endpoints=not a.no_endpoints, only=a.variants, listener_src=src))
+    res: Dict[str, Any] = {"compare_src": a.compare_src, "runs": sides, "load_average_end": os.getloadavg()}
+    medians: Dict[str, Dict[str, float]] = {}
+    for side, runs in sides.items():
+        medians[side] = {k: round(statistics.median(r[k]["median_ms"] for r in runs), 2)
+                         for k in runs[0] if isinstance(runs[0][k], dict) and "median_ms" in runs[0][k]}
+    res["median_of_medians_ms"] = medians
+    res["ratio_this_vs_compare"] = {k: round(medians["this"][k] / medians["compare"][k], 3)
+                                    for k in medians["this"] if medians["compare"].get(k)}
+    return res
 
 
 if __name__ == "__main__":
