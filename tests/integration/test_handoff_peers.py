@@ -239,6 +239,50 @@ CONFIG_OPTIONS = """---
           - "'check-only' not in candidate.stdout"
 """
 
+# netconf_config validates the target datastore as it is *before* its edit (ansible.netcommon's
+# order: validate, then edit-config, then commit), so the refused case puts an invalid value in the
+# candidate first.
+VALIDATE = """---
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Validate the candidate, edit it, commit
+      ansible.netcommon.netconf_config:
+        target: candidate
+        validate: true""" + LOCATION % "validated-site" + """
+      register: valid
+    - name: Put a value the device finds invalid in the candidate, without commit
+      ansible.netcommon.netconf_config:
+        target: candidate
+        commit: false""" + LOCATION % "invalid" + """
+    - name: Validation of that candidate fails with the device's rpc-error
+      ansible.netcommon.netconf_config:
+        target: candidate
+        validate: true""" + LOCATION % "other-site" + """
+      register: refused
+      ignore_errors: true
+    - ansible.netcommon.netconf_rpc:
+        rpc: discard-changes
+        xmlns: urn:ietf:params:xml:ns:netconf:base:1.0
+    - ansible.netcommon.netconf_get:
+        source: running
+      register: running
+    - ansible.builtin.assert:
+        that:
+          - valid is changed
+          - refused is failed
+          - "'is not a valid value' in refused.msg"
+          - "'validated-site' in running.stdout"
+          - "'other-site' not in running.stdout"
+          - "'>invalid<' not in running.stdout"
+"""
+VALIDATE_CAPABILITIES = (
+    "urn:ietf:params:netconf:capability:candidate:1.0",
+    "urn:ietf:params:netconf:capability:confirmed-commit:1.1",
+    "urn:ietf:params:netconf:capability:writable-running:1.0",
+    "urn:ietf:params:netconf:capability:validate:1.1",
+)
+
 CONFIRM = """---
 - hosts: all
   gather_facts: false
@@ -270,11 +314,8 @@ def test_netconf_config_options_against_the_simulator(listener_factory: Any, fle
     candidate is discarded, running unchanged) and an idempotent re-run, on a one-session
     simulated device (the listener multiplexes its one session).
 
-    Not covered: ``validate``: neither the simulator nor the libnetconf2 device advertises
-    ``urn:ietf:params:netconf:capability:validate`` (the simulator does not implement the
-    ``<validate>`` RPC; the libnetconf2 device does not enable the ietf-netconf ``validate``
-    feature), so netconf_config would fail with "validate is not supported by this netconf
-    server" before any RPC. ``confirm`` (a timeout): see test_netconf_config_confirm.
+    ``validate``: test_netconf_config_validate (a device that advertises :validate:1.1).
+    ``confirm`` (a timeout): see test_netconf_config_confirm.
     """
     with _one_session_sim(listener_factory, fleet) as lst:
         backups = tmp_path / "backups"
@@ -286,6 +327,17 @@ def test_netconf_config_options_against_the_simulator(listener_factory: Any, fle
         saved = backup.read_text()
         assert re.search(r"<(\w+:)?location>lab</(\w+:)?location>", saved) and "sim0001" in saved, saved
         assert lst.call("device", device=SIM)["session_mode"] == "shared"
+
+
+def test_netconf_config_validate(listener_factory: Any, fleet: Any, tmp_path: Path) -> None:
+    """netconf_config's ``validate: true`` over call home, on a one-session device that advertises
+    :validate:1.1: a valid candidate is validated and committed; a candidate the device finds
+    invalid fails the task with the device's rpc-error before any commit, and running keeps the
+    valid value."""
+    caps = [arg for cap in VALIDATE_CAPABILITIES for arg in ("--capability", cap)]
+    with _one_session_sim(listener_factory, fleet, *caps) as lst:
+        res, _s = _playbook(tmp_path, lst, {SIM: {}}, VALIDATE, name="validate")
+        _ok(res, lst, [SIM], 6)
 
 
 class NetcommonConfirmBug(Exception):

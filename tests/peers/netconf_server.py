@@ -26,6 +26,10 @@ BASE_11 = "urn:ietf:params:netconf:base:1.1"
 CAP_CANDIDATE = "urn:ietf:params:netconf:capability:candidate:1.0"
 CAP_CONFIRMED = "urn:ietf:params:netconf:capability:confirmed-commit:1.1"
 CAP_WRITABLE_RUNNING = "urn:ietf:params:netconf:capability:writable-running:1.0"
+CAP_VALIDATE = "urn:ietf:params:netconf:capability:validate:1.1"
+#: What <validate> refuses (the simulator has no YANG): any leaf whose text is this, so a test
+#: can send a configuration that a device would find invalid.
+INVALID_VALUE = "invalid"
 SYSTEM_NS = "urn:ietf:params:xml:ns:yang:ietf-system"
 EOM = b"]]>]]>"
 DEFAULT_CAPABILITIES: tuple[str, ...] = (CAP_CANDIDATE, CAP_CONFIRMED, CAP_WRITABLE_RUNNING)
@@ -227,6 +231,11 @@ class NetconfDevice:
     def has_candidate(self) -> bool:
         """Whether the candidate datastore is advertised."""
         return CAP_CANDIDATE in self.capabilities
+
+    @property
+    def has_validate(self) -> bool:
+        """Whether <validate> (:validate:1.1) is advertised."""
+        return CAP_VALIDATE in self.capabilities
 
     @property
     def writable_running(self) -> bool:
@@ -643,6 +652,8 @@ class NetconfSession:
                 raise RpcError("operation-failed", "confirmed commit belongs to another session")
             dev.do_rollback()
             return [], False
+        if name == "validate":
+            return self._validate(op), False
         if name == "discard-changes":
             if not dev.has_candidate:
                 raise RpcError("operation-not-supported", "no candidate datastore")
@@ -652,6 +663,25 @@ class NetconfSession:
         if name == "close-session":
             return [], True
         raise RpcError("operation-not-supported", f"{name} is not supported", error_type="protocol")
+
+    def _validate(self, op: ET.Element) -> list[ET.Element]:
+        """RFC 6241 section 8.6: check a datastore or an inline <config>, change nothing."""
+        dev = self.device
+        if not dev.has_validate:
+            raise RpcError("operation-not-supported", "validate is not supported", error_type="protocol")
+        source = op.find(q("source"))
+        if source is None or len(source) == 0:
+            raise RpcError("missing-element", "<source> missing", error_type="protocol",
+                           info={"bad-element": "source"})
+        config = source.find(q("config"))
+        if config is None:
+            name = self._datastore(op, "source")
+            config = dev.candidate if name == "candidate" else dev.running
+        for el in config.iter():
+            if len(el) == 0 and (el.text or "").strip() == INVALID_VALUE:
+                raise RpcError("invalid-value", f"{local(el.tag)}: {INVALID_VALUE!r} is not a valid value",
+                               error_type="application", info={"bad-element": local(el.tag)})
+        return []
 
     def _commit(self, op: ET.Element) -> list[ET.Element]:
         dev = self.device
@@ -755,6 +785,7 @@ __all__ = (
     "FramingError",
     "MiniClient",
     "NetconfDevice",
+    "CAP_VALIDATE",
     "NetconfSession",
     "RpcError",
     "build_hello",
