@@ -291,6 +291,19 @@ CONFIRM = """---
       ansible.netcommon.netconf_config:
         target: candidate
         confirm: 120""" + LOCATION % "confirm-option" + """
+      register: confirmed
+    - name: Confirm it
+      ansible.netcommon.netconf_config:
+        confirm_commit: true
+      register: confirmation
+    - ansible.netcommon.netconf_get:
+        source: running
+      register: running
+    - ansible.builtin.assert:
+        that:
+          - confirmed is changed
+          - confirmation is changed
+          - "'confirm-option' in running.stdout"
 """
 
 
@@ -340,21 +353,14 @@ def test_netconf_config_validate(listener_factory: Any, fleet: Any, tmp_path: Pa
         _ok(res, lst, [SIM], 6)
 
 
-class NetcommonConfirmBug(Exception):
-    """The known ansible.netcommon / ncclient failure of netconf_config's confirm option."""
-
-
-@pytest.mark.xfail(strict=True, raises=NetcommonConfirmBug, reason=(
-    "not the listener: ansible.netcommon's netconf_config passes confirm (an int) as commit(timeout=) and "
-    "netconf_base.commit hands it to ncclient's Commit.request, which sets lxml's "
-    "<confirm-timeout>.text = timeout: 'Argument must be bytes or unicode, got 'int''"))
 def test_netconf_config_confirm(listener_factory: Any, fleet: Any, tmp_path: Path) -> None:
-    """netconf_config's ``confirm: 120`` (a confirmed commit with a timeout) over call home."""
+    """netconf_config's ``confirm: 120`` (a confirmed commit with a timeout) over call home, then
+    ``confirm_commit``. Through ansible-connection this fails in ncclient ("Argument must be bytes or
+    unicode, got 'int'": netcommon passes the int on); the listener passes the timeout as text."""
     with _one_session_sim(listener_factory, fleet) as lst:
         res, _s = _playbook(tmp_path, lst, {SIM: {}}, CONFIRM, name="confirm")
-        if "Argument must be bytes or unicode, got 'int'" in res.stdout:
-            raise NetcommonConfirmBug("netconf_config confirm: 120 failed in ncclient's Commit.request")
-        _ok(res, lst, [SIM], 1)  # any other failure fails the test (xfail expects NetcommonConfirmBug only)
+        assert "Argument must be bytes or unicode" not in res.stdout, res.stdout[-3000:]
+        _ok(res, lst, [SIM], 4)
 
 
 # --------------------------------------------------------------------------------------------

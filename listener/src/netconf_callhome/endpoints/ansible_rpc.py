@@ -183,6 +183,14 @@ class Endpoint:
                 self.lease.close()
 
 
+# Arguments that the sub-plugins pass to ncclient as numbers where ncclient needs text.
+# ansible.netcommon's netconf_config passes ``confirm`` (an int) as ``commit(timeout=)``;
+# netconf_base hands it to ncclient's Commit.request, which assigns it to an lxml element's text:
+# "Argument must be bytes or unicode, got 'int'", so ``confirm: 120`` failed on every transport.
+# The listener is the connection here, so it passes the number on as text.
+_ARGUMENTS_AS_TEXT: Dict[str, Tuple[str, ...]] = {"commit": ("timeout",)}
+
+
 class EndpointConnection:
     """What the netconf sub-plugin and the modules' JSON-RPC calls expect of the connection."""
 
@@ -235,8 +243,12 @@ class EndpointConnection:
         method = getattr(sub, name, None) if sub is not None else None
         if method is None or not callable(method):
             raise AttributeError(name)
+        as_text = _ARGUMENTS_AS_TEXT.get(name, ())
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            for arg in as_text:
+                if isinstance(kwargs.get(arg), int) and not isinstance(kwargs[arg], bool):
+                    kwargs[arg] = str(kwargs[arg])
             return self._guarded(name, lambda: method(*args, **kwargs))
 
         return call

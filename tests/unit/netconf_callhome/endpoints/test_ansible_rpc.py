@@ -56,6 +56,22 @@ def test_modules_reach_the_device_through_the_endpoint(device: Any) -> None:
     assert other["socket_path"] != path
 
 
+def test_a_confirmed_commit_with_a_numeric_timeout_reaches_the_device(device: Any) -> None:
+    """netconf_config passes ``confirm`` as an int ``commit(timeout=)``; ncclient needs text."""
+    lst, _fleet = device
+    path = _endpoint(lst, "sim0001", client="pb1/confirm")["socket_path"]
+    conn = Connection(path)
+    conn.edit_config(config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><system '
+                            'xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><location>c1</location></system></config>',
+                     target="candidate")
+    reply = conn.commit(confirmed=True, timeout=120)
+    assert "<ok" in reply
+    # the confirmed commit is pending: a plain commit confirms it, cancel-commit now has nothing to cancel
+    assert "<ok" in conn.commit()
+    with pytest.raises(ModuleConnectionError, match="no confirmed commit is pending"):
+        conn.dispatch(rpc_command='<cancel-commit xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>')
+
+
 def test_several_clients_at_once_on_one_endpoint(device: Any) -> None:
     lst, _fleet = device
     path = _endpoint(lst, "sim0001")["socket_path"]
