@@ -71,7 +71,11 @@ options:
     type: int
     default: 10
   credentials:
-    description: Credential references the listener uses with this device (never secrets).
+    description:
+      - Credential references the listener uses with this device (never secrets); they replace the
+        device's credentials in the trust store.
+      - Applied with every O(source), C(pending) included (written with the approved key in one
+        locked write; for a key already enrolled, the credentials alone are updated).
     type: dict
     suboptions:
       username:

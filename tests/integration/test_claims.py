@@ -65,9 +65,10 @@ def test_certificate_subject_claim_leaves_the_connected_device_alone(pki, listen
     with TLSDevice("tls-dev1", lst.tls_port, pki.device_cert.cert_path, pki.device_cert.key_path) as dev:
         lst.wait_device("tls-dev1", "connected")
         # self-signed, the same subject (CN, serialNumber): a claim no CA vouches for
-        for _ in range(2):
+        for attempt in range(2):
             forged_cert = pki.device_self_signed
-            with TLSDevice("tls-dev1", lst.tls_port, forged_cert.cert_path, forged_cert.key_path) as forged:
+            name = "forged-%d" % attempt
+            with TLSDevice(name, lst.tls_port, forged_cert.cert_path, forged_cert.key_path) as forged:
                 wait_until(forged.ended.is_set, 10, "the forged certificate to be refused")
         claim = wait_until(lambda: _claim(lst, "tls-dev1"), 10, "the forged claim to be recorded")
         assert claim["reason"] == "key-mismatch" and claim["claim_source"] == "identity"

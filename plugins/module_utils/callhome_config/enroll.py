@@ -280,12 +280,23 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         chosen = [p for p in entries if p.get("claimed_device") == device
                   or (host and str(p.get("peer", "")).rsplit(":", 1)[0].strip("[]") == host)]
     data = enroller.store().load() if os.access(enroller.store().path, os.R_OK) else {"devices": {}}
+    creds = {k: v for k, v in (params.get("credentials") or {}).items() if v not in (None, "")}
     if not chosen:
-        if expected and any(same_fingerprint("ssh_host_keys", v, expected)
-                            or same_fingerprint("tls_fingerprints", v, expected) for v in identities_of(data, device)):
+        enrolled = [k for k in ("ssh_host_keys", "tls_fingerprints")
+                    if expected and any(same_fingerprint(k, v, expected) for v in identities_of(data, device))]
+        if enrolled:
             result.fingerprint = expected
             result.after = result.before = identities_of(data, device)
-            return result  # already enrolled: nothing pending, nothing to do
+            if creds:
+                # Already enrolled: the credentials are still applied, never dropped silently. The
+                # key is not added again (it is the device's already), so this is no observed key.
+                kind = enrolled[0]
+                result.kind = kind
+                enroller.write(
+                    lambda store, dry_run: trust_ops.enroll(store, device, kind, t.cast(str, expected),
+                                                            credentials=creds, dry_run=dry_run),
+                    {"op": "enroll", "device": device, "kind": kind, "value": expected, "credentials": creds}, result)
+            return result  # already enrolled: nothing pending, nothing else to do
         raise UnknownKeyError(
             "no pending key %s for device %r at the listener (pending: %s)" % (
                 "with fingerprint %s" % expected if expected else "claimed by or coming from it", device,
@@ -308,7 +319,10 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
     if not enroller.check_mode:
         # ``replace`` makes the listener's approve replace the device's other key of this kind
         # (trust_ops.approve_pending); a listener that predates it ignores the field.
-        answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device, replace=replace)
+        # ``credentials`` are written with the key, in the same locked write (trust_ops.approve_pending).
+        extra = {"credentials": creds} if creds else {}
+        answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device, replace=replace,
+                                      **extra)
         result.changed = bool(answer.get("changed", True))
         readable = os.access(enroller.store().path, os.R_OK)
         result.after = identities_of(enroller.store().load(), device) if readable else []

@@ -62,7 +62,14 @@ class ControlledListener(Protocol):
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession: ...
 
-    def approve(self, fingerprint: str, device: str = "", *, replace: bool = False) -> Dict[str, Any]: ...
+    def approve(
+        self,
+        fingerprint: str,
+        device: str = "",
+        *,
+        replace: bool = False,
+        credentials: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]: ...
 
     def enroll(
         self,
@@ -538,8 +545,14 @@ class ControlServer:
         return [p.to_dict() for p in self.listener.registry.pending()]
 
     async def _op_approve(self, request: Dict[str, Any]) -> Any:
+        credentials = request.get("credentials")  # the enroll module's source: pending + credentials
+        if credentials is not None and not isinstance(credentials, dict):
+            raise ControlError("'credentials' must be an object")
         return self.listener.approve(
-            _require_str(request, "fingerprint"), str(request.get("device") or ""), replace=bool(request.get("replace"))
+            _require_str(request, "fingerprint"),
+            str(request.get("device") or ""),
+            replace=bool(request.get("replace")),
+            credentials=credentials,
         )
 
     async def _op_revoke(self, request: Dict[str, Any]) -> Any:

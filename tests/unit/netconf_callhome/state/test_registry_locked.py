@@ -47,10 +47,10 @@ def test_locked_database_loses_nothing_and_the_flush_succeeds_after(tmp_path):
     reg.record_pending(PendingKey(fingerprint="SHA256:b", key_type="ssh-ed25519", transport="ssh"))
 
     other = _locker(path)
-    for _ in range(3):  # every attempt fails, and every attempt still has everything to write
+    for attempt in range(3):  # every attempt fails, and every attempt still has everything to write
         with pytest.raises(RegistryWriteError, match="locked"):
             reg.flush()
-        assert reg.has_unsaved() and reg.unsaved_count() == 4  # r1, r2, SHA256:b, the drop
+        assert reg.has_unsaved() and reg.unsaved_count() == 4, attempt  # r1, r2, SHA256:b, the drop
     # a change made while the database is locked joins the unsaved ones
     reg.update("r3", status=CONNECTED)
     assert reg.unsaved_count() == 5
@@ -107,9 +107,9 @@ def test_flush_retry_backs_off_to_the_cap_and_logs_once_per_streak(caplog):
     assert retry.due(now)
     delays = []
     with caplog.at_level(logging.DEBUG, logger="netconf_callhome.registry"):
-        for _ in range(10):
+        for attempt in range(10):
             delays.append(retry.failed(now, "database is locked", unsaved=3))
-            assert not retry.due(now) and retry.due(now + delays[-1])
+            assert not retry.due(now) and retry.due(now + delays[-1]), attempt
         retry.succeeded(now + 100)
         retry.failed(now + 200, "database is locked", unsaved=1)  # a new streak
     assert delays[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0] and max(delays) == 30.0
