@@ -18,6 +18,10 @@ Progress goes to stdout, one machine-readable line per event::
     DISCONNECTED <name> <reason>      the connection (or dial attempt) ended
     LISTENING <name> <host>:<port>    direct (non-call-home) SSH server is up (--direct)
     STARTED <count> <unix-time>       keys loaded, all device tasks created (dialing begins)
+
+With ``--tls-cert``/``--tls-key`` the devices call home over TLS instead (RFC 7589 on port 4335:
+the device dials, then acts as the TLS *server*) and serve one NETCONF session per connection;
+``CONNECTED`` then means the TLS handshake is done. The host keys are not used.
     SUMMARY {json}                    on SIGTERM/SIGINT, before exiting
 """
 
@@ -33,6 +37,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -189,6 +194,11 @@ class SimConfig:
     connect_timeout: float = 60.0
     keepalive_interval: float = 0.0
     reconnect: bool = True
+    # TLS call home (RFC 7589): the devices' certificate and key (one for all), optionally the CA
+    # the listener's client certificate must chain to (without it any client certificate goes).
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+    tls_ca: Optional[Path] = None
     first_index: int = 1
     last_index: Optional[int] = None  # inclusive; worker processes get a slice
     verbose_events: bool = True
@@ -396,6 +406,7 @@ class Simulator:
         self._sem: Optional[asyncio.Semaphore] = None
         self._listeners: list[asyncssh.SSHAcceptor] = []
         self._big_hello: Optional[bytes] = None
+        self._tls_ctx: Optional[ssl.SSLContext] = None
         self._changed = asyncio.Event()
         self.started_at = time.monotonic()
 
@@ -512,11 +523,13 @@ class Simulator:
             try:
                 if dev.fault in RAW_FAULTS:
                     reason = await self._raw_fault(dev)
+                elif self.cfg.tls_cert is not None:
+                    reason = await self._tls_session(dev)
                 else:
                     reason = await self._ssh_session(dev)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            except (OSError, asyncssh.Error, asyncio.TimeoutError, ssl.SSLError) as exc:
                 self.stats["dial_failures"] += 1
                 reason = f"dial-failed:{type(exc).__name__}:{_oneline(exc)}"
             self.emit("DISCONNECTED", dev.name, reason)
@@ -590,6 +603,53 @@ class Simulator:
         exc = server.lost
         return "closed" if exc is None else f"{type(exc).__name__}:{_oneline(exc)}"
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """The devices' TLS server context, built once."""
+        if self._tls_ctx is None:
+            cfg = self.cfg
+            assert cfg.tls_cert is not None
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key) if cfg.tls_key else None)
+            if cfg.tls_ca is not None:
+                ctx.verify_mode = ssl.CERT_REQUIRED  # RFC 7589: the client (listener) authenticates
+                ctx.load_verify_locations(str(cfg.tls_ca))
+            self._tls_ctx = ctx
+        return self._tls_ctx
+
+    async def _tls_session(self, dev: _Device) -> str:
+        """Dial, run TLS as the server on the dialled connection, serve one NETCONF session."""
+        cfg = self.cfg
+        if self._sem is not None:
+            await self._sem.acquire()
+        try:
+            sock = await self._dial_socket(dev)
+            loop = asyncio.get_running_loop()
+            ended: asyncio.Future[str] = loop.create_future()
+            proto = _TLSNetconf(dev, ended)
+            try:
+                transport, _proto = await asyncio.wait_for(
+                    loop.connect_accepted_socket(
+                        lambda: proto, sock=sock, ssl=self._tls_context(), ssl_handshake_timeout=cfg.login_timeout
+                    ),
+                    cfg.connect_timeout,
+                )
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            if self._sem is not None:
+                self._sem.release()
+        dev.conn = transport  # type: ignore[assignment]  # close() is all stop() needs
+        dev.connects += 1
+        self.stats["connects"] += 1
+        self.emit("CONNECTED", dev.name)
+        try:
+            return await ended
+        finally:
+            dev.conn = None
+            self.stats["disconnects"] += 1
+
     async def _raw_fault(self, dev: _Device) -> str:
         """garbage / stall / slow-banner: a TCP peer that never completes SSH."""
         if self._sem is not None:
@@ -628,6 +688,59 @@ class Simulator:
         finally:
             self.stats["disconnects"] += 1
             writer.close()
+
+
+class _TLSNetconf(asyncio.Protocol):
+    """One NETCONF session on a TLS connection (RFC 7589), the device's side."""
+
+    def __init__(self, dev: _Device, ended: "asyncio.Future[str]") -> None:
+        self.dev = dev
+        self.ended = ended
+        self.transport: Optional[asyncio.Transport] = None
+        self.nc: Optional[NetconfSession] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        dev = self.dev
+
+        def send(data: bytes) -> None:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+
+        def close(reason: str) -> None:
+            if self.nc is not None:
+                dev.sim.emit("SESSION-END", dev.name, f"{self.nc.session_id} {reason.replace(' ', '_')}")
+            if self.transport is not None:
+                self.transport.close()
+
+        hello: Optional[bytes] = None
+        if dev.fault == "big-hello":
+            hello = dev.sim.big_hello()
+        elif dev.fault == "entity-hello":
+            hello = _entity_hello()
+        self.nc = NetconfSession(dev.netconf(), send, close, hello_override=hello, on_ready=self._ready)
+        self.nc.start()
+
+    def _ready(self, session: NetconfSession) -> None:
+        dev = self.dev
+        dev.ready_sessions += 1
+        dev.sim.stats["sessions"] += 1
+        dev.sim.emit("READY", dev.name, str(session.session_id))
+        if dev.fault == "drop-after-hello" and self.transport is not None:
+            asyncio.get_running_loop().call_later(0.05, self.transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self.nc is not None:
+            before = self.nc.rpc_count
+            self.nc.data_received(data)
+            self.dev.sim.stats["rpcs"] += self.nc.rpc_count - before
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.nc is not None and not self.nc.closed:
+            self.dev.sim.emit("SESSION-END", self.dev.name, f"{self.nc.session_id} connection_lost")
+            self.nc.connection_lost()
+        if not self.ended.done():
+            self.ended.set_result("closed" if exc is None else f"{type(exc).__name__}:{_oneline(exc)}")
 
 
 def _oneline(exc: BaseException) -> str:
@@ -844,6 +957,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="capability besides base:1.0/1.1 (repeatable; default candidate, "
         "confirmed-commit:1.1, writable-running)",
     )
+    p.add_argument(
+        "--tls-cert", type=Path, help="call home over TLS (RFC 7589) with this device certificate (PEM)"
+    )
+    p.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--tls-ca", type=Path, help="CA the listener's client certificate must chain to (default: any)"
+    )
     p.add_argument("--login-timeout", type=float, default=120.0)
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--keepalive-interval", type=float, default=0.0)
@@ -896,6 +1016,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         connect_timeout=args.connect_timeout,
         keepalive_interval=args.keepalive_interval,
         reconnect=not args.no_reconnect,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
         first_index=first,
         last_index=last,
         verbose_events=False,

@@ -109,6 +109,12 @@ class ListenerConfig:
     tcp_keepalive_idle: float = 30.0
     tcp_keepalive_interval: float = 10.0
     tcp_keepalive_count: int = 3
+    # TLS sessions have no keepalive of their own (RFC 8071 3.1 S7 asks for liveness checks): a
+    # held TLS session the device has been silent on for liveness_interval s gets a <get-config>
+    # of nothing through the multiplexer; no byte back within liveness_timeout s and the device
+    # is declared dead (event=device.unresponsive, session closed). 0 turns the check off.
+    liveness_interval: float = 60.0
+    liveness_timeout: float = 10.0
     # A device that accepts a new ``netconf`` channel but sends no hello on it within this many
     # seconds serves one NETCONF session per connection: it is leased over its held session.
     channel_hello_timeout: float = 5.0
@@ -156,6 +162,10 @@ class ListenerConfig:
                 raise ConfigError("%s must be positive" % name)
         if self.keepalive_interval < 0:
             raise ConfigError("keepalive_interval must be 0 (off) or positive")
+        if self.liveness_interval < 0:
+            raise ConfigError("liveness_interval must be 0 (off) or positive")
+        if self.liveness_timeout <= 0:
+            raise ConfigError("liveness_timeout must be positive")
         if self.block_admit_rate < 0:
             raise ConfigError("block_admit_rate must be 0 (hard block) or positive (handshakes per second)")
         if self.control_tcp.bind and not (

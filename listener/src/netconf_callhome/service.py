@@ -376,8 +376,9 @@ class CallHomeListener:
         rec = self.registry.get(held.device)
         # How its leases run: the operator's pin, else what an earlier connection taught (a
         # device that refused or ignored a second channel stays shared), else the transport's.
+        mux = Multiplexer(held)
         held.configure(
-            shared=Multiplexer(held),
+            shared=mux,
             pinned=self.config.session_modes.get(held.device, AUTO),
             remembered=rec.session_mode if rec is not None and rec.transport == held.transport else "",
             channel_hello_timeout=self.config.channel_hello_timeout,
@@ -388,6 +389,16 @@ class CallHomeListener:
         if held.transport == "tls":
             self._session_identities[held.device] = self._tls_identities.get(held.fingerprint, [])
         held.closed.add_done_callback(lambda fut: self._session_closed(held, fut.result()))
+        if held.transport == "tls" and self.config.liveness_interval > 0:
+            # TLS has no keepalive of its own (SSH sessions have SSH keepalives): a hung device
+            # must not stay 'connected' (RFC 8071 3.1 S7).
+            self.spawn(
+                mux.watch_liveness(
+                    self.config.liveness_interval,
+                    self.config.liveness_timeout,
+                    lambda reason: self.metrics.failures.labels(transport=held.transport, reason="unresponsive").inc(),
+                )
+            )
         if old is not None and old is not held:
             old.close("replaced by a new call from %s" % held.peer)
             log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", held.device, old.peer, held.peer)

@@ -97,6 +97,9 @@ class HeldSession:
         self.closed: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
         self.active_leases = 0
         self.failed = False  # closed because the device broke the protocol, not a plain drop
+        # When the device last sent anything (monotonic): the liveness check probes a session
+        # only after it has been silent for a while (sessions.mux.Multiplexer.watch_liveness).
+        self.last_received = time.monotonic()
         # From the SSH transport: opens a new ``netconf`` channel on the device's connection.
         self.open_channel = open_channel
         # From the service (configure): how shared leases are served and the mode policy.
@@ -112,6 +115,7 @@ class HeldSession:
         carrier.write(CLIENT_HELLO + b"]]>]]>")
 
     def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
         try:
             self._dispatch(self._framer.feed(data))
         except FramingError as exc:

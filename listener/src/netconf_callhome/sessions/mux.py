@@ -26,6 +26,11 @@ client gets the device's original hello and speaks NETCONF as if the session wer
   ``queue_limit`` RPCs or ``max_message`` bytes (its socket is not read beyond that); a client
   that does not read its replies is cut off when more than ``max_message`` bytes wait for it.
 
+* **liveness** -- :meth:`Multiplexer.watch_liveness`: a session the device has been silent on for
+  ``interval`` s gets a cheap ``<get-config>`` of the listener's own (its own message-id, never
+  one of a client's); no byte from the device within ``timeout`` s and the device is declared
+  dead and the session closed. TLS has no keepalive of its own (RFC 8071 3.1 S7 asks for one).
+
 Replies to RPCs of a client that left are swallowed, as are replies to the listener's own RPCs.
 Replies are delivered to each client in the order of its requests (RFC 6241 section 4.1),
 including those answered here.
@@ -37,7 +42,8 @@ import asyncio
 import collections
 import itertools
 import logging
-from typing import Any, Deque, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from netconf_callhome.errors import FramingError, LeaseError
 from netconf_callhome.protocol.framing import EOM, Framer, parse_hello
@@ -61,6 +67,13 @@ log = logging.getLogger("netconf_callhome.mux")
 DEFAULT_CAP = 4
 DEFAULT_QUEUE_LIMIT = 64
 _READ = 65536
+# The liveness probe: the running configuration filtered down to an element no device has. Any
+# server answers it at once with an empty <data/> (a server that rejects the filter answers an
+# <rpc-error>, just as fast: any reply is proof of life); it locks nothing and changes nothing.
+LIVENESS_RPC = (
+    '<get-config><source><running/></source><filter type="subtree">'
+    '<liveness-check xmlns="urn:netconf-callhome:liveness"/></filter></get-config>'
+)
 
 
 class _Slot:
@@ -76,15 +89,21 @@ class _Slot:
 class _Pending:
     """An RPC at the device, under the listener's message-id."""
 
-    __slots__ = ("lid", "client", "slot", "request", "original", "quote")
+    __slots__ = ("lid", "client", "slot", "request", "original", "quote", "answered")
 
     def __init__(
-        self, lid: bytes, client: Optional["_Client"], slot: Optional[_Slot], request: Optional[Request]
+        self,
+        lid: bytes,
+        client: Optional["_Client"],
+        slot: Optional[_Slot],
+        request: Optional[Request],
+        answered: "Optional[asyncio.Future[bytes]]" = None,
     ) -> None:
         self.lid = lid
         self.client = client  # None: the listener's own RPC, its reply is swallowed
         self.slot = slot
         self.request = request
+        self.answered = answered  # the listener's own RPC that waits for its reply (liveness)
         attr = request.message_id if request is not None else None
         self.original = request.raw[attr.start : attr.end] if request is not None and attr is not None else b""
         self.quote = attr.quote if attr is not None else b'"'
@@ -395,10 +414,60 @@ class Multiplexer:
         self._internal("<unlock><target><%s/></target></unlock>" % datastore)
         log.info("event=lease.lock_released device=%s datastore=%s", self.held.device, datastore)
 
-    def _internal(self, body: str) -> None:
+    def _internal(self, body: str, answered: "Optional[asyncio.Future[bytes]]" = None) -> None:
         lid = b"%d" % next(self._ids)
-        self._inflight[lid] = _Pending(lid, None, None, None)
+        self._inflight[lid] = _Pending(lid, None, None, None, answered)
         self._send(internal_rpc(lid, body))
+
+    # -- liveness --------------------------------------------------------------------------------
+
+    def probe(self) -> "asyncio.Future[bytes]":
+        """Send the liveness RPC; the future gets the device's reply (swallowed for clients)."""
+        answered: "asyncio.Future[bytes]" = asyncio.get_running_loop().create_future()
+        self._internal(LIVENESS_RPC, answered)
+        return answered
+
+    async def watch_liveness(
+        self, interval: float, timeout: float, on_dead: Optional[Callable[[str], None]] = None
+    ) -> None:
+        """Until the session closes: probe it after ``interval`` s of silence from the device;
+        close it when nothing at all comes back within ``timeout`` s.
+
+        Any byte from the device counts as alive (a long reply still streaming, a notification),
+        not only the probe's reply: a device busy with a client's slow RPC answers the probe only
+        after it, but it is not dead. A hung device process (SIGSTOP, a deadlock) or a dead path
+        sends nothing.
+        """
+        held = self.held
+        while not held.closed.done():
+            idle = time.monotonic() - held.last_received
+            if idle < interval:
+                await asyncio.wait({held.closed}, timeout=interval - idle)
+                continue
+            mark = held.last_received
+            answered = self.probe()
+            sent = time.monotonic()
+            while not held.closed.done() and not answered.done() and held.last_received == mark:
+                remaining = sent + timeout - time.monotonic()
+                if remaining <= 0:
+                    break
+                waits: "set[asyncio.Future[Any]]" = {held.closed, answered}
+                await asyncio.wait(waits, timeout=remaining)
+            if held.closed.done() or answered.done() or held.last_received != mark:
+                continue  # alive (or closed anyway); the idle clock restarts from its last byte
+            reason = "no answer to a liveness check within %g s after %.0f s of silence" % (timeout, idle)
+            log.warning(
+                "event=device.unresponsive device=%s peer=%s transport=%s idle_s=%.0f timeout_s=%g",
+                held.device,
+                held.peer,
+                held.transport,
+                idle,
+                timeout,
+            )
+            if on_dead is not None:
+                on_dead(reason)
+            held.close(reason)
+            return
 
     # -- the device side -----------------------------------------------------------------------
 
@@ -427,6 +496,8 @@ class Multiplexer:
             pending = None
         if pending is None:
             return
+        if pending.answered is not None and not pending.answered.done():
+            pending.answered.set_result(msg)
         self._settle(pending, msg)
         client = pending.client
         if client is None or client.gone or pending.slot is None:

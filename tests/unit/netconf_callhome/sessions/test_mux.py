@@ -941,3 +941,63 @@ def test_an_in_process_lease_hands_out_a_plain_socket() -> None:
         assert held.active_leases == 0 and mux.clients == 0
 
     run(body)
+
+
+# -- liveness (issue 10, defect 10) ------------------------------------------------------------------
+
+
+def test_a_device_that_stops_answering_is_closed_within_interval_plus_timeout() -> None:
+    """Before: a hung TLS device (SIGSTOP) stayed 'connected' and the next task waited 30 s."""
+
+    async def scenario() -> None:
+        held, dev, mux = await open_device(auto_reply=False)
+        dead: List[str] = []
+        started = time.monotonic()
+        watcher = asyncio.ensure_future(mux.watch_liveness(0.3, 0.3, dead.append))
+        reason = await asyncio.wait_for(asyncio.shield(held.closed), 3)
+        took = time.monotonic() - started
+        await watcher
+        assert 0.5 <= took <= 1.5, took  # interval + timeout, and not much later
+        assert "liveness check" in reason and dead == [reason]
+        assert dev.closed
+        assert dev.ops() == ["get-config"] and b"liveness-check" in dev.received[0]
+
+    run(scenario)
+
+
+def test_an_answering_device_stays_and_clients_never_see_the_probes() -> None:
+    async def scenario() -> None:
+        held, dev, mux = await open_device()
+        watcher = asyncio.ensure_future(mux.watch_liveness(0.1, 0.5))
+        client = await connect(held)
+        await wait_for(lambda: dev.ops().count("get-config") >= 3, 5)  # probes went and were answered
+        assert held.is_open
+        # a client using message-id "1" (as the listener's own first probe did) gets its own reply
+        answer = await client.call(rpc("1", "<get><filter/></get>"))
+        assert ids(answer) == "1" and b"<data/>" in answer
+        await wait_for(lambda: dev.ops().count("get-config") >= 5, 5)
+        assert client.inbox == []  # no probe reply leaked to the client
+        sent_ids = [ids(m) for m in dev.received]
+        assert len(sent_ids) == len(set(sent_ids))  # probes and client RPCs never share an id
+        client.close()
+        held.close("test over")
+        await watcher
+
+    run(scenario)
+
+
+def test_a_device_busy_with_a_slow_reply_is_not_declared_dead() -> None:
+    """Any byte from the device proves it alive: the probe waits behind a client's slow RPC."""
+
+    async def scenario() -> None:
+        held, dev, mux = await open_device(auto_reply=False)
+        watcher = asyncio.ensure_future(mux.watch_liveness(0.2, 0.3))
+        for _i in range(10):  # 1 s of a device that streams something every 0.1 s
+            await asyncio.sleep(0.1)
+            dev.send(b'<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"/>')
+        assert held.is_open
+        # then it goes silent: closed
+        await asyncio.wait_for(asyncio.shield(held.closed), 3)
+        await watcher
+
+    run(scenario)
