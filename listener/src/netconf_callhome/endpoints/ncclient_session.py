@@ -21,6 +21,10 @@ listener owns the transport here, so it does them differently:
 * **Idle endpoints.** ``Session.run`` wakes every 0.1 s even with nothing to do, so 500 idle
   endpoints cost 5,000 wake-ups a second. :meth:`run` blocks in ``recv``; :meth:`close` shuts the
   socket down, which wakes it.
+* **Hostile replies.** ncclient parses a reply with lxml's defaults, which substitute internal
+  entities. Each device message is first read up to its root start tag by the listener's own
+  parser (:func:`~netconf_callhome.protocol.framing.xml_events`, which refuses any DTD in any
+  encoding); a message with a DTD ends the session before ncclient sees it.
 * **Threads.** ncclient starts a thread per session, and ``Thread.start`` waits for the new
   thread to run (a sixth of the listener's samples for a new endpoint in a py-spy profile). The
   readers run on :class:`ReaderThreads` instead: daemon threads kept for reuse, a new one only
@@ -36,6 +40,9 @@ import queue
 import socket
 import threading
 from typing import Any, Callable, Optional, Sequence
+
+from netconf_callhome.errors import FramingError
+from netconf_callhome.protocol.framing import xml_events
 
 _CLASS: Optional[Any] = None
 _LOCK = threading.Lock()
@@ -190,6 +197,15 @@ def endpoint_session_class() -> Any:
                     if not data:
                         raise SessionCloseError(bytes(buf))
                     buf += data
+
+            def _dispatch_message(self, raw: Any) -> None:
+                message = raw.encode("utf-8") if isinstance(raw, str) else raw
+                try:
+                    for _event in xml_events(message, "device reply"):
+                        break  # the DTD check happens before the root's start tag is reported
+                except FramingError as exc:
+                    raise TransportError("refused a device message: %s" % exc.message) from None
+                super()._dispatch_message(raw)
 
             def _parse(self, data: bytes) -> None:
                 parser: Any = getattr(self, "parser")  # (untyped in ncclient)

@@ -157,6 +157,28 @@ def test_a_device_that_ends_the_lease_is_reported_to_the_listeners() -> None:
     assert not session.connected
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_reply_with_a_dtd_ends_the_session_before_ncclient_parses_it(encoding: str) -> None:
+    """ncclient's parser substitutes internal entities; the listener's check runs first."""
+    ours, device = socket.socketpair()
+    with device:
+        session = _session()
+        recorder = _Recorder()
+        session.add_listener(recorder)
+        session.adopt(ours, [BASE_10], None)
+        _read_until(device, b"]]>]]>")
+        evil = ('<?xml version="1.0" encoding="%s"?><!DOCTYPE r [<!ENTITY e "EXPANDED-ENTITY-TEXT">]>'
+                '<rpc-reply xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="1"><data>&e;</data>'
+                "</rpc-reply>" % encoding)
+        device.sendall(DEVICE_HELLO + evil.encode(encoding) + b"]]>]]>")
+        assert recorder.event.wait(5)
+        assert recorder.messages == [] and recorder.errors
+        if encoding == "utf-8":
+            assert "carries a DTD" in str(recorder.errors[0])
+        # (UTF-16: ncclient itself refuses to decode it: NETCONF is UTF-8; either way nothing is delivered)
+        assert session.wait_closed(5) and not session.connected
+
+
 def test_the_class_is_built_once() -> None:
     assert endpoint_session_class() is endpoint_session_class()
 
