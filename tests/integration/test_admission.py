@@ -85,3 +85,26 @@ def _known(lst) -> bool:
     except DeviceNotFoundError:
         return False
     return True
+
+
+def test_tls_fingerprints_in_one_notation_and_approve_reads_the_old_one(listener_factory, fleet, tmp_path: Path):
+    """Issue 10, defect 13: a TLS fingerprint showed as 'SHA256:1F:A3:..' (two notations in one)."""
+    import pki  # tests/peers
+
+    creds = pki.make_pki(tmp_path / "pki", device_name="sim0001")
+    lst = listener_factory(
+        "--tls", "127.0.0.1:0", "--tls-client-cert", str(creds.listener_cert.cert_path),
+        "--tls-client-key", str(creds.listener_cert.key_path),
+    ).start()
+    fp = creds.device_self_signed.fingerprint  # what openssl x509 -fingerprint -sha256 prints
+    tls = ["--tls-cert", str(creds.device_self_signed.cert_path), "--tls-key", str(creds.device_self_signed.key_path)]
+    with running(fleet.simulator(lst.tls_port, 1, *tls)):
+        pending = wait_until(lambda: [p for p in lst.call("pending") if p["transport"] == "tls"], 20, "a pending TLS key")
+        assert pending[0]["fingerprint"] == fp
+        assert "fingerprint=%s " % fp in lst.log()
+        assert "SHA256:" + fp not in lst.log()
+        # an operator pasting the old notation (or the cert-to-name one) still approves it
+        lst.call("approve", fingerprint="SHA256:" + fp.lower(), device="sim0001")
+        rec = lst.wait_device("sim0001", "connected", timeout=20)
+    assert rec["fingerprint"] == fp
+    assert lst.call("pending") == [] or all(p["transport"] != "tls" for p in lst.call("pending"))

@@ -110,6 +110,17 @@ def normalize_cert_fingerprint(value: str) -> str:
     return _hex_pairs(match.group("hex").replace(":", "").upper())
 
 
+def cert_fingerprint_spellings(value: str) -> t.List[str]:
+    """The ways a certificate fingerprint may be stored: the one written now and the old
+    ``SHA256:``-prefixed one (pending entries and records of earlier versions); ``[]`` when
+    ``value`` is no certificate fingerprint."""
+    try:
+        canonical = normalize_cert_fingerprint(value)
+    except ConfigError:
+        return []
+    return [canonical, "SHA256:" + canonical]
+
+
 def cert_to_name_fingerprint(value: str) -> str:
     """The RFC 7407 ``tls-fingerprint`` of a certificate fingerprint (any accepted notation):
     ``04:AB:CD:..``, what a device's ``cert-to-name`` entry for the listener's certificate needs."""

@@ -29,6 +29,7 @@ from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bi
 from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
+from netconf_callhome.fingerprints import cert_fingerprint_spellings
 from netconf_callhome.errors import (
     CallHomeError,
     ConfigError,
@@ -548,6 +549,13 @@ class CallHomeListener:
         credentials: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
         pending = self.registry.get_pending(fingerprint)
+        # A certificate fingerprint in any accepted notation, and entries recorded before the
+        # one notation (SHA256:AB:..), are found too.
+        for spelling in cert_fingerprint_spellings(fingerprint) if pending is None else []:
+            pending = self.registry.get_pending(spelling)
+            if pending is not None:
+                fingerprint = spelling
+                break
         if pending is None:
             raise DeviceNotFoundError(
                 "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint

@@ -74,3 +74,10 @@ def test_cert_to_name_form_for_the_device() -> None:
     assert cert_to_name_fingerprint_of_der(DER) == "04:" + PAIRS
     assert cert_to_name_fingerprint("SHA256:" + PAIRS) == "04:" + PAIRS
     assert cert_to_name_fingerprint("04:" + PAIRS) == "04:" + PAIRS
+
+
+def test_spellings_find_entries_stored_by_earlier_versions() -> None:
+    from netconf_callhome.fingerprints import cert_fingerprint_spellings
+
+    assert cert_fingerprint_spellings("04:" + PAIRS.lower()) == [PAIRS, "SHA256:" + PAIRS]
+    assert cert_fingerprint_spellings("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU") == []
