@@ -39,6 +39,20 @@ MAX_LINE = 16 * 1024 * 1024
 # often, with jitter so that a thousand refused clients do not come back in one wave.
 _RETRY_FIRST = 0.005
 _RETRY_MAX = 0.1
+# Operations that may be sent again when a remote listener dropped the connection before any
+# answer: reading ones, and those whose half-done effect ends with the connection (a lease, an
+# endpoint that idles out). Any operation is retried when the drop came before it was sent.
+_RETRY_SAFE = frozenset(("ping", "status", "devices", "device", "pending", "wait", "endpoint", "lease"))
+
+
+class _Dropped(ControlError):
+    """The listener closed or reset the connection before answering. A remote listener does that
+    to connections it has not authenticated yet when too many arrive at once
+    (``control_tcp.max_unauthenticated``): nothing was run for them."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 def default_control_address() -> str:
@@ -102,12 +116,61 @@ class ControlClient:
             if not self.tls_verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            return ctx.wrap_socket(raw, server_hostname=self.address.host)
+            try:
+                return ctx.wrap_socket(raw, server_hostname=self.address.host)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError) as exc:
+                raw.close()  # accepted, then dropped during the handshake: a busy listener
+                raise _Dropped("listener at %s dropped the connection during the TLS handshake: %s" % (self.address, exc), sent=False) from None
+            except BaseException:
+                raw.close()
+                raise
         except (OSError, ssl.SSLError) as exc:
             raise ListenerUnreachableError(
                 "no call-home listener answers at %s: %s" % (self.address, getattr(exc, "strerror", None) or exc),
                 details={"address": str(self.address)},
             ) from None
+
+    def _exchange(
+        self, op: str, args: t.Mapping[str, t.Any], wait: float, answer_timeout: t.Callable[[float], float]
+    ) -> t.Tuple[socket.socket, t.Any]:
+        """Open, send one request, read its answer; the open socket and the result.
+
+        A remote listener's drop before the answer is retried within ``wait`` s (see _Dropped and
+        _RETRY_SAFE) and ends as :class:`ListenerBusyError`; ``answer_timeout(remaining)`` is the
+        socket timeout while the answer is awaited.
+        """
+        deadline = time.monotonic() + wait
+        delay = _RETRY_FIRST
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                sock = self._open(remaining)
+            except _Dropped as exc:
+                dropped = exc
+            else:
+                try:
+                    sock.settimeout(answer_timeout(max(deadline - time.monotonic(), 0.001)))
+                    return sock, self._request(sock, op, args)
+                except _Dropped as exc:
+                    sock.close()
+                    dropped = exc
+                except BaseException:
+                    sock.close()
+                    raise
+            retry = self.address.kind == "tls" and (not dropped.sent or op in _RETRY_SAFE)
+            if not retry:
+                raise ControlError(dropped.message) from None
+            if time.monotonic() + delay >= deadline:
+                raise ListenerBusyError(
+                    "the call-home listener at %s dropped the connection before answering %r %d times within "
+                    "%.1f s (too many unauthenticated connections at once? see its log for "
+                    "event=control.unauthenticated_limit); last: %s" % (self.address, op, attempts, wait, dropped.message),
+                    details={"address": str(self.address), "attempts": attempts},
+                ) from None
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, _RETRY_MAX)
 
     def _open_unix(self, timeout: float) -> socket.socket:
         """Connect, retrying while a listener holds the socket but does not accept yet.
@@ -159,8 +222,14 @@ class ControlClient:
         payload["op"] = op
         if self.token:
             payload["token"] = self.token
-        sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
-        line = _read_line(sock)
+        try:
+            sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _Dropped("listener at %s closed the connection before reading %r: %s" % (self.address, op, exc), sent=False) from None
+        try:
+            line = _read_line(sock)
+        except ConnectionResetError as exc:
+            raise _Dropped("listener at %s reset the connection before answering %r: %s" % (self.address, op, exc), sent=True) from None
         try:
             answer = json.loads(line)
         except ValueError:
@@ -172,17 +241,14 @@ class ControlClient:
     def call(self, op: str, *, timeout: t.Optional[float] = None, **args: t.Any) -> t.Any:
         """Run one control operation; ``timeout`` bounds the whole exchange."""
         wait = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        sock = self._open(wait)
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            return self._request(sock, op, args)
+            sock, result = self._exchange(op, args, wait, lambda remaining: remaining)
         except socket.timeout:
             raise ControlError("listener at %s did not answer %r within %.0f s" % (self.address, op, wait)) from None
         except OSError as exc:
             raise ControlError("connection to listener at %s failed during %r: %s" % (self.address, op, exc)) from None
-        finally:
-            sock.close()
+        sock.close()
+        return result
 
     def lease(self, device: str, *, wait: float = 0.0, **args: t.Any) -> t.Tuple[socket.socket, t.Dict[str, t.Any]]:
         """Lease a NETCONF session on ``device``; returns the socket now carrying NETCONF.
@@ -190,15 +256,11 @@ class ControlClient:
         ``wait`` is how long the listener waits for the device to call home first.
         The lease ends when the socket is closed.
         """
-        sock = self._open(self.timeout)
-        try:
-            sock.settimeout(wait + self.timeout)
-            info = self._request(sock, "lease", dict(args, device=device, wait=wait))
-            sock.settimeout(None)
-            return sock, info
-        except BaseException:
-            sock.close()
-            raise
+        sock, info = self._exchange(
+            "lease", dict(args, device=device, wait=wait), self.timeout, lambda _remaining: wait + self.timeout
+        )
+        sock.settimeout(None)
+        return sock, info
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -208,7 +270,9 @@ def _read_line(sock: socket.socket) -> bytes:
     while True:
         byte_run = sock.recv(1) if isinstance(sock, ssl.SSLSocket) else _recv_until_newline(sock)
         if not byte_run:
-            raise ControlError("listener closed the control connection without an answer")
+            if size:
+                raise ControlError("listener closed the control connection in the middle of its answer")
+            raise _Dropped("listener closed the control connection without an answer", sent=True)
         chunks.append(byte_run)
         size += len(byte_run)
         if byte_run.endswith(b"\n"):
