@@ -15,9 +15,10 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 from netconf_callhome.control.client import (
     ControlClient,
@@ -25,7 +26,9 @@ from netconf_callhome.control.client import (
     default_home,
 )
 from netconf_callhome.config import SESSION_MODES
-from netconf_callhome.errors import CallHomeError
+from netconf_callhome.errors import CallHomeError, ListenerRunningError
+
+SPAWN_LOCK = "spawn.lock"  # plugins/plugin_utils/embedded_listener.py: one embedded start at a time
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-handshakes", type=int, help="handshakes in progress at once; more are refused")
     serve.add_argument("--metrics", dest="metrics_bind", metavar="HOST:PORT", help="serve Prometheus metrics")
     serve.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (embedded mode)")
+    serve.add_argument(
+        "--takeover",
+        action="store_true",
+        help="if an embedded listener (started by the connection plugin) runs on this home, ask it to shut down "
+        "and start in its place",
+    )
     serve.add_argument("--log-format", choices=("text", "json"))
     serve.add_argument("--log-level")
 
@@ -167,14 +176,70 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(config_file, overrides)
     setup_logging(config.log_format, config.log_level)
     _raise_nofile_limit()
+    # Held from the takeover until this listener answers: the connection plugin takes the same
+    # lock before it starts an embedded listener, so none starts in between.
+    spawn_lock = _lock_spawning(config.home) if args.takeover else None
+    try:
+        if args.takeover:
+            _take_over(config.home)
 
-    async def main() -> None:
-        listener = CallHomeListener(config)
-        await listener.start()
-        await listener.serve_forever()
+        async def main() -> None:
+            listener = CallHomeListener(config)
+            try:
+                await listener.start()
+            finally:
+                if spawn_lock is not None:
+                    spawn_lock.close()
+            await listener.serve_forever()
 
-    asyncio.run(main())
+        asyncio.run(main())
+    finally:
+        if spawn_lock is not None:
+            spawn_lock.close()
     return 0
+
+
+def _lock_spawning(home: str, timeout: float = 60.0) -> IO[str]:
+    """``<home>/spawn.lock``, the lock plugins/plugin_utils/embedded_listener.py spawns under."""
+    import fcntl
+
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    handle = open(os.path.join(home, SPAWN_LOCK), "a+", encoding="utf-8")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except OSError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise ListenerRunningError(
+                    "an embedded listener is being started on %s (%s is held for %.0f s)"
+                    % (home, os.path.join(home, SPAWN_LOCK), timeout)
+                ) from None
+            time.sleep(0.05)
+
+
+def _take_over(home: str) -> None:
+    """Stop the embedded listener holding ``home`` (through its control socket) and wait for it."""
+    import logging
+
+    from netconf_callhome.control import instance
+
+    def ask(holder: instance.Holder) -> None:
+        socket_path = holder.control_socket or os.path.join(home, "control.sock")
+        try:
+            ControlClient("unix:%s" % socket_path, timeout=10).call("shutdown")
+        except CallHomeError as exc:
+            raise ListenerRunningError(
+                "cannot ask the listener on %s (%s) to shut down: %s" % (home, holder.describe(), exc.message)
+            ) from None
+
+    stopped = instance.takeover(home, ask)
+    if stopped is not None:
+        logging.getLogger("netconf_callhome.listener").info(
+            "event=listener.takeover home=%s old_pid=%s old_mode=%s", home, stopped.pid, stopped.mode
+        )
 
 
 def _session_mode(value: str) -> Tuple[str, str]:
@@ -216,7 +281,44 @@ def _table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+class _ReaderGone(Exception):
+    """Standard output's reader went away (``callhome-listener pending | head``)."""
+
+
+def _out(text: str) -> None:
+    """Print a result; a closed pipe becomes _ReaderGone (not a traceback, not a socket error)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _ReaderGone() from None
+
+
+def _reader_gone() -> int:
+    """Exit quietly, the way a Unix tool killed by SIGPIPE does (status 141 in the shell)."""
+    # What is still buffered must not fail again when Python flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, not at interpreter exit, where a closed pipe prints "Exception
+            # ignored ... BrokenPipeError" (argparse's --help and usage go through this too).
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise _ReaderGone() from None
+    except _ReaderGone:
+        return _reader_gone()
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -231,14 +333,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "devices":
             result = client.call("devices", **({"status": args.status} if args.status else {}))
             if not args.json:
-                print(_table(result, ("name", "status", "transport", "peer", "fingerprint", "last_seen", "last_error")))
+                _out(_table(result, ("name", "status", "transport", "peer", "fingerprint", "last_seen", "last_error")))
                 return 0
         elif args.command == "device":
             result = client.call("device", device=args.name)
         elif args.command == "pending":
             result = client.call("pending")
             if not args.json:
-                print(
+                _out(
                     _table(
                         result,
                         (
@@ -264,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = client.call("shutdown")
         else:  # pragma: no cover - argparse refuses unknown commands
             raise SystemExit(2)
-        print(json.dumps(result, indent=2, sort_keys=True))
+        _out(json.dumps(result, indent=2, sort_keys=True))
         return 0
     except CallHomeError as exc:
         print("callhome-listener: %s" % exc.message, file=sys.stderr)
