@@ -136,6 +136,49 @@ class LeaseError(ControlError):
     code = "lease"
 
 
+class RestconfError(CallHomeError):
+    """RESTCONF call home (RFC 8071 section 3.2): a request to the device did not succeed."""
+
+    code = "restconf"
+
+
+class RestconfProtocolError(RestconfError):
+    """The device broke HTTP/2 or HTTP/1.1 (bad frame, bad header, unexpected bytes); the
+    connection is closed."""
+
+    code = "restconf-protocol"
+
+
+class RestconfConnectionLostError(RestconfError):
+    """The device's RESTCONF connection ended (or went away with GOAWAY) before the answer."""
+
+    code = "restconf-connection-lost"
+
+
+class RestconfTimeoutError(RestconfError):
+    """The device did not answer a request (or a ping) within the timeout."""
+
+    code = "restconf-timeout"
+
+
+class RestconfResponseTooLargeError(RestconfError):
+    """A response's header block or body exceeded the configured bound."""
+
+    code = "restconf-too-large"
+
+
+class RestconfContentError(RestconfError):
+    """A response body is not what RESTCONF promises (malformed JSON/XML, missing members)."""
+
+    code = "restconf-content"
+
+
+class RestconfStatusError(RestconfError):
+    """The device answered with an HTTP error status; ``details`` has ``status`` and ``path``."""
+
+    code = "restconf-status"
+
+
 _BY_CODE: t.Dict[str, t.Type[CallHomeError]] = {}
 
 
