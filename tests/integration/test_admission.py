@@ -58,6 +58,36 @@ def test_enrolled_device_gets_in_from_an_address_flooded_with_garbage(listener_f
     assert rec["peer"].startswith("127.0.0.1:")
 
 
+def test_enrolled_device_gets_in_while_the_flood_goes_on(listener_factory, fleet, tmp_path: Path):
+    """The flood does not stop while the device calls: both compete for the trickle, the device
+    still gets in (each token goes to whoever connects first after it; the device redials every
+    0.2 s against a flood of ~10 connections a second)."""
+    import threading
+
+    config = tmp_path / "admission.yml"
+    config.write_text("block_failures: 10\nblock_window: 60\nblock_seconds: 120\nblock_admit_rate: 1\n")
+    lst = listener_factory("--config", str(config))
+    fleet.enroll(lst.home / "trust.json", ["sim0001"])
+    lst.start()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            _garbage(lst.ssh_port)
+            stop.wait(0.1)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        lst.wait_log("event=peer.blocked peer_ip=127.0.0.1", timeout=30)
+        with running(fleet.simulator(lst.ssh_port, 1)):
+            lst.wait_device("sim0001", "connected", timeout=30)
+    finally:
+        stop.set()
+        flooder.join(5)
+    assert lst.log().count("event=peer.blocked ") == 1
+
+
 def test_hard_block_is_still_available(listener_factory, fleet, tmp_path: Path):
     """block_admit_rate: 0 restores the old behaviour (nothing from the address for block_seconds)."""
     config = tmp_path / "admission.yml"
