@@ -141,9 +141,14 @@ class _TLSConnection(asyncio.Protocol):
     def _deliver(self, data: bytes) -> None:
         if self.held is not None:
             self.held.data_received(data)
-        elif self._early_size < _EARLY_LIMIT:
-            self._early.append(data)
-            self._early_size += len(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > _EARLY_LIMIT:
+            # A device says hello and waits for ours; dropping the excess would corrupt its stream.
+            self._lost("device sent more than %d bytes before its session was set up" % _EARLY_LIMIT)
+            self._release()
+            self._abort()
 
     def _flush(self) -> None:
         data = self._outgoing.read()
