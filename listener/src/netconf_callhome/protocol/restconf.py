@@ -509,6 +509,18 @@ class RestconfConnection:
         )
 
 
+class _H2State(h2.connection.H2Connection):
+    """h2's connection state machine, remembering fewer closed streams.
+
+    h2 keeps how each closed stream ended (for frames that arrive late) in a dict bounded at
+    2**16 entries: megabytes over the life of a busy device's connection, times every device. A
+    frame for a stream no longer remembered is still handled (h2 answers it with RST_STREAM), and
+    late frames only come for the last few streams.
+    """
+
+    MAX_CLOSED_STREAMS = 256
+
+
 class Http2Connection(RestconfConnection):
     """RESTCONF over HTTP/2 (ALPN ``h2``): one stream per request, many at once."""
 
@@ -518,7 +530,7 @@ class Http2Connection(RestconfConnection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         lim = self.limits
-        self._h2 = h2.connection.H2Connection(
+        self._h2 = _H2State(
             h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
         )
         self._h2.local_settings = h2.settings.Settings(

@@ -157,8 +157,13 @@ class Device:
 
 
 class H2Device(Device, asyncio.Protocol):
+    max_streams: Optional[int] = None  # the device's SETTINGS_MAX_CONCURRENT_STREAMS, if any
+
     def started(self) -> None:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        if self.max_streams is not None:
+            self.conn.local_settings.max_concurrent_streams = self.max_streams
+            self.conn.local_settings.acknowledge()
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
         self.partial: Dict[int, Request] = {}
@@ -296,6 +301,7 @@ async def connect(
     handler: Handler = default_handler,
     limits: Optional[RestconfLimits] = None,
     credentials: Optional[BasicCredentials] = None,
+    device_streams: Optional[int] = None,
 ) -> Tuple[RestconfConnection, Device]:
     """A device (TLS server, ALPN only ``alpn``) on one end of a socket pair, the listener's
     RESTCONF client on the other, as on an accepted call-home socket."""
@@ -304,6 +310,8 @@ async def connect(
     ours.setblocking(False)
     theirs.setblocking(False)
     device: Device = H2Device(handler) if alpn == "h2" else H11Device(handler)
+    if device_streams is not None:
+        device.max_streams = device_streams  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     dev_ctx = pki.device_context([alpn])
     link, _ = await asyncio.gather(
@@ -712,3 +720,55 @@ def test_limits_are_validated() -> None:
         RestconfLimits(h2_stream_window=2**31)
     with pytest.raises(ValueError, match="request_timeout"):
         RestconfLimits(request_timeout=0)
+
+
+def test_the_devices_stream_limit_is_kept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        conn, device = await connect(tmp_path, "h2", device_streams=2)
+        await conn.ping()  # the device's SETTINGS arrived
+        results = await asyncio.gather(*(conn.get("/top/restconf/data/slow/%d" % i) for i in range(6)))
+        assert [r.status for r in results] == [200] * 6
+        assert device.max_in_flight == 2
+        conn.close()
+
+    run(scenario)
+
+
+def test_goaway_fails_unprocessed_streams_and_ends_the_connection(tmp_path: Path) -> None:
+    async def handler(req: Request) -> Answer:
+        return "stall"
+
+    async def scenario() -> None:
+        conn, device = await connect(tmp_path, "h2", handler)
+        first = asyncio.ensure_future(conn.get("/top/restconf/data/a"))
+        while not device.requests:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(conn.get("/top/restconf/data/b"))
+        while len(device.requests) < 2:
+            await asyncio.sleep(0.01)
+        dev = device  # an H2Device
+        dev.conn.close_connection(last_stream_id=1)  # type: ignore[attr-defined]
+        dev.transport.write(dev.conn.data_to_send())  # type: ignore[attr-defined]
+        with pytest.raises(RestconfConnectionLostError, match="GOAWAY"):
+            await second  # stream 3: never processed, safe to retry
+        assert not first.done()  # stream 1 may still be answered
+        with pytest.raises(RestconfConnectionLostError, match="GOAWAY"):
+            await conn.get("/top/restconf/data/c")  # no new streams after GOAWAY
+        conn.close()
+        with pytest.raises(RestconfConnectionLostError):
+            await first
+
+    run(scenario)
+
+
+def test_a_ping_flood_ends_the_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        conn, device = await connect(tmp_path, "h2")
+        dev = device
+        for i in range(1100):
+            dev.conn.ping(i.to_bytes(8, "big"))  # type: ignore[attr-defined]
+        dev.transport.write(dev.conn.data_to_send())  # type: ignore[attr-defined]
+        reason = await asyncio.wait_for(conn.closed, 10)
+        assert "PING/SETTINGS frames" in reason and "flood" in reason
+
+    run(scenario)
