@@ -56,6 +56,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
+from netconf_callhome.config import ListenerConfig
 from netconf_callhome.errors import (
     CallHomeError,
     HandshakeError,
@@ -67,6 +68,8 @@ from netconf_callhome.errors import (
     RestconfStatusError,
     RestconfTimeoutError,
 )
+from netconf_callhome.netutil import format_peer, peer_ip, set_tcp_keepalive
+from netconf_callhome.protocol.events import Admission, HandshakeFailure, VerifiedDevice
 from netconf_callhome.protocol.framing import local_name, parse_xml
 from netconf_callhome.protocol.tls import _peer_chain, _TLSConnection, client_context
 
@@ -308,6 +311,8 @@ class RestconfConnection:
         self.library: Optional[YangLibrary] = None
         self.last_received = time.monotonic()
         self.requests = 0
+        self.fingerprint = ""  # the device certificate's, once the policy accepted it
+        self.started = time.monotonic()  # when its call-home connection was accepted
 
     def __repr__(self) -> str:
         return "<%s device=%r peer=%r http=%s>" % (type(self).__name__, self.device, self.peer, self.http_version)
@@ -1018,6 +1023,143 @@ async def open_tls(sock: socket.socket, context: ssl.SSLContext, *, timeout: flo
     return TLSLink(tls=conn, alpn=alpn, chain=chain)
 
 
+# -- the transport: one accepted call-home connection to a ready RESTCONF device -----------------
+
+
+class RestconfEvents(Protocol):
+    """What the RESTCONF transport asks of and tells the listener (the service implements it)."""
+
+    def tls_certificate(self, chain: Sequence[bytes], *, peer: str) -> Optional[VerifiedDevice]:
+        """The device of a verified certificate chain; None when refused (recorded as pending)."""
+
+    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
+        """HTTP basic credentials for the device, None for the client certificate alone."""
+
+    def handshake_failed(self, failure: HandshakeFailure) -> None: ...
+
+    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
+        """A verified device whose root and YANG library were read (``conn.library``)."""
+
+
+class RestconfTransport:
+    """RESTCONF call home (RFC 8071 section 3.2): TLS client, the device's verdict, then HTTP.
+
+    For each accepted socket: admission, the TLS handshake (the listener's certificate, ALPN
+    ``h2`` / ``http/1.1``), the device's chain to :meth:`RestconfEvents.tls_certificate` (the
+    same verdict as NETCONF over TLS: pinned certificate, or CA chain plus enrolled identity;
+    unknown ones pending), then root discovery and the YANG library, all within
+    ``handshake_timeout``. The connection is handed over by
+    :meth:`RestconfEvents.restconf_ready`; failures are classified as for the other transports
+    (:func:`classify`) and reported by :meth:`RestconfEvents.handshake_failed`.
+    """
+
+    transport = "restconf"
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        *,
+        admission: Admission,
+        events: RestconfEvents,
+        limits: Optional[RestconfLimits] = None,
+    ) -> None:
+        self.config = config
+        self.admission = admission
+        self.events = events
+        self.limits = limits or RestconfLimits()
+        self.context = restconf_client_context(config.tls.client_cert, config.tls.client_key)
+        self.pending = 0
+
+    async def handle(self, sock: socket.socket, addr: Tuple[Any, ...]) -> None:
+        """One accepted RESTCONF call-home connection (the listener's accept loop hands it over)."""
+        peer = format_peer(addr)
+        if not self.admission.acquire(peer):
+            sock.close()
+            return
+        self.pending += 1
+        try:
+            conn = await self._connect(sock, peer)
+        finally:
+            self.admission.release()
+            self.pending -= 1
+        if conn is not None:
+            self.events.restconf_ready(conn, started=conn.started)
+
+    async def _connect(self, sock: socket.socket, peer: str) -> Optional[RestconfConnection]:
+        started = time.monotonic()
+        set_tcp_keepalive(sock, self.config)
+        link: Optional[TLSLink] = None
+        conn: Optional[RestconfConnection] = None
+        device = ""
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                link = await open_tls(sock, self.context, timeout=self.config.handshake_timeout)
+                verified = self.events.tls_certificate(link.chain, peer=peer)
+                if verified is None:
+                    link.tls.close()
+                    self.events.handshake_failed(HandshakeFailure(
+                        transport=self.transport, peer=peer, reason="host-key", message="certificate not accepted"
+                    ))
+                    return None
+                device = verified.device
+                conn = link.start(
+                    limits=self.limits,
+                    authority=_authority(peer),
+                    credentials=self.events.restconf_credentials(device),
+                    device=device,
+                    peer=peer,
+                )
+                conn.fingerprint = verified.fingerprint
+                conn.started = started
+                await conn.discover_root()
+                await conn.yang_library()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close("call-home setup failed: %s" % classify(exc)[1])
+            elif link is not None:
+                link.abort()
+            else:
+                sock.close()  # open_tls closed it already on its own failures; closing twice is harmless
+            reason, message = classify(exc)
+            self.events.handshake_failed(
+                HandshakeFailure(transport=self.transport, peer=peer, reason=reason, message=message, device=device)
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            return None
+        return conn
+
+
+def classify(exc: BaseException) -> Tuple[str, str]:
+    """(reason code, message) of a failed RESTCONF call home, in the codes the other transports
+    use (``timeout``, ``auth-failed``, ``protocol``, ``connection-lost``, ``handshake``)."""
+    if isinstance(exc, (RestconfTimeoutError, TimeoutError, asyncio.TimeoutError)):
+        return "timeout", exc.message if isinstance(exc, CallHomeError) else "call home did not complete in time"
+    if isinstance(exc, RestconfStatusError) and exc.details.get("status") in (401, 403):
+        return "auth-failed", exc.message
+    if isinstance(exc, RestconfConnectionLostError):
+        return "connection-lost", exc.message
+    if isinstance(exc, RestconfError):  # protocol, too large, content, other statuses
+        return "protocol", exc.message
+    if isinstance(exc, CallHomeError):
+        return exc.code, exc.message
+    if isinstance(exc, ssl.SSLError):
+        return "handshake", "TLS handshake failed: %s" % exc
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return "connection-lost", "connection lost during call home: %s" % exc
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled", "listener stopping"
+    return "error", "%s: %s" % (type(exc).__name__, exc)
+
+
+def _authority(peer: str) -> str:
+    """The Host / :authority sent: the device's address as the listener sees it."""
+    address = peer_ip(peer)
+    return "[%s]" % address if ":" in address else (address or "device")
+
+
 # -- parsing what the device says --------------------------------------------------------------
 
 
@@ -1206,8 +1348,11 @@ __all__ = (
     "Http2Connection",
     "Response",
     "RestconfConnection",
+    "RestconfEvents",
     "RestconfLimits",
+    "RestconfTransport",
     "TLSLink",
+    "classify",
     "YangLibrary",
     "YangModule",
     "open_tls",

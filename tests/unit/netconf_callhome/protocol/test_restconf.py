@@ -25,6 +25,7 @@ import h2.events
 import pytest
 import trustme
 
+from netconf_callhome.config import ListenerConfig, TLSOptions
 from netconf_callhome.errors import (
     RestconfConnectionLostError,
     RestconfContentError,
@@ -33,12 +34,15 @@ from netconf_callhome.errors import (
     RestconfStatusError,
     RestconfTimeoutError,
 )
+from netconf_callhome.fingerprints import cert_fingerprint_of_der
+from netconf_callhome.protocol.events import HandshakeFailure, VerifiedDevice
 from netconf_callhome.protocol.restconf import (
     BasicCredentials,
     Http2Connection,
     Http11Connection,
     RestconfConnection,
     RestconfLimits,
+    RestconfTransport,
     open_tls,
     restconf_client_context,
 )
@@ -770,5 +774,128 @@ def test_a_ping_flood_ends_the_connection(tmp_path: Path) -> None:
         dev.transport.write(dev.conn.data_to_send())  # type: ignore[attr-defined]
         reason = await asyncio.wait_for(conn.closed, 10)
         assert "PING/SETTINGS frames" in reason and "flood" in reason
+
+    run(scenario)
+
+
+# -- the transport: accepted socket to a ready device, through the (fake) policy -----------------
+
+
+class Slots:
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def is_blocked(self, peer_ip: str) -> bool:
+        return False
+
+    def acquire(self, peer: str) -> bool:
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        self.taken -= 1
+
+
+class Events:
+    def __init__(self, accept: bool = True, credentials: Optional[BasicCredentials] = None) -> None:
+        self.accept = accept
+        self.credentials = credentials
+        self.ready: "asyncio.Queue[RestconfConnection]" = asyncio.Queue()
+        self.failures: "asyncio.Queue[HandshakeFailure]" = asyncio.Queue()
+        self.asked: List[str] = []
+
+    def tls_certificate(self, chain: Any, *, peer: str) -> Optional[VerifiedDevice]:
+        if not self.accept:
+            return None
+        return VerifiedDevice(device="dev1", fingerprint=cert_fingerprint_of_der(chain[0]))
+
+    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
+        self.asked.append(device)
+        return self.credentials
+
+    def handshake_failed(self, failure: HandshakeFailure) -> None:
+        self.failures.put_nowait(failure)
+
+    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
+        self.ready.put_nowait(conn)
+
+
+async def transport_and_device(
+    tmp: Path, events: Events, alpn: str, handler: Handler = default_handler, handshake_timeout: float = 10.0
+) -> Tuple[RestconfTransport, Slots, Device]:
+    pki = Pki(tmp)
+    cfg = ListenerConfig(home=str(tmp), tls=TLSOptions(client_cert=str(pki.cert), client_key=str(pki.key)),
+                         handshake_timeout=handshake_timeout)
+    slots = Slots()
+    transport = RestconfTransport(cfg, admission=slots, events=events)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    lsock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    device: Device = H2Device(handler) if alpn == "h2" else H11Device(handler)
+    dsock = socket.create_connection(lsock.getsockname())  # the device dials the listener
+    dsock.setblocking(False)
+    accepted, addr = await loop.sock_accept(lsock)
+    lsock.close()
+    handled = asyncio.ensure_future(transport.handle(accepted, addr))
+    await loop.connect_accepted_socket(lambda: device, sock=dsock, ssl=pki.device_context([alpn]))  # type: ignore[arg-type,return-value]
+    await handled
+    return transport, slots, device
+
+
+@BOTH
+def test_transport_hands_over_a_ready_device(tmp_path: Path, alpn: str) -> None:
+    async def scenario() -> None:
+        events = Events(credentials=BasicCredentials("admin", "pw"))
+        transport, slots, device = await transport_and_device(tmp_path, events, alpn)
+        conn = events.ready.get_nowait()
+        assert conn.device == "dev1" and conn.root == "/top/restconf" and len(conn.fingerprint.split(":")) == 32
+        assert conn.library is not None and conn.library.module("ietf-interfaces") is not None
+        assert conn.http_version == ("2" if alpn == "h2" else "1.1")
+        assert device.requests[0]["headers"]["authorization"] == BasicCredentials("admin", "pw").header()
+        host = device.requests[0]["headers"].get(":authority" if alpn == "h2" else "host")
+        assert host == "127.0.0.1"
+        assert events.asked == ["dev1"] and slots.taken == 0 and transport.pending == 0
+        assert events.failures.empty()
+        conn.close()
+
+    run(scenario)
+
+
+def test_transport_refused_certificate_sends_no_http(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        events = Events(accept=False)
+        _transport, slots, device = await transport_and_device(tmp_path, events, "h2")
+        failure = events.failures.get_nowait()
+        assert (failure.transport, failure.reason, failure.device) == ("restconf", "host-key", "")
+        await asyncio.wait_for(device.closed.wait(), 5)
+        assert device.requests == [] and events.ready.empty() and slots.taken == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ((401, [], b"unauthorized"), "auth-failed"),
+        ((200, [("content-type", "application/yang-data+json")], b"{broken"), "protocol"),
+        ("stall", "timeout"),
+    ],
+    ids=["401", "malformed-json", "stall"],
+)
+def test_transport_failures_are_classified(tmp_path: Path, answer: Answer, reason: str) -> None:
+    async def handler(req: Request) -> Answer:
+        if req["path"].endswith("yang-library"):
+            return answer
+        return await default_handler(req)
+
+    async def scenario() -> None:
+        events = Events()
+        _transport, slots, device = await transport_and_device(tmp_path, events, "h2", handler, handshake_timeout=1.0)
+        failure = events.failures.get_nowait()
+        assert failure.reason == reason and failure.device == "dev1", failure
+        assert events.ready.empty() and slots.taken == 0
+        await asyncio.wait_for(device.closed.wait(), 5)
 
     run(scenario)
