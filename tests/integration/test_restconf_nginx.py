@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, Optional
 
 import pytest
 
@@ -233,3 +233,76 @@ def test_nginx_basic_auth_credentials_are_sent_not_logged(tmp_path: Path, caplog
     with caplog.at_level(logging.DEBUG):
         run(scenario)
     assert password not in caplog.text
+
+
+def test_restconf_transport_with_nginx(tmp_path: Path) -> None:
+    """The transport end to end: accepted socket, TLS, the (pinning) verdict, root, library."""
+    from pki import make_pki
+
+    from netconf_callhome.config import ListenerConfig, TLSOptions
+    from netconf_callhome.protocol.events import HandshakeFailure, VerifiedDevice
+    from netconf_callhome.protocol.restconf import RestconfTransport
+
+    pki = make_pki(tmp_path / "pki", device_name="nginx-dev")
+    pinned = _der_fingerprint(pki.device_cert.cert_path)
+
+    class Slots:
+        def is_blocked(self, peer_ip: str) -> bool:
+            return False
+
+        def acquire(self, peer: str) -> bool:
+            return True
+
+        def release(self) -> None:
+            pass
+
+    class Events:
+        def __init__(self) -> None:
+            self.ready: "asyncio.Queue[RestconfConnection]" = asyncio.Queue()
+            self.failures: List[HandshakeFailure] = []
+
+        def tls_certificate(self, chain: Any, *, peer: str) -> Optional[VerifiedDevice]:
+            if hashlib.sha256(chain[0]).hexdigest() != pinned:
+                return None
+            return VerifiedDevice(device="nginx-dev", fingerprint=pinned)
+
+        def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
+            return None
+
+        def handshake_failed(self, failure: HandshakeFailure) -> None:
+            self.failures.append(failure)
+
+        def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
+            self.ready.put_nowait(conn)
+
+    async def scenario() -> None:
+        cfg = ListenerConfig(
+            home=str(tmp_path / "home"),
+            tls=TLSOptions(client_cert=str(pki.listener_cert.cert_path), client_key=str(pki.listener_cert.key_path)),
+            handshake_timeout=20,
+        )
+        events = Events()
+        transport = RestconfTransport(cfg, admission=Slots(), events=events)
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)
+        lsock.setblocking(False)
+        peer = await asyncio.to_thread(nginx, lsock.getsockname()[1], pki)
+        try:
+            peer.start_dialing()
+            sock, addr = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(lsock), 20)
+            await transport.handle(sock, addr)
+            assert events.failures == []
+            conn = events.ready.get_nowait()
+            assert conn.http_version == "2" and conn.root == "/restconf" and conn.fingerprint == pinned
+            assert conn.library is not None and conn.library.module("ietf-ip") is not None
+            keeper = asyncio.ensure_future(conn.keepalive(interval=0.2, timeout=5))
+            await asyncio.sleep(0.7)  # nginx answers the PINGs: the connection stays
+            assert not keeper.done()
+            await asyncio.to_thread(peer.hang_up)
+            assert await asyncio.wait_for(keeper, 10)
+        finally:
+            lsock.close()
+            await asyncio.to_thread(peer.__exit__)
+
+    run(scenario)

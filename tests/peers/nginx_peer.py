@@ -236,6 +236,11 @@ http {{
     default_type application/octet-stream;
     server_tokens off;
     client_max_body_size 8m;
+    # A call-home device keeps the connection it opened: nginx's defaults would end an idle one
+    # after 75 s and any after 1000 requests (Connection: close / GOAWAY), which the listener
+    # handles, but which is not how a device behaves.
+    keepalive_timeout 1h;
+    keepalive_requests 1000000;
     server {{
         {listen}
         {http2_line}
