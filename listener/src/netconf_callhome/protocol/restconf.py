@@ -90,6 +90,8 @@ YANG_DATA_XML = "application/yang-data+xml"
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 # origin-form request target: printable ASCII, no spaces (h11/h2 check it too; this says which).
 _PATH = re.compile(r"^/[\x21-\x7e]{0,8191}$")
+# RFC 9110 token: what a header name may be (h2's own check of our headers is off, see _H2State).
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]{1,256}$")
 # Headers this module sets itself; a caller passing one is a programming error.
 _RESERVED = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade", "te"})
 _H2_DEFAULT_WINDOW = 65535
@@ -1330,6 +1332,8 @@ def _headers(headers: HeaderArg) -> List[Tuple[str, str]]:
         key = str(name).strip().lower()
         if key in _RESERVED or key.startswith(":"):
             raise ValueError("header %r is set by the RESTCONF connection itself" % name)
+        if not _TOKEN.match(key):
+            raise ValueError("invalid header name %r" % name)
         if any(c in str(value) for c in "\r\n\0"):
             raise ValueError("header %r has a line break or NUL in its value" % name)
         out.append((key, str(value)))

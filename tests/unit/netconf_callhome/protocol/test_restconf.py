@@ -708,6 +708,8 @@ def test_request_arguments_are_checked(tmp_path: Path) -> None:
             await conn.request("GET", "relative")
         with pytest.raises(ValueError, match="set by the RESTCONF connection"):
             await conn.request("GET", "/x", {"Host": "evil"})
+        with pytest.raises(ValueError, match="invalid header name"):
+            await conn.request("GET", "/x", {"x y": "1"})
         with pytest.raises(ValueError, match="line break"):
             await conn.request("GET", "/x", {"x-a": "1\r\nx-b: 2"})
         with pytest.raises(ValueError, match="invalid HTTP method"):
