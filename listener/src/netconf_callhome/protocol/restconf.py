@@ -889,7 +889,9 @@ class Http11Connection(RestconfConnection):
         self._probe = exchange
         try:
             async with asyncio.timeout(timeout):
-                await self._exchange(exchange, [], b"")  # any status: the device answered
+                # Authenticated like any request: a device may count (and block) failed logins.
+                auth = [("authorization", self._authorization)] if self._authorization is not None else []
+                await self._exchange(exchange, auth, b"")  # any status: the device answered
         except TimeoutError:
             raise RestconfTimeoutError(
                 "device %s did not answer a keepalive (HEAD %s) within %gs" % (self._who(), path, timeout)

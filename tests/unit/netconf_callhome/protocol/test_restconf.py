@@ -691,8 +691,12 @@ def test_basic_credentials_are_sent_and_never_logged(tmp_path: Path, alpn: str, 
             conn, device = await connect(tmp_path, alpn, credentials=creds)
             await conn.discover_root()
             await conn.yang_library()
+            await conn.ping()
             conn.close()
         assert device.requests[0]["headers"]["authorization"] == creds.header()
+        if alpn == "http/1.1":  # the keepalive request is authenticated too
+            assert device.requests[-1]["method"] == "HEAD"
+            assert device.requests[-1]["headers"]["authorization"] == creds.header()
         assert secret not in repr(conn)
 
     run(scenario)
