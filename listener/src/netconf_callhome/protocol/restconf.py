@@ -1344,6 +1344,8 @@ def _headers(headers: HeaderArg) -> List[Tuple[str, str]]:
 
 def _excerpt(body: bytes) -> str:
     text = body[:_EXCERPT].decode("utf-8", "replace")
+    # The device's words go into errors and logs: one line, no control characters (escapes).
+    text = "".join(c if c.isprintable() else " " for c in text)
     text = " ".join(text.split())
     return text + ("..." if len(body) > _EXCERPT else "")
 

@@ -905,3 +905,18 @@ def test_transport_failures_are_classified(tmp_path: Path, answer: Answer, reaso
         await asyncio.wait_for(device.closed.wait(), 5)
 
     run(scenario)
+
+
+def test_device_text_in_errors_is_one_printable_line(tmp_path: Path) -> None:
+    async def handler(req: Request) -> Answer:
+        return 500, [], b"boom\x1b[31m red\r\nfake-log-line event=device.connected\x00"
+
+    async def scenario() -> None:
+        conn, _device = await connect(tmp_path, "h2", handler)
+        with pytest.raises(RestconfStatusError) as err:
+            (await conn.get("/x")).raise_for_status()
+        assert "\x1b" not in err.value.message and "\n" not in err.value.message and "\x00" not in err.value.message
+        assert "boom [31m red fake-log-line" in err.value.message
+        conn.close()
+
+    run(scenario)
