@@ -27,7 +27,7 @@ DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
 DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12,$(DEBIAN_VERSION)),libyang2-dev,libyang-dev) libssh-dev libssl-dev \
-               openssh-server openssh-client socat shellcheck git nginx
+               openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js
 
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)

@@ -148,10 +148,24 @@ def test_nginx_restconf_device_over_reversed_tcp(tmp_path: Path, http2: bool) ->
             back = await conn.get(path)
             assert back.status == 200 and back.json()["example-system:system"]["hostname"] == "r2"
             assert peer.stored(path) == body.replace(b"r1", b"r2")
-            # What a static nginx cannot do: POST / PATCH are 405 (documented in nginx_peer.py).
-            for method in ("POST", "PATCH"):
-                refused = await conn.request(method, path, headers, body)
-                assert refused.status == 405, (method, refused.status)
+            if peer.njs:  # POST and PATCH through the peer's restconf.js (nginx's JavaScript module)
+                clock = "/restconf/data/example-system:clock"
+                posted = await conn.request("POST", clock, headers, b'{"example-system:clock": {"timezone": "UTC"}}')
+                assert posted.status == 201 and posted.header("location") == clock, posted
+                again = await conn.request("POST", clock, headers, b'{"example-system:clock": {}}')
+                assert again.status == 409
+                assert again.json()["ietf-restconf:errors"]["error"][0]["error-tag"] == "data-exists"
+                patch = b'{"example-system:system": {"ntp": {"server": "ntp1"}}}'
+                assert (await conn.request("PATCH", path, headers, patch)).status == 204
+                merged = (await conn.get(path)).json()["example-system:system"]
+                assert merged == {"hostname": "r2", "ntp": {"enabled": True, "server": "ntp1"}}
+                assert (await conn.request("PATCH", path + "-missing", headers, patch)).status == 404
+                assert (await conn.request("POST", path + "-x", headers, b"{oops")).status == 400
+                assert (await conn.request("DELETE", clock)).status == 204
+            else:  # a static nginx: POST and PATCH are 405 (documented in nginx_peer.py)
+                for method in ("POST", "PATCH"):
+                    refused = await conn.request(method, path, headers, body)
+                    assert refused.status == 405, (method, refused.status)
             deleted = await conn.request("DELETE", path)
             assert deleted.status == 204
             assert (await conn.get(path)).status == 404

@@ -19,11 +19,17 @@ What it serves (static files under its root, media types set per location):
 ``/restconf/data/ietf-interfaces:interfaces``   some data
 ``/restconf/data/...`` anything else            writable: PUT stores the body (nginx's DAV module,
                                                 201 Created / 204 No Content), DELETE removes it
-                                                (204), GET returns it
+                                                (204), GET returns it; POST and PATCH see below
 
-POST and PATCH (``restconf_config``'s other methods) are refused by nginx's static handler with
-405 Not Allowed: nginx has no way to merge or create children without a scripting module. PUT
-(replace) and DELETE are what a static nginx device can do; GET reads back what PUT stored.
+POST and PATCH (``restconf_config``'s other methods, POST its default) need a script: with
+nginx's JavaScript module (Debian ``libnginx-mod-http-js``, njs; ``peer.njs`` says whether it is
+loaded) ``restconf.js`` below answers them: POST creates the target resource (201 Created with
+``Location``; 409 ``data-exists`` when it exists), PATCH merges a JSON object into it (RFC 7396
+style, 204; 404 when absent), a body that is not JSON is 400 ``malformed-message``. Only POST
+and PATCH are rewritten to the script's internal location; GET, HEAD, PUT and DELETE stay with
+nginx's own static and DAV handlers. Without
+the module, POST and PATCH get nginx's 405 Not Allowed (404 on a path with no data). Data is
+JSON only (no XML bodies).
 
 TLS: the device's server certificate; ``ssl_verify_client on`` with the CA of the listener's
 client certificate (a listener without a certificate from it gets HTTP 400 from nginx);
@@ -51,6 +57,68 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "nginx")
+JS_MODULE = "ngx_http_js_module.so"
+JS_PREFIX = "/.restconf-js"  # the internal location POST and PATCH are rewritten to
+# POST and PATCH for /restconf/data/ (njs 0.7 on Debian 12, 0.8 on Debian 13), rewritten to the
+# internal JS_PREFIX location; GET, HEAD, PUT and DELETE stay with nginx's static and DAV modules.
+RESTCONF_JS = r"""
+var fs = require('fs');
+var PREFIX = '/.restconf-js';
+
+function error(r, status, tag, message) {
+    r.headersOut['Content-Type'] = 'application/yang-data+json';
+    r.return(status, JSON.stringify({'ietf-restconf:errors': {'error': [
+        {'error-type': 'protocol', 'error-tag': tag, 'error-message': message}]}}));
+}
+
+function exists(path) {
+    try { fs.accessSync(path); return true; } catch (e) { return false; }
+}
+
+function merge(target, patch) {
+    if (typeof target !== 'object' || target === null || Array.isArray(target) ||
+        typeof patch !== 'object' || patch === null || Array.isArray(patch)) {
+        return patch;
+    }
+    for (var key in patch) {
+        target[key] = merge(target[key], patch[key]);
+    }
+    return target;
+}
+
+function write(r) {
+    var uri = r.uri.substring(PREFIX.length);  // the /restconf/data/... path asked for
+    var body;
+    try {
+        body = JSON.parse(r.requestText || '');
+    } catch (e) {
+        return error(r, 400, 'malformed-message', 'the body is not JSON');
+    }
+    var file = r.variables.document_root + uri;  // normalized by nginx: no dot segments
+    if (r.method === 'POST') {
+        if (exists(file)) {
+            return error(r, 409, 'data-exists', 'the resource exists already');
+        }
+        fs.writeFileSync(file, JSON.stringify(body));
+        r.headersOut['Location'] = uri;
+        r.return(201);
+        return;
+    }
+    if (!exists(file)) {
+        return error(r, 404, 'invalid-value', 'no such resource');
+    }
+    var current;
+    try {
+        current = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (e) {
+        current = {};
+    }
+    fs.writeFileSync(file, JSON.stringify(merge(current, body)));
+    r.return(204);
+}
+
+export default {write};
+"""
 HOST_META = (
     "<?xml version='1.0' encoding='UTF-8'?>\n"
     "<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n"
@@ -92,6 +160,15 @@ def nginx_version(binary: str) -> Tuple[int, ...]:
     if not found:
         raise PeerUnavailable("cannot read the nginx version from %r" % (out.stderr + out.stdout).strip())
     return tuple(int(part) for part in found.groups())
+
+
+def js_module(binary: str) -> Optional[str]:
+    """Path of nginx's JavaScript module (Debian libnginx-mod-http-js), None when not installed."""
+    out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=30, check=False)
+    found = re.search(r"--modules-path=(\S+)", out.stderr + out.stdout)
+    directory = Path(found.group(1)) if found else Path("/usr/lib/nginx/modules")
+    path = directory / JS_MODULE
+    return str(path) if path.is_file() else None
 
 
 def free_port() -> int:
@@ -150,6 +227,7 @@ class NginxPeer:
         self.workdir: Optional[Path] = None
         self.port = 0
         self.version: Tuple[int, ...] = ()
+        self.njs = False  # POST/PATCH answered by restconf.js (nginx's JavaScript module loaded)
         self.dials = 0
         self._nginx: Optional[subprocess.Popen[bytes]] = None
         self._socat: Optional[subprocess.Popen[bytes]] = None
@@ -163,6 +241,7 @@ class NginxPeer:
         if shutil.which("socat") is None:
             raise PeerUnavailable("socat not found (Debian package socat; make system-deps installs it)")
         self.version = nginx_version(self.binary)
+        self.js_module = js_module(self.binary)
         # Own temp dir under /tmp, not pytest's (0700 under /tmp/pytest-of-root): the worker
         # runs as nobody when the master is root and must reach the document root.
         self.workdir = Path(tempfile.mkdtemp(prefix="nginx-peer-"))
@@ -213,6 +292,34 @@ class NginxPeer:
             (wd / "conf" / "htpasswd").write_text("%s:%s\n" % (user, hashed))
             os.chmod(wd / "conf" / "htpasswd", 0o644)
             auth = 'auth_basic "restconf"; auth_basic_user_file %s;' % (wd / "conf" / "htpasswd")
+        load_js = js_location = ""
+        data_location = """location /restconf/data/ {
+                dav_methods PUT DELETE;
+                create_full_put_path on;
+                dav_access user:rw group:r all:r;
+            }"""
+        if self.js_module is not None:
+            self.njs = True
+            (wd / "conf" / "restconf.js").write_text(RESTCONF_JS)
+            load_js = "load_module %s;" % self.js_module
+            # POST and PATCH are rewritten (before any body is read, so the DAV module still
+            # reads PUT bodies into its file) to an internal location the script serves.
+            data_location = """location /restconf/data/ {
+                if ($request_method ~ ^(POST|PATCH)$) {
+                    rewrite ^ %s$uri last;
+                }
+                dav_methods PUT DELETE;
+                create_full_put_path on;
+                dav_access user:rw group:r all:r;
+            }""" % JS_PREFIX
+            js_location = """location ^~ %s/ {
+            internal;
+            %s
+            # r.requestText needs the body in one memory buffer (limit: client_max_body_size)
+            client_body_buffer_size 8m;
+            client_body_in_single_buffer on;
+            js_content restconf.write;
+        }""" % (JS_PREFIX, auth)
         self.port = free_port()
         new_syntax = self.version >= (1, 25, 1)
         listen = "listen 127.0.0.1:%d ssl%s;" % (self.port, " http2" if self.http2 and not new_syntax else "")
@@ -220,6 +327,7 @@ class NginxPeer:
         self.config = wd / "conf" / "nginx.conf"
         self.config.write_text(
             f"""
+{load_js}
 daemon off;
 worker_processes 1;
 {user_line}
@@ -241,6 +349,7 @@ http {{
     # handles, but which is not how a device behaves.
     keepalive_timeout 1h;
     keepalive_requests 1000000;
+    {"js_import restconf from %s;" % (wd / "conf" / "restconf.js") if self.njs else ""}
     server {{
         {listen}
         {http2_line}
@@ -258,12 +367,9 @@ http {{
         location /restconf/ {{
             {auth}
             default_type application/yang-data+json;
-            location /restconf/data/ {{
-                dav_methods PUT DELETE;
-                create_full_put_path on;
-                dav_access user:rw group:r all:r;
-            }}
+            {data_location}
         }}
+        {js_location}
         location / {{
             return 404;
         }}
