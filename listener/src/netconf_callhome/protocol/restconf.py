@@ -119,6 +119,10 @@ class RestconfLimits:
                            SETTINGS_MAX_CONCURRENT_STREAMS lowers it); more wait for a slot
     ``h2_stream_window``   the receive window per HTTP/2 stream
     ``h2_connection_window``  the receive window of the whole HTTP/2 connection
+    ``max_buffered_bytes`` HTTP/2: response bytes held at once for all streams of a connection;
+                           beyond it the device's windows are reopened only for the oldest
+                           request (which therefore always completes), so concurrent large
+                           answers wait for each other instead of adding up
     """
 
     max_header_bytes: int = 64 * 1024
@@ -128,9 +132,10 @@ class RestconfLimits:
     max_concurrent_streams: int = 100
     h2_stream_window: int = 1024 * 1024
     h2_connection_window: int = 4 * 1024 * 1024
+    max_buffered_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_body_bytes", "max_concurrent_streams"):
+        for name in ("max_header_bytes", "max_body_bytes", "max_concurrent_streams", "max_buffered_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
         for name in ("request_timeout", "ping_timeout"):
@@ -575,6 +580,9 @@ class Http2Connection(RestconfConnection):
         self._pings: Dict[bytes, "asyncio.Future[None]"] = {}
         self._changed = asyncio.Event()  # a stream slot or send window may have opened
         self._goaway = False
+        self.buffered = 0  # response body bytes held for streams in flight
+        self.peak_buffered = 0
+        self._withheld: Dict[int, int] = {}  # stream -> flow-controlled bytes not acknowledged yet
         self._control_frames = 0
         self._control_since = time.monotonic()
 
@@ -634,6 +642,7 @@ class Http2Connection(RestconfConnection):
             return await exchange.future
         finally:
             self._streams.pop(sid, None)
+            self._release(sid, exchange)
             if not exchange.answered:  # timed out, cancelled or failed: the device may stop now
                 self._reset(sid)
             self._after_stream()
@@ -792,18 +801,42 @@ class Http2Connection(RestconfConnection):
 
     def _data(self, event: h2.events.DataReceived) -> None:
         sid = event.stream_id
-        # The bytes are held in the response (bounded below), so the window opens again at once.
-        self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
         ex = self._streams.get(sid)
         if ex is None or ex.future.done():
+            self._h2.acknowledge_received_data(event.flow_controlled_length, sid)  # dropped: nothing held
             return
         data = event.data or b""
         if len(ex.body) + len(data) > self.limits.max_body_bytes:
+            self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
             ex.fail(self._too_large(ex, "body", len(ex.body) + len(data), self.limits.max_body_bytes))
+            self.buffered -= len(ex.body)
             ex.body = bytearray()
             self._reset(sid)
             return
         ex.body += data
+        self.buffered += len(data)
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
+        # Flow control is the bound on what the device makes us hold: its window reopens while
+        # the connection holds less than max_buffered_bytes, and always for the oldest request.
+        if self.buffered <= self.limits.max_buffered_bytes or sid == min(self._streams):
+            self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        else:
+            self._withheld[sid] = self._withheld.get(sid, 0) + event.flow_controlled_length
+
+    def _release(self, sid: int, exchange: _Exchange) -> None:
+        """A stream's exchange is over: its bytes are no longer ours to hold; reopen windows."""
+        self.buffered -= len(exchange.body)
+        if self.closed.done():
+            self._withheld.clear()
+            return
+        owed = self._withheld.pop(sid, 0)
+        if owed:  # the stream is closed: this reopens the connection's window only
+            self._h2.acknowledge_received_data(owed, sid)
+        oldest = min(self._streams) if self._streams else None
+        for other in sorted(self._withheld):
+            if self.buffered <= self.limits.max_buffered_bytes or other == oldest:
+                self._h2.acknowledge_received_data(self._withheld.pop(other), other)
+        self._flush()
 
     def _terminated(self, event: h2.events.ConnectionTerminated) -> None:
         self._goaway = True
