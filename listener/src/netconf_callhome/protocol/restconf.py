@@ -24,10 +24,14 @@ Layout:
 * :func:`open_tls` runs the TLS client on an accepted socket (ALPN offered) and returns the
   device's chain and the chosen protocol, for the policy to decide on *before* any HTTP byte;
   :meth:`TLSLink.start` then binds a :class:`RestconfConnection` to it.
+* :class:`RestconfTransport` does it all for one accepted call-home socket, as
+  :class:`~netconf_callhome.protocol.tls.TLSTransport` does for NETCONF over TLS: admission, TLS,
+  the verdict (:class:`RestconfEvents`, implemented by the service), root and YANG library within
+  ``handshake_timeout``, then ``restconf_ready`` or ``handshake_failed`` (:func:`classify`).
 
 Device input is hostile: a response's header block and body are bounded
-(:class:`RestconfLimits`), each request has a timeout, HTTP/2 flow-control windows and the
-number of concurrent streams are fixed by the listener, a flood of PING/SETTINGS frames ends the
+(:class:`RestconfLimits`), each request has a timeout, HTTP/2 flow-control windows, the
+number of concurrent streams and the bytes held for all of them are fixed by the listener, a flood of PING/SETTINGS frames ends the
 connection, and a malformed JSON or XML body is a :class:`~netconf_callhome.errors.
 RestconfContentError`, never an unhandled exception. Basic credentials are sent, never logged.
 """
