@@ -180,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--after", type=float, default=60.0, help="seconds to watch RSS after the flood")
-    p.add_argument("--back-within", type=int, default=8192, help="KiB above the start that count as 'back'")
+    p.add_argument("--back-within", type=int, default=16384, help="KiB above the start that count as back (allocator and interpreter high-water marks stay)")
     p.add_argument("--handshake-timeout", type=float, default=300.0, help="long: the flood must stay pending")
     p.add_argument("--rounds", type=int, default=1, help="floods one after the other (does the residue grow?)")
     p.add_argument("--json", type=Path, help="write the result here")
