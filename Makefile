@@ -32,7 +32,7 @@ DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup system-deps venv collections peers unit typecheck integration sanity stack2 test-stack2 test demo bench dist clean
+.PHONY: help setup system-deps venv collections peers unit typecheck integration attacks sanity stack2 test-stack2 test demo bench dist clean
 
 help:
 	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
@@ -88,6 +88,11 @@ unit: setup
 integration: setup peers
 	cd $(COLL_LINK) && PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/integration
 
+# The attack suite (issue 10): each attack against a real listener process while enrolled devices
+# are leased in a loop; asserts no session for a foreign key, no canary failure, CPU/RSS bounds.
+attacks: setup
+	cd $(COLL_LINK) && PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/attacks
+
 sanity: setup
 	$(PY) tests/sanity/run_sanity.py
 
@@ -95,7 +100,7 @@ sanity: setup
 typecheck: setup
 	cd $(ROOT)/listener && $(PY) -m mypy --config-file pyproject.toml -p netconf_callhome
 
-test: unit typecheck integration sanity stack2
+test: unit typecheck integration attacks sanity stack2
 
 # The second stack runs where the machine's own is older than the newest (Debian 12: Python 3.11,
 # ansible-core 2.19). On Debian 13 the machine's stack is already Python 3.13 / ansible-core 2.21.
