@@ -230,7 +230,10 @@ class CallHomeListener:
                 self.reload_trust()
             except Exception:  # a bug must not end reloads for good; logged with its traceback
                 log.exception("event=trust.reload_error")
-            self.admission.sweep()  # expired address limits are logged (peer.unblocked) without new traffic
+            try:
+                self.admission.sweep()  # expired address limits are logged (peer.unblocked) without new traffic
+            except Exception:  # as above: logged, and the next tick tries again
+                log.exception("event=admission.sweep_error")
             now = time.monotonic()
             if flushing is not None and flushing.done():
                 error = flushing.exception()

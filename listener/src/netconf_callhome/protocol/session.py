@@ -352,19 +352,21 @@ class Lease:
 
 
 async def _read_hello(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """The device's hello on a fresh channel: every byte read, kept for the client."""
+    """The device's hello on a fresh channel: every byte read, kept for the client.
+
+    The end of the hello is found by a :class:`Framer` (each byte searched once, the size
+    bounded while reading): a device that sends its hello in tiny pieces costs linear time."""
+    framer = Framer(limit)
     buf = bytearray()
     while True:
-        end = buf.find(EOM)
-        if end >= 0:
-            parse_hello(bytes(buf[:end]))  # FramingError: not a NETCONF session after all
-            return bytes(buf)
-        if len(buf) > limit:
-            raise FramingError("hello exceeds %d bytes" % limit)
         data = await reader.read(_READ)
         if not data:
             raise LeaseError("device closed the channel before its hello")
         buf += data
+        messages = framer.feed(data)  # FramingError past the limit
+        if messages:
+            parse_hello(messages[0])  # FramingError: not a NETCONF session after all
+            return bytes(buf)
 
 
 def _close_quietly(writer: asyncio.StreamWriter) -> None:

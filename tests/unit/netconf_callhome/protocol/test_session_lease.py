@@ -683,3 +683,24 @@ async def wait_for_channel(channels: FakeChannels) -> Tuple[asyncio.StreamReader
 
 async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
     return await asyncio.wait_for(reader.readexactly(n), 5)
+
+
+def test_a_channel_hello_in_tiny_pieces_is_found_once_and_bounded() -> None:
+    """_read_hello finds the end of the hello with a Framer (each byte searched once) and keeps
+    every byte for the client; past the limit it fails while reading, not after."""
+    from netconf_callhome.errors import FramingError
+    from netconf_callhome.protocol.session import _read_hello
+
+    hello = (b'<hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><capabilities><capability>'
+             b"urn:ietf:params:netconf:base:1.0</capability></capabilities><session-id>4</session-id></hello>]]>]]>")
+
+    async def read(data: bytes, limit: int) -> bytes:
+        reader = asyncio.StreamReader()
+        for i in range(0, len(data), 3):
+            reader.feed_data(data[i:i + 3])
+        reader.feed_eof()
+        return await _read_hello(reader, limit)
+
+    assert asyncio.run(read(hello, 4096)) == hello
+    with pytest.raises(FramingError, match="exceeds 64 bytes"):
+        asyncio.run(read(b"<hello>" + b"x" * 10000, 64))
