@@ -11,7 +11,7 @@ The file is JSON (human-readable, diff-friendly: sorted keys, two-space indent):
       "devices": {
         "r1": {
           "ssh_host_keys": ["ssh-ed25519 AAAAC3... r1", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"],
-          "tls_fingerprints": ["SHA256:AB:CD:..."],
+          "tls_fingerprints": ["AB:CD:..."],
           "tls_identities": ["serial:PID-1234", "cn:r1.example.net"],
           "credentials": {"username": "netconf", "private_key_file": "/etc/callhome/id_ed25519"}
         }
