@@ -11,14 +11,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 import pytest
 
 from attacklib import AttackListener, CanaryLoop, known_options, ssh_identity, tls_options, verdict
 from harness import LISTENER_CMD, child_env, free_port, wait_until
 from netconf_callhome.config import ListenerConfig
-from netconf_callhome.control.client import ControlClient
 from netconf_callhome.errors import CallHomeError
 
 # The TLS liveness check, small for the test: a session idle this long gets a cheap request, and a
@@ -47,10 +46,11 @@ def test_hung_tls_device_declared_dead(
     os.kill(dev.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        record = wait_until(
-            lambda: (lambda rec: rec if rec["status"] != "connected" else None)(lp.record("tlsdev1")),
-            LIVENESS_BOUND + 30, "the hung TLS device to be declared dead",
-        )
+        def dead() -> Dict[str, Any]:
+            rec = lp.record("tlsdev1")
+            return rec if rec["status"] != "connected" else {}
+
+        record = wait_until(dead, LIVENESS_BOUND + 30, "the hung TLS device to be declared dead")
         took = time.monotonic() - stopped
         started = time.monotonic()
         with pytest.raises(CallHomeError):
@@ -125,7 +125,7 @@ def test_garbage_flood_does_not_lock_out_enrolled_device(
     # A version line, then bytes that are no SSH packet: each connection fails at once.
     garbage = b"SSH-2.0-garbage\r\n" + b"\xff" * 4096
     while not lp.events("peer.blocked") and time.monotonic() < deadline:
-        batch = [socket.create_connection(("127.0.0.1", lp.ssh_port), timeout=10) for _ in range(20)]
+        batch = [socket.create_connection(("127.0.0.1", lp.ssh_port), timeout=10) for _n in range(20)]
         for sock in batch:
             try:
                 sock.sendall(garbage)

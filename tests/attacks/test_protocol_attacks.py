@@ -8,7 +8,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -113,7 +113,10 @@ def test_dtd_hello_in_utf16_is_refused(
         lp, device_process, tmp_path / "rogue-keys", "dtd1", "--mode", "utf16-dtd", "--marker", marker,
         "--encoding", encoding,
     )
-    accepted = lambda: [ev for ev in lp.events("device.connected") if ev.get("device") == "dtd1"]  # noqa: E731
+
+    def accepted() -> List[Dict[str, Any]]:
+        return [ev for ev in lp.events("device.connected") if ev.get("device") == "dtd1"]
+
     wait_until(lambda: rogue.count("DISCONNECTED") or accepted(), 30, "the listener to decide on the DTD hello",
                detail=lambda: rogue.output() + "\n" + lp.log()[-2000:])
     assert not accepted(), "the DTD hello was accepted as a session: %s; stored capabilities: %s" % (
@@ -144,7 +147,7 @@ def test_outbound_ssh_preamble_without_newline(
     mark = lp.sampler.mark()
     socks: List[socket.socket] = []
     try:
-        for _ in range(20):
+        for _n in range(20):
             sock = socket.socket()
             sock.bind(("127.0.0.2", 0))  # not the canaries' address
             sock.settimeout(30)

@@ -49,7 +49,7 @@ def test_half_open_tls_handshakes_memory_bounded_and_returned(
     mark = lp.sampler.mark()
     socks: List[socket.socket] = []
     try:
-        for _ in range(HALF_OPEN):
+        for _n in range(HALF_OPEN):
             socks.append(_connect_from("127.0.0.2", lp.tls_port))
         # Every connection accepted and its handshake started (or turned away by a bound).
         wait_until(
@@ -102,7 +102,7 @@ async def _unauthenticated(host: str, port: int, count: int, size: int, bound: f
         finally:
             writer.close()
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    return list(await asyncio.gather(*(one() for _n in range(count))))
 
 
 def test_remote_control_unauthenticated_flood_closed_within_auth_bound(
@@ -201,8 +201,9 @@ def test_thousand_concurrent_control_requests_served_or_busy(
     started = time.monotonic()
     outcomes = _concurrently(1000, request)
     elapsed = time.monotonic() - started
-    served = sum(1 for code, _ in outcomes if code == "ok")
-    busy = sum(1 for code, _ in outcomes if code == "listener-busy")
+    codes = [code for code, _detail in outcomes]
+    served = codes.count("ok")
+    busy = codes.count("listener-busy")
     other = [(code, detail) for code, detail in outcomes if code not in ("ok", "listener-busy")]
     print("1000 concurrent %s: %d served, %d busy, %d other in %.1f s" % (op, served, busy, len(other), elapsed))
     assert not other, "%d requests neither served nor told busy, e.g. %s" % (len(other), other[:3])
