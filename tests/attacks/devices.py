@@ -8,6 +8,7 @@ CPU is not the listener's nor the test's).
 ``ssh``   a misbehaving SSH call-home device (asyncssh ``connect_reverse``), enrolled or not:
           ``--mode endless-reply``  hello with base:1.0 only, then answers the first ``<rpc>``
                                     with an ``<rpc-reply>`` that never ends (no ``]]>]]>``)
+          ``--mode endless-hello``  a hello that never ends
           ``--mode utf16-dtd``      a hello in UTF-16 carrying an internal DTD entity whose
                                     expansion (``--marker``) would land in the capabilities
 
@@ -157,6 +158,11 @@ async def run_ssh(args: argparse.Namespace) -> int:
             return subsystem == "netconf"
 
         def session_started(self) -> None:
+            if args.mode == "endless-hello":
+                self.streaming = True
+                prefix = '<hello xmlns="%s"><capabilities><capability>%s</capability><capability>' % (BASE_NS, BASE_10)
+                asyncio.ensure_future(self.stream(prefix.encode()))
+                return
             if args.mode == "utf16-dtd":
                 self.chan.write(utf16_dtd_hello(args.marker, args.encoding) + EOM)
             else:
@@ -179,7 +185,9 @@ async def run_ssh(args: argparse.Namespace) -> int:
                 self.messages += 1
                 if args.mode == "endless-reply" and b"<rpc" in msg and not self.streaming:
                     self.streaming = True
-                    asyncio.ensure_future(self.stream())
+                    asyncio.ensure_future(
+                        self.stream(b'<rpc-reply xmlns="%s" message-id="1"><data><blob>' % BASE_NS.encode())
+                    )
 
         def pause_writing(self) -> None:
             self.can_write.clear()
@@ -187,10 +195,10 @@ async def run_ssh(args: argparse.Namespace) -> int:
         def resume_writing(self) -> None:
             self.can_write.set()
 
-        async def stream(self) -> None:
-            """An ``<rpc-reply>`` that never ends, as fast as the listener takes it."""
+        async def stream(self, prefix: bytes) -> None:
+            """A message that never ends, as fast as the listener takes it."""
             say("STREAMING", args.name)
-            self.chan.write(b'<rpc-reply xmlns="%s" message-id="1"><data><blob>' % BASE_NS.encode())
+            self.chan.write(prefix)
             block = b"x" * 32768
             try:
                 while not self.closed and self.sent < args.max_bytes:
@@ -263,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ssh.add_argument("--name", required=True)
     ssh.add_argument("--key", required=True, help="host key (OpenSSH private key file)")
     ssh.add_argument("--password", required=True, help="the password the listener logs in with")
-    ssh.add_argument("--mode", choices=("endless-reply", "utf16-dtd"), required=True)
+    ssh.add_argument("--mode", choices=("endless-reply", "endless-hello", "utf16-dtd"), required=True)
     ssh.add_argument("--marker", default="EXPANDED-ENTITY")
     ssh.add_argument("--encoding", choices=("utf-16-le", "utf-16-be"), default="utf-16-le")
     ssh.add_argument("--max-bytes", type=int, default=1 << 30, help="stop streaming after this much")

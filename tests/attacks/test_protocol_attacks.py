@@ -87,12 +87,40 @@ def test_endless_base10_reply_is_cut_at_max_message(
 
     print("endless reply: %s; streamed %d bytes; %s" % (ended, streamed, lp.sampler.describe(mark)))
     assert "got a reply" not in ended, ended
-    assert "exceeds" in record.get("last_error", ""), record
+    assert "exceed" in record.get("last_error", "").lower(), record
     # The cut comes at the limit: what the device got out is the limit plus the SSH window in flight.
     assert MAX_MESSAGE <= streamed <= MAX_MESSAGE + 8 * MIB, "device sent %d bytes before the cut" % streamed
     # Linear framing: SSH decryption of 32 MiB plus the canaries' leases, far from 15 s.
     assert cpu <= 4.0 + 0.3 * elapsed, "framing an endless reply cost too much CPU: " + lp.sampler.describe(mark)
     assert peak <= 3 * MAX_MESSAGE + 64 * MIB, "memory beyond the message bound: " + lp.sampler.describe(mark)
+    verdict(lp, loop)
+
+
+def test_endless_hello_is_cut_at_max_hello(
+    attack_listener: Callable[..., AttackListener],
+    canaries: Callable[..., CanaryLoop],
+    device_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Defect 1, before the session exists: an enrolled device's hello never ends. It is cut at
+    max_hello_bytes, cheaply, and the device gets no session."""
+    max_hello = 24 * MIB  # large enough that a framing cost quadratic in it shows (~8 s of CPU)
+    lp = attack_listener(max_hello_bytes=max_hello)
+    loop = canaries(lp)
+    assert lp.sampler is not None
+    mark = lp.sampler.mark()
+    rogue = _rogue(lp, device_process, tmp_path / "rogue-keys", "rogue2", "--mode", "endless-hello")
+    wait_until(lambda: rogue.count("STREAMED"), 60, "the listener to cut the endless hello",
+               detail=lambda: rogue.output() + "\n" + lp.sampler.describe(mark))
+    streamed = int([ln for ln in rogue.lines if ln.startswith("STREAMED")][0].split()[-1])
+    elapsed = time.monotonic() - mark.at
+    cpu = lp.sampler.cpu_since(mark)
+    record = lp.wait_device("rogue2", "error", timeout=20)
+    print("endless hello: streamed %d bytes; %s; %s" % (streamed, record.get("last_error"), lp.sampler.describe(mark)))
+    assert not [ev for ev in lp.events("device.connected") if ev.get("device") == "rogue2"]
+    assert max_hello <= streamed <= max_hello + 8 * MIB, "device sent %d bytes before the cut" % streamed
+    assert cpu <= 2.0 + 0.3 * elapsed, "an endless hello cost too much CPU: " + lp.sampler.describe(mark)
+    assert lp.sampler.peak_rss_since(mark) - mark.rss <= 3 * max_hello + 64 * MIB, lp.sampler.describe(mark)
     verdict(lp, loop)
 
 
