@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -149,6 +150,37 @@ def known_options(section: Any, **options: Any) -> Dict[str, Any]:
     return {k: v for k, v in options.items() if k in names}
 
 
+# A killed test run (an outer timeout) runs no finalizer: this watchdog, one per listener, ends the
+# listener when the test process is gone (the listener runs in its own session, by the harness).
+_GUARD = """
+import os, signal, sys, time
+test, child = int(sys.argv[1]), int(sys.argv[2])
+
+
+def running(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return b"netconf_callhome" in handle.read()
+    except OSError:
+        return False
+
+
+try:
+    while running(child):
+        time.sleep(1)
+        if not os.path.exists("/proc/%d" % test):
+            os.kill(child, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while running(child) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if running(child):
+                os.kill(child, signal.SIGKILL)
+            break
+except ProcessLookupError:
+    pass
+"""
+
+
 class AttackListener(ListenerProcess):
     """``harness.ListenerProcess`` plus its pid's meters, the keys enrolled per device, JSON logs."""
 
@@ -158,9 +190,11 @@ class AttackListener(ListenerProcess):
         self.options = options
         self.allowed: Dict[str, Set[str]] = {}
         self.sampler: Optional[ResourceSampler] = None
+        self._guard: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     def start(self, timeout: float = 30.0) -> "AttackListener":
         super().start(timeout)
+        self._guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(self.pid)])
         self.sampler = ResourceSampler(self.pid)
         return self
 
@@ -220,6 +254,9 @@ class AttackListener(ListenerProcess):
         if self.sampler is not None:
             self.sampler.stop()
         super().stop()
+        if self._guard is not None:
+            self._guard.terminate()
+            self._guard.wait(10)
 
 
 def base_options(password_file: Path) -> Dict[str, Any]:

@@ -72,18 +72,21 @@ def _second_serve(home: Path, config: Path) -> "subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.parametrize("ports", ["same", "other"])
+@pytest.mark.parametrize("holder,ports", [("service", "same"), ("service", "other"), ("embedded", "same")])
 def test_second_serve_on_same_home_names_holder(
     attack_listener: Callable[..., AttackListener],
     canaries: Callable[..., CanaryLoop],
     tmp_path: Path,
+    holder: str,
     ports: str,
 ) -> None:
-    """Defect 11: a second ``serve`` on a home where a listener runs (with its ports, or with
-    others) fails with an error naming the holder's pid, and takes nothing from it: the control
-    socket, the ports and the devices stay with the first one."""
+    """Defect 11: a second ``serve`` on a home where a listener runs (a service, or an embedded
+    one: idle_exit set, as the connection plugin starts it; with its ports, or with others) fails
+    with an error naming the holder's pid, and takes nothing from it: the control socket, the
+    ports and the devices stay with the first one."""
     ssh_port = free_port()
-    lp = attack_listener(ssh_binds=["127.0.0.1:%d" % ssh_port])
+    embedded = {"idle_exit": 600} if holder == "embedded" else {}
+    lp = attack_listener(ssh_binds=["127.0.0.1:%d" % ssh_port], **embedded)
     loop = canaries(lp)
     config = lp.config_path
     if ports == "other":
