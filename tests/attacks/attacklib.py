@@ -237,7 +237,9 @@ class AttackListener(ListenerProcess):
 
     def assert_no_foreign_sessions(self) -> None:
         """No session was ever handed to a key that is not enrolled for the device it runs as."""
-        for ev in self.events("device.connected"):
+        connected = self.events("device.connected")
+        assert connected, "no device.connected event in the listener's log: is it still JSON?"
+        for ev in connected:
             device, fp = ev.get("device", ""), norm_fingerprint(ev.get("fingerprint", ""))
             assert fp in self.allowed.get(device, set()), "session for %s with a key not enrolled for it: %s" % (
                 device,
