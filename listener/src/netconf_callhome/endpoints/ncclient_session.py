@@ -35,6 +35,7 @@ ncclient is imported on first use (the ``ansible`` extra of the distribution).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import queue
 import socket
@@ -58,10 +59,10 @@ _MAX_REPLAYED_HELLO = 16 * 1024 * 1024
 
 
 class ReaderThreads:
-    """Daemon threads that run session readers, reused: a reader blocks for the life of its
-    session, so the number of threads follows the number of live sessions; threads idle longer
-    than ``idle_seconds`` end. Daemon threads: a reader blocked in ``recv`` never holds up the
-    interpreter's exit (a ThreadPoolExecutor's workers are joined at exit)."""
+    """Threads that run session readers, reused: a reader blocks for the life of its session, so
+    the number of threads follows the number of live sessions; threads idle longer than
+    ``idle_seconds`` end. Like daemon threads they are never joined: a reader blocked in ``recv``
+    never holds up the interpreter's exit (a ThreadPoolExecutor's workers are joined at exit)."""
 
     def __init__(self, idle_seconds: float = 120.0, name: str = "callhome-session") -> None:
         self._work: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
@@ -84,9 +85,13 @@ class ReaderThreads:
                 self._idle -= 1  # this job takes an idle thread: the next submit must not count it
         self._work.put(fn)
         if spawn:
-            threading.Thread(target=self._worker, name="%s-%d" % (self._name, self._started), daemon=True).start()
+            # _thread: threading.Thread.start waits until the new thread runs, a GIL hand-off the
+            # event loop (the caller) would pay per new endpoint. Such threads are never joined at
+            # exit, as daemon threads.
+            _thread.start_new_thread(self._worker, ("%s-%d" % (self._name, self._started),))
 
-    def _worker(self) -> None:
+    def _worker(self, name: str) -> None:
+        threading.current_thread().name = name  # for py-spy and tracebacks
         while True:
             try:
                 fn = self._work.get(timeout=self._idle_seconds)
