@@ -20,6 +20,13 @@ client gets the device's original hello and speaks NETCONF as if the session wer
   ends (for the candidate, its uncommitted changes are discarded first, RFC 6241 8.3.5.2).
 * **sessions** -- a client's ``<close-session>`` ends only that client (answered here, after
   the replies to its earlier RPCs); ``<kill-session>`` is refused.
+* **confirmed commits** -- a ``<commit><confirmed/>`` without ``<persist>`` belongs to the
+  session that issued it (RFC 6241 section 8.4.1): only it may confirm or cancel it, and if it
+  ends first the device rolls back. To the device every client is that one session, so the
+  listener keeps the owner: another client's ``<commit>`` or ``<cancel-commit>`` is answered
+  ``in-use`` until the owner confirms, cancels, or the confirm timeout passes; a client that
+  ends with its confirmed commit pending gets a ``<cancel-commit>`` sent for it. (With
+  ``<persist>`` the commit is no session's: any client may confirm it with its persist-id.)
 * **notifications** go to the clients whose ``<create-subscription>`` (or RFC 8639
   ``<establish-subscription>``) the device accepted; without one they are dropped.
 * **bounds** -- messages are framed with ``max_message``; a client's queue holds at most
@@ -49,6 +56,8 @@ from netconf_callhome.errors import FramingError, LeaseError
 from netconf_callhome.protocol.framing import EOM, Framer, parse_hello
 from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.sessions.xmlscan import (
+    COMMIT_OPERATIONS,
+    NS_BASE,
     NS_NOTIFICATION,
     NS_SUBSCRIBED,
     Request,
@@ -121,6 +130,19 @@ class _Lock:
         self.orphaned = False  # the owner left before the device answered its <lock>
 
 
+class _ConfirmedCommit:
+    """A client's confirmed commit without persist, pending at the device until ``deadline``."""
+
+    __slots__ = ("owner", "deadline")
+
+    def __init__(self, owner: "_Client", deadline: float) -> None:
+        self.owner = owner
+        self.deadline = deadline
+
+
+DEFAULT_CONFIRM_TIMEOUT = 600  # RFC 6241 section 8.4.5.1: <confirm-timeout> defaults to 600 s
+
+
 class _Client:
     """One lease client of the shared session."""
 
@@ -167,6 +189,7 @@ class Multiplexer:
         # Insertion-ordered: the oldest entry answers a reply that lost its message-id.
         self._inflight: Dict[bytes, _Pending] = {}
         self.locks: Dict[str, _Lock] = {}
+        self.confirmed: Optional[_ConfirmedCommit] = None  # a client's confirmed commit, pending
         self._turn = 0
         self._pumping = False
         held.closed.add_done_callback(self._device_closed)
@@ -258,6 +281,8 @@ class Multiplexer:
                 self._release(datastore)
             else:
                 lock.orphaned = True  # released when the device answers the <lock>, if it granted it
+        if self._pending_confirmed() is not None and self.confirmed is not None and self.confirmed.owner is client:
+            self._cancel_confirmed("its client ended before confirming it")
         if not self.held.closed.done():
             self._pump()
 
@@ -356,6 +381,20 @@ class Multiplexer:
                 ),
                 False,
             )
+        if request.namespace == NS_BASE and request.operation in COMMIT_OPERATIONS:
+            confirmed = self._pending_confirmed()
+            if confirmed is not None and confirmed.owner is not client and "persist-id" not in request.options:
+                return (
+                    rpc_error(
+                        request,
+                        error_type="protocol",
+                        tag="in-use",
+                        message="a confirmed commit of another client of this session is pending: only that "
+                        "client can confirm or cancel it (RFC 6241 section 8.4.1)",
+                        info="<session-id>%d</session-id>" % self.session_id,
+                    ),
+                    False,
+                )
         other = self._locked_by_other(client, request)
         if other is None:
             return None
@@ -413,6 +452,21 @@ class Multiplexer:
             self._internal("<discard-changes/>")
         self._internal("<unlock><target><%s/></target></unlock>" % datastore)
         log.info("event=lease.lock_released device=%s datastore=%s", self.held.device, datastore)
+
+    def _pending_confirmed(self) -> Optional[_ConfirmedCommit]:
+        """The pending confirmed commit, forgotten once its confirm timeout has passed (the
+        device has rolled it back by then, silently)."""
+        if self.confirmed is not None and time.monotonic() > self.confirmed.deadline:
+            self.confirmed = None
+        return self.confirmed
+
+    def _cancel_confirmed(self, reason: str) -> None:
+        """Roll back a client's confirmed commit, as a device does when its session ends."""
+        self.confirmed = None
+        if self.held.closed.done():
+            return
+        self._internal("<cancel-commit/>")
+        log.info("event=lease.confirmed_commit_cancelled device=%s reason=%r", self.held.device, reason)
 
     def _internal(self, body: str, answered: "Optional[asyncio.Future[bytes]]" = None) -> None:
         lid = b"%d" % next(self._ids)
@@ -526,11 +580,30 @@ class Multiplexer:
             lock = self.locks.get(request.target)
             if lock is not None and lock.owner is pending.client and reply_is_ok(reply):
                 del self.locks[request.target]
+        elif request.base("commit") or request.base("cancel-commit"):
+            if pending.client is not None and reply_is_ok(reply):
+                self._committed(pending.client, request)
         elif (
             (request.namespace == NS_NOTIFICATION and request.operation == "create-subscription")
             or (request.namespace == NS_SUBSCRIBED and request.operation == "establish-subscription")
         ) and pending.client is not None and not reply_is_error(reply):
             pending.client.subscribed = True
+
+    def _committed(self, client: _Client, request: Request) -> None:
+        """The device accepted a client's <commit> or <cancel-commit>."""
+        options = request.options
+        if request.base("commit") and "confirmed" in options and "persist" not in options:
+            try:
+                timeout = int(options.get("confirm-timeout") or DEFAULT_CONFIRM_TIMEOUT)
+            except ValueError:
+                timeout = DEFAULT_CONFIRM_TIMEOUT  # the device accepted it; keep the owner its default time
+            self.confirmed = _ConfirmedCommit(client, time.monotonic() + max(timeout, 1))
+            if client.gone:  # it left before the device answered: roll back, as its session ended
+                self._cancel_confirmed("its client ended before the device accepted it")
+        else:
+            # A plain commit confirms the pending one; <cancel-commit> rolls it back; a confirmed
+            # commit with <persist> belongs to no session.
+            self.confirmed = None
 
     def _flush(self, client: _Client) -> None:
         while client.slots and client.slots[0].data is not None and not client.gone:

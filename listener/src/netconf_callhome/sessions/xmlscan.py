@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from xml.sax.saxutils import escape
 
 from netconf_callhome.errors import FramingError
@@ -135,6 +135,9 @@ class Request:
     operation: str = ""  # local name of the operation element
     namespace: str = ""
     target: str = ""  # the target datastore of TARGET_OPERATIONS ("running", "candidate", ...)
+    # <commit> / <cancel-commit> only: each base:1.0 child's local name -> its text
+    # ("confirmed" -> "", "confirm-timeout" -> "120", "persist" -> "abc", "persist-id" -> ...)
+    options: Dict[str, str] = field(default_factory=dict)
 
     @property
     def message_id(self) -> Optional[Attribute]:
@@ -177,7 +180,32 @@ def parse_request(message: bytes) -> Request:
         raise FramingError("expected <rpc>, got <%s>" % tag.local.decode("utf-8", "replace"))
     request = Request(raw=message, tag=tag)
     request.operation, request.namespace, request.target = _operation(message)
+    if request.namespace == NS_BASE and request.operation in COMMIT_OPERATIONS:
+        request.options = _operation_options(message)
     return request
+
+
+COMMIT_OPERATIONS = ("commit", "cancel-commit")
+_MAX_OPTIONS = 16  # a <commit> has at most four; more is not a commit the listener reasons about
+
+
+def _operation_options(message: bytes) -> Dict[str, str]:
+    """The base:1.0 children of the operation and their text (a commit's are a few bytes)."""
+    depth = 0
+    options: Dict[str, str] = {}
+    for event, element in xml_events(message, "message"):
+        if event == "start":
+            depth += 1
+            continue
+        if depth == 3 and len(options) < _MAX_OPTIONS:
+            el_ns, local = _split(element.tag)
+            if el_ns == NS_BASE:
+                options[local] = (element.text or "").strip()[:256]
+        depth -= 1
+        _drop(element)
+        if depth <= 1:
+            break
+    return options
 
 
 def _operation(message: bytes) -> Tuple[str, str, str]:

@@ -483,6 +483,91 @@ def test_a_lock_whose_client_left_before_the_answer_is_released_when_granted() -
     run(body)
 
 
+# -- confirmed commits ----------------------------------------------------------------------------
+
+CONFIRMED = "<commit><confirmed/><confirm-timeout>120</confirm-timeout></commit>"
+
+
+def test_a_confirmed_commit_belongs_to_the_client_that_issued_it() -> None:
+    """RFC 6241 8.4.1: without <persist> only the issuing session confirms or cancels it."""
+    async def body() -> None:
+        held, dev, mux = await open_device()
+        a, b = await connect(held), await connect(held)
+        assert await a.call(rpc("1", CONFIRMED)) == reply("1", "<ok/>")
+        assert mux.confirmed is not None
+        at_device = len(dev.received)
+        for i, op in enumerate(["<commit/>", "<cancel-commit/>", CONFIRMED]):
+            refused = await b.call(rpc("1%d" % i, op))
+            assert error_tag(refused) == "in-use" and b'message-id="1%d"' % i in refused, op
+            assert b"confirmed commit of another client" in refused
+        assert len(dev.received) == at_device  # none of that reached the device
+        assert await a.call(rpc("2", "<commit/>")) == reply("2", "<ok/>")  # the owner confirms it
+        assert mux.confirmed is None
+        assert await b.call(rpc("20", "<commit/>")) == reply("20", "<ok/>")  # no one's now
+        a.close()
+        b.close()
+        await asyncio.gather(a.task, b.task)
+
+    run(body)
+
+
+def test_a_persisted_confirmed_commit_is_any_clients_with_its_persist_id() -> None:
+    async def body() -> None:
+        held, dev, mux = await open_device()
+        a, b = await connect(held), await connect(held)
+        await a.call(rpc("1", "<commit><confirmed/><persist>p1</persist></commit>"))
+        assert mux.confirmed is None
+        assert await b.call(rpc("2", "<commit><persist-id>p1</persist-id></commit>")) == reply("2", "<ok/>")
+        a.close()
+        b.close()
+        await asyncio.gather(a.task, b.task)
+
+    run(body)
+
+
+@pytest.mark.parametrize("when", ["after-ok", "before-ok"])
+def test_a_client_that_ends_with_its_confirmed_commit_pending_has_it_cancelled(when: str) -> None:
+    """As a device rolls back when the session that issued a confirmed commit ends."""
+    async def body() -> None:
+        held, dev, mux = await open_device(auto_reply=(when == "after-ok"))
+        a, b = await connect(held), await connect(held)
+        if when == "after-ok":
+            await a.call(rpc("1", CONFIRMED))
+        else:
+            await a.send(rpc("1", CONFIRMED))
+            await wait_for(lambda: len(dev.received) == 1)
+        a.close()
+        await a.task
+        if when == "before-ok":
+            dev.auto_reply = True
+            dev.answer_next()  # accepted after its client left: cancelled at once
+        await wait_for(lambda: len(dev.received) == 2)
+        assert dev.ops() == ["commit", "cancel-commit"] and mux.confirmed is None
+        assert await b.call(rpc("5", "<commit/>")) == reply("5", "<ok/>")
+        b.close()
+        await b.task
+
+    run(body)
+
+
+def test_a_confirmed_commit_past_its_timeout_is_no_clients() -> None:
+    async def body() -> None:
+        held, dev, mux = await open_device()
+        a, b = await connect(held), await connect(held)
+        await a.call(rpc("1", "<commit><confirmed/><confirm-timeout>1</confirm-timeout></commit>"))
+        assert error_tag(await b.call(rpc("2", "<commit/>"))) == "in-use"
+        assert mux.confirmed is not None
+        mux.confirmed.deadline = 0.0  # the device has rolled it back by now
+        assert await b.call(rpc("3", "<commit/>")) == reply("3", "<ok/>")
+        a.close()
+        await a.task
+        assert dev.ops()[-1] == "commit"  # nothing cancelled for a client whose commit expired
+        b.close()
+        await b.task
+
+    run(body)
+
+
 # -- sessions --------------------------------------------------------------------------------------
 
 

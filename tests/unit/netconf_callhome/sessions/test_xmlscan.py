@@ -89,3 +89,19 @@ def test_reply_classification():
     assert reply_is_error(reply("<ok/><rpc-error/>").encode())
     assert not reply_is_error(reply("<data><x>%s</x></data>" % ("y" * 100000)).encode())
     assert reply_is_error(b"<rpc-reply")
+
+
+def test_a_commits_options_are_read_and_other_operations_have_none() -> None:
+    parse = parse_request
+
+    commit = parse(b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="1"><commit><confirmed/>'
+                   b"<confirm-timeout> 120 </confirm-timeout><persist>p</persist></commit></rpc>")
+    assert commit.options == {"confirmed": "", "confirm-timeout": "120", "persist": "p"}
+    cancel = parse(b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="2"><cancel-commit>'
+                   b"<persist-id>p</persist-id></cancel-commit></rpc>")
+    assert cancel.options == {"persist-id": "p"}
+    foreign = parse(b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="3"><commit>'
+                    b'<confirmed xmlns="urn:example"/></commit></rpc>')
+    assert foreign.options == {}  # only base:1.0 children mean anything to the listener
+    get = parse(b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="4"><get/></rpc>')
+    assert get.options == {}
