@@ -35,7 +35,7 @@ def eom_pieces(size: int, piece: int) -> List[bytes]:
 
 
 def chunked_pieces(size: int, piece: int) -> List[bytes]:
-    wire = b"".join(b"\n#%d\n%s" % (piece, b"x" * piece) for _ in range(size // piece)) + b"\n##\n"
+    wire = b"".join(b"\n#%d\n%s" % (piece, b"x" * piece) for _unused in range(size // piece)) + b"\n##\n"
     return [wire[i : i + piece] for i in range(0, len(wire), piece)]
 
 
@@ -56,7 +56,7 @@ def run(pieces: List[bytes], chunked: bool, size: int) -> float:
 def measure(framing: str, size: int, piece: int, repeat: int) -> Dict[str, Any]:
     make: Callable[[int, int], List[bytes]] = chunked_pieces if framing == "base:1.1" else eom_pieces
     pieces = make(size, piece)
-    best = min(run(pieces, framing == "base:1.1", size) for _ in range(repeat))
+    best = min(run(pieces, framing == "base:1.1", size) for _unused in range(repeat))
     return {
         "framing": framing,
         "message_mib": size / MIB,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -184,7 +183,7 @@ async def dial(port: int, count: int, ctx: ssl.SSLContext, alpn: str, held: List
             transport, _proto = await loop.connect_accepted_socket(factory, sock=sock, ssl=ctx)
             held.append(transport)
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.gather(*(one() for _unused in range(count)))
 
 
 def run_variant(mode: str, count: int, pki: Dict[str, Any], tmp: Path) -> Dict[str, Any]:

@@ -168,7 +168,7 @@ def test_a_no_newline_flood_is_closed_and_the_token_holder_served(remote: Tuple[
 
     async def flood() -> List[Dict[str, Any]]:
         return list(
-            await _bounded(asyncio.gather(*(_no_newline("127.0.0.1", port, ca, 1_000_000) for _ in range(FLOOD))))
+            await _bounded(asyncio.gather(*(_no_newline("127.0.0.1", port, ca, 1_000_000) for _unused in range(FLOOD))))
         )
 
     with Canary(address, ca) as canary:
@@ -202,8 +202,8 @@ def test_silent_strangers_are_closed_within_auth_timeout(remote: Tuple[Any, str,
     port = _port(address)
 
     async def flood() -> List[float]:
-        plain = [_silent("127.0.0.1", port, ca, tls=False) for _ in range(FLOOD)]
-        tls = [_silent("127.0.0.1", port, ca, tls=True) for _ in range(20)]
+        plain = [_silent("127.0.0.1", port, ca, tls=False) for _unused in range(FLOOD)]
+        tls = [_silent("127.0.0.1", port, ca, tls=True) for _unused in range(20)]
         return list(await _bounded(asyncio.gather(*(plain + tls))))
 
     with Canary(address, ca) as canary:

@@ -59,8 +59,13 @@ def test_takeover_replaces_the_embedded_listener_on_its_ports(listener_factory: 
     operator.start()  # answers at once: possibly still the embedded one
     assert operator.proc is not None
     new_pid = operator.proc.pid
+
+    def new_status() -> Any:
+        status = operator.call("status")
+        return status if status["pid"] == new_pid else None
+
     status = wait_until(
-        lambda: (lambda st: st if st["pid"] == new_pid else None)(operator.call("status")),
+        new_status,
         30,
         "the new listener to answer on the control socket",
         ignore=(Exception,),

@@ -171,7 +171,7 @@ def test_nginx_restconf_device_over_reversed_tcp(tmp_path: Path, http2: bool) ->
             assert (await conn.get(path)).status == 404
 
             # Side by side (HTTP/2 streams) or queued (HTTP/1.1): all answered.
-            many = await asyncio.gather(*(conn.get("/restconf/yang-library-version") for _ in range(20)))
+            many = await asyncio.gather(*(conn.get("/restconf/yang-library-version") for _unused in range(20)))
             assert {r.status for r in many} == {200}
             assert await conn.ping() >= 0
 

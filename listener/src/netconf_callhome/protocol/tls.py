@@ -213,6 +213,9 @@ class _TLSConnection(asyncio.Protocol):
 _TRIM_AFTER = 64
 
 
+_libc_trim: Any = None
+
+
 def _malloc_trim() -> None:
     """``malloc_trim(0)`` on glibc: return free heap pages to the system; elsewhere nothing."""
     global _libc_trim  # pylint: disable=global-statement
@@ -223,9 +226,6 @@ def _malloc_trim() -> None:
             _libc_trim = False
     if _libc_trim:
         _libc_trim(0)
-
-
-_libc_trim: Any = None
 
 
 class TLSTransport:

@@ -195,7 +195,7 @@ def test_reader_threads_are_reused_and_retire_when_idle() -> None:
         if len(names) == 3:
             done.set()
 
-    for _ in range(3):  # three at once: three threads
+    for _unused in range(3):  # three at once: three threads
         readers.submit(job)
     assert _wait(lambda: len(names) == 3)
     assert readers.threads == 3

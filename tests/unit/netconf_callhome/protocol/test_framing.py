@@ -103,7 +103,7 @@ PIECE = 64 * 1024
 def _feed_eom(total: int, piece: int = PIECE) -> Framer:
     framer = Framer(1 << 30)
     data = b"x" * piece
-    for _ in range(total // piece):
+    for _unused in range(total // piece):
         assert framer.feed(data) == []
     assert framer.feed(EOM) == [b"x" * (total // piece * piece)]
     return framer
@@ -131,13 +131,13 @@ def _late_vs_early(framer: Framer, pieces: List[bytes], window: int = 16) -> flo
 @pytest.mark.timeout(120)
 def test_eom_read_late_in_a_large_message_costs_what_an_early_one_does():
     pieces = [b"x" * PIECE] * ((16 << 20) // PIECE) + [EOM]
-    ratio = min(_late_vs_early(Framer(1 << 30), pieces) for _ in range(3))
+    ratio = min(_late_vs_early(Framer(1 << 30), pieces) for _unused in range(3))
     assert ratio < 4, "a read after 15 MiB cost %.1f times a read after 1 MiB" % ratio
 
 
 @pytest.mark.timeout(120)
 def test_chunked_read_late_in_a_large_message_costs_what_an_early_one_does():
-    wire = b"".join(b"\n#%d\n%s" % (PIECE, b"x" * PIECE) for _ in range((16 << 20) // PIECE)) + b"\n##\n"
+    wire = b"".join(b"\n#%d\n%s" % (PIECE, b"x" * PIECE) for _unused in range((16 << 20) // PIECE)) + b"\n##\n"
     pieces = [wire[i : i + PIECE] for i in range(0, len(wire), PIECE)]
 
     def framer() -> Framer:
@@ -145,7 +145,7 @@ def test_chunked_read_late_in_a_large_message_costs_what_an_early_one_does():
         chunked.use_chunked()
         return chunked
 
-    ratio = min(_late_vs_early(framer(), pieces) for _ in range(3))
+    ratio = min(_late_vs_early(framer(), pieces) for _unused in range(3))
     assert ratio < 4, "a read after 15 MiB cost %.1f times a read after 1 MiB" % ratio
 
 
@@ -157,7 +157,7 @@ def _reference_split(stream: bytes) -> List[bytes]:
 def test_eom_split_anywhere_matches_a_plain_split(seed):
     """Markers and near-markers cut at every possible place (the overlap is what is at stake)."""
     rnd = random.Random(seed)
-    stream = b"".join(rnd.choice([b"]", b">", b"]]>", b"]]>]]", b"a", EOM]) for _ in range(400)) + EOM
+    stream = b"".join(rnd.choice([b"]", b">", b"]]>", b"]]>]]", b"a", EOM]) for _unused in range(400)) + EOM
     framer = Framer(1 << 20)
     out: List[bytes] = []
     pos = 0
@@ -174,7 +174,7 @@ def test_eom_split_anywhere_matches_a_plain_split(seed):
 def test_eom_bound_trips_before_the_marker_arrives():
     framer = Framer(1000)
     with pytest.raises(MessageTooLargeError, match=r"exceeds 1000 bytes .*max_message_bytes"):
-        for _ in range(100):  # an endless reply: refused once the limit is passed, not at its end
+        for _unused in range(100):  # an endless reply: refused once the limit is passed, not at its end
             framer.feed(b"x" * 100)
     assert framer.pending_bytes() <= 1000 + 100
 

@@ -318,7 +318,7 @@ async def connect(
         device.max_streams = device_streams  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     dev_ctx = pki.device_context([alpn])
-    link, _ = await asyncio.gather(
+    link, _pong = await asyncio.gather(
         open_tls(ours, restconf_client_context(str(pki.cert), str(pki.key)), timeout=10),
         loop.connect_accepted_socket(lambda: device, sock=theirs, ssl=dev_ctx),  # type: ignore[arg-type,return-value]
     )
