@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="Junos outbound-ssh bind: devices send a DEVICE-CONN-INFO preamble before SSH (repeatable)",
     )
+    serve.add_argument(
+        "--restconf",
+        action="append",
+        dest="restconf_binds",
+        metavar="HOST:PORT",
+        help="RESTCONF call-home bind, IANA port 4336 (repeatable; needs --tls-client-cert/--tls-client-key)",
+    )
     serve.add_argument("--trust-store", dest="trust_store")
     serve.add_argument("--registry")
     serve.add_argument("--control-socket", dest="control_socket")
@@ -133,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
             "ssh_binds",
             "tls_binds",
             "outbound_ssh_binds",
+            "restconf_binds",
             "trust_store",
             "registry",
             "control_socket",

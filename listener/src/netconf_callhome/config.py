@@ -16,6 +16,7 @@ from netconf_callhome.errors import ConfigError
 
 PORT_SSH = 4334
 PORT_TLS = 4335
+PORT_RESTCONF = 4336  # RFC 8071 section 3.2: RESTCONF call home
 # How a device's session is leased (protocol.session): decided by the listener, or pinned.
 SESSION_MODES = ("auto", "channel", "shared")
 
@@ -68,6 +69,22 @@ class TLSOptions:
 
 
 @dataclass
+class RestconfOptions:
+    """The ``restconf:`` section: bounds on a RESTCONF device's connection (protocol.restconf.
+    RestconfLimits, which checks them; the names and defaults are the same, a unit test keeps
+    them so). Keepalive is ``liveness_interval`` / ``liveness_timeout``, as for TLS sessions."""
+
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024
+    request_timeout: float = 60.0
+    ping_timeout: float = 10.0
+    max_concurrent_streams: int = 100
+    h2_stream_window: int = 1024 * 1024
+    h2_connection_window: int = 4 * 1024 * 1024
+    max_buffered_bytes: int = 128 * 1024 * 1024
+
+
+@dataclass
 class ControlTCPOptions:
     """Remote control/lease access for AWX and containers: TLS plus a bearer token."""
 
@@ -91,6 +108,9 @@ class ListenerConfig:
     ssh_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_SSH, "[::]:%d" % PORT_SSH])
     tls_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_TLS, "[::]:%d" % PORT_TLS])
     outbound_ssh_binds: List[str] = field(default_factory=list)  # Junos outbound-ssh (preamble first)
+    # RESTCONF call home (IANA port 4336); off unless set, it needs tls.client_cert/client_key.
+    restconf_binds: List[str] = field(default_factory=list)
+    restconf: RestconfOptions = field(default_factory=RestconfOptions)
     trust_store: str = ""
     registry: str = ""
     control_socket: str = ""
@@ -148,6 +168,14 @@ class ListenerConfig:
             parse_bind(bind, PORT_TLS)
         for bind in self.outbound_ssh_binds:
             parse_bind(bind, PORT_SSH)
+        for bind in self.restconf_binds:
+            parse_bind(bind, PORT_RESTCONF)
+        if self.restconf_binds and not (self.tls.client_cert and self.tls.client_key):
+            # Unlike tls_binds (on by default, off without a certificate), RESTCONF is asked for
+            # explicitly: silently not listening would leave the operator guessing.
+            raise ConfigError(
+                "RESTCONF call home (restconf_binds) needs tls.client_cert and tls.client_key (the listener's certificate)"
+            )
         if self.tls_binds and self.tls_enabled and not (self.tls.client_cert and self.tls.client_key):
             raise ConfigError("TLS call home needs tls.client_cert and tls.client_key (the listener's certificate)")
         if self.log_format not in ("text", "json"):

@@ -21,11 +21,11 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any, Awaitable, Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple, Type
+from typing import Any, Awaitable, Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple, Type, TypeVar
 
 import asyncssh
 
-from netconf_callhome.config import PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
+from netconf_callhome.config import PORT_RESTCONF, PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
 from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
@@ -45,10 +45,12 @@ from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.policy.verdicts import TrustPolicy, Verdict, refusal
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
+from netconf_callhome.protocol.restconf import BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
 from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
 from netconf_callhome.protocol.tls import TLSTransport
 from netconf_callhome.sessions.mux import Multiplexer
+from netconf_callhome.sessions.restconf_sessions import RestconfSessions, module_capabilities, restconf_limits
 from netconf_callhome.state.registry import (
     AUTH_FAILED,
     CONNECTED,
@@ -71,6 +73,9 @@ REGISTRY_RETRY_MAX = 30.0
 TLS_IDENTITY_CACHE = 4096
 
 ConnectionHandler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
+_T = TypeVar("_T")
+# How protocol.restconf's keepalive words the close of a device that did not answer it.
+_KEEPALIVE_MISSED = "device did not answer a keepalive"
 
 
 class CallHomeListener:
@@ -78,6 +83,7 @@ class CallHomeListener:
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
+        limits = restconf_limits(config.restconf)  # a bad restconf: section fails before any file is opened
         os.makedirs(config.home, mode=0o700, exist_ok=True)
         self.trust_store = TrustStore(config.trust_store)
         self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
@@ -96,8 +102,14 @@ class CallHomeListener:
         self.ssh = SSHTransport(config, admission=self.admission, events=self)
         self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout)
         self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
+        self.restconf = (
+            RestconfTransport(config, admission=self.admission, events=_RestconfEvents(self), limits=limits)
+            if config.restconf_binds
+            else None
+        )
         self.sessions: Dict[str, HeldSession] = {}
-        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": []}
+        self.restconf_sessions = RestconfSessions()
+        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": [], "restconf": []}
         self._acceptors: List[Any] = []
         self._listen_socks: List[socket.socket] = []
         self._tasks: Set["asyncio.Future[Any]"] = set()
@@ -131,6 +143,9 @@ class CallHomeListener:
             if self.tls is not None:
                 for bind in self.config.tls_binds:
                     self._serve(self._listen("tls", bind, PORT_TLS), self.tls.handle)
+            if self.restconf is not None:
+                for bind in self.config.restconf_binds:
+                    self._serve(self._listen("restconf", bind, PORT_RESTCONF), self.restconf.handle)
         except OSError as exc:
             await self.stop()
             raise ConfigError(
@@ -152,9 +167,10 @@ class CallHomeListener:
         if self.config.metrics_bind:
             self.metrics.serve(self.config.metrics_bind)
         log.info(
-            "event=listener.started ssh=%s tls=%s control=%s trust_store=%s devices_enrolled=%d",
+            "event=listener.started ssh=%s tls=%s restconf=%s control=%s trust_store=%s devices_enrolled=%d",
             format_binds(self.bound["ssh"]),
             format_binds(self.bound["tls"]) or "off",
+            format_binds(self.bound["restconf"]) or "off",
             self.config.control_socket,
             self.config.trust_store,
             len(self.policy.index.devices),
@@ -200,6 +216,7 @@ class CallHomeListener:
         await self.endpoints.close_all()
         for held in list(self.sessions.values()):
             held.close("listener stopping")
+        self.restconf_sessions.close_all("listener stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -278,11 +295,13 @@ class CallHomeListener:
             read_password=creds.read_password,
         )
 
-    def tls_certificate(self, chain: Sequence[bytes], *, peer: str) -> Optional[VerifiedDevice]:
-        verdict = self.policy.tls_verdict(chain, hint=self.hint_for(peer_ip(peer), "tls"))
+    def tls_certificate(self, chain: Sequence[bytes], *, peer: str, transport: str = "tls") -> Optional[VerifiedDevice]:
+        """The verdict on a device certificate, for NETCONF over TLS and (``transport``
+        ``restconf``) RESTCONF alike: pending entries and address hints name the transport."""
+        verdict = self.policy.tls_verdict(chain, hint=self.hint_for(peer_ip(peer), transport))
         if not verdict.accepted:
             pem = ssl.DER_cert_to_PEM_cert(chain[0])
-            self._refused(verdict, transport="tls", peer=peer, key_type="x509", public_key=pem)
+            self._refused(verdict, transport=transport, peer=peer, key_type="x509", public_key=pem)
             return None
         self._tls_identities[verdict.fingerprint] = list(verdict.identities)
         self._tls_identities.move_to_end(verdict.fingerprint)
@@ -293,7 +312,12 @@ class CallHomeListener:
     def hint_for(self, address: str, transport: str) -> str:
         """The device last connected from this address, if it has no live session now."""
         device = self._hints.get((address, transport), "")
-        return "" if device in self.sessions else device
+        return "" if self._connected(device) else device
+
+    def _connected(self, device: str) -> bool:
+        """Whether the device holds an open session on any transport (NETCONF or RESTCONF)."""
+        held = self.sessions.get(device)
+        return (held is not None and held.is_open) or device in self.restconf_sessions
 
     def _refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
         """An unenrolled or mismatched key: record it, never authenticate, never hand it out.
@@ -301,8 +325,9 @@ class CallHomeListener:
         The claim (which device it says it is) goes on the pending entry; the claimed device's
         own record changes only when that device holds no verified session (verdicts.refusal).
         """
-        held = self.sessions.get(verdict.device) if verdict.device else None
-        outcome = refusal(verdict, key_type=key_type, peer=peer, device_connected=held is not None and held.is_open)
+        outcome = refusal(
+            verdict, key_type=key_type, peer=peer, device_connected=bool(verdict.device) and self._connected(verdict.device)
+        )
         pending = self.registry.record_pending(
             PendingKey(
                 fingerprint=verdict.fingerprint,
@@ -436,9 +461,7 @@ class CallHomeListener:
                 len(held.hello.capabilities),
                 elapsed * 1000,
             )
-        for fut in self._waiters.pop(held.device, []):
-            if not fut.done():
-                fut.set_result(None)
+        self._wake(held.device)
 
     def _session_closed(self, held: HeldSession, reason: str) -> None:
         if self.sessions.get(held.device) is not held:
@@ -451,6 +474,92 @@ class CallHomeListener:
         log.info(
             "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
         )
+
+    # -- RESTCONF (RestconfEvents through _RestconfEvents) --------------------------------------
+
+    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
+        """HTTP basic credentials when the device's credentials (trust store, else the listener's
+        defaults) name a password; else None: the listener's client certificate alone. An
+        unreadable password reference is a ConfigError, which fails this call home with it."""
+        creds = self.policy.credentials_for(device)
+        if not (creds.password_file or creds.password_env):
+            return None
+        password = creds.read_password()
+        return None if password is None else BasicCredentials(creds.username, password)
+
+    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
+        """A verified RESTCONF device whose root and YANG library were read: held, one per device."""
+        now = time.time()
+        rec = self.registry.get(conn.device)
+        old = self.restconf_sessions.hold(conn, self._tls_identities.get(conn.fingerprint, []))
+        conn.closed.add_done_callback(
+            lambda fut: self._restconf_closed(conn, "cancelled" if fut.cancelled() else fut.result())
+        )
+        if self.config.liveness_interval > 0:
+            # RESTCONF's keepalive: an HTTP/2 PING, or a cheap request on HTTP/1.1, after
+            # liveness_interval s of silence; no answer within liveness_timeout closes it.
+            self.spawn(self._restconf_keepalive(conn))
+        if old is not None:
+            old.close("replaced by a new call from %s" % conn.peer)
+            log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", conn.device, old.peer, conn.peer)
+        capabilities = module_capabilities(conn.library)
+        self.registry.update(
+            conn.device,
+            status=CONNECTED,
+            transport="restconf",
+            peer=conn.peer,
+            fingerprint=conn.fingerprint,
+            capabilities=capabilities,
+            first_connected=(rec.first_connected if rec and rec.first_connected else now),
+            last_connected=now,
+            last_seen=now,
+            last_error="",
+            connect_count=(rec.connect_count if rec else 0) + 1,
+        )
+        self._hints[(peer_ip(conn.peer), "restconf")] = conn.device
+        elapsed = time.monotonic() - started
+        self.metrics.handshakes.labels(transport="restconf", result="ok").inc()
+        self.metrics.handshake_seconds.labels(transport="restconf").observe(elapsed)
+        log.info(
+            "event=device.connected device=%s peer=%s transport=restconf fingerprint=%s http=%s root=%s modules=%d handshake_ms=%.1f",
+            conn.device,
+            conn.peer,
+            conn.fingerprint,
+            conn.http_version,
+            conn.root,
+            len(capabilities),
+            elapsed * 1000,
+        )
+        self._wake(conn.device)
+
+    async def _restconf_keepalive(self, conn: RestconfConnection) -> None:
+        reason = await conn.keepalive(self.config.liveness_interval, self.config.liveness_timeout)
+        if reason.startswith(_KEEPALIVE_MISSED):
+            self.metrics.failures.labels(transport="restconf", reason="unresponsive").inc()
+
+    def _restconf_closed(self, conn: RestconfConnection, reason: str) -> None:
+        if not self.restconf_sessions.release(conn):
+            return  # an older, replaced connection
+        now = time.time()
+        held = self.sessions.get(conn.device)
+        if held is not None and held.is_open:
+            # The device also holds a NETCONF session: its record stays 'connected' (for that one).
+            log.info("event=device.disconnected device=%s peer=%s transport=restconf reason=%r", conn.device, conn.peer, reason)
+            return
+        self.registry.update(conn.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
+        log.info(
+            "event=device.disconnected device=%s peer=%s transport=restconf status=%s reason=%r",
+            conn.device,
+            conn.peer,
+            DISCONNECTED,
+            reason,
+        )
+
+    def _wake(self, device: str) -> None:
+        """Wake the control operations waiting for the device to connect."""
+        for fut in self._waiters.pop(device, []):
+            if not fut.done():
+                fut.set_result(None)
 
     def _mode_changed(self, held: HeldSession, mode: str, reason: str) -> None:
         """A lease found that the device serves one session per connection: remember it at once,
@@ -479,12 +588,35 @@ class CallHomeListener:
         return changed
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession:
-        """The device's open session, waiting up to ``timeout`` s for it to call home."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
+        """The device's open NETCONF session, waiting up to ``timeout`` s for it to call home."""
+
+        def netconf() -> Optional[HeldSession]:
             held = self.sessions.get(device)
             if held is not None and held.is_open:
                 return held
+            if device in self.restconf_sessions:
+                # Waiting on would only end in a timeout that reads "connected": say why now.
+                raise DeviceNotReadyError(
+                    "device %r is connected over RESTCONF, which has no NETCONF session to lease "
+                    "(RESTCONF tasks are not handed over yet)" % device,
+                    details={"device": device, "transport": "restconf"},
+                )
+            return None
+
+        return await self._wait_for(device, timeout, netconf)
+
+    async def wait_connected(self, device: str, timeout: float) -> None:
+        """Until the device holds an open session on any transport (NETCONF or RESTCONF), at
+        most ``timeout`` s (the ``wait`` operation)."""
+        await self._wait_for(device, timeout, lambda: self._connected(device))
+
+    async def _wait_for(self, device: str, timeout: float, ready: Callable[[], Optional[_T]]) -> _T:
+        """``ready()``'s first truthy value, asked again whenever the device connects."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            found = ready()
+            if found:
+                return found
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._not_ready(device, timeout)
@@ -631,12 +763,42 @@ class CallHomeListener:
             why = reason if reason and held.device == device else "identity no longer enrolled (trust store changed)"
             log.info("event=device.untrusted device=%s fingerprint=%s reason=%r", held.device, held.fingerprint, why)
             held.close(why)
+        for conn in list(self.restconf_sessions):
+            if conn.is_closed or self.policy.still_trusts(
+                conn.device, "restconf", conn.fingerprint, self.restconf_sessions.identities(conn.device)
+            ):
+                continue
+            why = reason if reason and conn.device == device else "identity no longer enrolled (trust store changed)"
+            log.info(
+                "event=device.untrusted device=%s transport=restconf fingerprint=%s reason=%r", conn.device, conn.fingerprint, why
+            )
+            conn.close(why)
         for pending in self.registry.pending():
             if self.policy.enrolled_pending(
                 pending.transport, pending.fingerprint, pending.public_key, pending.identities
             ):
                 self.registry.drop_pending(pending.fingerprint)
                 log.info("event=pending.enrolled fingerprint=%s transport=%s", pending.fingerprint, pending.transport)
+
+
+class _RestconfEvents:
+    """The service as the RESTCONF transport's events: the certificate verdict of NETCONF over
+    TLS, recorded under transport ``restconf`` (pending entries, address hints)."""
+
+    def __init__(self, listener: CallHomeListener) -> None:
+        self._listener = listener
+
+    def tls_certificate(self, chain: Sequence[bytes], *, peer: str) -> Optional[VerifiedDevice]:
+        return self._listener.tls_certificate(chain, peer=peer, transport="restconf")
+
+    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
+        return self._listener.restconf_credentials(device)
+
+    def handshake_failed(self, failure: HandshakeFailure) -> None:
+        self._listener.handshake_failed(failure)
+
+    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
+        self._listener.restconf_ready(conn, started=started)
 
 
 def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:

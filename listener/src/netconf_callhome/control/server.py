@@ -62,6 +62,9 @@ class ControlledListener(Protocol):
 
     async def wait_ready(self, device: str, timeout: float) -> HeldSession: ...
 
+    async def wait_connected(self, device: str, timeout: float) -> None:
+        """Until the device holds a session on any transport (NETCONF or RESTCONF)."""
+
     def approve(
         self,
         fingerprint: str,
@@ -501,6 +504,7 @@ class ControlServer:
             "ssh": ["%s:%d" % b for b in lst.bound["ssh"]],
             "tls": ["%s:%d" % b for b in lst.bound["tls"]],
             "outbound_ssh": ["%s:%d" % b for b in lst.bound["outbound_ssh"]],
+            "restconf": ["%s:%d" % b for b in lst.bound.get("restconf", [])],
             "control_socket": self.config.control_socket,
             "control_tcp": self.tcp_address,
             "trust_store": self.config.trust_store,
@@ -577,8 +581,9 @@ class ControlServer:
 
     async def _op_wait(self, request: Dict[str, Any]) -> Any:
         device = _require_str(request, "device")
-        held = await self.listener.wait_ready(device, _number(request, "wait", 0.0))
-        rec = self.listener.registry.get(held.device)
+        # Any transport: a RESTCONF device is connected too (it has no NETCONF session to lease).
+        await self.listener.wait_connected(device, _number(request, "wait", 0.0))
+        rec = self.listener.registry.get(device)
         return self._device_view(device, rec.to_dict() if rec else {"name": device})
 
     async def _op_endpoint(self, request: Dict[str, Any]) -> Any:

@@ -32,6 +32,9 @@ log = logging.getLogger("netconf_callhome.policy")
 ACCEPTED = "accepted"
 UNKNOWN = "unknown-key"
 MISMATCH = "key-mismatch"
+# Transports whose devices present certificates (NETCONF over TLS, RESTCONF): the same trust
+# store lists and rules; every other transport is SSH (host keys).
+CERTIFICATE_TRANSPORTS = frozenset({"tls", "restconf"})
 
 
 @dataclass
@@ -120,7 +123,7 @@ class TrustPolicy:
         trust-store change: its pinned key/certificate, or (TLS) the certificate identity it was
         accepted under, is still enrolled for that device. The CA check of an identity was done
         at the handshake, and the device CAs do not change while the listener runs."""
-        if transport != "tls":
+        if transport not in CERTIFICATE_TRANSPORTS:
             return self.index.ssh.get(fingerprint) == device
         if self.index.tls.get(fingerprint) == device:
             return True
@@ -130,7 +133,7 @@ class TrustPolicy:
     def enrolled_pending(self, transport: str, fingerprint: str, public_key: str, identities: Sequence[str]) -> bool:
         """Whether a pending key would now be accepted: it was enrolled some other way (a file
         edit, the enroll module, another device name's identity), so its entry is stale."""
-        if transport != "tls":
+        if transport not in CERTIFICATE_TRANSPORTS:
             return fingerprint in self.index.ssh
         if fingerprint in self.index.tls:
             return True
