@@ -140,6 +140,21 @@ def test_a_ready_restconf_device_is_connected_and_replaced_by_its_next_call(tmp_
     asyncio.run(scenario())
 
 
+def test_a_silent_restconf_device_is_closed_by_the_keepalive(tmp_path: Path) -> None:
+    lst = make_listener(tmp_path, {}, liveness_interval=0.05, liveness_timeout=0.2)
+
+    async def scenario() -> None:
+        conn = ready(lst, "r1", "fp1")  # its carrier swallows the PING: no answer ever comes
+        await poll(lambda: lst.registry.get("r1").status == DISCONNECTED, 5, "r1 declared dead")
+        assert lst.registry.get("r1").last_error.startswith("device did not answer a keepalive"), lst.registry.get("r1")
+        assert conn.is_closed
+        await poll(lambda: lst.metrics.failures.labels(transport="restconf", reason="unresponsive")._value.get() == 1,
+                   2, "the unresponsive metric")
+        await lst.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_trust_change_closes_only_the_untrusted_restconf_connection(tmp_path: Path) -> None:
     fp1, fp2 = "11:" * 31 + "11", "22:" * 31 + "22"  # the notation the listener writes
     lst = make_listener(tmp_path, {"r1": {"tls_fingerprints": [fp1]}, "r2": {"tls_fingerprints": [fp2]}},
