@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import select
+import shutil
 import socket
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def run(connections: int, after: float, back_within: int, handshake_timeout: flo
             proc.wait(30)
         except Exception:  # noqa: BLE001
             proc.kill()
+        shutil.rmtree(home, ignore_errors=True)  # the listener's home: keys, sockets, logs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
