@@ -695,6 +695,17 @@ class CallHomeListener:
             raise DeviceNotFoundError(
                 "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
             )
+        claimed = pending.claimed_device
+        if not device and claimed and self._connected(claimed):
+            # The device the key *claims* holds a verified session right now: the claim is
+            # the presenter's word (a certificate subject anyone can write), and approving it by
+            # default would pin a forged key for a working device in one command.
+            raise ConfigError(
+                "the key %s claims device %r, which is connected with a verified key right now; "
+                "approving it would trust a second key for a working device. If the device was "
+                "really replaced, name it: approve %s --device %s" % (fingerprint, claimed, fingerprint, claimed),
+                details={"device": claimed, "fingerprint": fingerprint},
+            )
         change = trust_ops.approve_pending(self.trust_store, pending, device, replace=replace, credentials=credentials)
         self.registry.drop_pending(fingerprint)
         self._trust_changed(change.device, "key replaced")

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from netconf_callhome.config import ListenerConfig, TLSOptions
+from netconf_callhome.errors import ConfigError
 from netconf_callhome.fingerprints import ssh_fingerprint
 from netconf_callhome.policy import trust_ops
 from netconf_callhome.protocol.session import HeldSession
@@ -140,6 +141,32 @@ def test_certificate_claim_leaves_a_connected_tls_device_alone(tmp_path: Path) -
         assert lst.registry.get("r1").status == CONNECTED and held.is_open
         (pending,) = lst.registry.pending()
         assert (pending.reason, pending.claimed_device, pending.claim_source) == ("key-mismatch", "r1", "identity")
+
+    asyncio.run(scenario())
+    lst.registry.close()
+
+
+def test_approving_a_forged_claim_by_default_is_refused_while_the_device_is_connected(tmp_path: Path) -> None:
+    """``approve FP`` without ``--device`` takes the device the certificate names; for a device
+    that holds a verified session that would pin a forged certificate in one command."""
+    ca, rogue_ca = trustme.CA(), trustme.CA()
+    lst = make_listener(tmp_path, {"r1": {"tls_identities": ["dns:r1.example.net"]}}, [ca.cert_pem.bytes()])
+    genuine = der_chain(ca.issue_cert("r1.example.net"))
+    forged = der_chain(rogue_ca.issue_cert("r1.example.net"))
+
+    async def scenario() -> None:
+        accepted = lst.tls_certificate(genuine, peer="192.0.2.1:40000")
+        assert accepted is not None
+        held = await connect(lst, "r1", "tls", accepted.fingerprint)
+        assert lst.tls_certificate(forged, peer="198.51.100.7:5000") is None
+        (pending,) = lst.registry.pending()
+        with pytest.raises(ConfigError, match="connected with a verified key right now.*--device r1"):
+            lst.approve(pending.fingerprint)
+        assert "tls_fingerprints" not in lst.trust_store.load()["devices"]["r1"]  # nothing trusted
+        assert held.is_open and lst.registry.get_pending(pending.fingerprint) is not None
+        # named explicitly, it is the operator's decision (a device really replaced)
+        lst.approve(pending.fingerprint, "r1")
+        assert lst.registry.get_pending(pending.fingerprint) is None
 
     asyncio.run(scenario())
     lst.registry.close()
