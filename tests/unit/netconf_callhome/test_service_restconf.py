@@ -19,7 +19,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from netconf_callhome.config import Credentials, ListenerConfig, RestconfOptions, TLSOptions
+from netconf_callhome.config import ListenerConfig, RestconfOptions, TLSOptions
 from netconf_callhome.errors import ConfigError, DeviceNotReadyError, WaitTimeoutError
 from netconf_callhome.fingerprints import cert_fingerprint_of_der
 from netconf_callhome.protocol.restconf import (
