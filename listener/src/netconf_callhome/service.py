@@ -45,7 +45,7 @@ from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.policy.verdicts import TrustPolicy, Verdict, refusal
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
-from netconf_callhome.protocol.restconf import BasicCredentials, RestconfConnection, RestconfTransport
+from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
 from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
 from netconf_callhome.protocol.tls import TLSTransport
@@ -74,8 +74,6 @@ TLS_IDENTITY_CACHE = 4096
 
 ConnectionHandler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
 _T = TypeVar("_T")
-# How protocol.restconf's keepalive words the close of a device that did not answer it.
-_KEEPALIVE_MISSED = "device did not answer a keepalive"
 
 
 class CallHomeListener:
@@ -534,7 +532,7 @@ class CallHomeListener:
 
     async def _restconf_keepalive(self, conn: RestconfConnection) -> None:
         reason = await conn.keepalive(self.config.liveness_interval, self.config.liveness_timeout)
-        if reason.startswith(_KEEPALIVE_MISSED):
+        if reason.startswith(KEEPALIVE_MISSED):
             self.metrics.failures.labels(transport="restconf", reason="unresponsive").inc()
 
     def _restconf_closed(self, conn: RestconfConnection, reason: str) -> None:

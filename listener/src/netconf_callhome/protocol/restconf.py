@@ -90,6 +90,9 @@ ALPN_PROTOCOLS: Tuple[str, ...] = (ALPN_H2, ALPN_HTTP11)
 DEFAULT_ROOT = "/restconf"
 YANG_DATA_JSON = "application/yang-data+json"
 YANG_DATA_XML = "application/yang-data+xml"
+# How a connection closed by a missed keepalive words its reason (the service counts these as
+# unresponsive devices).
+KEEPALIVE_MISSED = "device did not answer a keepalive"
 
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 # origin-form request target: printable ASCII, no spaces (h11/h2 check it too; this says which).
@@ -457,7 +460,7 @@ class RestconfConnection:
                     log.warning(
                         "event=restconf.keepalive_failed device=%s peer=%s error=%r", self.device, self.peer, exc.message
                     )
-                    self.close("device did not answer a keepalive: %s" % exc.message)
+                    self.close("%s: %s" % (KEEPALIVE_MISSED, exc.message))
         return self.closed.result()
 
     # -- for the subclasses ----------------------------------------------------------------------
