@@ -281,7 +281,8 @@ class Multiplexer:
                 self._release(datastore)
             else:
                 lock.orphaned = True  # released when the device answers the <lock>, if it granted it
-        if self._pending_confirmed() is not None and self.confirmed is not None and self.confirmed.owner is client:
+        confirmed = self._pending_confirmed()
+        if confirmed is not None and confirmed.owner is client:
             self._cancel_confirmed("its client ended before confirming it")
         if not self.held.closed.done():
             self._pump()
