@@ -72,6 +72,11 @@ def _recap(out: str) -> Dict[str, Dict[str, int]]:
     return recap
 
 
+def _get_expecting(text: str) -> str:
+    """GET, asserting that ``text`` is in what netconf_get and netconf_rpc read from running."""
+    return GET.replace("marker in", "%r in" % text)
+
+
 def _playbook(tmp_path: Path, lst: Any, hosts: Dict[str, Any], text: str, *args: str,
               name: str = "run", collections: str = "", **hostvars: Any) -> Tuple[subprocess.CompletedProcess, float]:
     """Run ``text`` as a playbook over ``netconf.callhome.netconf``; returns the result and its wall time."""
@@ -136,7 +141,7 @@ def test_lnc2_extra_channel_modes(device_binary: Any, listener_factory: Any, tmp
     with Lnc2Device.from_pki(pki, ssh_port=lst.ssh_port, extra_channels=mode) as dev:
         dev.wait_for(r"ch-ssh session \d+ established client=", 30)
         lst.call("wait", device=name, wait=30, timeout=35)
-        text = GET.replace("marker in", "'<name>%s</name>' in" % name)
+        text = _get_expecting("<name>%s</name>" % name)
         first, first_s = _playbook(tmp_path, lst, {name: {}}, text, name="first")
         _ok(first, lst, [name], 3)
         rec = lst.call("device", device=name)
@@ -367,23 +372,6 @@ def test_netconf_config_confirm(listener_factory: Any, fleet: Any, tmp_path: Pat
 # 3. a vendor netconf plugin: junipernetworks.junos.junos
 
 JUNOS_CAP = "http://xml.juniper.net/netconf/junos/1.0"
-JUNOS_GET = """---
-- hosts: all
-  gather_facts: false
-  tasks:
-    - ansible.netcommon.netconf_get:
-        source: running
-      register: running
-    - ansible.netcommon.netconf_rpc:
-        rpc: get-config
-        xmlns: urn:ietf:params:xml:ns:netconf:base:1.0
-        content: <source><running/></source>
-      register: rpc
-    - ansible.builtin.assert:
-        that:
-          - "'sim0001' in running.stdout"
-          - "'sim0001' in rpc.stdout_lines | join('')"
-"""
 
 
 def _junos_collection(dest: Path) -> Path:
@@ -450,7 +438,7 @@ def test_junos_netconf_plugin_through_the_listener(listener_factory: Any, fleet:
     sim = subprocess.Popen(args, stdout=sim_log, stderr=subprocess.STDOUT, env=child_env())
     try:
         lst.call("wait", device=SIM, wait=30, timeout=35)
-        res, _s = _playbook(tmp_path, lst, {SIM: {}}, JUNOS_GET, name="junos", collections=collections,
+        res, _s = _playbook(tmp_path, lst, {SIM: {}}, _get_expecting(SIM), name="junos", collections=collections,
                             ansible_network_os="junipernetworks.junos.junos")
         _ok(res, lst, [SIM], 3)
         log = lst.log()
