@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "peers"))
 
 from netconf_callhome.control.client import ControlClient  # noqa: E402
+from netconf_callhome.fingerprints import normalize_cert_fingerprint  # noqa: E402
 from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import ensure_listener  # noqa: E402
 
 LISTENER = [sys.executable, "-m", "netconf_callhome"]
@@ -125,7 +126,7 @@ def main() -> int:
             names[key.get_fingerprint("sha256")] = dev_name
         if devices:
             names[pki_ssh.host_keys["ed25519"].fingerprint] = "lnc2-ssh"
-            names["SHA256:" + pki.device_self_signed.fingerprint] = "lnc2-tls"
+            names[normalize_cert_fingerprint(pki.device_self_signed.fingerprint)] = "lnc2-tls"
         for entry in pending:
             name = names.get(entry["fingerprint"])
             if name is None:
