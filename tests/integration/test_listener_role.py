@@ -93,6 +93,7 @@ def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_run
         "callhome_listener_manage_user": False,
         "callhome_listener_package": str(wheel),
         "callhome_listener_ssh_binds": ["127.0.0.1:0"],
+        "callhome_listener_outbound_ssh_binds": ["127.0.0.1:0"],
         "callhome_listener_password": "device-pw",
         "callhome_listener_log_format": "text",
         "callhome_listener_initial_devices": {"r1": {"ssh_host_keys": ["SHA256:" + "A" * 43]}},
@@ -136,6 +137,8 @@ def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_run
 
     cfg = load_config(str(etc / "listener.yaml"))
     assert cfg.credentials.password_file == str(pw) and cfg.trust_store == str(trust)
+    # every kind of bind the role offers reaches the listener (RESTCONF stays off: no client certificate)
+    assert cfg.outbound_ssh_binds == ["127.0.0.1:0"] and cfg.restconf_binds == [], cfg
 
     # the [ansible] extra (ansible-core, ncclient) and the collections, where listener.yaml points:
     # the venv's plugin loader finds ansible.netcommon's netconf plugin there, as the listener's does
