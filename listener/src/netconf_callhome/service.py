@@ -467,6 +467,26 @@ class CallHomeListener:
         del self.sessions[held.device]
         self._session_identities.pop(held.device, None)
         now = time.time()
+        conn = self.restconf_sessions.get(held.device)
+        if conn is not None:
+            # The device also holds a RESTCONF connection: it is still connected, through that one.
+            self.registry.update(
+                held.device,
+                status=CONNECTED,
+                transport="restconf",
+                peer=conn.peer,
+                fingerprint=conn.fingerprint,
+                capabilities=module_capabilities(conn.library),
+                last_seen=now,
+            )
+            log.info(
+                "event=device.disconnected device=%s peer=%s transport=%s reason=%r still_connected=restconf",
+                held.device,
+                held.peer,
+                held.transport,
+                reason,
+            )
+            return
         status = ERROR if held.failed else DISCONNECTED
         self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
         log.info(
@@ -541,8 +561,23 @@ class CallHomeListener:
         now = time.time()
         held = self.sessions.get(conn.device)
         if held is not None and held.is_open:
-            # The device also holds a NETCONF session: its record stays 'connected' (for that one).
-            log.info("event=device.disconnected device=%s peer=%s transport=restconf reason=%r", conn.device, conn.peer, reason)
+            # The device also holds a NETCONF session: its record stays 'connected', now for that one.
+            self.registry.update(
+                conn.device,
+                status=CONNECTED,
+                transport=held.transport,
+                peer=held.peer,
+                fingerprint=held.fingerprint,
+                capabilities=list(held.hello.capabilities) if held.hello is not None else [],
+                last_seen=now,
+            )
+            log.info(
+                "event=device.disconnected device=%s peer=%s transport=restconf reason=%r still_connected=%s",
+                conn.device,
+                conn.peer,
+                reason,
+                held.transport,
+            )
             return
         self.registry.update(conn.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
         log.info(
@@ -815,7 +850,8 @@ def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) ->
     if rec is None:
         return (
             "device %r has not called home within %.0f s; it is enrolled but was never seen. Check that it is "
-            "configured to call home to this listener (netconf.callhome.config) and that port 4334/4335 is reachable"
+            "configured to call home to this listener (netconf.callhome.config) and that the listener's call-home port "
+            "is reachable from it (4334 NETCONF/SSH, 4335 NETCONF/TLS, 4336 RESTCONF, or the ports in listener.yml)"
             % (device, timeout)
         )
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec.last_seen)) if rec.last_seen else "never"

@@ -29,6 +29,7 @@ from netconf_callhome.protocol.restconf import (
     YangModule,
     restconf_connection,
 )
+from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.service import CallHomeListener
 from netconf_callhome.state.registry import CONNECTED, DISCONNECTED
 
@@ -136,6 +137,57 @@ def test_a_ready_restconf_device_is_connected_and_replaced_by_its_next_call(tmp_
         third = ready(lst, "r1", "fp1")
         await lst.stop()
         assert third.is_closed and third.closed.result() == "listener stopping"
+
+    asyncio.run(scenario())
+
+
+HELLO = (
+    b'<hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><capabilities>'
+    b"<capability>urn:ietf:params:netconf:base:1.0</capability></capabilities>"
+    b"<session-id>1</session-id></hello>]]>]]>"
+)
+
+
+async def netconf_ready(lst: CallHomeListener, device: str, fingerprint: str) -> HeldSession:
+    """What the TLS transport hands over once the device's NETCONF hello arrived."""
+    held = HeldSession(
+        device=device, transport="tls", peer="192.0.2.1:50000", fingerprint=fingerprint, max_hello=1 << 16, max_message=1 << 20
+    )
+    held.attach(Carrier())
+    held.data_received(HELLO)
+    await held.wait_hello()
+    lst.session_ready(held, started=time.monotonic(), auth="certificate")
+    return held
+
+
+@pytest.mark.parametrize("first_gone", ["netconf", "restconf"])
+def test_a_device_on_both_transports_stays_connected_through_the_other(tmp_path: Path, first_gone: str) -> None:
+    """A device with a NETCONF/TLS session and a RESTCONF connection: when one of them ends, the
+    record stays 'connected' and describes the one left; only when both are gone is it
+    'disconnected'. (Before: a NETCONF close marked it disconnected while RESTCONF was still up.)"""
+    lst = make_listener(tmp_path, {"r1": {"tls_fingerprints": ["SHA256:" + "AB:" * 31 + "AB"]}}, liveness_interval=0)
+
+    async def scenario() -> None:
+        held = await netconf_ready(lst, "r1", "fp-netconf")
+        conn = ready(lst, "r1", "fp-restconf")
+        status = await lst.control._op_status({})  # what `callhome-listener status` shows
+        assert status["sessions"] == 2 and status["sessions_by_transport"] == {"ssh": 0, "tls": 1, "restconf": 1}
+        if first_gone == "netconf":
+            held.close("device closed the NETCONF session")
+            await poll(lambda: "r1" not in lst.sessions, 2, "the NETCONF session to go")
+            rec = lst.registry.get("r1")
+            assert (rec.status, rec.transport, rec.fingerprint) == (CONNECTED, "restconf", "fp-restconf"), rec
+            assert rec.capabilities == [CAP]
+            conn.close("device went away")
+        else:
+            conn.close("device went away")
+            await poll(lambda: len(lst.restconf_sessions) == 0, 2, "the RESTCONF connection to be released")
+            rec = lst.registry.get("r1")
+            assert (rec.status, rec.transport, rec.fingerprint) == (CONNECTED, "tls", "fp-netconf"), rec
+            assert rec.capabilities == ["urn:ietf:params:netconf:base:1.0"]
+            held.close("device closed the NETCONF session")
+        await poll(lambda: lst.registry.get("r1").status == DISCONNECTED, 2, "r1 disconnected once both are gone")
+        await lst.stop()
 
     asyncio.run(scenario())
 

@@ -18,7 +18,7 @@ import os
 import ssl
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Awaitable, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sized, Tuple
 
 from netconf_callhome.errors import (
     CallHomeError,
@@ -54,6 +54,10 @@ class ControlledListener(Protocol):
 
     @property
     def sessions(self) -> Mapping[str, HeldSession]: ...
+
+    @property
+    def restconf_sessions(self) -> Sized:
+        """The held RESTCONF connections (counted in ``status``)."""
 
     @property
     def bound(self) -> Mapping[str, List[Tuple[str, int]]]: ...
@@ -510,11 +514,19 @@ class ControlServer:
             "trust_store": self.config.trust_store,
             "registry": self.config.registry,
             "devices": lst.registry.counts(),
-            "sessions": len(lst.sessions),
+            # every held session, then per transport (a device may hold NETCONF and RESTCONF at once)
+            "sessions": len(lst.sessions) + len(lst.restconf_sessions),
+            "sessions_by_transport": self._sessions_by_transport(),
             "active_leases": self.active_leases,
             "pending": len(lst.registry.pending()),
             "enrolled": len(lst.enrolled_devices()),
         }
+
+    def _sessions_by_transport(self) -> Dict[str, int]:
+        counts = {"ssh": 0, "tls": 0, "restconf": len(self.listener.restconf_sessions)}
+        for held in self.listener.sessions.values():
+            counts[held.transport] = counts.get(held.transport, 0) + 1
+        return counts
 
     async def _op_devices(self, request: Dict[str, Any]) -> Any:
         status = request.get("status")
