@@ -799,24 +799,23 @@ class CallHomeListener:
         longer trusts (a pinned key or certificate removed, the certificate identity a TLS
         session was accepted under revoked); every other device keeps its session. Drop the
         pending entries whose key is now enrolled, whichever way it was enrolled."""
-        for held in list(self.sessions.values()):
-            if self.policy.still_trusts(
-                held.device, held.transport, held.fingerprint, self._session_identities.get(held.device, ())
-            ):
+        live: List[Tuple[str, str, str, Sequence[str], Callable[[str], None]]] = [
+            (held.device, held.transport, held.fingerprint, self._session_identities.get(held.device, ()), held.close)
+            for held in self.sessions.values()
+        ]
+        live += [
+            (conn.device, "restconf", conn.fingerprint, self.restconf_sessions.identities(conn.device), conn.close)
+            for conn in self.restconf_sessions
+            if not conn.is_closed
+        ]
+        for name, transport, fingerprint, identities, close in live:
+            if self.policy.still_trusts(name, transport, fingerprint, identities):
                 continue
-            why = reason if reason and held.device == device else "identity no longer enrolled (trust store changed)"
-            log.info("event=device.untrusted device=%s fingerprint=%s reason=%r", held.device, held.fingerprint, why)
-            held.close(why)
-        for conn in list(self.restconf_sessions):
-            if conn.is_closed or self.policy.still_trusts(
-                conn.device, "restconf", conn.fingerprint, self.restconf_sessions.identities(conn.device)
-            ):
-                continue
-            why = reason if reason and conn.device == device else "identity no longer enrolled (trust store changed)"
+            why = reason if reason and name == device else "identity no longer enrolled (trust store changed)"
             log.info(
-                "event=device.untrusted device=%s transport=restconf fingerprint=%s reason=%r", conn.device, conn.fingerprint, why
+                "event=device.untrusted device=%s transport=%s fingerprint=%s reason=%r", name, transport, fingerprint, why
             )
-            conn.close(why)
+            close(why)
         for pending in self.registry.pending():
             if self.policy.enrolled_pending(
                 pending.transport, pending.fingerprint, pending.public_key, pending.identities
