@@ -31,8 +31,10 @@ log = logging.getLogger("netconf_callhome.admission")
 
 # A device waiting for enrollment retries, and a storm of devices redialling through a slow
 # listener looks like timeouts after the SSH banner: neither is an attack, and limiting the
-# address would slow down every device behind the same NAT.
-_NOT_COUNTED = ("host-key", "auth-failed")
+# address would slow down every device behind the same NAT. An outbound-ssh secret the listener
+# cannot read (secret-unavailable) is the listener's own fault, not the device's. A wrong HMAC
+# (hmac-failed, hmac-missing, host-key-differs) is counted: that is how guessing a secret looks.
+_NOT_COUNTED = ("host-key", "auth-failed", "secret-unavailable")
 # Stale per-address state is dropped by a sweep at most this often (bounded memory under floods
 # from many addresses).
 _SWEEP_SECONDS = 1.0

@@ -13,13 +13,17 @@ The file is JSON (human-readable, diff-friendly: sorted keys, two-space indent):
           "ssh_host_keys": ["ssh-ed25519 AAAAC3... r1", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"],
           "tls_fingerprints": ["AB:CD:..."],
           "tls_identities": ["serial:PID-1234", "cn:r1.example.net"],
-          "credentials": {"username": "netconf", "private_key_file": "/etc/callhome/id_ed25519"}
+          "credentials": {"username": "netconf", "private_key_file": "/etc/callhome/id_ed25519"},
+          "outbound_ssh": {"secret": "file:/etc/callhome/r1.secret", "allow_rotation": false}
         }
+      },
+      "outbound_ssh_groups": {
+        "branch": {"device_ids": ["br-*"], "secret": "env:BRANCH_SECRET", "allow_rotation": false}
       }
     }
 
-Credentials are *references* (files, environment variable names), never secrets, so the store
-can be read by operators. RFC 8071 section 3.1 C7: credentials are used only with the host key
+Credentials and outbound-ssh secrets are *references* (files, environment variable names), never
+secrets, so the store can be read by operators (policy/secrets.py). RFC 8071 section 3.1 C7: credentials are used only with the host key
 they are filed under, which is why they live in the device entry.
 
 Writers take an exclusive ``flock`` on ``<file>.lock``, re-read, modify, then write a temporary
@@ -45,9 +49,10 @@ from netconf_callhome.fingerprints import (
     normalize_ssh_fingerprint,
     ssh_fingerprint,
 )
+from netconf_callhome.policy.secrets import parse_reference, validate_binding, validate_group
 
 FORMAT_VERSION = 1
-DEVICE_KEYS = ("ssh_host_keys", "tls_fingerprints", "tls_identities", "credentials", "comment")
+DEVICE_KEYS = ("ssh_host_keys", "tls_fingerprints", "tls_identities", "credentials", "comment", "outbound_ssh")
 CREDENTIAL_KEYS = ("username", "private_key_file", "password_file", "password_env")
 IDENTITY_PREFIXES = ("cn:", "serial:", "dns:", "uri:", "ip:")
 
@@ -112,6 +117,19 @@ def validate(data: t.Any, *, source: str = "trust store") -> TrustData:
             raise TrustStoreError("%s: credentials may only hold %s" % (where, ", ".join(CREDENTIAL_KEYS)))
         if "password" in creds:
             raise TrustStoreError("%s: passwords are never stored here; use password_file or password_env" % where)
+        if "outbound_ssh" in entry:
+            try:
+                validate_binding(entry["outbound_ssh"], where)
+            except ConfigError as exc:
+                raise TrustStoreError(exc.message) from None
+    groups = data.get("outbound_ssh_groups", {})
+    if not isinstance(groups, dict):
+        raise TrustStoreError("%s: outbound_ssh_groups must be an object (group name -> group)" % source)
+    for name, group in groups.items():
+        try:
+            validate_group(name, group)
+        except ConfigError as exc:
+            raise TrustStoreError("%s: %s" % (source, exc.message)) from None
     data.setdefault("version", FORMAT_VERSION)
     data.setdefault("devices", {})
     return data
@@ -249,6 +267,8 @@ class TrustIndex:
 
     def __init__(self, data: TrustData) -> None:
         self.devices: t.Dict[str, t.Dict[str, t.Any]] = data.get("devices", {})
+        # Outbound-ssh group secrets (references): group name -> {device_ids, secret, allow_rotation}.
+        self.outbound_ssh_groups: t.Dict[str, t.Dict[str, t.Any]] = data.get("outbound_ssh_groups", {})
         self.ssh: t.Dict[str, str] = {}
         self.tls: t.Dict[str, str] = {}
         self.identities: t.Dict[str, str] = {}
@@ -354,4 +374,57 @@ def set_credentials(data: TrustData, device: str, credentials: t.Mapping[str, t.
         entry["credentials"] = clean
     else:
         entry.pop("credentials", None)
+    return True
+
+
+# -- outbound-ssh secrets (references only, policy/secrets.py) -----------------------------------
+
+
+def set_outbound_ssh(data: TrustData, device: str, reference: t.Optional[str], *, allow_rotation: bool = False) -> bool:
+    """Give ``device`` its own outbound-ssh secret reference (None removes it). The device entry is
+    created when missing: a device pre-provisioned for zero-touch enrollment has a secret and no
+    key yet."""
+    if not device or "/" in device or device.strip() != device:
+        raise ConfigError("invalid device name %r" % device)
+    devices = data.setdefault("devices", {})
+    if reference is None:
+        entry = devices.get(device)
+        if not entry or "outbound_ssh" not in entry:
+            return False
+        del entry["outbound_ssh"]
+        if not entry:
+            del devices[device]  # it held nothing else
+        return True
+    parse_reference(reference)
+    wanted = {"secret": reference, "allow_rotation": bool(allow_rotation)}
+    entry = devices.setdefault(device, {})
+    if entry.get("outbound_ssh") == wanted:
+        return False
+    entry["outbound_ssh"] = wanted
+    return True
+
+
+def set_outbound_ssh_group(
+    data: TrustData,
+    name: str,
+    device_ids: t.Optional[t.Sequence[str]],
+    reference: t.Optional[str] = None,
+    *,
+    allow_rotation: bool = False,
+) -> bool:
+    """Define (or with ``device_ids`` None, remove) the outbound-ssh group ``name``."""
+    if device_ids is None:
+        groups = data.get("outbound_ssh_groups", {})
+        if name not in groups:
+            return False
+        del groups[name]
+        if not groups:
+            del data["outbound_ssh_groups"]
+        return True
+    wanted = {"device_ids": list(device_ids), "secret": reference, "allow_rotation": bool(allow_rotation)}
+    validate_group(name, wanted)
+    groups = data.setdefault("outbound_ssh_groups", {})
+    if groups.get(name) == wanted:
+        return False
+    groups[name] = wanted
     return True

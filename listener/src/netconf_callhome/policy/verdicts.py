@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -24,8 +25,16 @@ from cryptography.x509.oid import NameOID
 from netconf_callhome.errors import ConfigError, TrustStoreError
 from netconf_callhome.fingerprints import cert_fingerprint_of_der
 from netconf_callhome.config import Credentials, TLSOptions
+from netconf_callhome.policy.secrets import SecretBinding, SecretUnavailableError, binding_for, resolve
 from netconf_callhome.policy.trust_store import TrustIndex, TrustStore
 from netconf_callhome.policy.verify import ChainRejectedError, verify_chain
+from netconf_callhome.protocol.outbound_ssh import (
+    HOST_KEY_DIFFERS,
+    SECRET_UNAVAILABLE,
+    HMACError,
+    Preamble,
+    verify_hmac,
+)
 
 log = logging.getLogger("netconf_callhome.policy")
 
@@ -35,6 +44,10 @@ MISMATCH = "key-mismatch"
 # Transports whose devices present certificates (NETCONF over TLS, RESTCONF): the same trust
 # store lists and rules; every other transport is SSH (host keys).
 CERTIFICATE_TRANSPORTS = frozenset({"tls", "restconf"})
+# A DEVICE-ID a verified secret may enroll under: it becomes a trust-store key, an inventory name
+# and a word in log lines, so no spaces, slashes or control characters.
+DEVICE_ID_INVALID = "device-id-invalid"
+_ENROLLABLE_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,252}$")
 
 
 @dataclass
@@ -177,6 +190,47 @@ class TrustPolicy:
             return Verdict(MISMATCH, hint, fingerprint, claim_source="address")
         return Verdict(UNKNOWN, "", fingerprint)
 
+    # -- outbound-ssh secrets ------------------------------------------------------------------
+
+    def outbound_ssh_check(self, preamble: Preamble, fingerprint: str) -> "SecretCheck":
+        """Check a Junos outbound-ssh preamble against the secret that applies to its DEVICE-ID,
+        once the SSH handshake proved the host key ``fingerprint``.
+
+        No secret applies: the preamble is a label (``binding`` None), trust is the host key's
+        as on 4334. A secret applies: it is *required*, for an enrolled key too (a device whose
+        secret differs from the operator's, or someone else using its DEVICE-ID, is a problem to
+        surface, not to ignore): HOST-KEY and HMAC present, the HMAC verifies, and HOST-KEY is the
+        key the handshake proved (the HMAC alone can be replayed from one captured preamble).
+        """
+        try:
+            binding = binding_for(preamble.device_id, self.index.devices, self.index.outbound_ssh_groups)
+        except SecretUnavailableError as exc:
+            return SecretCheck(None, SECRET_UNAVAILABLE, exc.message)
+        if binding is None:
+            return SecretCheck(None)
+        if not _ENROLLABLE_DEVICE_ID.match(preamble.device_id):
+            return SecretCheck(
+                binding,
+                DEVICE_ID_INVALID,
+                "DEVICE-ID %r is not a usable device name (letters, digits, . _ : @ + -)" % preamble.device_id,
+            )
+        try:
+            secret = resolve(binding.reference)
+        except SecretUnavailableError as exc:
+            return SecretCheck(binding, SECRET_UNAVAILABLE, exc.message)
+        try:
+            verify_hmac(secret.reveal(), preamble.host_key, preamble.hmac)
+        except HMACError as exc:
+            return SecretCheck(binding, exc.reason, "%s (secret of %s)" % (exc, binding.source))
+        if preamble.host_key_fingerprint != fingerprint:
+            announced = preamble.host_key_fingerprint or "an unparsable key (%s)" % preamble.host_key_error
+            return SecretCheck(
+                binding,
+                HOST_KEY_DIFFERS,
+                "the HMAC verifies for HOST-KEY %s, but the SSH handshake proved %s" % (announced, fingerprint),
+            )
+        return SecretCheck(binding)
+
     # -- TLS -----------------------------------------------------------------------------------
 
     def tls_verdict(self, chain_der: Sequence[bytes], hint: str = "") -> Verdict:
@@ -207,6 +261,25 @@ class TrustPolicy:
         if hint and self.index.has_tls_identity(hint):
             return Verdict(MISMATCH, hint, fingerprint, claim_source="address", identities=identities)
         return Verdict(UNKNOWN, "", fingerprint, identities=identities)
+
+
+@dataclass(frozen=True)
+class SecretCheck:
+    """The outcome of :meth:`TrustPolicy.outbound_ssh_check`.
+
+    ``binding`` None and no ``refused``: no secret applies. ``refused`` set: the reason code
+    (``hmac-missing``, ``hmac-failed``, ``host-key-differs``, ``secret-unavailable``,
+    ``device-id-invalid``) and ``message`` for the operator (never the secret). Otherwise the
+    secret of ``binding`` verified the proved key: :attr:`verified`.
+    """
+
+    binding: Optional[SecretBinding]
+    refused: str = ""
+    message: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return self.binding is not None and not self.refused
 
 
 def _claimed(enrolled: "dict[str, str]", identities: Sequence[str]) -> str:

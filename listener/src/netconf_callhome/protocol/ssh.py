@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import asyncssh
 
@@ -66,9 +66,15 @@ class PrivateKeyCache:
 class DeviceSSHClient(asyncssh.SSHClient):
     """Per-connection SSH client: trust decision first, then this device's credentials only."""
 
-    def __init__(self, transport: "SSHTransport", device_id: str = "") -> None:
+    def __init__(
+        self, transport: "SSHTransport", device_id: str = "", host_key_check: Optional["HostKeyCheck"] = None
+    ) -> None:
         self.transport = transport
         self.device_id = device_id  # from a Junos outbound-ssh preamble, if any
+        # Outbound-ssh: the preamble's own check (HMAC, HOST-KEY) instead of events.ssh_host_key.
+        self.host_key_check = host_key_check
+        self.refused_reason = ""  # set by host_key_check: why a proved key was refused
+        self.refused_message = ""
         self.conn: Optional[asyncssh.SSHClientConnection] = None
         self.peer = ""
         self.peer_ip = ""
@@ -99,7 +105,10 @@ class DeviceSSHClient(asyncssh.SSHClient):
             self.transport.admission.release()
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        login = self.transport.events.ssh_host_key(key, peer=self.peer, device_id=self.device_id)
+        if self.host_key_check is not None:
+            login = self.host_key_check(self, key)
+        else:
+            login = self.transport.events.ssh_host_key(key, peer=self.peer, device_id=self.device_id)
         if login is None:
             self.refused = True
             return False
@@ -132,6 +141,10 @@ class DeviceSSHClient(asyncssh.SSHClient):
 
     def kbdint_auth_requested(self) -> Optional[str]:
         return None
+
+
+# (client, proved host key) -> the login, or None when refused (recorded by the check's owner).
+HostKeyCheck = Callable[[DeviceSSHClient, asyncssh.SSHKey], Optional[SSHLogin]]
 
 
 class _ChannelCarrier(asyncssh.SSHClientSession):  # type: ignore[type-arg]
@@ -197,16 +210,22 @@ class SSHTransport:
             sock=sock, options=self.options, acceptor=self._accepted, error_handler=self._failed, config=None
         )
 
-    def options_for(self, device_id: str) -> asyncssh.SSHClientConnectionOptions:
-        """Options whose client carries a claimed DEVICE-ID (Junos outbound-ssh)."""
+    def options_for(
+        self, device_id: str, host_key_check: Optional[HostKeyCheck] = None
+    ) -> asyncssh.SSHClientConnectionOptions:
+        """Options whose client carries a claimed DEVICE-ID (Junos outbound-ssh), and the
+        preamble's host key check when it has one."""
         return asyncssh.SSHClientConnectionOptions(
-            options=self.options, client_factory=functools.partial(DeviceSSHClient, self, device_id)
+            options=self.options,
+            client_factory=functools.partial(DeviceSSHClient, self, device_id, host_key_check),
         )
 
-    def connection(self, loop: asyncio.AbstractEventLoop, device_id: str) -> asyncssh.SSHClientConnection:
+    def connection(
+        self, loop: asyncio.AbstractEventLoop, device_id: str, host_key_check: Optional[HostKeyCheck] = None
+    ) -> asyncssh.SSHClientConnection:
         """A client connection object for a socket we already read from (outbound-ssh)."""
         return asyncssh.SSHClientConnection(
-            loop, self.options_for(device_id), self._accepted, self._failed  # type: ignore[arg-type]
+            loop, self.options_for(device_id, host_key_check), self._accepted, self._failed  # type: ignore[arg-type]
         )
 
     # -- outcomes --------------------------------------------------------------------------
@@ -224,7 +243,8 @@ class SSHTransport:
         reason, message = describe_ssh_failure(exc)
         device = ""
         if client.refused:
-            reason = "host-key"  # already recorded as pending by the events side
+            reason = client.refused_reason or "host-key"  # already recorded as pending by the events side
+            message = client.refused_message or message
         elif client.login is not None:
             device = client.login.device
         elif reason in ("timeout", "connection-lost") and getattr(conn, "_server_version", None):

@@ -52,10 +52,12 @@ class _SSH:
     def __init__(self) -> None:
         self.events = _Events()
         self.device_ids: List[str] = []
+        self.checks: List[object] = []
         self.protocols: List[_Recorder] = []
 
-    def connection(self, loop: asyncio.AbstractEventLoop, device_id: str) -> _Recorder:
+    def connection(self, loop: asyncio.AbstractEventLoop, device_id: str, host_key_check: object = None) -> _Recorder:
         self.device_ids.append(device_id)
+        self.checks.append(host_key_check)
         self.protocols.append(_Recorder())
         return self.protocols[-1]
 
