@@ -96,7 +96,8 @@ def test_restconf_device_connects_like_the_others(pki: Any, listener_factory: An
         library_read = re.compile(r' - admin \[[^]]*\] "GET /restconf/data/ietf-yang-library:yang-library HTTP/[0-9.]+" 200 ')
         wait_until(lambda: library_read.search(peer.access_log()), 10, "the authenticated YANG library read",
                    detail=peer.access_log)
-        assert lst.call("status")["sessions"] == 0  # no NETCONF session: RESTCONF is held apart
+        status = lst.call("status")  # the RESTCONF connection is a session; no NETCONF one
+        assert status["sessions"] == 1 and status["sessions_by_transport"] == {"ssh": 0, "tls": 0, "restconf": 1}
 
         peer.hang_up()  # the device goes away
         rec = lst.wait_device(DEVICE, "disconnected", timeout=20)

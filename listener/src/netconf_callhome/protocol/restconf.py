@@ -88,6 +88,7 @@ ALPN_HTTP11 = "http/1.1"
 ALPN_PROTOCOLS: Tuple[str, ...] = (ALPN_H2, ALPN_HTTP11)
 
 DEFAULT_ROOT = "/restconf"
+_YANG_LIBRARY = "/data/ietf-yang-library:yang-library"
 YANG_DATA_JSON = "application/yang-data+json"
 YANG_DATA_XML = "application/yang-data+xml"
 # How a connection closed by a missed keepalive words its reason (the service counts these as
@@ -304,6 +305,7 @@ class RestconfConnection:
 
     http_version = ""
     alpn = ""
+    concurrent = False  # requests may be in flight at once (HTTP/2 streams); HTTP/1.1 queues them
 
     def __init__(
         self,
@@ -416,10 +418,34 @@ class RestconfConnection:
         log.debug("event=restconf.root device=%s peer=%s root=%s", self.device, self.peer, self.root)
         return self.root
 
-    async def yang_library(self) -> YangLibrary:
-        """The device's modules: RFC 8525 ``yang-library``, else RFC 7895 ``modules-state``."""
+    async def discover(self) -> YangLibrary:
+        """The root (:meth:`discover_root`), then the YANG library (:meth:`yang_library`).
+
+        On HTTP/2 the library is asked for under the usual root (``/restconf``) on a second
+        stream while host-meta is read: with the usual root (nearly every device) the call home
+        takes one round trip less and its requests leave in one record. Any other root and that
+        answer is dropped and the library read again from the root host-meta named."""
+        if not self.concurrent:
+            await self.discover_root()
+            return await self.yang_library()
+        guess = asyncio.ensure_future(self.get(DEFAULT_ROOT + _YANG_LIBRARY))
+        try:
+            root = await self.discover_root()
+        except BaseException:
+            guess.cancel()
+            await asyncio.gather(guess, return_exceptions=True)
+            raise
+        if root != DEFAULT_ROOT:
+            guess.cancel()
+            await asyncio.gather(guess, return_exceptions=True)
+            return await self.yang_library()
+        return await self.yang_library(await guess)
+
+    async def yang_library(self, first: Optional[Response] = None) -> YangLibrary:
+        """The device's modules: RFC 8525 ``yang-library``, else RFC 7895 ``modules-state``.
+        ``first``: the answer to ``{root}/data/ietf-yang-library:yang-library`` already read."""
         root = self.root if self.root is not None else await self.discover_root()
-        resp = await self.get(root + "/data/ietf-yang-library:yang-library")
+        resp = first if first is not None else await self.get(root + _YANG_LIBRARY)
         if resp.status in (400, 404):
             log.info(
                 "event=restconf.yang_library_fallback device=%s peer=%s status=%d source=modules-state",
@@ -557,6 +583,7 @@ class Http2Connection(RestconfConnection):
 
     http_version = "2"
     alpn = ALPN_H2
+    concurrent = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -592,6 +619,7 @@ class Http2Connection(RestconfConnection):
         self._withheld: Dict[int, int] = {}  # stream -> flow-controlled bytes not acknowledged yet
         self._control_frames = 0
         self._control_since = time.monotonic()
+        self._flush_scheduled = False
 
     def _started(self) -> None:
         self._h2.initiate_connection()
@@ -600,8 +628,30 @@ class Http2Connection(RestconfConnection):
             self._h2.increment_flow_control_window(extra)
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, now: bool = False) -> None:
+        """Send what h2 has queued: at the end of this turn of the event loop unless ``now``.
+
+        What one turn produces (the preface with the first requests, a SETTINGS ACK with the
+        next request, the WINDOW_UPDATEs of several answers) then goes out as one TLS record
+        and one send instead of one each: a call home costs half the sends, and on loopback the
+        kernel's receive work for each send is CPU of the sender. ``now`` for the last frames
+        before the connection closes (GOAWAY)."""
+        if not now:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven without a loop (tests feeding bytes by hand)
+                loop = None
+            if loop is not None:
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    loop.call_soon(self._flush_scheduled_now)
+                return
+        self._flush_scheduled = False
         self._write(self._h2.data_to_send())
+
+    def _flush_scheduled_now(self) -> None:
+        if self._flush_scheduled:
+            self._flush(now=True)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -728,7 +778,7 @@ class Http2Connection(RestconfConnection):
             self._h2.close_connection()
         except h2.exceptions.ProtocolError:
             return
-        self._flush()
+        self._flush(now=True)
 
     def _fail_all(self, exc: RestconfError) -> None:
         for ex in list(self._streams.values()):
@@ -744,14 +794,14 @@ class Http2Connection(RestconfConnection):
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.DenialOfServiceError as exc:  # a header list over the limit
-            self._flush()  # the GOAWAY h2 prepared
+            self._flush(now=True)  # the GOAWAY h2 prepared
             self._broken(RestconfResponseTooLargeError(
                 "device %s sent an HTTP/2 header block over the limit (%d bytes): %s"
                 % (self._who(), self.limits.max_header_bytes, exc)
             ))
             return
         except h2.exceptions.ProtocolError as exc:
-            self._flush()
+            self._flush(now=True)
             self._broken(RestconfProtocolError("device %s broke HTTP/2: %s" % (self._who(), exc)))
             return
         for event in events:
