@@ -3,13 +3,14 @@
 
 The listener keeps the authoritative state in memory (one dict lookup per event, no I/O on the
 event loop's hot path) and writes it behind to a :class:`RegistryStore`. ``SQLiteStore`` is the
-embedded default. Several listeners sharing one PostgreSQL database later need only another
-store with the same four methods; nothing else in the listener touches SQL.
+embedded default; ``state.postgres.PostgresStore`` is the same interface on a PostgreSQL database
+shared by several listener nodes (``state.stores.open_store`` picks one from ``state_url``).
+Nothing else in the listener touches SQL.
 """
 
 from __future__ import annotations
 
-import abc
+import collections
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 from netconf_callhome.errors import CallHomeError
 
@@ -71,6 +72,35 @@ class PendingKey:
         return asdict(self)
 
 
+@dataclass
+class RegistryEvent:
+    """One entry of the event history: a device's status changed (``event`` is the new status).
+
+    ``seq`` orders the events of one registry (the history keeps them in that order; a flush
+    removes from memory only what a successful write contained)."""
+
+    at: float
+    device: str
+    event: str
+    previous: str = ""
+    peer: str = ""
+    transport: str = ""
+    error: str = ""
+    node: str = ""  # filled in by the store that writes it (the node the listener runs as)
+    seq: int = 0
+
+    def detail(self) -> Dict[str, Any]:
+        """What goes in the history row's document (the columns hold the rest)."""
+        return {"previous": self.previous, "peer": self.peer, "transport": self.transport, "error": self.error}
+
+
+# Events not yet written are kept in memory up to this many; older ones are dropped (and counted)
+# while the database refuses writes, so an outage of hours cannot grow the process without bound.
+MAX_UNSAVED_EVENTS = 100_000
+# The history keeps this long (seconds); older rows are deleted by the writer at most hourly.
+HISTORY_MAX_AGE = 30 * 86400.0
+
+
 class RegistryWriteError(CallHomeError):
     """The registry's store refused a write (e.g. SQLite "database is locked"); nothing was lost:
     the changes stay in memory and are written by a later flush."""
@@ -78,25 +108,33 @@ class RegistryWriteError(CallHomeError):
     code = "registry-write"
 
 
-class RegistryStore(abc.ABC):
-    """Persistence behind the registry; called from a writer thread, never from the loop."""
+class RegistryStore(Protocol):
+    """Persistence behind the registry: what ``SQLiteStore`` and ``PostgresStore`` both are.
 
-    @abc.abstractmethod
-    def load(self) -> "tuple[List[DeviceRecord], List[PendingKey]]":
+    Called from a writer thread (``run_in_executor``), never on the service's event loop; a
+    store whose driver is asynchronous runs it on a loop of its own (see ``state.postgres``)."""
+
+    def load(self) -> "Tuple[List[DeviceRecord], List[PendingKey]]":
         """Everything persisted, at start-up."""
 
-    @abc.abstractmethod
     def save(
-        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+        self,
+        devices: Iterable[DeviceRecord],
+        pending: Iterable[PendingKey],
+        dropped_pending: Iterable[str],
+        events: Sequence[RegistryEvent] = (),
     ) -> None:
-        """Upsert the given records and delete the dropped pending fingerprints, atomically."""
+        """Upsert the given records, delete the dropped pending fingerprints and append the
+        events to the history, atomically; :class:`RegistryWriteError` when refused."""
 
-    @abc.abstractmethod
+    def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
+        """The latest ``limit`` events (of one device, or all), oldest first."""
+
     def close(self) -> None:
         """Release the connection."""
 
 
-class SQLiteStore(RegistryStore):
+class SQLiteStore:
     """Records are stored as JSON documents keyed by name / fingerprint: the schema of the
     dataclasses can grow without migrations, and a PostgreSQL twin is a JSONB copy of this."""
 
@@ -111,6 +149,13 @@ class SQLiteStore(RegistryStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS devices (name TEXT PRIMARY KEY, doc TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS pending (fingerprint TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
+            "node TEXT NOT NULL, device TEXT NOT NULL, event TEXT NOT NULL, doc TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS events_device_at ON events(device, at)")
+        self.node = ""
+        self._pruned_at = 0.0
 
     def load(self) -> "tuple[List[DeviceRecord], List[PendingKey]]":
         devices = [_from_doc(DeviceRecord, doc) for (doc,) in self._db.execute("SELECT doc FROM devices")]
@@ -118,17 +163,32 @@ class SQLiteStore(RegistryStore):
         return devices, pending
 
     def save(
-        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+        self,
+        devices: Iterable[DeviceRecord],
+        pending: Iterable[PendingKey],
+        dropped_pending: Iterable[str],
+        events: Sequence[RegistryEvent] = (),
     ) -> None:
         try:
-            self._save(devices, pending, dropped_pending)
+            self._save(devices, pending, dropped_pending, events)
         except sqlite3.Error as exc:
             raise RegistryWriteError(
                 "cannot write the registry %s: %s" % (self.path, exc), details={"path": self.path}
             ) from exc
 
+    def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
+        where, args = ("WHERE device=?", [device]) if device is not None else ("", [])
+        rows = self._db.execute(
+            "SELECT at, node, device, event, doc FROM events %s ORDER BY id DESC LIMIT ?" % where, args + [limit]
+        ).fetchall()
+        return [_event(at, node, dev, event, json.loads(doc)) for at, node, dev, event, doc in reversed(rows)]
+
     def _save(
-        self, devices: Iterable[DeviceRecord], pending: Iterable[PendingKey], dropped_pending: Iterable[str]
+        self,
+        devices: Iterable[DeviceRecord],
+        pending: Iterable[PendingKey],
+        dropped_pending: Iterable[str],
+        events: Sequence[RegistryEvent],
     ) -> None:
         with self._db:
             self._db.execute("BEGIN")
@@ -142,9 +202,30 @@ class SQLiteStore(RegistryStore):
                 [(p.fingerprint, json.dumps(p.to_dict())) for p in pending],
             )
             self._db.executemany("DELETE FROM pending WHERE fingerprint=?", [(fp,) for fp in dropped_pending])
+            self._db.executemany(
+                "INSERT INTO events(at, node, device, event, doc) VALUES(?, ?, ?, ?, ?)",
+                [(e.at, self.node, e.device, e.event, json.dumps(e.detail())) for e in events],
+            )
+            now = time.time()
+            if now - self._pruned_at > 3600:
+                self._db.execute("DELETE FROM events WHERE at < ?", (now - HISTORY_MAX_AGE,))
+                self._pruned_at = now
 
     def close(self) -> None:
         self._db.close()
+
+
+def _event(at: float, node: str, device: str, event: str, detail: Dict[str, Any]) -> RegistryEvent:
+    return RegistryEvent(
+        at=at,
+        node=node,
+        device=device,
+        event=event,
+        previous=str(detail.get("previous", "")),
+        peer=str(detail.get("peer", "")),
+        transport=str(detail.get("transport", "")),
+        error=str(detail.get("error", "")),
+    )
 
 
 def _from_doc(cls: Any, doc: str) -> Any:
@@ -179,6 +260,9 @@ class Registry:
         # Devices per status, kept on every change: the control socket's ``status`` and the
         # metrics read it often, and walking 10,000 records per read showed up in benchmarks.
         self._counts: Dict[str, int] = {s: 0 for s in STATUSES}
+        # Status changes not yet written to the history (oldest first), bounded; see flush.
+        self._events: Deque[RegistryEvent] = collections.deque()
+        self.events_dropped = 0
 
     def load(self) -> None:
         devices, pending = self.store.load()
@@ -209,11 +293,26 @@ class Registry:
         old_status = rec.status
         for key, value in changes.items():
             setattr(rec, key, value)
-        if rec.status != old_status:
-            self._counts[old_status] -= 1
-            self._counts[rec.status] = self._counts.get(rec.status, 0) + 1
         with self._lock:
-            self._dirty_devices[name] = self._next_seq()
+            seq = self._dirty_devices[name] = self._next_seq()
+            if rec.status != old_status:
+                self._counts[old_status] -= 1
+                self._counts[rec.status] = self._counts.get(rec.status, 0) + 1
+                if len(self._events) >= MAX_UNSAVED_EVENTS:
+                    self._events.popleft()
+                    self.events_dropped += 1
+                self._events.append(
+                    RegistryEvent(
+                        at=time.time(),
+                        device=name,
+                        event=rec.status,
+                        previous=old_status,
+                        peer=rec.peer,
+                        transport=rec.transport,
+                        error=rec.last_error,
+                        seq=seq,
+                    )
+                )
         return rec
 
     def counts(self) -> Dict[str, int]:
@@ -263,12 +362,16 @@ class Registry:
         return self._seq
 
     def has_unsaved(self) -> bool:
-        return bool(self._dirty_devices or self._dirty_pending or self._dropped)
+        return bool(self._dirty_devices or self._dirty_pending or self._dropped or self._events)
 
     def unsaved_count(self) -> int:
-        """Records (devices, pending entries, deletions) not yet written: for the failure log."""
+        """Records (devices, pending entries, deletions, events) not yet written: for the failure log."""
         with self._lock:
-            return len(self._dirty_devices) + len(self._dirty_pending) + len(self._dropped)
+            return len(self._dirty_devices) + len(self._dirty_pending) + len(self._dropped) + len(self._events)
+
+    def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
+        """The persisted event history (reads the store: call it off the event loop)."""
+        return self.store.history(device, limit)
 
     def flush(self) -> None:
         """Write what changed since the last successful flush (thread-safe; serialised).
@@ -281,11 +384,12 @@ class Registry:
                 names = dict(self._dirty_devices)
                 fps = dict(self._dirty_pending)
                 dropped = dict(self._dropped)
-            if not (names or fps or dropped):
+                events = list(self._events)
+            if not (names or fps or dropped or events):
                 return
             devices = [_copy(self._devices[n]) for n in names if n in self._devices]
             pending = [_copy(self._pending[f]) for f in fps if f in self._pending]
-            self.store.save(devices, pending, list(dropped))
+            self.store.save(devices, pending, list(dropped), events)
             # Written: unmark what did not change again while the write ran (a newer change
             # has a newer sequence number and stays for the next flush).
             with self._lock:
@@ -297,6 +401,11 @@ class Registry:
                     for key, seq in written.items():
                         if marks.get(key) == seq:
                             del marks[key]
+                # Events are appended in seq order: drop from the front what this write held
+                # (the front may also have been dropped meanwhile by the bound).
+                last = events[-1].seq if events else 0
+                while self._events and self._events[0].seq <= last:
+                    self._events.popleft()
 
     def close(self) -> None:
         """Last flush, then release the store. A final write the store refuses is logged with

@@ -41,11 +41,11 @@ def test_flush_coalesces_and_is_idempotent(tmp_path):
     class CountingStore(SQLiteStore):
         calls = 0
 
-        def save(self, devices, pending, dropped_pending):
+        def save(self, devices, pending, dropped_pending, events=()):
             CountingStore.calls += 1
             devices = list(devices)
             assert len(devices) == 1
-            super().save(devices, pending, dropped_pending)
+            super().save(devices, pending, dropped_pending, events)
 
     reg = Registry(CountingStore(str(tmp_path / "r.sqlite")))
     reg.load()

@@ -1,0 +1,359 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The registry's store in PostgreSQL, shared by several listener nodes (``state_url:
+postgresql://...``).
+
+Same interface as ``SQLiteStore`` (:class:`~netconf_callhome.state.registry.RegistryStore`):
+devices (with the ``node`` that holds each one's session), pending keys, and an event history.
+
+The driver is asyncpg (asyncio). The registry calls its store from a writer thread, never on the
+service's event loop (``run_in_executor``), so this store runs asyncpg on an event loop of its own,
+in one daemon thread: the service's loop never waits on the database, and a database that hangs
+holds only the writer thread (bounded by ``command_timeout``).
+
+Schema: created and migrated by the listener itself. ``schema_version`` has one row per applied
+migration; :data:`MIGRATIONS` are numbered and applied in order, all in one transaction under a
+transaction-scoped advisory lock (:data:`MIGRATION_LOCK`), so that nodes starting at once do not
+race: the second one waits for the first's transaction, then finds the schema current. A database
+newer than this listener (a later version's node migrated it) is refused rather than written to.
+
+Credentials in the URL are never logged or put in an error: :func:`redact_url` is what appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from typing import Any, Coroutine, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
+
+from netconf_callhome.errors import CallHomeError, ConfigError
+from netconf_callhome.state.registry import (
+    CONNECTED,
+    HISTORY_MAX_AGE,
+    DeviceRecord,
+    PendingKey,
+    RegistryEvent,
+    RegistryWriteError,
+    _event,
+    _from_doc,
+)
+
+log = logging.getLogger("netconf_callhome.registry")
+
+_T = TypeVar("_T")
+
+# Key of the advisory lock held while migrating ("nchc" + 1: one number all nodes agree on).
+MIGRATION_LOCK = 0x6E636863_0001
+
+# (version, what it does, SQL). Append only: a released migration is never edited, a change is a
+# new number. Version N-1 databases are migrated by the next node that starts.
+MIGRATIONS: Tuple[Tuple[int, str, str], ...] = (
+    (
+        1,
+        "devices and pending keys",
+        """
+        CREATE TABLE devices (
+            name       text PRIMARY KEY,
+            status     text NOT NULL,
+            doc        jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE pending_keys (
+            fingerprint text PRIMARY KEY,
+            doc         jsonb NOT NULL,
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+    (
+        2,
+        "the node holding each session; event history",
+        """
+        ALTER TABLE devices ADD COLUMN node text;
+        CREATE INDEX devices_node ON devices (node) WHERE node IS NOT NULL;
+        CREATE TABLE events (
+            id     bigserial PRIMARY KEY,
+            at     timestamptz NOT NULL,
+            node   text NOT NULL,
+            device text NOT NULL,
+            event  text NOT NULL,
+            doc    jsonb NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX events_device_at ON events (device, at);
+        CREATE INDEX events_at ON events (at);
+        """,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# A node writes the rows of the sessions it holds. The WHERE keeps a node from overwriting a
+# device that another node holds now (connected there) with its own older news ("disconnected"
+# after the device moved); a new connection always wins. Ownership fencing with epochs is the
+# scale-out's next step (issue 12 item 3).
+_UPSERT_DEVICE = """
+INSERT INTO devices (name, status, node, doc, updated_at) VALUES ($1, $2, $3, $4::jsonb, now())
+ON CONFLICT (name) DO UPDATE SET status = excluded.status, node = excluded.node, doc = excluded.doc,
+    updated_at = now()
+WHERE devices.node IS NULL OR devices.node = $5 OR excluded.status = '%s'
+""" % CONNECTED
+_UPSERT_PENDING = """
+INSERT INTO pending_keys (fingerprint, doc, updated_at) VALUES ($1, $2::jsonb, now())
+ON CONFLICT (fingerprint) DO UPDATE SET doc = excluded.doc, updated_at = now()
+"""
+_INSERT_EVENT = """
+INSERT INTO events (at, node, device, event, doc) VALUES (to_timestamp($1::float8), $2, $3, $4, $5::jsonb)
+"""
+
+
+class StateStoreError(CallHomeError):
+    """The state database cannot be opened or has a schema this listener cannot use."""
+
+    code = "state-store"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any ``password=`` query parameter) replaced by ``***``:
+    the only spelling of a state URL that may appear in a log line or an error."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            netloc = "%s:***@%s" % (userinfo.split(":", 1)[0], hostinfo)
+        query = urllib.parse.urlencode(
+            [
+                (k, "***" if k.lower() in ("password", "passfile", "sslpassword") else v)
+                for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*/",
+        )
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        # Unparseable (a bad port, say): show only the scheme rather than risk the secret.
+        return url.split(":", 1)[0] + "://***"
+
+
+async def migrate(conn: Any, *, node: str = "", target: Optional[int] = None) -> Tuple[int, int]:
+    """Bring the schema to ``target`` (default: the newest); returns (version before, after).
+
+    One transaction under :data:`MIGRATION_LOCK`: a node that starts while another migrates waits
+    for it, then sees the schema current. ``target`` below the newest is for tests (a database
+    "from version N-1")."""
+    want = SCHEMA_VERSION if target is None else target
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), node text NOT NULL DEFAULT '')"
+        )
+        current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+        if current > SCHEMA_VERSION:
+            raise StateStoreError(
+                "the state database's schema is at version %d, newer than this listener's %d: "
+                "upgrade this node to the release the others run" % (current, SCHEMA_VERSION),
+                details={"schema_version": current, "supported": SCHEMA_VERSION},
+            )
+        for version, description, sql in MIGRATIONS:
+            if current < version <= want:
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, description, node) VALUES ($1, $2, $3)",
+                    version,
+                    description,
+                    node,
+                )
+        after = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+    return current, after
+
+
+class PostgresStore:
+    """:class:`~netconf_callhome.state.registry.RegistryStore` on PostgreSQL (asyncpg).
+
+    Opening connects, migrates the schema and raises :class:`StateStoreError` (with the redacted
+    URL) when the database cannot be reached or used. A refused write later raises
+    :class:`RegistryWriteError`; the registry keeps the changes and retries (``FlushRetry``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self.url = redact_url(url)  # the only form kept in attributes, logs and errors
+        self.node = node
+        self._secret = urllib.parse.urlsplit(url).password or ""
+        self.command_timeout = command_timeout
+        self._pruned_at = 0.0
+        self._pool: Any = None
+        self.schema_version = 0
+        try:
+            import asyncpg  # the optional extra: pip install 'netconf-callhome[postgresql]'
+        except ImportError:
+            raise ConfigError(
+                "state_url %s needs the asyncpg driver: pip install 'netconf-callhome[postgresql]'" % self.url
+            ) from None
+        self._asyncpg = asyncpg
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="callhome-postgres", daemon=True)
+        self._thread.start()
+        try:
+            before, self.schema_version = self._run(self._open(url, connect_timeout), connect_timeout * 2 + 60)
+        except BaseException:
+            self._stop_loop()
+            raise
+        if before != self.schema_version:
+            log.info(
+                "event=state.migrated url=%s node=%s from_version=%d to_version=%d",
+                self.url,
+                node,
+                before,
+                self.schema_version,
+            )
+        log.info("event=state.opened url=%s node=%s schema_version=%d", self.url, node, self.schema_version)
+
+    # -- the private loop ----------------------------------------------------------------------
+
+    def _run(self, coro: "Coroutine[Any, Any, _T]", timeout: Optional[float] = None) -> _T:
+        """Run ``coro`` on the store's loop and wait for it (from a writer thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout if timeout is not None else self.command_timeout + 5)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def _scrub(self, exc: BaseException) -> str:
+        """The driver's error text, never with the password in it."""
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _failures(self) -> Tuple[Type[BaseException], ...]:
+        pg = self._asyncpg
+        return (pg.PostgresError, pg.InterfaceError, OSError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+
+    async def _open(self, url: str, connect_timeout: float) -> Tuple[int, int]:
+        try:
+            self._pool = await self._asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=2,
+                timeout=connect_timeout,
+                command_timeout=self.command_timeout,
+                server_settings={"application_name": ("callhome-listener %s" % self.node)[:63]},
+            )
+            async with self._pool.acquire() as conn:
+                return await migrate(conn, node=self.node)
+        except StateStoreError:
+            raise
+        except self._failures() as exc:
+            if self._pool is not None:
+                self._pool.terminate()
+            raise StateStoreError(
+                "cannot open the state database %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+
+    # -- RegistryStore -------------------------------------------------------------------------
+
+    def load(self) -> "Tuple[List[DeviceRecord], List[PendingKey]]":
+        return self._run(self._load())
+
+    async def _load(self) -> "Tuple[List[DeviceRecord], List[PendingKey]]":
+        try:
+            async with self._pool.acquire() as conn:
+                devices = await conn.fetch("SELECT doc::text FROM devices")
+                pending = await conn.fetch("SELECT doc::text FROM pending_keys")
+        except self._failures() as exc:
+            raise StateStoreError(
+                "cannot read the state database %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+        return [_from_doc(DeviceRecord, r[0]) for r in devices], [_from_doc(PendingKey, r[0]) for r in pending]
+
+    def save(
+        self,
+        devices: Iterable[DeviceRecord],
+        pending: Iterable[PendingKey],
+        dropped_pending: Iterable[str],
+        events: Sequence[RegistryEvent] = (),
+    ) -> None:
+        try:
+            self._run(self._save(list(devices), list(pending), list(dropped_pending), list(events)))
+        except self._failures() as exc:
+            raise RegistryWriteError(
+                "cannot write the registry %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+
+    async def _save(
+        self,
+        devices: List[DeviceRecord],
+        pending: List[PendingKey],
+        dropped: List[str],
+        events: List[RegistryEvent],
+    ) -> None:
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                if devices:
+                    await conn.executemany(
+                        _UPSERT_DEVICE,
+                        [
+                            (d.name, d.status, self.node if d.status == CONNECTED else None, json.dumps(d.to_dict()), self.node)
+                            for d in devices
+                        ],
+                    )
+                if pending:
+                    await conn.executemany(_UPSERT_PENDING, [(p.fingerprint, json.dumps(p.to_dict())) for p in pending])
+                if dropped:
+                    await conn.execute("DELETE FROM pending_keys WHERE fingerprint = ANY($1::text[])", dropped)
+                if events:
+                    await conn.executemany(
+                        _INSERT_EVENT, [(e.at, self.node, e.device, e.event, json.dumps(e.detail())) for e in events]
+                    )
+                now = time.time()
+                if now - self._pruned_at > 3600:
+                    await conn.execute("DELETE FROM events WHERE at < to_timestamp($1::float8)", now - HISTORY_MAX_AGE)
+                    self._pruned_at = now
+
+    def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
+        try:
+            return self._run(self._history(device, limit))
+        except self._failures() as exc:
+            raise StateStoreError(
+                "cannot read the event history from %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+
+    async def _history(self, device: Optional[str], limit: int) -> List[RegistryEvent]:
+        query = (
+            "SELECT extract(epoch FROM at)::float8, node, device, event, doc::text FROM events"
+            + (" WHERE device = $2" if device is not None else "")
+            + " ORDER BY id DESC LIMIT $1"
+        )
+        args: List[Any] = [limit] + ([device] if device is not None else [])
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(query, *args)
+        return [_event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in reversed(rows)]
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            if self._pool is not None:
+                self._run(asyncio.wait_for(self._pool.close(), 10), 15)
+        except Exception as exc:  # noqa: BLE001  stopping must not fail; say what happened
+            log.warning("event=state.close_failed url=%s error=%r", self.url, self._scrub(exc))
+            if self._pool is not None:
+                self._loop.call_soon_threadsafe(self._pool.terminate)
+        finally:
+            self._stop_loop()
