@@ -187,6 +187,9 @@ class SimConfig:
     outbound_ssh_preamble: bool = False
     outbound_ssh_host_key: bool = False
     outbound_ssh_secret: Optional[str] = None
+    # Announce in HOST-KEY (and HMAC) the key of the same name from this directory instead of the
+    # device's own: a device whose preamble does not match the key it proves in the handshake.
+    outbound_ssh_announce_keys: Optional[Path] = None
     big_hello_mib: float = 16.0
     slow_delay: float = 1.0
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
@@ -556,10 +559,18 @@ class Simulator:
         return sock
 
     def _preamble(self, dev: _Device) -> bytes:
-        """Junos outbound-ssh DEVICE-CONN-INFO preamble, sent before the SSH banner."""
+        """Junos outbound-ssh DEVICE-CONN-INFO preamble, sent before the SSH banner.
+
+        With a secret, Junos sends ``HOST-KEY: <alg> <base64>`` and ``HMAC:`` the hex HMAC-SHA1
+        keyed with the secret over that HOST-KEY text (Juniper's outbound-ssh documentation: "an
+        SHA1 hash derived in part from the secret"; Juniper's YAPT provisioning server checks
+        ``hmac.new(key=secret, msg=HOST-KEY, digestmod=sha1).hexdigest()``)."""
         lines = ["MSG-ID: DEVICE-CONN-INFO", "MSG-VER: V1", f"DEVICE-ID: {dev.name}"]
         if self.cfg.outbound_ssh_host_key or self.cfg.outbound_ssh_secret:
-            pub = public_line(dev.key)
+            announced = dev.key
+            if self.cfg.outbound_ssh_announce_keys is not None:
+                announced = ensure_keys(self.cfg.outbound_ssh_announce_keys, [dev.name])[dev.name]
+            pub = public_line(announced)
             lines.append(f"HOST-KEY: {pub}")
             if self.cfg.outbound_ssh_secret:
                 mac = hmac.new(self.cfg.outbound_ssh_secret.encode(), pub.encode(), hashlib.sha1)
@@ -951,6 +962,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--outbound-ssh-secret", help="add HMAC-SHA1(secret, HOST-KEY) to the preamble")
     p.add_argument(
+        "--outbound-ssh-announce-keys",
+        type=Path,
+        help="announce in HOST-KEY the key of the same name from this directory, not the one the "
+        "device proves in the SSH handshake",
+    )
+    p.add_argument(
         "--capability",
         action="append",
         default=None,
@@ -1007,6 +1024,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         outbound_ssh_preamble=args.outbound_ssh_preamble,
         outbound_ssh_host_key=args.outbound_ssh_host_key,
         outbound_ssh_secret=args.outbound_ssh_secret,
+        outbound_ssh_announce_keys=args.outbound_ssh_announce_keys,
         big_hello_mib=args.big_hello_mib,
         slow_delay=args.slow_delay,
         capabilities=(

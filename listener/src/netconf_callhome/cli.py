@@ -7,6 +7,8 @@ callhome-listener approve FINGERPRINT [--device NAME] [--replace]
 callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
 callhome-listener wait NAME [--timeout 60]
 callhome-listener shutdown
+callhome-listener secret set NAME REF [--allow-rotation] | unset NAME     (outbound-ssh secrets:
+callhome-listener secret group NAME REF --device-id PATTERN... | ungroup NAME | list   references only)
 """
 
 from __future__ import annotations
@@ -125,7 +127,77 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("name")
     wait.add_argument("--timeout", type=float, default=60.0)
     sub.add_parser("shutdown", help="stop the listener")
+    _secret_parser(sub)
     return parser
+
+
+def _secret_parser(sub: Any) -> None:
+    """``secret``: outbound-ssh shared secrets, as references, in the trust store file itself (the
+    listener re-reads it within a second and is asked to reload when it answers)."""
+    secret = sub.add_parser(
+        "secret",
+        help="outbound-ssh secrets (references env:NAME or file:/path) that verify a device's HMAC",
+    )
+    secret.add_argument("--home", help="state directory whose trust.json to edit (default: the listener's)")
+    secret.add_argument("--trust-store", dest="trust_store", help="trust store file to edit (overrides --home)")
+    what = secret.add_subparsers(dest="secret_command", required=True)
+    put = what.add_parser("set", help="give a device its own secret; it is enrolled by its first verified call")
+    put.add_argument("name", help="device name = the DEVICE-ID it sends")
+    put.add_argument("reference", help="env:NAME or file:/absolute/path (mode 0600), never the secret itself")
+    put.add_argument(
+        "--allow-rotation",
+        action="store_true",
+        help="a verified call with a new host key replaces the enrolled one (default: refused, pending)",
+    )
+    unset = what.add_parser("unset", help="remove a device's own secret")
+    unset.add_argument("name")
+    group = what.add_parser("group", help="one secret for every DEVICE-ID matching a pattern")
+    group.add_argument("name", help="group name")
+    group.add_argument("reference", help="env:NAME or file:/absolute/path (mode 0600)")
+    group.add_argument(
+        "--device-id", action="append", required=True, dest="device_ids", metavar="PATTERN",
+        help="DEVICE-ID pattern, fnmatch style (br-*), repeatable",
+    )
+    group.add_argument("--allow-rotation", action="store_true", help="as for set (not advised for a group)")
+    ungroup = what.add_parser("ungroup", help="remove a group")
+    ungroup.add_argument("name")
+    what.add_parser("list", help="the secret references in the trust store (never values)")
+
+
+def _secret(args: argparse.Namespace) -> Dict[str, Any]:
+    from netconf_callhome.policy import trust_ops
+    from netconf_callhome.policy.secrets import resolve
+    from netconf_callhome.policy.trust_store import TrustStore
+
+    path = args.trust_store or os.path.join(os.path.abspath(os.path.expanduser(args.home or default_home())), "trust.json")
+    store = TrustStore(path)
+    command = args.secret_command
+    if command == "list":
+        return trust_ops.outbound_ssh_secrets(store)
+    if command in ("set", "group"):
+        try:
+            resolve(args.reference)
+        except CallHomeError as exc:
+            # The listener may run with another environment or user: say so, but write it.
+            print("callhome-listener: warning: %s (as this process sees it)" % exc.message, file=sys.stderr)
+    if command == "set":
+        result = trust_ops.set_outbound_ssh_secret(store, args.name, args.reference, allow_rotation=args.allow_rotation)
+    elif command == "unset":
+        result = trust_ops.set_outbound_ssh_secret(store, args.name, None)
+    elif command == "group":
+        result = trust_ops.set_outbound_ssh_group_secret(
+            store, args.name, args.device_ids, args.reference, allow_rotation=args.allow_rotation
+        )
+    else:
+        result = trust_ops.set_outbound_ssh_group_secret(store, args.name, None)
+    result["trust_store"] = store.path
+    if result["changed"]:
+        try:  # a running listener would find the change within a second anyway
+            ControlClient(args.control, timeout=5).call("reload")
+            result["reloaded"] = True
+        except CallHomeError:
+            result["reloaded"] = False
+    return result
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -331,6 +403,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "secret":
+            _out(json.dumps(_secret(args), indent=2, sort_keys=True))
+            return 0
         token = None
         if args.token_file:
             with open(args.token_file, "r", encoding="utf-8") as handle:

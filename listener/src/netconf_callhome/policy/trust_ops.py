@@ -49,6 +49,8 @@ from netconf_callhome.policy.trust_store import (
     normalize_identity,
     remove_identity,
     set_credentials,
+    set_outbound_ssh,
+    set_outbound_ssh_group,
 )
 
 KINDS: t.Tuple[str, ...] = tuple(CANONICAL)  # ssh_host_keys, tls_fingerprints, tls_identities
@@ -449,6 +451,69 @@ def revoke(
     )
 
 
+# -- outbound-ssh secrets (references; policy/secrets.py) ---------------------------------------
+
+
+def set_outbound_ssh_secret(
+    store: TrustStore,
+    device: str,
+    reference: t.Optional[str],
+    *,
+    allow_rotation: bool = False,
+    dry_run: bool = False,
+) -> t.Dict[str, t.Any]:
+    """Give ``device`` its own outbound-ssh secret reference (None removes it). A device with a
+    secret and no key yet is enrolled by its first verified call (zero-touch)."""
+
+    def mutate(data: TrustData) -> bool:
+        return set_outbound_ssh(data, device, reference, allow_rotation=allow_rotation)
+
+    changed, before, after = store.update(mutate, dry_run=dry_run)
+    return {
+        "changed": bool(changed),
+        "device": device,
+        "outbound_ssh": after.get("devices", {}).get(device, {}).get("outbound_ssh"),
+        "dry_run": dry_run,
+    }
+
+
+def set_outbound_ssh_group_secret(
+    store: TrustStore,
+    name: str,
+    device_ids: t.Optional[t.Sequence[str]],
+    reference: t.Optional[str] = None,
+    *,
+    allow_rotation: bool = False,
+    dry_run: bool = False,
+) -> t.Dict[str, t.Any]:
+    """Define the outbound-ssh group ``name`` (DEVICE-ID patterns and a secret reference), or
+    remove it when ``device_ids`` is None."""
+
+    def mutate(data: TrustData) -> bool:
+        return set_outbound_ssh_group(data, name, device_ids, reference, allow_rotation=allow_rotation)
+
+    changed, before, after = store.update(mutate, dry_run=dry_run)
+    return {
+        "changed": bool(changed),
+        "group": name,
+        "outbound_ssh_group": after.get("outbound_ssh_groups", {}).get(name),
+        "dry_run": dry_run,
+    }
+
+
+def outbound_ssh_secrets(store: TrustStore) -> t.Dict[str, t.Any]:
+    """Every outbound-ssh secret reference in the store (references only, never values)."""
+    data = store.load()
+    return {
+        "devices": {
+            name: entry["outbound_ssh"]
+            for name, entry in sorted(data.get("devices", {}).items())
+            if "outbound_ssh" in entry
+        },
+        "groups": dict(sorted(data.get("outbound_ssh_groups", {}).items())),
+    }
+
+
 def _clean_credentials(credentials: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
     """The credential references that were given (unset options dropped); an object is required
     (the control socket passes JSON through)."""
@@ -486,7 +551,10 @@ __all__ = (
     "kind_for_transport",
     "mutate_add",
     "mutate_remove",
+    "outbound_ssh_secrets",
     "pending_identity",
     "revoke",
     "same_fingerprint",
+    "set_outbound_ssh_group_secret",
+    "set_outbound_ssh_secret",
 )
