@@ -19,6 +19,8 @@ PORT_TLS = 4335
 PORT_RESTCONF = 4336  # RFC 8071 section 3.2: RESTCONF call home
 # How a device's session is leased (protocol.session): decided by the listener, or pinned.
 SESSION_MODES = ("auto", "channel", "shared")
+# What a device may be pinned to on the single call-home port (callhome_transports).
+CALLHOME_PINS = ("tls", "restconf")
 
 
 def parse_bind(value: str, default_port: int) -> Tuple[str, int]:
@@ -35,6 +37,15 @@ def parse_bind(value: str, default_port: int) -> Tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("invalid bind address %r: port must be 0-65535" % value)
     return host, int(port)
+
+
+def _has_port(bind: str) -> bool:
+    """Whether a bind names its port (``host:port``, ``[v6]:port``, ``:port``); invalid ones fail
+    in parse_bind with its own message."""
+    value = str(bind).strip()
+    if value.startswith("["):
+        return bool(value.partition("]")[2].lstrip(":"))
+    return value.count(":") == 1 and bool(value.partition(":")[2]) and parse_bind(value, 0) is not None
 
 
 @dataclass
@@ -111,6 +122,17 @@ class ListenerConfig:
     # RESTCONF call home (IANA port 4336); off unless set, it needs tls.client_cert/client_key.
     restconf_binds: List[str] = field(default_factory=list)
     restconf: RestconfOptions = field(default_factory=RestconfOptions)
+    # One call-home port for every transport (docs/single-port.md), beside the IANA ports; off
+    # unless set. There is no IANA port for it, so every entry names its port. The first bytes
+    # tell SSH and outbound-ssh; a peer silent for callhome_silence s is taken for a TLS device
+    # (it waits for the listener's ClientHello), so each TLS device's call home takes that much
+    # longer; a peer still undecided after callhome_detect_timeout s is refused.
+    callhome_binds: List[str] = field(default_factory=list)
+    callhome_silence: float = 1.0
+    callhome_detect_timeout: float = 10.0
+    # device -> tls | restconf: on the single port a verified device that negotiated the other
+    # TLS protocol (ALPN) is refused (reason transport-pinned).
+    callhome_transports: Dict[str, str] = field(default_factory=dict)
     trust_store: str = ""
     registry: str = ""
     control_socket: str = ""
@@ -170,6 +192,20 @@ class ListenerConfig:
             parse_bind(bind, PORT_SSH)
         for bind in self.restconf_binds:
             parse_bind(bind, PORT_RESTCONF)
+        for bind in self.callhome_binds:
+            if not _has_port(bind):
+                raise ConfigError(
+                    "callhome_binds: %r needs a port (host:port, [v6]:port or :port): the single call-home "
+                    "port has no IANA number" % bind
+                )
+        if not 0 < self.callhome_silence < self.callhome_detect_timeout:
+            raise ConfigError("callhome_silence must be positive and below callhome_detect_timeout")
+        for device, transport in self.callhome_transports.items():
+            if transport not in CALLHOME_PINS:
+                raise ConfigError(
+                    "callhome_transports.%s: %r is not a TLS call-home transport (one of %s)"
+                    % (device, transport, ", ".join(CALLHOME_PINS))
+                )
         if self.restconf_binds and not (self.tls.client_cert and self.tls.client_key):
             # Unlike tls_binds (on by default, off without a certificate), RESTCONF is asked for
             # explicitly: silently not listening would leave the operator guessing.

@@ -44,6 +44,7 @@ from netconf_callhome.policy import trust_ops
 from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.policy.verdicts import TrustPolicy, Verdict, refusal
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
+from netconf_callhome.protocol.first_bytes import SinglePortTransport
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
 from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
@@ -102,12 +103,25 @@ class CallHomeListener:
         self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
         self.restconf = (
             RestconfTransport(config, admission=self.admission, events=_RestconfEvents(self), limits=limits)
-            if config.restconf_binds
+            if config.restconf_binds or (config.callhome_binds and config.tls_enabled)
+            else None
+        )
+        # The single call-home port (callhome_binds): detection, then the transports above.
+        self.callhome = (
+            SinglePortTransport(
+                config,
+                admission=self.admission,
+                events=self,
+                outbound_ssh=self.outbound_ssh,
+                tls=self.tls,
+                restconf=self.restconf,
+            )
+            if config.callhome_binds
             else None
         )
         self.sessions: Dict[str, HeldSession] = {}
         self.restconf_sessions = RestconfSessions()
-        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": [], "restconf": []}
+        self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": [], "restconf": [], "callhome": []}
         self._acceptors: List[Any] = []
         self._listen_socks: List[socket.socket] = []
         self._tasks: Set["asyncio.Future[Any]"] = set()
@@ -144,6 +158,9 @@ class CallHomeListener:
             if self.restconf is not None:
                 for bind in self.config.restconf_binds:
                     self._serve(self._listen("restconf", bind, PORT_RESTCONF), self.restconf.handle)
+            if self.callhome is not None:
+                for bind in self.config.callhome_binds:
+                    self._serve(self._listen("callhome", bind, 0), self.callhome.handle)
         except OSError as exc:
             await self.stop()
             raise ConfigError(
@@ -165,10 +182,11 @@ class CallHomeListener:
         if self.config.metrics_bind:
             self.metrics.serve(self.config.metrics_bind)
         log.info(
-            "event=listener.started ssh=%s tls=%s restconf=%s control=%s trust_store=%s devices_enrolled=%d",
+            "event=listener.started ssh=%s tls=%s restconf=%s callhome=%s control=%s trust_store=%s devices_enrolled=%d",
             format_binds(self.bound["ssh"]),
             format_binds(self.bound["tls"]) or "off",
             format_binds(self.bound["restconf"]) or "off",
+            format_binds(self.bound["callhome"]) or "off",
             self.config.control_socket,
             self.config.trust_store,
             len(self.policy.index.devices),

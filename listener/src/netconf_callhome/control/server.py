@@ -509,6 +509,7 @@ class ControlServer:
             "tls": ["%s:%d" % b for b in lst.bound["tls"]],
             "outbound_ssh": ["%s:%d" % b for b in lst.bound["outbound_ssh"]],
             "restconf": ["%s:%d" % b for b in lst.bound.get("restconf", [])],
+            "callhome": ["%s:%d" % b for b in lst.bound.get("callhome", [])],
             "control_socket": self.config.control_socket,
             "control_tcp": self.tcp_address,
             "trust_store": self.config.trust_store,

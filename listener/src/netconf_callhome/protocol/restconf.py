@@ -48,7 +48,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, cast
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 import h11
@@ -75,7 +75,7 @@ from netconf_callhome.errors import (
 from netconf_callhome.netutil import format_peer, peer_ip, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, VerifiedDevice
 from netconf_callhome.protocol.framing import local_name, parse_xml
-from netconf_callhome.protocol.tls import _peer_chain, _TLSConnection, client_context
+from netconf_callhome.protocol.tls import _peer_chain, _TLSConnection, client_context, start_tls
 
 log = logging.getLogger("netconf_callhome.restconf")
 # hpack logs every header it encodes or decodes, values included, at DEBUG: an Authorization
@@ -1115,25 +1115,23 @@ async def open_tls(sock: socket.socket, context: ssl.SSLContext, *, timeout: flo
 
     HandshakeError when no certificate comes; the socket is closed on any failure.
     """
-    loop = asyncio.get_running_loop()
-    handshake: "asyncio.Future[None]" = loop.create_future()
-    conn = _TLSConnection(context, handshake)
+    async with asyncio.timeout(timeout):
+        conn = await start_tls(context, sock=sock)
     try:
-        async with asyncio.timeout(timeout):
-            await loop.connect_accepted_socket(lambda: conn, sock=sock)  # type: ignore[return-value,arg-type]
-            await handshake
-        chain = _peer_chain(conn.sslobj)
-        if not chain:
-            raise HandshakeError("device presented no certificate")
-        alpn = conn.sslobj.selected_alpn_protocol() if conn.sslobj is not None else None
+        return tls_link(conn)
     except BaseException:
-        if conn.transport is not None:
-            conn.transport.abort()
-        else:
-            sock.close()
-        if not handshake.done():
-            handshake.cancel()
+        conn._abort()  # pylint: disable=protected-access
         raise
+
+
+def tls_link(conn: _TLSConnection) -> TLSLink:
+    """The link of a completed handshake (:func:`~netconf_callhome.protocol.tls.start_tls`, here
+    or on the single call-home port): the device's chain and the ALPN result. HandshakeError
+    when the device presented no certificate."""
+    chain = _peer_chain(conn.sslobj)
+    if not chain:
+        raise HandshakeError("device presented no certificate")
+    alpn = conn.sslobj.selected_alpn_protocol() if conn.sslobj is not None else None
     return TLSLink(tls=conn, alpn=alpn, chain=chain)
 
 
@@ -1190,24 +1188,50 @@ class RestconfTransport:
         if not self.admission.acquire(peer):
             sock.close()
             return
-        self.pending += 1
+        started = time.monotonic()
         try:
-            conn = await self._connect(sock, peer)
+            set_tcp_keepalive(sock, self.config)
+            await self.serve(
+                peer, started, lambda: open_tls(sock, self.context, timeout=self.config.handshake_timeout)
+            )
         finally:
             self.admission.release()
+
+    async def serve(
+        self,
+        peer: str,
+        started: float,
+        connect: Callable[[], Awaitable[TLSLink]],
+        *,
+        refuse: Optional[Callable[[str], Optional[str]]] = None,
+    ) -> None:
+        """The TLS link from ``connect`` (:func:`open_tls` on this port; on the single call-home
+        port a handshake already done there, :func:`tls_link`), the verdict, root and YANG
+        library within what is left of ``handshake_timeout`` since ``started``, then
+        ``restconf_ready``. ``refuse(device)``, asked after the verdict, may turn a verified
+        device away with a reason (the single port's per-device transport pin). The caller
+        holds the admission slot."""
+        self.pending += 1
+        try:
+            conn = await self._connect(peer, started, connect, refuse)
+        finally:
             self.pending -= 1
         if conn is not None:
             self.events.restconf_ready(conn, started=conn.started)
 
-    async def _connect(self, sock: socket.socket, peer: str) -> Optional[RestconfConnection]:
-        started = time.monotonic()
-        set_tcp_keepalive(sock, self.config)
+    async def _connect(
+        self,
+        peer: str,
+        started: float,
+        connect: Callable[[], Awaitable[TLSLink]],
+        refuse: Optional[Callable[[str], Optional[str]]] = None,
+    ) -> Optional[RestconfConnection]:
         link: Optional[TLSLink] = None
         conn: Optional[RestconfConnection] = None
         device = ""
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
-                link = await open_tls(sock, self.context, timeout=self.config.handshake_timeout)
+            async with asyncio.timeout(max(0.1, self.config.handshake_timeout - (time.monotonic() - started))):
+                link = await connect()
                 verified = self.events.tls_certificate(link.chain, peer=peer)
                 if verified is None:
                     link.tls.close()
@@ -1216,6 +1240,13 @@ class RestconfTransport:
                     ))
                     return None
                 device = verified.device
+                refused = refuse(device) if refuse is not None else None
+                if refused:
+                    link.tls.close()
+                    self.events.handshake_failed(HandshakeFailure(
+                        transport=self.transport, peer=peer, reason="transport-pinned", message=refused, device=device
+                    ))
+                    return None
                 conn = link.start(
                     limits=self.limits,
                     authority=_authority(peer),
@@ -1232,8 +1263,7 @@ class RestconfTransport:
                 conn.close("call-home setup failed: %s" % classify(exc)[1])
             elif link is not None:
                 link.abort()
-            else:
-                sock.close()  # open_tls closed it already on its own failures; closing twice is harmless
+            # else: open_tls / start_tls closed the socket on their own failures
             reason, message = classify(exc)
             self.events.handshake_failed(
                 HandshakeFailure(transport=self.transport, peer=peer, reason=reason, message=message, device=device)
@@ -1474,6 +1504,7 @@ __all__ = (
     "YangLibrary",
     "YangModule",
     "open_tls",
+    "tls_link",
     "restconf_client_context",
     "restconf_connection",
 )

@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from netconf_callhome.config import ListenerConfig
 from netconf_callhome.errors import HandshakeError
@@ -248,12 +248,31 @@ class TLSTransport:
         if not self.admission.acquire(peer):
             sock.close()
             return
+        try:
+            set_tcp_keepalive(sock, self.config)
+            await self.serve(peer, time.monotonic(), lambda: start_tls(self.context, sock=sock))
+        finally:
+            self.admission.release()
+
+    async def serve(
+        self,
+        peer: str,
+        started: float,
+        connect: Callable[[], Awaitable["_TLSConnection"]],
+        *,
+        refuse: Optional[Callable[[str], Optional[str]]] = None,
+    ) -> None:
+        """The handshake from ``connect`` (here :func:`start_tls` on the accepted socket; on the
+        single call-home port a handshake already done there), then the verdict, the NETCONF
+        hello and ``session_ready``, within what is left of ``handshake_timeout`` since
+        ``started``. ``refuse(device)``, asked after the verdict, may turn a verified device away
+        with a reason (the single port's per-device transport pin). The caller holds the
+        admission slot."""
         self.pending += 1
         self._peak = max(self._peak, self.pending)
         try:
-            await self._handshake(sock, peer)
+            await self._handshake(peer, started, connect, refuse)
         finally:
-            self.admission.release()
             self.pending -= 1
             self._after_handshake()
 
@@ -272,19 +291,20 @@ class TLSTransport:
         # A second later: the rest of the burst's closes land first, one trim for all of them.
         self._trim = asyncio.get_running_loop().call_later(1.0, trim)
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+    async def _handshake(
+        self,
+        peer: str,
+        started: float,
+        connect: Callable[[], Awaitable["_TLSConnection"]],
+        refuse: Optional[Callable[[str], Optional[str]]],
+    ) -> None:
         cfg = self.config
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        set_tcp_keepalive(sock, cfg)
-        handshake: "asyncio.Future[None]" = loop.create_future()
         conn: Optional[_TLSConnection] = None
         held: Optional[HeldSession] = None
+        device = ""
         try:
-            async with asyncio.timeout(cfg.handshake_timeout):
-                conn = _TLSConnection(self.context, handshake)
-                await loop.connect_accepted_socket(lambda: conn, sock=sock)  # type: ignore[return-value,arg-type]
-                await handshake
+            async with asyncio.timeout(_remaining(cfg.handshake_timeout, started)):
+                conn = await connect()
                 chain = _peer_chain(conn.sslobj)
                 if not chain:
                     raise HandshakeError("device presented no certificate")
@@ -293,6 +313,14 @@ class TLSTransport:
                     conn.close()
                     self.events.handshake_failed(
                         HandshakeFailure(transport="tls", peer=peer, reason="host-key", message="certificate not accepted")
+                    )
+                    return
+                device = verified.device
+                refused = refuse(device) if refuse is not None else None
+                if refused:
+                    conn.close()
+                    self.events.handshake_failed(
+                        HandshakeFailure(transport="tls", peer=peer, reason="transport-pinned", message=refused, device=device)
                     )
                     return
                 held = HeldSession(
@@ -307,24 +335,60 @@ class TLSTransport:
                 conn.bind(held)
                 await held.wait_hello()
         except BaseException as exc:
-            if conn is not None and conn.transport is not None:
-                conn.transport.abort()
-            else:
-                sock.close()
             if conn is not None:
+                conn._abort()  # pylint: disable=protected-access
                 conn._release()  # pylint: disable=protected-access  # a timed-out handshake's memory goes now
-            if not handshake.done():
-                handshake.cancel()
             reason, message = classify(exc)
             self.events.handshake_failed(
-                HandshakeFailure(
-                    transport="tls", peer=peer, reason=reason, message=message, device=held.device if held else ""
-                )
+                HandshakeFailure(transport="tls", peer=peer, reason=reason, message=message, device=device)
             )
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         self.events.session_ready(held, started=started, auth="tls-certificate")
+
+
+async def start_tls(
+    context: ssl.SSLContext,
+    *,
+    sock: Optional[socket.socket] = None,
+    transport: Optional[asyncio.Transport] = None,
+) -> _TLSConnection:
+    """Run the TLS client on an accepted socket, or on a ``transport`` another protocol has read
+    nothing from (the single call-home port's detector: a TLS device waits for our ClientHello,
+    so nothing was read); return once the handshake is done. The one handshake code of NETCONF
+    over TLS, RESTCONF and the single port. The caller bounds the time (``asyncio.timeout``); on
+    any failure the connection is aborted (or the socket closed), its memory released, and the
+    exception raised."""
+    loop = asyncio.get_running_loop()
+    handshake: "asyncio.Future[None]" = loop.create_future()
+    conn = _TLSConnection(context, handshake)
+    try:
+        if transport is not None:
+            transport.set_protocol(conn)
+            conn.connection_made(transport)  # sends the ClientHello
+            if not transport.is_closing():
+                transport.resume_reading()
+        else:
+            assert sock is not None
+            await loop.connect_accepted_socket(lambda: conn, sock=sock)  # type: ignore[return-value,arg-type]
+        await handshake
+    except BaseException:
+        if conn.transport is not None:
+            conn.transport.abort()
+        elif sock is not None:
+            sock.close()
+        conn._release()  # pylint: disable=protected-access
+        if not handshake.done():
+            handshake.cancel()
+        raise
+    return conn
+
+
+def _remaining(timeout: float, started: float) -> float:
+    """What is left of ``timeout`` since ``started`` (monotonic); a little at least, so a
+    connection handed over late still gets a bounded try instead of an instant timeout."""
+    return max(0.1, timeout - (time.monotonic() - started))
 
 
 def _peer_chain(ssl_object: Optional[ssl.SSLObject]) -> List[bytes]:
