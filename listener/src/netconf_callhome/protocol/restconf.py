@@ -1256,8 +1256,7 @@ class RestconfTransport:
                 )
                 conn.fingerprint = verified.fingerprint
                 conn.started = started
-                await conn.discover_root()
-                await conn.yang_library()
+                await conn.discover()
         except BaseException as exc:
             if conn is not None:
                 conn.close("call-home setup failed: %s" % classify(exc)[1])
