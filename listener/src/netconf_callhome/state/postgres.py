@@ -243,7 +243,16 @@ class PostgresStore:
 
     def _failures(self) -> Tuple[Type[BaseException], ...]:
         pg = self._asyncpg
-        return (pg.PostgresError, pg.InterfaceError, OSError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+        # InternalClientError: asyncpg on a connection the server has just closed (its own state
+        # machine trips before it notices the close); the pool then replaces it (see _save).
+        return (
+            pg.PostgresError,
+            pg.InterfaceError,
+            pg.InternalClientError,
+            OSError,
+            asyncio.TimeoutError,
+            concurrent.futures.TimeoutError,
+        )
 
     async def _open(self, url: str, connect_timeout: float) -> Tuple[int, int]:
         try:
@@ -297,6 +306,21 @@ class PostgresStore:
             ) from None
 
     async def _save(
+        self,
+        devices: List[DeviceRecord],
+        pending: List[PendingKey],
+        dropped: List[str],
+        events: List[RegistryEvent],
+    ) -> None:
+        try:
+            await self._write(devices, pending, dropped, events)
+        except self._failures():
+            # The database restarted or dropped us: connections the pool holds may be dead
+            # without knowing it yet. Replace them all on the next acquire (the retry's).
+            await self._pool.expire_connections()
+            raise
+
+    async def _write(
         self,
         devices: List[DeviceRecord],
         pending: List[PendingKey],
