@@ -9,12 +9,26 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: config
-short_description: Configure a device to call home (RFC 8071) to the listener
+short_description: Configure a device to call home (RFC 8071, NETCONF or RESTCONF) to the listener
 version_added: 0.1.0
 description:
   - Manages one call-home client entry on a device, over a NETCONF session to that device
     (C(ansible_connection=ansible.netcommon.netconf) to a device reached directly, or
     C(netconf.callhome.netconf) to a device that already calls home).
+  - O(protocol=netconf) (the default) configures NETCONF call home (SSH to port 4334, TLS to 4335) in
+    C(ietf-netconf-server). O(protocol=restconf) configures RESTCONF call home (HTTPS to port 4336) in
+    C(/restconf-server/call-home/restconf-client[name]) of C(ietf-restconf-server)
+    (draft-ietf-netconf-restconf-client-server): each endpoint is its C(https) stack, with
+    C(tcp-client-parameters) (the listener's address), C(tls-server-parameters) (O(tls)),
+    C(http-server-parameters) (O(restconf)) and C(restconf-server-parameters) (O(tls.cert_to_name)).
+    The device must advertise C(ietf-restconf-server) (hello capabilities or yang-library); its
+    revision is detected as for C(ietf-netconf-server) (supported 2023-04-17 and 2024-03-16), and a
+    device that does not advertise the module is refused with an error saying so.
+  - One call-home port for every transport. When the listener serves a single port for all
+    transports (its C(callhome_binds)), set O(callhome_port) to it; every endpoint without a
+    O(endpoints[].port) of its own then dials that port instead of its transport's IANA port.
+    O(endpoints[].port) sets the port per endpoint (and so per transport), for example SSH to the
+    single port and TLS still to 4335.
   - Two dialects. C(ietf) edits C(/netconf-server/call-home/netconf-client[name]) of
     C(ietf-netconf-server); the revision is read from the device's hello capabilities or its
     yang-library, and the XML is built for that revision (supported 2019-07-02 with
@@ -37,9 +51,24 @@ author:
   - netconf.callhome developers (@netconf-callhome)
 options:
   name:
-    description: Name of the call-home client entry (C(netconf-client) name / Junos client id).
+    description: Name of the call-home client entry (C(netconf-client) or C(restconf-client) name / Junos client id).
     type: str
     required: true
+  protocol:
+    description:
+      - C(netconf) writes a C(netconf-client) of C(ietf-netconf-server) (or Junos outbound-ssh).
+      - C(restconf) writes a C(restconf-client) of C(ietf-restconf-server); endpoints are C(https)
+        (port 4336 by default) and need O(tls).
+    type: str
+    choices: [netconf, restconf]
+    default: netconf
+  callhome_port:
+    description:
+      - The listener's single call-home port (C(callhome_binds)), where it tells SSH, Junos
+        outbound-ssh, NETCONF over TLS and RESTCONF apart from the first bytes.
+      - Endpoints without O(endpoints[].port) dial this port; without it they dial their
+        transport's IANA port (4334 ssh, 4335 tls, 4336 https).
+    type: int
   state:
     description:
       - C(present) merges the wanted settings into the entry.
@@ -49,12 +78,16 @@ options:
     choices: [present, absent, replaced]
     default: present
   dialect:
-    description: Which data model to write. C(auto) picks C(junos) when the device's hello says it is Junos.
+    description:
+      - Which data model to write. C(auto) picks C(junos) when the device's hello says it is Junos.
+      - O(protocol=restconf) always writes C(ietf-restconf-server); C(junos) is refused with it.
     type: str
     choices: [auto, ietf, junos]
     default: auto
   revision:
-    description: ietf-netconf-server revision to write; C(auto) detects it.
+    description:
+      - Revision of the server module to write (C(ietf-netconf-server), or C(ietf-restconf-server)
+        with O(protocol=restconf)); C(auto) detects it.
     type: str
     default: auto
   endpoints:
@@ -70,13 +103,16 @@ options:
         type: str
         required: true
       port:
-        description: Listener port (default 4334 for ssh, 4335 for tls).
+        description:
+          - Listener port. Default O(callhome_port) when set, else the transport's IANA port
+            (4334 for ssh, 4335 for tls, 4336 for https).
         type: int
       transport:
-        description: Call-home transport.
+        description:
+          - Call-home transport. C(ssh) and C(tls) with O(protocol=netconf) (default C(ssh)), C(https)
+            with O(protocol=restconf) (its only transport, the default there).
         type: str
-        choices: [ssh, tls]
-        default: ssh
+        choices: [ssh, tls, https]
       tcp_keepalives:
         description: TCP keepalives of the device's connection.
         type: dict
@@ -102,7 +138,9 @@ options:
     description: Minutes between periodic connections.
     type: int
   anchor_time:
-    description: Periodic anchor, for example C(2025-01-01T00:15Z).
+    description:
+      - Periodic anchor, for example C(2025-01-01T00:15:00Z). Minute granularity, time zone required;
+        C(2025-01-01T00:15Z) is written as C(2025-01-01T00:15:00Z), the form the YANG pattern requires.
     type: str
   idle_timeout:
     description: Seconds a periodic session may stay idle.
@@ -142,7 +180,9 @@ options:
         description: SSH keepalive - unanswered probes before the connection is dropped.
         type: int
   tls:
-    description: TLS parameters for TLS endpoints (revisions 2023-12-28 and later).
+    description:
+      - TLS parameters for TLS endpoints (ietf-netconf-server revisions 2023-12-28 and later) and
+        for RESTCONF's https endpoints.
     type: dict
     suboptions:
       server_key_reference:
@@ -158,7 +198,9 @@ options:
         description: Truststore certificate bag with the listener's own certificate.
         type: str
       cert_to_name:
-        description: RFC 7407 mappings of the listener's certificate to a NETCONF user.
+        description:
+          - RFC 7407 mappings of the listener's certificate to a NETCONF (or RESTCONF) user.
+          - With O(protocol=restconf) they go to C(restconf-server-parameters/client-identity-mappings).
         type: list
         elements: dict
         suboptions:
@@ -166,15 +208,44 @@ options:
             description: Entry id (order of evaluation).
             type: int
           fingerprint:
-            description: SHA-256 fingerprint of the certificate (C(SHA256:AB:..), C(AB:..) or C(04:AB:..)).
+            description:
+              - SHA-256 fingerprint of the certificate (C(SHA256:AB:..), C(AB:..) or C(04:AB:..)).
+              - Required with O(protocol=netconf). RESTCONF mappings may omit it (the entry then
+                matches any certificate that chains to the trusted CA; put it last).
             type: str
-            required: true
           map_type:
             description: x509c2n identity, for example C(specified) or C(san-any).
             type: str
             default: specified
           name:
             description: NETCONF user name (for C(specified)).
+            type: str
+  restconf:
+    description:
+      - HTTP server parameters of RESTCONF endpoints (C(http-server-parameters)), O(protocol=restconf) only.
+      - Leave it out when the listener authenticates with its client certificate alone (cert-to-name).
+        For HTTP basic authentication (the listener's credentials in its trust store, see
+        M(netconf.callhome.enroll) O(netconf.callhome.enroll#module:credentials)), list the user
+        here with the crypt hash of the password.
+    type: dict
+    suboptions:
+      server_name:
+        description: Value of the C(Server) header field the device sends.
+        type: str
+      users:
+        description: Local users of the device's HTTP server (C(client-authentication/users/user)), basic scheme.
+        type: list
+        elements: dict
+        suboptions:
+          user_id:
+            description: Key of the entry.
+            type: str
+            required: true
+          username:
+            description: User name the listener sends in HTTP basic authentication.
+            type: str
+          hashed_password:
+            description: Password as an C(iana-crypt-hash) value (C($6$...) as C(mkpasswd -m sha-512) prints).
             type: str
   junos:
     description: Junos outbound-ssh specifics (dialect C(junos)).
@@ -275,6 +346,44 @@ EXAMPLES = r"""
     name: nms
     state: absent
 
+- name: RESTCONF call home (HTTPS to 4336), the listener identified by its certificate
+  netconf.callhome.config:
+    name: nms-restconf
+    protocol: restconf
+    endpoints:
+      - name: nms-a
+        address: 192.0.2.10
+    tls:
+      server_key_reference: device-key
+      server_certificate_reference: device-cert
+      ca_certs_reference: nms-ca
+      cert_to_name:
+        - fingerprint: "{{ listener_cert_fingerprint }}"
+          map_type: specified
+          name: admin
+    restconf:
+      users:
+        - user_id: nms
+          username: nms
+          hashed_password: "{{ nms_password | password_hash('sha512') }}"
+
+- name: NETCONF over SSH and TLS, both to the listener's single call-home port
+  netconf.callhome.config:
+    name: nms
+    callhome_port: 4330
+    endpoints:
+      - {name: ssh-a, address: 192.0.2.10, transport: ssh}
+      - {name: tls-a, address: 192.0.2.10, transport: tls}
+    ssh:
+      host_key_reference: genkey
+      username: netconf
+    tls:
+      server_key_reference: device-key
+      server_certificate_reference: device-cert
+      ca_certs_reference: nms-ca
+      cert_to_name:
+        - {fingerprint: "{{ listener_cert_fingerprint }}", map_type: specified, name: netconf}
+
 - name: Junos outbound-ssh
   netconf.callhome.config:
     name: nms
@@ -295,8 +404,18 @@ dialect:
   returned: always
   type: str
   sample: ietf
+protocol:
+  description: Call-home protocol configured (netconf or restconf).
+  returned: always
+  type: str
+  sample: restconf
+module:
+  description: Server module written (ietf-netconf-server or ietf-restconf-server).
+  returned: dialect ietf
+  type: str
+  sample: ietf-restconf-server
 revision:
-  description: ietf-netconf-server revision the XML was built for.
+  description: Revision of that module the XML was built for.
   returned: dialect ietf
   type: str
   sample: "2025-04-24"
@@ -471,7 +590,7 @@ def main():
         name=dict(type="str"),
         address=dict(type="str", required=True),
         port=dict(type="int"),
-        transport=dict(type="str", choices=["ssh", "tls"], default="ssh"),
+        transport=dict(type="str", choices=["ssh", "tls", "https"]),
         tcp_keepalives=dict(type="dict", options=dict(
             idle_time=dict(type="int", default=15),
             max_probes=dict(type="int", default=3),
@@ -481,6 +600,8 @@ def main():
     argument_spec = dict(
         name=dict(type="str", required=True),
         state=dict(type="str", choices=["present", "absent", "replaced"], default="present"),
+        protocol=dict(type="str", choices=["netconf", "restconf"], default="netconf"),
+        callhome_port=dict(type="int"),
         dialect=dict(type="str", choices=["auto", "ietf", "junos"], default="auto"),
         revision=dict(type="str", default="auto"),
         endpoints=dict(type="list", elements="dict", options=endpoint_spec),
@@ -506,9 +627,17 @@ def main():
             ee_certs_reference=dict(type="str"),
             cert_to_name=dict(type="list", elements="dict", options=dict(
                 id=dict(type="int"),
-                fingerprint=dict(type="str", required=True),
+                fingerprint=dict(type="str"),
                 map_type=dict(type="str", default="specified"),
                 name=dict(type="str"),
+            )),
+        )),
+        restconf=dict(type="dict", options=dict(
+            server_name=dict(type="str"),
+            users=dict(type="list", elements="dict", options=dict(
+                user_id=dict(type="str", required=True),
+                username=dict(type="str"),
+                hashed_password=dict(type="str", no_log=True),
             )),
         )),
         junos=dict(type="dict", options=dict(
@@ -542,7 +671,7 @@ def main():
         client = from_params(p) if p["state"] != "absent" else None
         waiter = _ListenerWaiter(p["listener"], p["listener_token"]) if p["confirm_callhome"] else None
         pusher = ConfigPusher(
-            _NetcommonOps(module), client, name=p["name"], state=p["state"], dialect=p["dialect"],
+            _NetcommonOps(module), client, name=p["name"], state=p["state"], protocol=p["protocol"], dialect=p["dialect"],
             revision=p["revision"], check_mode=module.check_mode, confirm_callhome=p["confirm_callhome"],
             allow_unconfirmed=p["allow_unconfirmed"], callhome_device=p["callhome_device"],
             callhome_timeout=p["callhome_timeout"], confirm_timeout=p["confirm_timeout"],

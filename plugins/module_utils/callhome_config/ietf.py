@@ -12,10 +12,11 @@ YANG so that strict servers (libyang) and a plain text diff both see what they e
 from __future__ import annotations
 
 import typing as t
+from dataclasses import dataclass
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient, Endpoint
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import NCS_NS, Profile
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import NCS_NS, RCS_NS, Profile
 from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
 
 try:
@@ -28,19 +29,34 @@ CT_NS = "urn:ietf:params:xml:ns:yang:ietf-crypto-types"
 X509C2N_NS = "urn:ietf:params:xml:ns:yang:ietf-x509-cert-to-name"
 
 
-def _q(tag: str) -> str:
-    return "{%s}%s" % (NCS_NS, tag)
+@dataclass(frozen=True)
+class Schema:
+    """Where a call-home client entry lives: ``/<top>/call-home/<entry>[name]`` in ``ns``."""
+
+    ns: str
+    top: str
+    entry: str
+
+
+NETCONF = Schema(NCS_NS, "netconf-server", "netconf-client")
+RESTCONF = Schema(RCS_NS, "restconf-server", "restconf-client")
+
+
+def _q(tag: str, ns: str = NCS_NS) -> str:
+    return "{%s}%s" % (ns, tag)
 
 
 def _sub(parent: etree._Element, tag: str, text: t.Optional[t.Any] = None) -> etree._Element:
-    el = etree.SubElement(parent, _q(tag))
+    """A child in its parent's namespace: every node of a call-home entry is in the namespace of
+    the module that uses the groupings (ietf-netconf-server or ietf-restconf-server)."""
+    el = etree.SubElement(parent, _q(tag, etree.QName(parent).namespace or NCS_NS))
     if text is not None:
         el.text = str(text)
     return el
 
 
 def _identity(parent: etree._Element, tag: str, ns: str, prefix: str, name: str) -> etree._Element:
-    el = etree.SubElement(parent, _q(tag), nsmap={prefix: ns})
+    el = etree.SubElement(parent, _q(tag, etree.QName(parent).namespace or NCS_NS), nsmap={prefix: ns})
     el.text = "%s:%s" % (prefix, name)
     return el
 
@@ -89,6 +105,12 @@ def _ssh(parent: etree._Element, client: CallHomeClient, profile: Profile) -> No
 
 
 def _tls(parent: etree._Element, client: CallHomeClient, profile: Profile) -> None:
+    tls_server_parameters(parent, client)
+    cert_to_name(_sub(parent, "netconf-server-parameters"), client)
+
+
+def tls_server_parameters(parent: etree._Element, client: CallHomeClient) -> None:
+    """``tls-server-parameters`` (ietf-tls-server grouping, central key/trust store references)."""
     tls = client.tls
     if tls is None:
         raise ConfigError("client %r has a tls endpoint but no tls settings" % client.name)
@@ -101,11 +123,20 @@ def _tls(parent: etree._Element, client: CallHomeClient, profile: Profile) -> No
         _sub(_sub(auth, "ca-certs"), "central-truststore-reference", tls.ca_certs_reference)
     if tls.ee_certs_reference:
         _sub(_sub(auth, "ee-certs"), "central-truststore-reference", tls.ee_certs_reference)
-    mappings = _sub(_sub(parent, "netconf-server-parameters"), "client-identity-mappings")
+
+
+def cert_to_name(server_parameters: etree._Element, client: CallHomeClient) -> None:
+    """``client-identity-mappings`` (RFC 7407 cert-to-name) under ``server_parameters``
+    (netconf-server-parameters or restconf-server-parameters)."""
+    tls = client.tls
+    if tls is None:
+        raise ConfigError("client %r has a tls endpoint but no tls settings" % client.name)
+    mappings = _sub(server_parameters, "client-identity-mappings")
     for m in tls.cert_to_name:
         ctn = _sub(mappings, "cert-to-name")
         _sub(ctn, "id", m.id)
-        _sub(ctn, "fingerprint", m.fingerprint)
+        if m.fingerprint:
+            _sub(ctn, "fingerprint", m.fingerprint)
         _identity(ctn, "map-type", X509C2N_NS, "x509c2n", m.map_type)
         if m.name:
             _sub(ctn, "name", m.name)
@@ -127,6 +158,8 @@ def check_supported(client: CallHomeClient, profile: Profile) -> None:
 def build_client(client: CallHomeClient, profile: Profile) -> etree._Element:
     """The ``netconf-client`` list entry (ncs namespace) for ``client`` in ``profile``'s shape."""
     require_lxml()
+    if client.protocol != "netconf":
+        raise ConfigError("client %r is a %s call-home client, not a NETCONF one" % (client.name, client.protocol))
     check_supported(client, profile)
     root = etree.Element(_q("netconf-client"), nsmap={None: NCS_NS})
     _sub(root, "name", client.name)
@@ -140,6 +173,12 @@ def build_client(client: CallHomeClient, profile: Profile) -> etree._Element:
             _ssh(transport, client, profile)
         else:
             _tls(transport, client, profile)
+    connection_and_reconnect(root, client)
+    return root
+
+
+def connection_and_reconnect(root: etree._Element, client: CallHomeClient) -> None:
+    """``connection-type`` and ``reconnect-strategy``: the same nodes in both server modules."""
     conn = _sub(root, "connection-type")
     if client.connection_type == "persistent":
         _sub(conn, "persistent")
@@ -159,11 +198,10 @@ def build_client(client: CallHomeClient, profile: Profile) -> etree._Element:
             _sub(strategy, "max-wait", client.max_wait)
         if client.max_attempts is not None:
             _sub(strategy, "max-attempts", client.max_attempts)
-    return root
 
 
 def wrap_config(client_el: t.Optional[etree._Element], *, name: str, operation: str = "merge",
-                sole_entry: bool = False) -> etree._Element:
+                sole_entry: bool = False, schema: Schema = NETCONF) -> etree._Element:
     """``<config>`` for edit-config. ``operation`` goes on the netconf-client entry:
     merge (present), replace (replaced) or remove (absent; then ``client_el`` may be None).
 
@@ -173,13 +211,13 @@ def wrap_config(client_el: t.Optional[etree._Element], *, name: str, operation: 
     which strict servers refuse (libnetconf2-based ones do).
     """
     config = etree.Element("{%s}config" % NC_NS, nsmap={"nc": NC_NS})
-    server = etree.SubElement(config, _q("netconf-server"), nsmap={None: NCS_NS})
+    server = etree.SubElement(config, _q(schema.top, schema.ns), nsmap={None: schema.ns})
     call_home = _sub(server, "call-home")
     if (operation == "remove" or client_el is None) and sole_entry:
         call_home.set("{%s}operation" % NC_NS, "remove")
         return config
     if operation == "remove" or client_el is None:
-        entry = _sub(call_home, "netconf-client")
+        entry = _sub(call_home, schema.entry)
         _sub(entry, "name", name)
     else:
         entry = _copy(client_el)
@@ -195,42 +233,43 @@ def _filter() -> etree._Element:
     return etree.Element("{%s}filter" % NC_NS, {"type": "subtree"}, nsmap={"nc": NC_NS})
 
 
-def running_filter(name: str) -> etree._Element:
-    """Subtree filter selecting one netconf-client entry of the running configuration."""
+def running_filter(name: str, schema: Schema = NETCONF) -> etree._Element:
+    """Subtree filter selecting one call-home client entry of the running configuration."""
     flt = _filter()
-    server = etree.SubElement(flt, _q("netconf-server"), nsmap={None: NCS_NS})
-    entry = _sub(_sub(server, "call-home"), "netconf-client")
+    server = etree.SubElement(flt, _q(schema.top, schema.ns), nsmap={None: schema.ns})
+    entry = _sub(_sub(server, "call-home"), schema.entry)
     _sub(entry, "name", name)
     return flt
 
 
-def client_names_filter() -> etree._Element:
-    """Subtree filter selecting the names of every netconf-client entry (is an entry the last?)."""
+def client_names_filter(schema: Schema = NETCONF) -> etree._Element:
+    """Subtree filter selecting the names of every call-home client entry (is an entry the last?)."""
     flt = _filter()
-    server = etree.SubElement(flt, _q("netconf-server"), nsmap={None: NCS_NS})
-    _sub(_sub(_sub(server, "call-home"), "netconf-client"), "name")
+    server = etree.SubElement(flt, _q(schema.top, schema.ns), nsmap={None: schema.ns})
+    _sub(_sub(_sub(server, "call-home"), schema.entry), "name")
     return flt
 
 
-def client_names(data: t.Union[str, bytes, etree._Element, None]) -> t.List[str]:
-    """Names of the netconf-client entries under call-home in a get-config reply."""
+def client_names(data: t.Union[str, bytes, etree._Element, None], schema: Schema = NETCONF) -> t.List[str]:
+    """Names of the call-home client entries under call-home in a get-config reply."""
     if data is None:
         return []
     root = data if isinstance(data, etree._Element) else _parse(data)
     return [
-        (entry.findtext(_q("name")) or "").strip()
-        for entry in root.iter(_q("netconf-client"))
-        if entry.getparent() is not None and entry.getparent().tag == _q("call-home")
+        (entry.findtext(_q("name", schema.ns)) or "").strip()
+        for entry in root.iter(_q(schema.entry, schema.ns))
+        if entry.getparent() is not None and entry.getparent().tag == _q("call-home", schema.ns)
     ]
 
 
-def find_client(data: t.Union[str, bytes, etree._Element, None], name: str) -> t.Optional[etree._Element]:
-    """The netconf-client entry named ``name`` in a get-config reply, or None."""
+def find_client(data: t.Union[str, bytes, etree._Element, None], name: str,
+                schema: Schema = NETCONF) -> t.Optional[etree._Element]:
+    """The call-home client entry named ``name`` in a get-config reply, or None."""
     if data is None:
         return None
     root = data if isinstance(data, etree._Element) else _parse(data)
-    for entry in root.iter(_q("netconf-client")):
-        if (entry.findtext(_q("name")) or "").strip() == name:
+    for entry in root.iter(_q(schema.entry, schema.ns)):
+        if (entry.findtext(_q("name", schema.ns)) or "").strip() == name:
             return entry
     return None
 
@@ -278,12 +317,18 @@ def _rebuild(el: etree._Element, parent: t.Optional[etree._Element]) -> etree._E
 
 
 __all__ = (
+    "NETCONF",
+    "RESTCONF",
+    "Schema",
     "build_client",
+    "cert_to_name",
     "check_supported",
+    "connection_and_reconnect",
     "client_names",
     "client_names_filter",
     "find_client",
     "running_filter",
+    "tls_server_parameters",
     "to_text",
     "wrap_config",
 )

@@ -20,12 +20,28 @@ try:
 except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
     ConfigError = NetconfCallhomeMissing  # type: ignore[misc,assignment]
 
-TRANSPORTS = ("ssh", "tls")
+#: Call-home protocols: which server module the entry goes to (ietf-netconf-server's
+#: ``netconf-client`` list, or ietf-restconf-server's ``restconf-client`` list).
+PROTOCOLS = ("netconf", "restconf")
+#: Transports per protocol, as the YANG names them (ssh / tls cases of netconf-server's endpoint,
+#: the https case of restconf-server's endpoint).
+TRANSPORTS_OF = {"netconf": ("ssh", "tls"), "restconf": ("https",)}
+TRANSPORTS = ("ssh", "tls", "https")
 START_WITH = ("first-listed", "last-connected", "random-selection")
 CONNECTION_TYPES = ("persistent", "periodic")
-DEFAULT_PORTS = {"ssh": 4334, "tls": 4335}
-# yang:date-and-time restricted to minute granularity by ietf-netconf-server.
-_ANCHOR = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:\d{2})$")
+#: IANA call-home ports (RFC 8071 section 6): netconf-ch-ssh, netconf-ch-tls, restconf-ch-tls.
+DEFAULT_PORTS = {"ssh": 4334, "tls": 4335, "https": 4336}
+# iana-crypt-hash's crypt-hash pattern (RFC 7317): $0$ clear text, MD5, SHA-256, SHA-512 crypt.
+_CRYPT_HASH = re.compile(
+    r"^(\$0\$.*"
+    r"|\$1\$[a-zA-Z0-9./]{1,8}\$[a-zA-Z0-9./]{22}"
+    r"|\$5\$(rounds=\d+\$)?[a-zA-Z0-9./]{1,16}\$[a-zA-Z0-9./]{43}"
+    r"|\$6\$(rounds=\d+\$)?[a-zA-Z0-9./]{1,16}\$[a-zA-Z0-9./]{86})$"
+)
+# yang:date-and-time restricted to minute granularity by ietf-netconf-server and
+# ietf-restconf-server: seconds are written and must be ":00", the time zone is required
+# (yang:date-and-time's own pattern). Given without seconds, ":00" is added.
+_ANCHOR = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})(:00)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,9 @@ class CertToName:
     """RFC 7407 cert-to-name entry: which listener certificate maps to which NETCONF user."""
 
     id: int
-    fingerprint: str  # tls-fingerprint as the YANG wants it: "04:AB:..." (hash id + hex)
+    # tls-fingerprint as the YANG wants it: "04:AB:..." (hash id + hex). Mandatory in NETCONF's
+    # mappings (RFC 7407); optional in RESTCONF's, where an entry without one matches any certificate.
+    fingerprint: t.Optional[str]
     map_type: str  # specified, san-rfc822-name, san-dns-name, san-ip-address, san-any, common-name
     name: t.Optional[str] = None
 
@@ -93,6 +111,24 @@ class TlsParams:
     ca_certs_reference: t.Optional[str] = None  # truststore certificate-bag with the listener's CA
     ee_certs_reference: t.Optional[str] = None  # or a bag with the listener's own certificate
     cert_to_name: t.Tuple[CertToName, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpUser:
+    """A local user of the device's HTTP server (ietf-http-server ``client-authentication``):
+    what the listener's HTTP basic credentials are checked against."""
+
+    user_id: str
+    username: t.Optional[str] = None
+    hashed_password: t.Optional[str] = field(default=None, repr=False)  # crypt-hash, never logged
+
+
+@dataclass(frozen=True)
+class RestconfParams:
+    """ietf-http-server parameters of a RESTCONF call-home endpoint (``http-server-parameters``)."""
+
+    server_name: t.Optional[str] = None
+    users: t.Tuple[HttpUser, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,7 +144,8 @@ class JunosParams:
 
 @dataclass(frozen=True)
 class CallHomeClient:
-    """``/netconf-server/call-home/netconf-client[name]`` in typed form."""
+    """``/netconf-server/call-home/netconf-client[name]`` (protocol netconf) or
+    ``/restconf-server/call-home/restconf-client[name]`` (protocol restconf) in typed form."""
 
     name: str
     endpoints: t.Tuple[Endpoint, ...]
@@ -122,6 +159,8 @@ class CallHomeClient:
     ssh: t.Optional[SshParams] = None
     tls: t.Optional[TlsParams] = None
     junos: t.Optional[JunosParams] = field(default=None, compare=False)
+    protocol: str = "netconf"
+    restconf: t.Optional[RestconfParams] = None
 
     @property
     def transports(self) -> t.Set[str]:
@@ -165,15 +204,25 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
     name = str(params.get("name") or "").strip()
     if not name:
         raise ConfigError("name (the netconf-client entry on the device) is required")
+    protocol = params.get("protocol") or "netconf"
+    if protocol not in PROTOCOLS:
+        raise ConfigError("protocol must be netconf or restconf, got %r" % protocol)
+    allowed = TRANSPORTS_OF[protocol]
+    # The listener's single call-home port (callhome_binds): every endpoint without a port of its
+    # own dials it, whatever its transport, instead of the transport's IANA port.
+    single_port = _int(params.get("callhome_port"), "callhome_port", 1, 65535)
     raw_eps = params.get("endpoints") or []
     if not raw_eps:
         raise ConfigError("at least one endpoint is required (the listener's address)")
     endpoints = []
     seen: t.Set[str] = set()
     for i, ep in enumerate(raw_eps):
-        transport = ep.get("transport") or "ssh"
-        if transport not in TRANSPORTS:
-            raise ConfigError("endpoints[%d].transport must be ssh or tls" % i)
+        transport = ep.get("transport") or allowed[0]
+        if transport not in allowed:
+            hint = (" (https is RESTCONF call home: set protocol: restconf)" if transport == "https" else
+                    " (RESTCONF call home runs over https only)" if protocol == "restconf" else "")
+            raise ConfigError("endpoints[%d].transport must be %s for protocol %s, got %r%s"
+                              % (i, " or ".join(allowed), protocol, transport, hint))
         ep_name = str(ep.get("name") or "%s-%d" % (transport, i + 1))
         if ep_name in seen:
             raise ConfigError("endpoint name %r is used twice" % ep_name)
@@ -181,7 +230,7 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
         address = str(ep.get("address") or "").strip()
         if not address:
             raise ConfigError("endpoints[%d].address is required" % i)
-        port = _int(ep.get("port"), "endpoints[%d].port" % i, 1, 65535) or DEFAULT_PORTS[transport]
+        port = _int(ep.get("port"), "endpoints[%d].port" % i, 1, 65535) or single_port or DEFAULT_PORTS[transport]
         ka = ep.get("tcp_keepalives")
         tcp_ka = None
         if ka:
@@ -200,8 +249,12 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
     anchor = params.get("anchor_time")
     if connection == "persistent" and (period is not None or anchor or idle_timeout is not None):
         raise ConfigError("period, anchor_time and idle_timeout only apply to connection_type: periodic")
-    if anchor and not _ANCHOR.match(str(anchor)):
-        raise ConfigError("anchor_time must look like 2025-01-01T00:15Z (minute granularity), got %r" % anchor)
+    if anchor:
+        match = _ANCHOR.match(str(anchor))
+        if not match:
+            raise ConfigError("anchor_time must look like 2025-01-01T00:15:00Z or 2025-01-01T00:15Z (minute "
+                              "granularity, with a time zone), got %r" % anchor)
+        anchor = "%s:00%s" % (match.group(1), match.group(3))
     start_with = params.get("start_with")
     if start_with is not None and start_with not in START_WITH:
         raise ConfigError("start_with must be one of %s" % ", ".join(START_WITH))
@@ -228,11 +281,15 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
             raise ConfigError("ssh.username (the user the listener logs in as) is required for SSH endpoints")
     tls = None
     raw_tls = params.get("tls") or {}
-    if "tls" in transports:
+    if transports & {"tls", "https"}:
+        for i, m in enumerate(raw_tls.get("cert_to_name") or []):
+            if not m.get("fingerprint") and protocol == "netconf":
+                raise ConfigError("tls.cert_to_name[%d].fingerprint is required for NETCONF (RFC 7407 makes it "
+                                  "mandatory; only RESTCONF's mappings may omit it)" % i)
         ctn = tuple(
             CertToName(
-                id=_int(m.get("id", i + 1), "tls.cert_to_name.id", 1, 2**32 - 1) or i + 1,
-                fingerprint=tls_fingerprint_for_yang(str(m.get("fingerprint") or "")),
+                id=_int(m.get("id") or i + 1, "tls.cert_to_name.id", 1, 2**32 - 1) or i + 1,
+                fingerprint=tls_fingerprint_for_yang(str(m["fingerprint"])) if m.get("fingerprint") else None,
                 map_type=str(m.get("map_type") or "specified"),
                 name=m.get("name"),
             )
@@ -246,14 +303,36 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
             cert_to_name=ctn,
         )
         if not (tls.server_key_reference and tls.server_certificate_reference):
-            raise ConfigError("tls.server_key_reference and tls.server_certificate_reference are required for TLS endpoints")
+            raise ConfigError("tls.server_key_reference and tls.server_certificate_reference are required for TLS "
+                              "and HTTPS endpoints")
         if not (tls.ca_certs_reference or tls.ee_certs_reference):
             raise ConfigError("tls needs ca_certs_reference or ee_certs_reference (how the device checks the listener)")
         if not ctn:
-            raise ConfigError("tls.cert_to_name needs at least one entry (RFC 7589: the TLS transport requires a mapping)")
+            raise ConfigError("tls.cert_to_name needs at least one entry (RFC 7589 and RFC 8040 section 2.5: the "
+                              "device maps the listener's certificate to a user, and refuses it without a mapping)")
         for m in ctn:
             if m.map_type == "specified" and not m.name:
                 raise ConfigError("cert_to_name entry %d has map_type specified but no name" % m.id)
+
+    restconf = None
+    raw_restconf = params.get("restconf") or {}
+    if raw_restconf and protocol != "restconf":
+        raise ConfigError("restconf (HTTP server settings) only applies to protocol: restconf")
+    if protocol == "restconf":
+        users = []
+        for i, u in enumerate(raw_restconf.get("users") or []):
+            user_id = str(u.get("user_id") or "").strip()
+            if not user_id:
+                raise ConfigError("restconf.users[%d].user_id is required" % i)
+            hashed = u.get("hashed_password")
+            if hashed is not None and not _CRYPT_HASH.match(str(hashed)):
+                raise ConfigError(
+                    "restconf.users[%d].hashed_password is not an iana-crypt-hash value ($0$clear, $1$, $5$ or $6$ "
+                    "crypt format, as mkpasswd prints)" % i
+                )
+            users.append(HttpUser(user_id=user_id, username=u.get("username"),
+                                  hashed_password=str(hashed) if hashed is not None else None))
+        restconf = RestconfParams(server_name=raw_restconf.get("server_name"), users=tuple(users))
 
     junos = None
     raw_junos = params.get("junos") or {}
@@ -282,6 +361,8 @@ def from_params(params: t.Mapping[str, t.Any]) -> CallHomeClient:
         ssh=ssh,
         tls=tls,
         junos=junos,
+        protocol=protocol,
+        restconf=restconf,
     )
 
 
@@ -290,7 +371,9 @@ __all__ = (
     "CertToName",
     "ClientKey",
     "Endpoint",
+    "HttpUser",
     "JunosParams",
+    "RestconfParams",
     "SshParams",
     "TcpKeepalives",
     "TlsParams",

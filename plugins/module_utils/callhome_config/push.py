@@ -17,12 +17,13 @@ Ansible connection cannot confirm or lose it by accident.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 import typing as t
 
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.lxml_support import etree, require_lxml
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf, junos
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf, junos, restconf
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.diff import decide
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import CallHomeClient
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import (
@@ -30,9 +31,12 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
     CAP_CONFIRMED_10,
     CAP_CONFIRMED_11,
     CAP_WRITABLE_RUNNING,
+    NCS_MODULE,
+    RCS_MODULE,
     has_yang_library,
     is_junos,
     profile_for,
+    restconf_profile_for,
     revision_from_capabilities,
     revision_from_yang_library,
     yang_library_filter,
@@ -142,6 +146,7 @@ class ConfigPusher:
         *,
         name: str,
         state: str = "present",
+        protocol: str = "netconf",
         dialect: str = "auto",
         revision: str = "auto",
         check_mode: bool = False,
@@ -159,6 +164,11 @@ class ConfigPusher:
         self.client = client
         self.name = name
         self.state = state
+        if protocol not in ("netconf", "restconf"):
+            raise ConfigError("protocol must be netconf or restconf, got %r" % protocol)
+        if client is not None and client.protocol != protocol:
+            raise ConfigError("the call-home client settings are for %s, not %s" % (client.protocol, protocol))
+        self.protocol = protocol
         self.dialect = dialect
         self.revision = revision
         self.check_mode = check_mode
@@ -191,22 +201,31 @@ class ConfigPusher:
     # -- detection -----------------------------------------------------------------------------
 
     def _dialect(self, caps: t.List[str]) -> str:
+        if self.protocol == "restconf":
+            # Junos' only call home is outbound-ssh (NETCONF); RESTCONF call home is configured in
+            # ietf-restconf-server whatever the vendor, so detection cannot pick junos here.
+            if self.dialect == "junos":
+                raise ConfigError("dialect junos has no RESTCONF call home (Junos calls home with outbound-ssh, "
+                                  "NETCONF only); protocol: restconf writes ietf-restconf-server (dialect ietf)")
+            return "ietf"
         if self.dialect != "auto":
             return self.dialect
         return "junos" if is_junos(caps) else "ietf"
 
-    def _revision(self, caps: t.List[str]) -> t.Tuple[str, str]:
+    def _revision(self, caps: t.List[str]) -> t.Tuple[t.Optional[str], str]:
+        """The server module's revision and where it came from; ``(None, "")`` when the device
+        does not advertise the module (the profile look-up then refuses with the reason)."""
+        module = RCS_MODULE if self.protocol == "restconf" else NCS_MODULE
         if self.revision and self.revision != "auto":
             return self.revision, "configured"
-        found = revision_from_capabilities(caps)
+        found = revision_from_capabilities(caps, module)
         if found is not None:
             return found, "hello capabilities"
         if has_yang_library(caps):
-            found = revision_from_yang_library(self.ops.get(yang_library_filter()))
+            found = revision_from_yang_library(self.ops.get(yang_library_filter(module)), module)
             if found is not None:
                 return found, "yang-library"
-        profile_for(None)  # raises the "does not advertise" error
-        raise AssertionError("unreachable")
+        return None, ""
 
     # -- run -----------------------------------------------------------------------------------
 
@@ -216,14 +235,27 @@ class ConfigPusher:
         result: t.Dict[str, t.Any] = {"changed": False, "dialect": dialect, "name": self.name}
         ignore: t.Tuple[str, ...] = ()
         wanted: t.Optional[etree._Element] = None
+        find: t.Callable[..., t.Optional[etree._Element]]
+        wrap: t.Callable[..., etree._Element]
+        result["protocol"] = self.protocol
+        schema = ietf.RESTCONF if self.protocol == "restconf" else ietf.NETCONF
         if dialect == "ietf":
             found, how = self._revision(caps)
-            profile = profile_for(found)
-            result["revision"] = profile.revision
+            result["module"] = RCS_MODULE if self.protocol == "restconf" else NCS_MODULE
+            if self.protocol == "restconf":
+                rc_profile = restconf_profile_for(found)
+                result["revision"] = rc_profile.revision
+                if self.state != "absent":
+                    wanted = restconf.build_client(self._client(), rc_profile)
+            else:
+                profile = profile_for(found)
+                result["revision"] = profile.revision
+                if self.state != "absent":
+                    wanted = ietf.build_client(self._client(), profile)
             result["revision_source"] = how
-            if self.state != "absent":
-                wanted = ietf.build_client(self._client(), profile)
-            flt, find, wrap = ietf.running_filter(self.name), ietf.find_client, ietf.wrap_config
+            find = functools.partial(ietf.find_client, schema=schema)
+            wrap = functools.partial(ietf.wrap_config, schema=schema)
+            flt = ietf.running_filter(self.name, schema)
         else:
             if self.state != "absent":
                 wanted = junos.build_client(self._client())
@@ -280,9 +312,9 @@ class ConfigPusher:
             # restore XML is only sent in "unconfirmed" mode; otherwise it needs no look-up.)
             sole = self._sole_entry()
             config_xml = _xml(ietf.wrap_config(wanted, name=self.name, operation=operation,
-                                               sole_entry=sole and operation == "remove"))
+                                               sole_entry=sole and operation == "remove", schema=schema))
             restore_xml = _xml(ietf.wrap_config(existing, name=self.name, operation=restore_op,
-                                                sole_entry=sole and existing is None))
+                                                sole_entry=sole and existing is None, schema=schema))
         else:
             config_xml = _xml(wrap(wanted, name=self.name, operation=operation))
             restore_xml = _xml(wrap(existing, name=self.name, operation=restore_op))
@@ -341,9 +373,11 @@ class ConfigPusher:
             result["callhome"].update(waited=round(waited, 1), **_summary(record))
 
     def _sole_entry(self) -> bool:
-        """True when no netconf-client but ``self.name`` is configured in running."""
-        reply = self._call("get-config", self.ops.get_config, "running", _xml(ietf.client_names_filter()))
-        return all(name == self.name for name in ietf.client_names(reply))
+        """True when no call-home client but ``self.name`` is configured in running (of the
+        protocol's list: netconf-client or restconf-client)."""
+        schema = ietf.RESTCONF if self.protocol == "restconf" else ietf.NETCONF
+        reply = self._call("get-config", self.ops.get_config, "running", _xml(ietf.client_names_filter(schema)))
+        return all(name == self.name for name in ietf.client_names(reply, schema))
 
     # -- call home -----------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ except ImportError:  # the module using this reports it (HAS_NETCONF_CALLHOME)
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NCS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-server"
+RCS_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf-server"
+NCS_MODULE = "ietf-netconf-server"
+RCS_MODULE = "ietf-restconf-server"
 YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
 CAP_YANGLIB_10 = "urn:ietf:params:netconf:capability:yang-library:1.0"
 CAP_YANGLIB_11 = "urn:ietf:params:netconf:capability:yang-library:1.1"
@@ -81,16 +84,45 @@ PROFILES: t.Dict[str, Profile] = {
     ),
 }
 
+@dataclass(frozen=True)
+class RestconfProfile:
+    """A revision of ietf-restconf-server this collection writes ``call-home/restconf-client`` for.
+
+    Every known revision has the same call-home shape (endpoint/https with tcp-client-, tls-server-,
+    http-server- and restconf-server-parameters; cert-to-name under restconf-server-parameters;
+    reconnect-strategy with max-wait), checked against the module text named in ``source``; the
+    profile exists so that an unknown revision is refused instead of guessed at.
+    """
+
+    revision: str
+    source: str
+    has_reconnect_max_wait: bool = True
+
+
+RESTCONF_PROFILES: t.Dict[str, RestconfProfile] = {
+    "2023-04-17": RestconfProfile(
+        revision="2023-04-17",
+        source="opendaylight/netconf protocol/restconf-server/src/main/yang/ietf-restconf-server.yang "
+               "(draft-ietf-netconf-restconf-client-server, 2023-04-17)",
+    ),
+    "2024-03-16": RestconfProfile(
+        revision="2024-03-16",
+        source="opendaylight/netconf protocol/restconf-server/src/main/yang/ietf-restconf-server@2024-03-16.yang",
+    ),
+}
+
 # ``&amp;`` too: a capability copied from XML text (or sent by a peer that escaped it twice).
-_CAP_MODULE = re.compile(r"[?&;]module=ietf-netconf-server(?:&|$)")
 _CAP_REVISION = re.compile(r"[?&;]revision=(\d{4}-\d{2}-\d{2})")
 
 
-def revision_from_capabilities(capabilities: t.Iterable[str]) -> t.Optional[str]:
-    """YANG 1.0 style: ``urn:...:ietf-netconf-server?module=ietf-netconf-server&revision=D``."""
+def revision_from_capabilities(capabilities: t.Iterable[str], module: str = NCS_MODULE) -> t.Optional[str]:
+    """YANG 1.0 style: ``urn:...:ietf-netconf-server?module=ietf-netconf-server&revision=D``
+    (``module`` ietf-restconf-server: the same for ``urn:...:ietf-restconf-server``)."""
+    namespace = "urn:ietf:params:xml:ns:yang:" + module
+    cap_module = re.compile(r"[?&;]module=%s(?:&|$)" % re.escape(module))
     for cap in capabilities:
         cap = cap.strip()
-        if cap.startswith(NCS_NS) and _CAP_MODULE.search(cap):
+        if cap.startswith(namespace) and cap_module.search(cap):
             match = _CAP_REVISION.search(cap)
             return match.group(1) if match else ""
     return None
@@ -154,9 +186,33 @@ def profile_for(found: t.Optional[str], *, where: str = "the device") -> Profile
     return profile
 
 
+def restconf_profile_for(found: t.Optional[str], *, where: str = "the device") -> RestconfProfile:
+    """The RESTCONF profile for a detected (or configured) ietf-restconf-server revision."""
+    supported = ", ".join(sorted(RESTCONF_PROFILES))
+    if found is None:
+        raise UnsupportedRevisionError(
+            "%s does not advertise the ietf-restconf-server module (neither in its hello capabilities nor in "
+            "yang-library), so it cannot be configured to call home over RESTCONF (RFC 8071 RESTCONF call home "
+            "is configured in that module); set revision explicitly if you know it implements one of %s"
+            % (where, supported),
+            details={"module": RCS_MODULE, "found": None, "supported": sorted(RESTCONF_PROFILES)},
+        )
+    profile = RESTCONF_PROFILES.get(found)
+    if profile is None:
+        raise UnsupportedRevisionError(
+            "%s implements ietf-restconf-server revision %r, which this collection does not know how to write "
+            "(supported: %s); refusing rather than pushing a guessed shape" % (where, found or "(no revision)", supported),
+            details={"module": RCS_MODULE, "found": found, "supported": sorted(RESTCONF_PROFILES)},
+        )
+    return profile
+
+
 __all__ = (
     "PROFILES",
     "Profile",
+    "RESTCONF_PROFILES",
+    "RestconfProfile",
+    "restconf_profile_for",
     "UnsupportedRevisionError",
     "has_yang_library",
     "is_junos",

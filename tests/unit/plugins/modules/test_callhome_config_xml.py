@@ -121,7 +121,8 @@ def test_tls_fingerprint_forms() -> None:
 def test_periodic_and_validation() -> None:
     el = ietf.build_client(from_params(params(connection_type="periodic", period=60, anchor_time="2025-01-01T00:15Z",
                                               idle_timeout=180)), PROFILES["2025-04-24"])
-    assert texts(el, "n:connection-type/n:periodic/n:anchor-time") == ["2025-01-01T00:15Z"]
+    # seconds added: the YANG pattern of anchor-time requires them (":00")
+    assert texts(el, "n:connection-type/n:periodic/n:anchor-time") == ["2025-01-01T00:15:00Z"]
     with pytest.raises(ConfigError, match="only apply to connection_type: periodic"):
         from_params(params(period=5))
     with pytest.raises(ConfigError, match="anchor_time"):
