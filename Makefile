@@ -25,9 +25,10 @@ DEBIAN_VERSION := $(shell . /etc/os-release 2>/dev/null && echo $$VERSION_ID)
 COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
-# Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link.
+# Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link,
+# PostgreSQL for the shared-state tests (tests/peers/postgres_peer.py runs its own server).
 DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12,$(DEBIAN_VERSION)),libyang2-dev,libyang-dev) libssh-dev libssl-dev \
-               openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js
+               openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js postgresql
 
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)

@@ -24,7 +24,7 @@ S2_PEERS_BIN=/opt/callhome-stack2/peers-bin
 S2_ANSIBLE_CORE='ansible-core>=2.21,<2.22'
 S2_ANSIBLE='ansible>=14,<15'
 S2_DEB_PKGS=(python3 python3-venv gcc make pkg-config libnetconf2-dev libyang-dev libssh-dev
-             libssl-dev openssh-server openssh-client socat git shellcheck)
+             libssl-dev openssh-server openssh-client socat git shellcheck postgresql nginx libnginx-mod-http-js)
 
 s2_log() { printf '[stack2] %s\n' "$*" >&2; }
 
