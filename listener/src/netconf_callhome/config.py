@@ -135,6 +135,13 @@ class ListenerConfig:
     callhome_transports: Dict[str, str] = field(default_factory=dict)
     trust_store: str = ""
     registry: str = ""
+    # Where the registry lives: "" (the SQLite file `registry`), sqlite:///PATH, or
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE shared by several listener nodes
+    # (docs/scale-out.md; needs the 'postgresql' extra). Logged with the password as ***.
+    state_url: str = ""
+    # This node's name in a shared database (the devices.node column, the event history);
+    # "" means the host name.
+    node_name: str = ""
     control_socket: str = ""
     control_socket_mode: int = 0o600
     control_tcp: ControlTCPOptions = field(default_factory=ControlTCPOptions)
@@ -216,6 +223,12 @@ class ListenerConfig:
             raise ConfigError("TLS call home needs tls.client_cert and tls.client_key (the listener's certificate)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be 'text' or 'json'")
+        if self.state_url and not self.state_url.startswith(("sqlite:", "postgresql://", "postgres://")):
+            # Only the scheme is shown: the rest may hold a password.
+            raise ConfigError(
+                "state_url: unsupported scheme %r (sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE)"
+                % self.state_url.split(":", 1)[0]
+            )
         for device, mode in self.session_modes.items():
             if mode not in SESSION_MODES:
                 raise ConfigError(

@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The listener process with ``state_url: postgresql://...``: simulated devices call home, their
+registry rows (with the node holding each session) and status changes appear in a real
+PostgreSQL (tests/peers/postgres_peer.py), and a restarted listener reads them back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from harness import running, wait_until
+
+NODE = "node-a"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    from postgres_peer import PeerUnavailable, PostgresPeer
+
+    try:
+        peer = PostgresPeer().start()
+    except PeerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: %s" % exc)
+        pytest.skip(str(exc))
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+def _config(path: Path, url: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("state_url: %s\nnode_name: %s\n" % (url, NODE))
+    os.chmod(path, 0o600)  # it holds the database password
+    return path
+
+
+def test_a_listener_on_postgresql_records_devices_there(listener_factory, fleet, postgres, tmp_path):
+    database = "listener_%d" % os.getpid()
+    url = postgres.create_database(database)
+    home = tmp_path / "home"
+    config = _config(tmp_path / "listener.yml", url)
+    names = ["sim0001", "sim0002"]
+    fleet.enroll(home / "trust.json", names)
+    lst = listener_factory("--config", str(config), home=home).start()
+    log = lst.wait_log("event=state.opened")
+    assert "url=postgresql://callhome:***@127.0.0.1:%d/%s node=%s schema_version=" % (postgres.port, database, NODE) in log
+    assert postgres.password not in log
+    assert not (home / "registry.sqlite").exists()  # nothing went to the embedded store
+
+    rows = "SELECT name, status, coalesce(node, '-'), doc->>'transport' FROM devices ORDER BY name"
+    with running(fleet.simulator(lst.ssh_port, 2, wait_connected=2)):
+        for name in names:
+            lst.wait_device(name, "connected")
+        wait_until(
+            lambda: postgres.psql(rows, database) == [[n, "connected", NODE, "ssh"] for n in names],
+            20,
+            "both devices connected on %s in PostgreSQL" % NODE,
+            detail=lambda: "rows %s" % postgres.psql(rows, database),
+        )
+        events = postgres.psql("SELECT device, event, node, doc->>'previous' FROM events ORDER BY id", database)
+        assert sorted(events) == [[n, "connected", NODE, "disconnected"] for n in names]
+        status = lst.call("status")
+        assert status["devices"]["connected"] == 2
+    # the devices went away: no node holds their sessions any more
+    wait_until(
+        lambda: [r[1:3] for r in postgres.psql(rows, database)] == [["disconnected", "-"]] * 2,
+        30,
+        "both devices disconnected in PostgreSQL",
+        detail=lambda: "rows %s\nlog:\n%s" % (postgres.psql(rows, database), lst.log()[-2000:]),
+    )
+    history = "SELECT device, event FROM events ORDER BY id"
+    wait_until(lambda: len(postgres.psql(history, database)) == 4, 10, "the disconnections in the history")
+    lst.stop()
+
+    # another start (this node restarted) reads the registry back from the database
+    again = listener_factory("--config", str(config), home=home).start()
+    assert {d["name"]: d["status"] for d in again.call("devices")} == {n: "disconnected" for n in names}
+    assert postgres.psql("SELECT count(*) FROM schema_version", database)[0][0] != "0"
+
+
+def test_a_listener_refuses_to_start_when_the_database_is_unreachable(listener_factory, postgres, tmp_path):
+    url = postgres.url("no_such_database")
+    lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", url)), home=tmp_path / "home")
+    with pytest.raises(RuntimeError, match="listener exited"):
+        lst.start(timeout=30)
+    log = lst.log()
+    assert "cannot open the state database postgresql://callhome:***@127.0.0.1:%d/no_such_database" % postgres.port in log
+    assert postgres.password not in log
