@@ -119,6 +119,11 @@ function write(r) {
 
 export default {write};
 """
+ERRORS_PREFIX = "/.restconf-errors"  # the internal location of the error documents
+# RFC 8040 section 7.1: the error a missing data resource gets (its error-message is what a failed
+# restconf_get shows)
+NOT_FOUND = json.dumps({"ietf-restconf:errors": {"error": [
+    {"error-type": "protocol", "error-tag": "invalid-value", "error-message": "uri path not found on this device"}]}})
 HOST_META = (
     "<?xml version='1.0' encoding='UTF-8'?>\n"
     "<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n"
@@ -335,7 +340,11 @@ pid {wd}/logs/nginx.pid;
 error_log {wd}/logs/error.log info;
 events {{ worker_connections 64; }}
 http {{
-    access_log {wd}/logs/access.log;
+    # nginx's combined format plus the connection's serial number and its request count: tests
+    # tell from it that concurrent tasks shared one call-home connection.
+    log_format callhome '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+                        '"$http_referer" "$http_user_agent" conn=$connection req=$connection_requests';
+    access_log {wd}/logs/access.log callhome;
     client_body_temp_path {wd}/tmp/body;
     proxy_temp_path {wd}/tmp/proxy;
     fastcgi_temp_path {wd}/tmp/fastcgi;
@@ -367,7 +376,15 @@ http {{
         location /restconf/ {{
             {auth}
             default_type application/yang-data+json;
+            # A missing resource is answered as a RESTCONF server does (RFC 8040 section 7.1):
+            # status 404 with an ietf-restconf:errors body, not nginx's HTML page.
+            error_page 404 = {ERRORS_PREFIX}/404;
             {data_location}
+        }}
+        location = {ERRORS_PREFIX}/404 {{
+            internal;
+            default_type application/yang-data+json;
+            return 404 '{NOT_FOUND}';
         }}
         {js_location}
         location / {{

@@ -29,6 +29,7 @@ from netconf_callhome.config import PORT_RESTCONF, PORT_SSH, PORT_TLS, ListenerC
 from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
+from netconf_callhome.endpoints.restconf_rpc import RestconfEndpoints
 from netconf_callhome.fingerprints import cert_fingerprint_spellings
 from netconf_callhome.errors import (
     CallHomeError,
@@ -139,6 +140,10 @@ class CallHomeListener:
         self.endpoints = AnsibleEndpoints(
             config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
         )
+        # RESTCONF devices' httpapi endpoints (netconf.callhome.httpapi): the same socket directory
+        self.restconf_endpoints = RestconfEndpoints(
+            config.home, self.restconf_sessions, touch=self.touch, collections_paths=config.collections_paths
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -230,6 +235,7 @@ class CallHomeListener:
             sock.close()
         await self.control.stop()
         await self.endpoints.close_all()
+        await self.restconf_endpoints.close_all()
         for held in list(self.sessions.values()):
             held.close("listener stopping")
         self.restconf_sessions.close_all("listener stopping")
@@ -283,6 +289,7 @@ class CallHomeListener:
                 self.config.idle_exit
                 and not self.control.active_leases
                 and not self.endpoints.active
+                and not self.restconf_endpoints.active
                 and time.monotonic() - self.last_activity > self.config.idle_exit
             ):
                 log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
@@ -648,13 +655,32 @@ class CallHomeListener:
             if device in self.restconf_sessions:
                 # Waiting on would only end in a timeout that reads "connected": say why now.
                 raise DeviceNotReadyError(
-                    "device %r is connected over RESTCONF, which has no NETCONF session to lease "
-                    "(RESTCONF tasks are not handed over yet)" % device,
+                    "device %r is connected over RESTCONF, which has no NETCONF session to lease: use the "
+                    "netconf.callhome.httpapi connection (ansible_network_os ansible.netcommon.restconf) for it" % device,
                     details={"device": device, "transport": "restconf"},
                 )
             return None
 
         return await self._wait_for(device, timeout, netconf)
+
+    async def wait_restconf(self, device: str, timeout: float) -> RestconfConnection:
+        """The device's RESTCONF connection, waiting up to ``timeout`` s for it to call home (4336)."""
+
+        def restconf() -> Optional[RestconfConnection]:
+            conn = self.restconf_sessions.get(device)
+            if conn is not None:
+                return conn
+            held = self.sessions.get(device)
+            if held is not None and held.is_open:
+                # Waiting on would only end in a timeout that reads "connected": say why now.
+                raise DeviceNotReadyError(
+                    "device %r is connected over NETCONF (%s), not RESTCONF: use the netconf.callhome.netconf "
+                    "connection for it, or configure its RESTCONF call home to port 4336" % (device, held.transport),
+                    details={"device": device, "transport": held.transport},
+                )
+            return None
+
+        return await self._wait_for(device, timeout, restconf)
 
     async def wait_connected(self, device: str, timeout: float) -> None:
         """Until the device holds an open session on any transport (NETCONF or RESTCONF), at
@@ -691,8 +717,23 @@ class CallHomeListener:
         command_timeout: float,
         collections_paths: List[str],
         client: str,
+        api: str = "netconf",
+        root_path: str = "",
     ) -> Dict[str, Any]:
-        """The device's persistent-connection endpoint, waiting up to ``wait`` s for it to call home."""
+        """The device's persistent-connection endpoint, waiting up to ``wait`` s for it to call home.
+
+        ``api`` ``netconf``: its NETCONF session (netconf sub-plugins, netconf.callhome.netconf);
+        ``restconf``: its RESTCONF connection (httpapi sub-plugins, netconf.callhome.httpapi)."""
+        if api == "restconf":
+            conn = await self.wait_restconf(device, wait)
+            return await self.restconf_endpoints.open_restconf(
+                conn,
+                network_os=network_os,
+                root_path=root_path,
+                command_timeout=command_timeout,
+                collections_paths=collections_paths,
+                client=client,
+            )
         held = await self.wait_ready(device, wait)
         return await self.endpoints.open(
             held,
@@ -704,6 +745,8 @@ class CallHomeListener:
 
     async def rpc(self, endpoint: str, request: bytes) -> bytes:
         """One JSON-RPC request for an endpoint, relayed over the control channel (op ``rpc``)."""
+        if self.restconf_endpoints.has(endpoint):
+            return await self.restconf_endpoints.request(endpoint, request)
         return await self.endpoints.request(endpoint, request)
 
     def _not_ready(self, device: str, timeout: float) -> CallHomeError:

@@ -105,6 +105,8 @@ class ControlledListener(Protocol):
         command_timeout: float,
         collections_paths: List[str],
         client: str,
+        api: str = "netconf",
+        root_path: str = "",
     ) -> Dict[str, Any]: ...
 
     async def rpc(self, endpoint: str, request: bytes) -> bytes: ...
@@ -610,6 +612,14 @@ class ControlServer:
         if not isinstance(network_os, str) or not isinstance(client, str):
             raise ControlError("'network_os' and 'client' must be strings")
         command_timeout = _number(request, "command_timeout", 30.0)
+        # api: netconf (the NETCONF session, netconf sub-plugins) or restconf (the RESTCONF
+        # connection, httpapi sub-plugins); root_path: an explicit RESTCONF root, else discovered
+        api = request.get("api") or "netconf"
+        root_path = request.get("root_path") or ""
+        if api not in ("netconf", "restconf"):
+            raise ControlError("'api' must be 'netconf' or 'restconf', not %r" % (api,))
+        if not isinstance(root_path, str) or (root_path and not root_path.startswith("/")):
+            raise ControlError("'root_path' must be an absolute path such as /restconf")
         return await self.listener.endpoint(
             device,
             wait=_number(request, "wait", 0.0),
@@ -617,6 +627,8 @@ class ControlServer:
             command_timeout=command_timeout or 30.0,
             collections_paths=paths,
             client=client,
+            api=api,
+            root_path=root_path,
         )
 
     async def _op_reload(self, request: Dict[str, Any]) -> Any:

@@ -80,25 +80,49 @@ class _AnsibleRuntime:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ready = False
+        self._ready = False  # netconf: the plugin loader and ncclient
+        self._plugins_ready = False  # the plugin loader (and JsonRpcServer) alone
         self._paths: Tuple[str, ...] = ()
         self._classes: Dict[str, Any] = {}
         self.modules: Dict[str, Any] = {}
 
+    def load_plugins(self, collections_paths: Sequence[str]) -> None:
+        """ansible-core's plugin loader and ``JsonRpcServer`` without ncclient: all that the
+        RESTCONF endpoints (``endpoints.restconf_rpc``, httpapi sub-plugins) need."""
+        with self._lock:
+            self._load_plugins(collections_paths)
+
+    def _load_plugins(self, collections_paths: Sequence[str]) -> None:
+        """Under ``self._lock``: the plugin loader is set up once per listener, whoever asks first."""
+        if self._plugins_ready:
+            missing = [p for p in collections_paths if p not in self._paths]
+            if missing:
+                log.warning(
+                    "event=endpoint.collections_path_ignored paths=%s loaded=%s "
+                    "reason='the plugin loader is set up once per listener'",
+                    ":".join(missing), ":".join(self._paths),
+                )
+            return
+        try:
+            from ansible.plugins.loader import httpapi_loader, init_plugin_loader, netconf_loader
+            from ansible.utils.jsonrpc import JsonRpcServer
+        except Exception as exc:  # ImportError
+            raise EndpointUnavailableError(
+                "the listener cannot serve Ansible modules: %s: %s; %s" % (type(exc).__name__, exc, INSTALL_HINT)
+            ) from None
+        init_plugin_loader(list(collections_paths))
+        self.modules.update(netconf_loader=netconf_loader, httpapi_loader=httpapi_loader, JsonRpcServer=JsonRpcServer)
+        self._paths = tuple(collections_paths)
+        self._plugins_ready = True
+        log.info("event=endpoint.ansible_loaded collections_paths=%s", ":".join(self._paths))
+
     def load(self, collections_paths: Sequence[str]) -> None:
         with self._lock:
             if self._ready:
-                missing = [p for p in collections_paths if p not in self._paths]
-                if missing:
-                    log.warning(
-                        "event=endpoint.collections_path_ignored paths=%s loaded=%s "
-                        "reason='the plugin loader is set up once per listener'",
-                        ":".join(missing), ":".join(self._paths),
-                    )
+                self._load_plugins(collections_paths)  # only warns about paths it cannot add now
                 return
+            self._load_plugins(collections_paths)
             try:
-                from ansible.plugins.loader import init_plugin_loader, netconf_loader
-                from ansible.utils.jsonrpc import JsonRpcServer
                 from ncclient import manager as nc_manager
                 from ncclient.transport.session import SessionListener
                 from ncclient.xml_ import to_ele
@@ -108,15 +132,10 @@ class _AnsibleRuntime:
                 raise EndpointUnavailableError(
                     "the listener cannot serve Ansible modules: %s: %s; %s" % (type(exc).__name__, exc, INSTALL_HINT)
                 ) from None
-            init_plugin_loader(list(collections_paths))
             self.modules.update(
-                netconf_loader=netconf_loader, JsonRpcServer=JsonRpcServer, nc_manager=nc_manager,
-                EndpointSession=session_class,
-                SessionListener=SessionListener, to_ele=to_ele,
+                nc_manager=nc_manager, EndpointSession=session_class, SessionListener=SessionListener, to_ele=to_ele,
             )
-            self._paths = tuple(collections_paths)
             self._ready = True
-            log.info("event=endpoint.ansible_loaded collections_paths=%s", ":".join(self._paths))
 
     def loaded_class(self, network_os: str) -> Any:
         """The sub-plugin class for ``network_os`` if it is loaded already, else None (no lock:
