@@ -12,6 +12,16 @@ CPU is not the listener's nor the test's).
           ``--mode utf16-dtd``      a hello in UTF-16 carrying an internal DTD entity whose
                                     expansion (``--marker``) would land in the capabilities
 
+``restconf`` a RESTCONF call-home device (RFC 8071 section 3.2): dials the listener, runs the TLS
+          server side (ALPN ``h2``), then HTTP/2 with ``h2``; ``--mode``:
+          ``good``            host-meta (root ``/restconf``) and the YANG library; stays connected
+          ``stall-tls``       never answers the listener's ClientHello
+          ``stall-http``      TLS, then silence: no SETTINGS, no answer
+          ``endless-body``    host-meta answered with a body that never ends (within flow control)
+          ``oversized``       a YANG library of ``--size`` bytes with its content-length
+          ``malformed-json``  a YANG library that is not JSON
+          ``malformed-xml``   a host-meta that is not XML
+
 Progress on stdout, one line per event: ``CONNECTED``, ``READY``, ``STREAMING``,
 ``STREAMED <bytes>``, ``DISCONNECTED <reason>``. Every mode exits when its parent dies.
 """
@@ -113,6 +123,113 @@ def run_tls(args: argparse.Namespace) -> int:
         if args.retry <= 0:
             return 0
         time.sleep(args.retry)
+
+
+# -- RESTCONF device (HTTP/2), good or misbehaving ------------------------------------------------
+
+_HOST_META = b"<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'><Link rel='restconf' href='/restconf'/></XRD>"
+_YANG_LIBRARY = (
+    b'{"ietf-yang-library:yang-library": {"content-id": "1", "module-set": [{"name": "complete", "module": '
+    b'[{"name": "ietf-interfaces", "revision": "2018-02-20", "namespace": '
+    b'"urn:ietf:params:xml:ns:yang:ietf-interfaces"}]}]}}'
+)
+
+
+def _restconf_answer(mode: str, path: str, size: int) -> "tuple[int, str, Optional[bytes]]":
+    """(status, content type, body; None = a body that never ends) for a request path."""
+    if path == "/.well-known/host-meta":
+        if mode == "endless-body":
+            return 200, "application/xrd+xml", None
+        if mode == "malformed-xml":
+            return 200, "application/xrd+xml", b"<XRD><Link rel='restconf' href='/restconf'"
+        return 200, "application/xrd+xml", _HOST_META
+    if path.endswith("/data/ietf-yang-library:yang-library"):
+        if mode == "oversized":
+            return 200, "application/yang-data+json", b"{" + b" " * max(0, size - 2) + b"}"
+        if mode == "malformed-json":
+            return 200, "application/yang-data+json", b'{"ietf-yang-library:yang-library": [1, 2'
+        return 200, "application/yang-data+json", _YANG_LIBRARY
+    return 404, "application/yang-data+json", b""
+
+
+def run_restconf(args: argparse.Namespace) -> int:
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    host, port = _hostport(args.listener)
+    raw = socket.create_connection((host, port), timeout=10)
+    raw.settimeout(None)
+    say("CONNECTED", args.name)
+    if args.mode == "stall-tls":
+        while raw.recv(65536):  # the ClientHello, never answered
+            pass
+        say("DISCONNECTED", args.name, "eof")
+        return 0
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(raw, server_side=True)
+    if args.mode == "stall-http":
+        while tls.recv(65536):
+            pass
+        say("DISCONNECTED", args.name, "eof")
+        return 0
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    conn.initiate_connection()
+    tls.sendall(conn.data_to_send())
+    paths: "dict[int, str]" = {}
+    outgoing: "dict[int, Optional[memoryview]]" = {}  # stream -> body left to send (None: endless)
+    streamed = 0
+    reason = "eof"
+    chunk = memoryview(b"x" * 16384)
+    try:
+        while True:
+            # bodies go out as fast as the listener's flow-control windows let them
+            for sid, left in list(outgoing.items()):
+                while True:
+                    piece = chunk if left is None else left
+                    room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, len(piece))
+                    if room <= 0:
+                        break
+                    last = left is not None and room == len(left)
+                    conn.send_data(sid, piece[:room].tobytes(), end_stream=last)
+                    streamed += room
+                    if left is not None:
+                        left = outgoing[sid] = left[room:]
+                        if last:
+                            del outgoing[sid]
+                            break
+            tls.sendall(conn.data_to_send())
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    paths[event.stream_id] = dict(event.headers)[":path"]
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id in paths:
+                    sid = event.stream_id
+                    status, ctype, body = _restconf_answer(args.mode, paths.pop(sid), args.size)
+                    headers = [(":status", str(status)), ("content-type", ctype)]
+                    if body is None:
+                        say("STREAMING", args.name)
+                    else:
+                        headers.append(("content-length", str(len(body))))
+                    conn.send_headers(sid, headers, end_stream=(body == b""))
+                    if body != b"":
+                        outgoing[sid] = None if body is None else memoryview(body)
+                    if args.mode == "good" and paths == {} and status == 200 and ctype.endswith("json"):
+                        say("READY", args.name)
+                elif isinstance(event, h2.events.StreamReset):
+                    outgoing.pop(event.stream_id, None)
+                    say("RESET", args.name, event.stream_id, streamed)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    reason = "goaway"
+    except (OSError, ssl.SSLError, h2.exceptions.H2Error) as exc:
+        reason = "%s:%s" % (type(exc).__name__, str(exc).replace(" ", "_")[:80])
+    say("DISCONNECTED", args.name, reason)
+    return 0
 
 
 # -- misbehaving SSH device ---------------------------------------------------------------------
@@ -266,6 +383,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tls.add_argument("--cert", required=True)
     tls.add_argument("--key", required=True)
     tls.add_argument("--retry", type=float, default=0.0, help="dial again after a drop (0: once)")
+    rc = sub.add_parser("restconf")
+    rc.add_argument("--listener", required=True)
+    rc.add_argument("--name", required=True)
+    rc.add_argument("--cert", required=True)
+    rc.add_argument("--key", required=True)
+    rc.add_argument("--mode", required=True, choices=(
+        "good", "stall-tls", "stall-http", "endless-body", "oversized", "malformed-json", "malformed-xml"))
+    rc.add_argument("--size", type=int, default=4 << 20, help="oversized: the YANG library's size")
     ssh = sub.add_parser("ssh")
     ssh.add_argument("--listener", required=True)
     ssh.add_argument("--name", required=True)
@@ -279,6 +404,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _exit_with_parent()
     if args.kind == "tls":
         return run_tls(args)
+    if args.kind == "restconf":
+        return run_restconf(args)
     return asyncio.run(run_ssh(args))
 
 

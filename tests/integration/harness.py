@@ -121,6 +121,10 @@ class ListenerProcess:
     def tls_port(self) -> int:
         return int(self.status["tls"][0].rsplit(":", 1)[1])
 
+    @property
+    def restconf_port(self) -> int:
+        return int(self.status["restconf"][0].rsplit(":", 1)[1])
+
     def call(self, op: str, **args: Any) -> Any:
         return self.control.call(op, **args)
 
