@@ -90,6 +90,26 @@ options:
       password_env:
         description: Environment variable holding the password, in the listener's environment.
         type: str
+  outbound_ssh_secret:
+    description:
+      - Junos outbound-ssh shared secret of this device, as a B(reference), never the secret itself
+        (C(env:NAME), a variable in the listener's environment, or C(file:/absolute/path), a file of
+        mode 0600 on the listener host). A value that is neither is refused without being shown.
+      - The listener then checks the HMAC the device sends with its C(HOST-KEY), and enrolls an
+        unknown device that proves it without an operator (zero-touch enrollment, see
+        C(docs/outbound-ssh.md)). Set with or without O(source): a device can be pre-provisioned.
+      - Written to the trust store file (the listener's, as for the other file writes), with
+        O(state=present) only; O(state=absent) without O(source) removes the device and its secret.
+      - Marked C(no_log) in case a secret is pasted here by mistake, so the reference shows masked
+        in the task result.
+    type: str
+  outbound_ssh_allow_rotation:
+    description:
+      - With O(outbound_ssh_secret), a call with a valid HMAC and a new host key replaces the
+        device's enrolled key. Off by default, a new key is then pending as a key mismatch: the
+        pinned key is a stronger proof than a secret.
+    type: bool
+    default: false
   listener:
     description: Listener control address (C(unix:/path), C(tls://host:port)); default E(NETCONF_CALLHOME_CONTROL) or C(~/.netconf-callhome/control.sock).
     type: str
@@ -140,6 +160,12 @@ EXAMPLES = r"""
     value: "serial:FOC1234X"
   delegate_to: localhost
 
+- name: Pre-provision a Junos device for zero-touch enrollment by its outbound-ssh secret
+  netconf.callhome.enroll:
+    device: r5
+    outbound_ssh_secret: "file:/etc/callhome/r5.secret"
+  delegate_to: localhost
+
 - name: Remove a device from the trust store
   netconf.callhome.enroll:
     device: r4
@@ -176,6 +202,11 @@ trust_store:
   description: Trust store file written (file paths only).
   returned: when the file was used
   type: str
+outbound_ssh:
+  description: The device's outbound-ssh secret setting after the task (its reference shows masked, see O(outbound_ssh_secret)).
+  returned: when O(outbound_ssh_secret) was given
+  type: dict
+  sample: {"secret": "********", "allow_rotation": false}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -186,12 +217,36 @@ from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome
     PIP_NAME,
     NetconfCallhomeMissing,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import run
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import Enroller, run
 
 try:
     from netconf_callhome.errors import CallHomeError
+    from netconf_callhome.policy import trust_ops
 except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
     CallHomeError = NetconfCallhomeMissing
+    trust_ops = None
+
+
+def set_outbound_ssh_secret(params, check_mode):
+    """The device's outbound-ssh secret reference, written to the trust store file under its lock
+    (a running listener is asked to reload, and re-reads the file within a second anyway)."""
+    enroller = Enroller(listener=params.get("listener"), token=params.get("listener_token"),
+                        trust_store=params.get("trust_store"), check_mode=check_mode)
+    store = enroller.store()
+    change = trust_ops.set_outbound_ssh_secret(store, params["device"], params["outbound_ssh_secret"],
+                                               allow_rotation=params["outbound_ssh_allow_rotation"],
+                                               dry_run=check_mode)
+    identities = trust_ops.identities_of(store.load(), params["device"])  # not changed by a secret
+    out = {"changed": change["changed"], "outbound_ssh": change["outbound_ssh"], "trust_store": store.path,
+           "written_via": "file", "before": identities, "after": identities}
+    warnings = []
+    if change["changed"] and not check_mode and enroller.listener_up:
+        try:
+            enroller.client.call("reload")
+            out["written_via"] = "file+reload"
+        except CallHomeError as exc:
+            warnings.append("outbound-ssh secret written, but the listener did not reload: %s" % exc.message)
+    return out, warnings
 
 
 def main():
@@ -218,20 +273,33 @@ def main():
             listener=dict(type="str"),
             listener_token=dict(type="str", no_log=True),
             trust_store=dict(type="path"),
+            # A reference (env:/file:), not the secret; no_log all the same, in case a secret is pasted here.
+            outbound_ssh_secret=dict(type="str", no_log=True),
+            outbound_ssh_allow_rotation=dict(type="bool", default=False),
         ),
-        required_if=[("state", "present", ["source"])],
+        required_if=[("state", "present", ["source", "outbound_ssh_secret"], True)],
         supports_check_mode=True,
     )
     if not HAS_NETCONF_CALLHOME:
         module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
+    secret = module.params["outbound_ssh_secret"] if module.params["state"] == "present" else None
     try:
-        result = run(module.params, check_mode=module.check_mode)
+        result = run(module.params, check_mode=module.check_mode) if module.params["source"] or not secret else None
+        secret_out, secret_warnings = set_outbound_ssh_secret(module.params, module.check_mode) if secret else ({}, [])
     except CallHomeError as exc:
         module.fail_json(msg=exc.message, error_code=exc.code, details=exc.details)
-    out = result.to_dict()
-    if module._diff:
+    out = result.to_dict() if result is not None else {"changed": False, "device": module.params["device"]}
+    if secret:
+        out["changed"] = bool(out["changed"] or secret_out.pop("changed"))
+        if result is not None and result.written_via:
+            secret_out.pop("written_via")  # the identity's way (e.g. through the listener) is reported
+        if result is not None:
+            secret_out.pop("before")
+            secret_out.pop("after")
+        out.update(secret_out)
+    if result is not None and module._diff:
         out["diff"] = {"before": "\n".join(result.before) + "\n", "after": "\n".join(result.after) + "\n"}
-    for warning in result.warnings:
+    for warning in (result.warnings if result is not None else []) + secret_warnings:
         module.warn(warning)
     module.exit_json(**out)
 

@@ -43,10 +43,10 @@ from netconf_callhome.netutil import format_binds, format_peer, make_listening_s
 from netconf_callhome.policy.admission import Admission
 from netconf_callhome.policy import trust_ops
 from netconf_callhome.policy.trust_store import TrustStore
-from netconf_callhome.policy.verdicts import TrustPolicy, Verdict, refusal
+from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict, refusal
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.first_bytes import SinglePortTransport
-from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
+from netconf_callhome.protocol.outbound_ssh import HostKeyRefusal, OutboundSSHTransport, Preamble
 from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
 from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
@@ -63,8 +63,8 @@ from netconf_callhome.state.registry import (
     PendingKey,
     Registry,
     RegistryWriteError,
-    SQLiteStore,
 )
+from netconf_callhome.state.stores import open_store
 
 log = logging.getLogger("netconf_callhome.listener")
 
@@ -87,7 +87,16 @@ class CallHomeListener:
         os.makedirs(config.home, mode=0o700, exist_ok=True)
         self.trust_store = TrustStore(config.trust_store)
         self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
-        self.registry = Registry(SQLiteStore(config.registry))
+        # state_url picks SQLite (default) or a PostgreSQL database shared by several nodes;
+        # opening it connects and migrates the schema before anything is served.
+        self.registry = Registry(
+            open_store(
+                config.state_url,
+                sqlite_default=config.registry,
+                home=config.home,
+                node=config.node_name or socket.gethostname(),
+            )
+        )
         self.registry.load()
         self.metrics = Metrics(self.registry.counts)
         self.admission = Admission(
@@ -100,7 +109,7 @@ class CallHomeListener:
         )
         self._keys = PrivateKeyCache()
         self.ssh = SSHTransport(config, admission=self.admission, events=self)
-        self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout)
+        self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout, events=self)
         self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
         self.restconf = (
             RestconfTransport(config, admission=self.admission, events=_RestconfEvents(self), limits=limits)
@@ -304,6 +313,101 @@ class CallHomeListener:
             public_line = key.export_public_key("openssh").decode("ascii").strip()
             self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
             return None
+        return self._ssh_login(verdict)
+
+    def outbound_ssh_host_key(
+        self, key: asyncssh.SSHKey, *, peer: str, preamble: Preamble
+    ) -> "SSHLogin | HostKeyRefusal | None":
+        """OutboundSSHEvents: a Junos device's proved host key, judged with its preamble. No secret
+        for its DEVICE-ID: as on 4334. A secret: the HMAC must verify for the key the handshake
+        proved (policy.outbound_ssh_check); then an enrolled key is accepted, and an unknown one
+        is enrolled under the DEVICE-ID without an operator (zero-touch), unless that device
+        already has another key and its secret does not allow rotation."""
+        fingerprint = key.get_fingerprint("sha256")
+        check = self.policy.outbound_ssh_check(preamble, fingerprint)
+        if check.binding is None and not check.refused:
+            return self.ssh_host_key(key, peer=peer, device_id=preamble.device_id)
+        public_line = key.export_public_key("openssh").decode("ascii").strip()
+        if check.refused:
+            # Recorded with the proved key, so an operator who decides the device is genuine (its
+            # secret was mistyped) can approve it; the DEVICE-ID stays a claim (claim_source).
+            pending = self.registry.record_pending(
+                PendingKey(
+                    fingerprint=fingerprint,
+                    key_type=key.get_algorithm(),
+                    transport="ssh",
+                    public_key=public_line,
+                    peer=peer,
+                    reason=check.refused,
+                    claimed_device=preamble.device_id,
+                    claim_source="device-id" if preamble.device_id else "",
+                )
+            )
+            log_fn = log.error if check.refused == "secret-unavailable" else log.warning
+            log_fn(
+                "event=outbound_ssh.refused device_id=%s peer=%s fingerprint=%s reason=%s count=%d msg=%r",
+                preamble.device_id,
+                peer,
+                fingerprint,
+                check.refused,
+                pending.count,
+                check.message,
+            )
+            return HostKeyRefusal(check.refused, check.message)
+        assert check.binding is not None
+        verdict = self.policy.ssh_verdict(fingerprint, device_id=preamble.device_id)
+        if verdict.accepted:
+            return self._ssh_login(verdict)
+        device = preamble.device_id
+        rotate = verdict.outcome == MISMATCH
+        if rotate and not check.binding.allow_rotation:
+            # The secret proves the caller knows it, not that it is the device whose key is pinned:
+            # a group secret sits on every device of the group. Re-keying is the operator's call.
+            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
+            message = (
+                "HMAC verified (secret of %s), but %s has another host key enrolled and its secret does not "
+                "allow rotation; approve the new key (callhome-listener approve %s --device %s --replace) if "
+                "the device was really re-keyed" % (check.binding.source, device, fingerprint, device)
+            )
+            log.warning(
+                "event=outbound_ssh.rotation_refused device=%s peer=%s fingerprint=%s msg=%r",
+                device,
+                peer,
+                fingerprint,
+                message,
+            )
+            return HostKeyRefusal("host-key", message)
+        try:
+            change = trust_ops.enroll(
+                self.trust_store, device, "ssh_host_keys", public_line, replace=rotate, observed=True
+            )
+        except CallHomeError as exc:
+            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
+            log.error(
+                "event=outbound_ssh.enroll_failed device=%s peer=%s fingerprint=%s error=%r",
+                device,
+                peer,
+                fingerprint,
+                exc.message,
+            )
+            return HostKeyRefusal("enroll-failed", "zero-touch enrollment of %s failed: %s" % (device, exc.message))
+        self.registry.drop_pending(fingerprint)
+        self._trust_changed(device, "key replaced")
+        log.info(
+            "event=device.enrolled device=%s fingerprint=%s peer=%s via=outbound-ssh-secret secret=%s replaced=%s",
+            device,
+            fingerprint,
+            peer,
+            check.binding.source,
+            ",".join(change.replaced) or "-",
+        )
+        verdict = self.policy.ssh_verdict(fingerprint, device_id=device)
+        if not verdict.accepted:  # the file changed under us again: refuse rather than guess
+            return HostKeyRefusal("enroll-failed", "%s was enrolled but is not trusted after the reload" % fingerprint)
+        return self._ssh_login(verdict)
+
+    def _ssh_login(self, verdict: Verdict) -> SSHLogin:
+        """The login for an accepted SSH key: the device's credentials, read once per file change."""
         creds = self.policy.credentials_for(verdict.device)
         try:
             keys = self._keys.keys(creds.private_key_file)
