@@ -87,6 +87,37 @@ MIGRATIONS: Tuple[Tuple[int, str, str], ...] = (
         CREATE INDEX events_at ON events (at);
         """,
     ),
+    (
+        3,
+        "the trust store: devices, their identities, outbound-ssh groups, a revision",
+        """
+        CREATE TABLE trust_devices (
+            name       text PRIMARY KEY,
+            doc        jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            updated_by text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE trust_identities (
+            kind     text NOT NULL,
+            identity text NOT NULL,
+            device   text NOT NULL REFERENCES trust_devices (name) ON DELETE CASCADE,
+            PRIMARY KEY (kind, identity)
+        );
+        CREATE INDEX trust_identities_device ON trust_identities (device);
+        CREATE TABLE trust_groups (
+            name       text PRIMARY KEY,
+            doc        jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            updated_by text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE trust_revision (
+            one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+            revision   bigint NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO trust_revision (revision) VALUES (0);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -171,12 +202,11 @@ async def migrate(conn: Any, *, node: str = "", target: Optional[int] = None) ->
     return current, after
 
 
-class PostgresStore:
-    """:class:`~netconf_callhome.state.registry.RegistryStore` on PostgreSQL (asyncpg).
+class PostgresConnection:
+    """A pool of asyncpg connections on an event loop of its own thread, with the schema migrated.
 
     Opening connects, migrates the schema and raises :class:`StateStoreError` (with the redacted
-    URL) when the database cannot be reached or used. A refused write later raises
-    :class:`RegistryWriteError`; the registry keeps the changes and retries (``FlushRetry``).
+    URL) when the database cannot be reached or used. The stores (registry, trust) build on it.
     """
 
     def __init__(
@@ -191,7 +221,6 @@ class PostgresStore:
         self.node = node
         self._secret = urllib.parse.urlsplit(url).password or ""
         self.command_timeout = command_timeout
-        self._pruned_at = 0.0
         self._pool: Any = None
         self.schema_version = 0
         try:
@@ -274,6 +303,38 @@ class PostgresStore:
             raise StateStoreError(
                 "cannot open the state database %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
             ) from None
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            if self._pool is not None:
+                self._run(asyncio.wait_for(self._pool.close(), 10), 15)
+        except Exception as exc:  # noqa: BLE001  stopping must not fail; say what happened
+            log.warning("event=state.close_failed url=%s error=%r", self.url, self._scrub(exc))
+            if self._pool is not None:
+                self._loop.call_soon_threadsafe(self._pool.terminate)
+        finally:
+            self._stop_loop()
+
+
+class PostgresStore(PostgresConnection):
+    """:class:`~netconf_callhome.state.registry.RegistryStore` on PostgreSQL (asyncpg).
+
+    A refused write raises :class:`RegistryWriteError`; the registry keeps the changes and
+    retries (``FlushRetry``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self._pruned_at = 0.0
+        super().__init__(url, node=node, connect_timeout=connect_timeout, command_timeout=command_timeout)
 
     # -- RegistryStore -------------------------------------------------------------------------
 
@@ -368,16 +429,3 @@ class PostgresStore:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(query, *args)
         return [_event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in reversed(rows)]
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        try:
-            if self._pool is not None:
-                self._run(asyncio.wait_for(self._pool.close(), 10), 15)
-        except Exception as exc:  # noqa: BLE001  stopping must not fail; say what happened
-            log.warning("event=state.close_failed url=%s error=%r", self.url, self._scrub(exc))
-            if self._pool is not None:
-                self._loop.call_soon_threadsafe(self._pool.terminate)
-        finally:
-            self._stop_loop()
