@@ -42,6 +42,19 @@ options:
     description: Where the identity comes from.
     type: str
     choices: [pending, ssh_scan, public_key, fingerprint, certificate, tls_fingerprint, tls_identity]
+  transport:
+    description:
+      - How the device calls home - C(ssh) (NETCONF over SSH, Junos outbound-ssh), C(tls) (NETCONF
+        over TLS) or C(restconf) (RESTCONF over TLS, port 4336). Optional; when set, the identity
+        must fit it (SSH host key sources for C(ssh); C(certificate), C(tls_fingerprint),
+        C(tls_identity) for C(tls) and C(restconf)), and O(source=pending) only approves a key
+        that came over that transport.
+      - RESTCONF devices are enrolled like TLS ones, by pinned certificate (C(certificate),
+        C(tls_fingerprint), or C(pending) with O(expected_fingerprint)) or by CA chain plus
+        identity (C(tls_identity), with the listener's C(device_ca)). The trust store records the
+        certificate, not the transport, so one enrollment serves NETCONF over TLS and RESTCONF.
+    type: str
+    choices: [ssh, tls, restconf]
   value:
     description: The identity for the explicit sources (key line, fingerprint, PEM, C(serial:...)).
     type: str
@@ -76,6 +89,9 @@ options:
         device's credentials in the trust store.
       - Applied with every O(source), C(pending) included (written with the approved key in one
         locked write; for a key already enrolled, the credentials alone are updated).
+      - For a RESTCONF device, O(credentials.username) with O(credentials.password_file) or
+        O(credentials.password_env) are the HTTP basic credentials the listener sends (never
+        logged); without a password the listener authenticates with its client certificate alone.
     type: dict
     suboptions:
       username:
@@ -166,6 +182,17 @@ EXAMPLES = r"""
     outbound_ssh_secret: "file:/etc/callhome/r5.secret"
   delegate_to: localhost
 
+- name: Approve the certificate a RESTCONF device presented when it called 4336, with HTTP basic credentials
+  netconf.callhome.enroll:
+    device: r6
+    source: pending
+    transport: restconf
+    expected_fingerprint: "{{ r6_certificate_sha256 }}"
+    credentials:
+      username: nms
+      password_file: /etc/callhome/r6.http-password
+  delegate_to: localhost
+
 - name: Remove a device from the trust store
   netconf.callhome.enroll:
     device: r4
@@ -179,6 +206,11 @@ fingerprint:
   returned: when an identity was given or observed
   type: str
   sample: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+transport:
+  description: Transport of the approved pending key, or the one O(transport) named (empty otherwise).
+  returned: always
+  type: str
+  sample: restconf
 kind:
   description: Trust store list the identity belongs to.
   returned: when an identity was given or observed
@@ -256,6 +288,7 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             source=dict(type="str", choices=["pending", "ssh_scan", "public_key", "fingerprint", "certificate",
                                              "tls_fingerprint", "tls_identity"]),
+            transport=dict(type="str", choices=["ssh", "tls", "restconf"]),
             value=dict(type="str"),
             expected_fingerprint=dict(type="str"),
             trust_on_first_use=dict(type="bool", default=False),

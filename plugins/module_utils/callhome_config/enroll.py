@@ -56,6 +56,16 @@ except ImportError:  # the enroll module fails with missing_required_lib before 
 
 SOURCES = ("pending", "ssh_scan", "public_key", "fingerprint", "certificate", "tls_fingerprint", "tls_identity")
 OBSERVED = ("pending", "ssh_scan")
+#: Call-home transports as the listener names them (pending entries, registry records).
+TRANSPORTS = ("ssh", "tls", "restconf")
+#: Which explicit sources identify a device of each transport. A certificate serves NETCONF over
+#: TLS and RESTCONF alike: the listener gives both the same verdict (policy.verdicts,
+#: CERTIFICATE_TRANSPORTS), so the trust store records the certificate, not the transport.
+SOURCES_OF = {
+    "ssh": ("pending", "ssh_scan", "public_key", "fingerprint"),
+    "tls": ("pending", "certificate", "tls_fingerprint", "tls_identity"),
+    "restconf": ("pending", "certificate", "tls_fingerprint", "tls_identity"),
+}
 
 
 @dataclass
@@ -65,6 +75,7 @@ class EnrollResult:
     fingerprint: t.Optional[str] = None
     kind: t.Optional[str] = None
     source: str = ""
+    transport: str = ""  # of the approved pending entry, or the one the task named
     written_via: str = ""
     trust_store: str = ""
     before: t.List[str] = field(default_factory=list)
@@ -220,7 +231,17 @@ def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
     expected = params.get("expected_fingerprint")
     tofu = bool(params.get("trust_on_first_use"))
     replace = bool(params.get("replace_existing"))
-    result = EnrollResult(changed=False, device=device, source=source or "")
+    transport = params.get("transport") or ""
+    if transport and transport not in TRANSPORTS:
+        raise ConfigError("transport must be one of %s, got %r" % (", ".join(TRANSPORTS), transport))
+    if transport and source and source not in SOURCES_OF[transport]:
+        what = "SSH host key" if transport == "ssh" else "TLS certificate"
+        raise ConfigError(
+            "a %s device is identified by its %s: source %s does not apply (use %s)"
+            % ("RESTCONF" if transport == "restconf" else transport.upper(), what, source,
+               ", ".join(SOURCES_OF[transport]))
+        )
+    result = EnrollResult(changed=False, device=device, source=source or "", transport=transport)
 
     if state == "absent":
         identity = explicit_identity(source, params["value"]) if source and params.get("value") else None
@@ -273,6 +294,19 @@ def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
 def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: str, expected: t.Optional[str],
                      tofu: bool, replace: bool, result: EnrollResult) -> EnrollResult:
     entries = enroller.pending()
+    transport = params.get("transport")
+    if transport:
+        # Only what came over that transport: a device calling over SSH and RESTCONF has a pending
+        # entry for each, and the task approves the one it names.
+        mine = [p for p in entries if str(p.get("transport") or "ssh") == transport]
+        if expected and not any(same_fingerprint(_kind(p), p.get("fingerprint", ""), expected) for p in mine):
+            other = [str(p.get("transport") or "ssh") for p in entries
+                     if same_fingerprint(_kind(p), p.get("fingerprint", ""), expected)]
+            if other:
+                raise UnknownKeyError("the pending key %s of device %r came over %s, not %s; NOT enrolled (set "
+                                      "transport: %s if that is the device)" % (expected, device, other[0], transport,
+                                                                               other[0]))
+        entries = mine
     if expected:
         chosen = [p for p in entries if same_fingerprint(_kind(p), p.get("fingerprint", ""), expected)]
     else:
@@ -306,6 +340,7 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         raise ConfigError("several pending keys could belong to %r (%s); pass expected_fingerprint"
                           % (device, ", ".join(p.get("fingerprint", "?") for p in chosen)))
     pending = chosen[0]
+    result.transport = str(pending.get("transport") or "ssh")
     identity = trust_ops.pending_identity(PendingEntry.from_mapping(pending))
     identity.pending = pending
     kind = identity.kind
@@ -333,5 +368,5 @@ def _kind(pending: t.Mapping[str, t.Any]) -> str:
     return kind_for_transport(str(pending.get("transport") or "ssh"))
 
 
-__all__ = ("EnrollResult", "Enroller", "Identity", "check_conflict", "check_observed", "explicit_identity",
+__all__ = ("SOURCES_OF", "TRANSPORTS", "EnrollResult", "Enroller", "Identity", "check_conflict", "check_observed", "explicit_identity",
            "identities_of", "mutate_add", "mutate_remove", "run", "same_fingerprint", "scan_ssh_host_key")

@@ -112,3 +112,82 @@ def test_absent_and_credentials(store: Path) -> None:
 def test_pending_needs_the_listener(store: Path) -> None:
     with pytest.raises(ListenerUnreachableError, match="needs the running listener"):
         enroll(store, device="r1", source="pending", expected_fingerprint=ssh_fingerprint(KEY_A))
+
+
+CERT_FP = "SHA256:" + ":".join(["7E"] * 32)
+
+
+@pytest.mark.parametrize("transport", ["tls", "restconf"])
+def test_certificate_devices_refuse_ssh_sources_and_take_tls_ones(store: Path, transport: str) -> None:
+    with pytest.raises(ConfigError, match="identified by its TLS certificate: source public_key does not apply"):
+        enroll(store, device="r1", source="public_key", value=KEY_A, transport=transport)
+    done = enroll(store, device="r1", source="tls_fingerprint", value=CERT_FP, transport=transport)
+    assert done.changed and done.kind == "tls_fingerprints" and done.transport == transport
+    # one trust-store entry serves NETCONF over TLS and RESTCONF: the listener's verdict is the same
+    assert enroll(store, device="r1", source="tls_fingerprint", value=CERT_FP,
+                  transport="tls" if transport == "restconf" else "restconf").changed is False
+    ident = enroll(store, device="r1", source="tls_identity", value="serial:SN-1", transport=transport)
+    assert ident.changed and devices(store)["r1"]["tls_identities"] == ["serial:SN-1"]
+
+
+def test_ssh_devices_refuse_certificates(store: Path) -> None:
+    with pytest.raises(ConfigError, match="SSH device is identified by its SSH host key: source tls_fingerprint"):
+        enroll(store, device="r1", source="tls_fingerprint", value=CERT_FP, transport="ssh")
+    with pytest.raises(ConfigError, match="transport must be one of ssh, tls, restconf"):
+        enroll(store, device="r1", source="tls_fingerprint", value=CERT_FP, transport="http")
+
+
+class FakeListener:
+    """The listener's control client as the Enroller uses it: status, pending, approve."""
+
+    def __init__(self, store: Path, pending: t.List[t.Dict[str, t.Any]]) -> None:
+        self.store, self.pending, self.approved = store, pending, []  # type: ignore[var-annotated]
+        self.address = "unix:fake"
+
+    def call(self, op: str, **kw: t.Any) -> t.Any:
+        if op == "status":
+            return {"trust_store": str(self.store)}
+        if op == "pending":
+            return self.pending
+        if op == "approve":
+            self.approved.append(kw)
+            return {"changed": True}
+        raise AssertionError(op)
+
+
+def approve(store: Path, listener: FakeListener, **params: t.Any) -> t.Any:
+    from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import enroll as enroll_mod
+
+    base = {"listener": "unix:fake", "trust_store": str(store), "state": "present", "source": "pending"}
+    base.update(params)
+    original = enroll_mod.ControlClient
+    enroll_mod.ControlClient = lambda *a, **kw: listener  # type: ignore[misc,assignment]
+    try:
+        return run(base, check_mode=False)
+    finally:
+        enroll_mod.ControlClient = original  # type: ignore[misc]
+
+
+def test_pending_restconf_certificate_is_approved_as_a_tls_fingerprint(store: Path) -> None:
+    entries = [{"fingerprint": ssh_fingerprint(KEY_A), "transport": "ssh", "public_key": KEY_A, "peer": "192.0.2.9:1",
+                "claimed_device": "r1"},
+               {"fingerprint": CERT_FP, "transport": "restconf", "key_type": "x509", "peer": "192.0.2.9:2",
+                "claimed_device": "r1"}]
+    listener = FakeListener(store, entries)
+    done = approve(store, listener, device="r1", transport="restconf", expected_fingerprint=CERT_FP,
+                   credentials={"username": "nms", "password_env": "R1_HTTP_PW"})
+    assert done.changed and done.kind == "tls_fingerprints" and done.transport == "restconf"
+    assert listener.approved == [{"fingerprint": CERT_FP, "device": "r1", "replace": False,
+                                  "credentials": {"username": "nms", "password_env": "R1_HTTP_PW"}}]
+    # without expected_fingerprint, transport picks the one of the device's two pending entries
+    listener = FakeListener(store, entries)
+    picked = approve(store, listener, device="r1", transport="restconf", trust_on_first_use=True)
+    assert picked.fingerprint and listener.approved[0]["fingerprint"] == CERT_FP
+
+
+def test_pending_key_of_another_transport_is_refused_naming_it(store: Path) -> None:
+    listener = FakeListener(store, [{"fingerprint": CERT_FP, "transport": "tls", "key_type": "x509", "peer": "p",
+                                     "claimed_device": "r1"}])
+    with pytest.raises(UnknownKeyError, match="came over tls, not restconf; NOT enrolled"):
+        approve(store, listener, device="r1", transport="restconf", expected_fingerprint=CERT_FP)
+    assert listener.approved == []
