@@ -82,6 +82,48 @@ def test_a_listener_on_postgresql_records_devices_there(listener_factory, fleet,
     assert postgres.psql("SELECT count(*) FROM schema_version", database)[0][0] != "0"
 
 
+def test_postgresql_down_mid_run_loses_no_registry_write(listener_factory, fleet, postgres, tmp_path):
+    """The database stops while the listener runs: sessions go on, the device's disconnection is
+    kept in memory (event=registry.flush_failed, once), and written when the database is back
+    (event=registry.flush_recovered)."""
+    database = "restart_%d" % os.getpid()
+    url = postgres.create_database(database)
+    home = tmp_path / "home"
+    fleet.enroll(home / "trust.json", ["sim0001", "sim0002"])
+    lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", url)), home=home).start()
+    rows = "SELECT name, status FROM devices ORDER BY name"
+    sim1 = fleet.simulator(lst.ssh_port, 1, wait_connected=1)
+    try:
+        wait_until(lambda: postgres.psql(rows, database) == [["sim0001", "connected"]], 20, "sim0001 in PostgreSQL")
+        postgres.halt()
+        try:
+            sim1.stop()
+            lst.wait_device("sim0001", "disconnected")
+            # a device calling while the database is away gets its session all the same
+            with running(fleet.simulator(lst.ssh_port, 2, wait_connected=2)):
+                lst.wait_device("sim0002", "connected")
+                log = lst.wait_log("event=registry.flush_failed", timeout=20)
+                assert "cannot write the registry postgresql://callhome:***@" in log
+                assert postgres.password not in log
+        finally:
+            postgres.resume()
+        lst.wait_log("event=registry.flush_recovered", timeout=60)
+        wait_until(
+            lambda: postgres.psql(rows, database) == [["sim0001", "disconnected"], ["sim0002", "disconnected"]],
+            30,
+            "the writes made while PostgreSQL was down",
+            detail=lambda: "rows %s\nlog:\n%s" % (postgres.psql(rows, database), lst.log()[-3000:]),
+        )
+        assert lst.log().count("event=registry.flush_failed") == 1  # one line per failure streak
+        history = postgres.psql("SELECT device, event FROM events ORDER BY id", database)
+        # every status change made while the database was away is there, in order (sim0001
+        # called again with the second simulator)
+        assert [e[1] for e in history if e[0] == "sim0001"] == ["connected", "disconnected"] * 2
+        assert [e[1] for e in history if e[0] == "sim0002"] == ["connected", "disconnected"]
+    finally:
+        sim1.stop()
+
+
 def test_a_listener_refuses_to_start_when_the_database_is_unreachable(listener_factory, postgres, tmp_path):
     url = postgres.url("no_such_database")
     lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", url)), home=tmp_path / "home")

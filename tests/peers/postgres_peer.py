@@ -119,6 +119,21 @@ class PostgresPeer:
         if res.returncode != 0:
             raise RuntimeError("pg_ctl restart failed:\n%s" % (res.stdout + res.stderr + self.log()[-2000:]))
 
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data and port:
+        the database is away until :meth:`resume`."""
+        res = self._pg_ctl("stop", "-m", "fast", "-w", "-t", "30")
+        if res.returncode != 0:
+            raise RuntimeError("pg_ctl stop failed:\n%s" % (res.stdout + self.log()[-2000:]))
+        self.running = False
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again on the same port."""
+        res = self._pg_ctl("start", "-w", "-t", str(int(timeout)), "-l", self.logfile, "-o", self._options())
+        if res.returncode != 0:
+            raise RuntimeError("pg_ctl start failed:\n%s" % (res.stdout + self.log()[-2000:]))
+        self.running = True
+
     def __enter__(self) -> "PostgresPeer":
         return self.start()
 
