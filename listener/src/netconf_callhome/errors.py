@@ -62,6 +62,13 @@ class HandshakeError(CallHomeError):
     code = "handshake"
 
 
+class SSHBannerError(HandshakeError):
+    """The peer answered the listener's ClientHello with an SSH banner: an SSH device where TLS
+    was started (on a TLS port, or on the single call-home port after ``callhome_silence``)."""
+
+    code = "ssh-banner"
+
+
 class FramingError(CallHomeError):
     """A NETCONF message violates RFC 6242 framing or is not acceptable XML."""
 

@@ -34,7 +34,9 @@ log = logging.getLogger("netconf_callhome.admission")
 # address would slow down every device behind the same NAT. An outbound-ssh secret the listener
 # cannot read (secret-unavailable) is the listener's own fault, not the device's. A wrong HMAC
 # (hmac-failed, hmac-missing, host-key-differs) is counted: that is how guessing a secret looks.
-_NOT_COUNTED = ("host-key", "auth-failed", "secret-unavailable")
+# On the single call-home port an SSH device whose banner came after callhome_silence was taken
+# for TLS (slow-ssh-banner): a storm of devices through a slow path, like the timeouts above.
+_NOT_COUNTED = ("host-key", "auth-failed", "secret-unavailable", "slow-ssh-banner")
 # Stale per-address state is dropped by a sweep at most this often (bounded memory under floods
 # from many addresses).
 _SWEEP_SECONDS = 1.0

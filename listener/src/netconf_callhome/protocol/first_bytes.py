@@ -21,6 +21,9 @@ each device does first decides:
 * anything else: refused (``unknown-protocol``), as is a peer that sent part of a signature and
   stopped (``timeout`` after ``callhome_detect_timeout``) or closed (``connection-lost``). They
   are handshake failures like any other (metrics, the address's failure count, a log line).
+  An SSH device whose banner comes only after the silence gets a ClientHello and answers it with
+  its banner: ``slow-ssh-banner`` (logged and in the metrics, not counted against the address,
+  as the storm-induced ``-after-banner`` timeouts are not; the device redials).
 
 Bounds: :class:`FirstBytes` is a :class:`asyncio.BufferedProtocol` whose buffer is
 :data:`MAX_DETECT_BYTES` long, so the event loop reads at most that many bytes before the
@@ -40,6 +43,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from netconf_callhome.config import ListenerConfig
+from netconf_callhome.errors import SSHBannerError
 from netconf_callhome.netutil import format_peer, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, TransportEvents
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport, start_ssh
@@ -269,6 +273,14 @@ class SinglePortTransport:
                 conn = await start_tls(self.restconf.context, transport=transport)
         except BaseException as exc:
             reason, message = classify(exc)  # RESTCONF's: it knows TLS failures (NETCONF's knows SSH's)
+            if isinstance(exc, SSHBannerError):
+                # Its banner came after the silence (a slow device, or a storm through a slow
+                # path): not counted against the address; the device redials.
+                reason = "slow-ssh-banner"
+                message = "%s; its banner came after callhome_silence (%g s): raise it, or let the device call the SSH port" % (
+                    exc.message,
+                    self.config.callhome_silence,
+                )
             self.events.handshake_failed(HandshakeFailure(transport=TLS, peer=peer, reason=reason, message=message))
             if not isinstance(exc, Exception):
                 raise

@@ -20,7 +20,7 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from netconf_callhome.config import ListenerConfig
-from netconf_callhome.errors import HandshakeError
+from netconf_callhome.errors import HandshakeError, SSHBannerError
 from netconf_callhome.netutil import format_peer, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, TransportEvents
 from netconf_callhome.protocol.session import SHARED, HeldSession
@@ -69,6 +69,7 @@ class _TLSConnection(asyncio.Protocol):
         self._early: List[bytes] = []
         self._early_size = 0
         self.lost: Optional[str] = None
+        self.first_bytes = b""  # the device's first bytes (at most 8), to name a wrong protocol
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -81,6 +82,8 @@ class _TLSConnection(asyncio.Protocol):
             return
         self._incoming.write(data)
         if not self._handshake.done():
+            if len(self.first_bytes) < 8:
+                self.first_bytes += data[: 8 - len(self.first_bytes)]
             self._step_handshake()
         else:
             self._read_records()
@@ -373,7 +376,8 @@ async def start_tls(
             assert sock is not None
             await loop.connect_accepted_socket(lambda: conn, sock=sock)  # type: ignore[return-value,arg-type]
         await handshake
-    except BaseException:
+    except BaseException as exc:
+        spoke_ssh = conn.first_bytes.startswith(b"SSH-")
         if conn.transport is not None:
             conn.transport.abort()
         elif sock is not None:
@@ -381,6 +385,11 @@ async def start_tls(
         conn._release()  # pylint: disable=protected-access
         if not handshake.done():
             handshake.cancel()
+        if spoke_ssh and isinstance(exc, (ssl.SSLError, ConnectionError)):
+            raise SSHBannerError(
+                "the device sent an SSH banner (%r) instead of a TLS ServerHello: an SSH device where TLS "
+                "was expected" % conn.first_bytes
+            ) from None
         raise
     return conn
 

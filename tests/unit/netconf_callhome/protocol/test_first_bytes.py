@@ -520,3 +520,40 @@ def test_a_pinned_device_that_negotiated_the_other_protocol_is_refused(tmp_path:
         tls.close()
 
     run(scenario)
+
+
+def test_an_ssh_banner_after_the_silence_is_a_slow_ssh_banner_not_garbage(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        p = Port(tmp_path, silence=0.2)
+        reader, writer = await p.dial()
+        hello = await reader.read(5)  # silence: the listener starts TLS
+        assert hello[:1] == b"\x16"  # a TLS handshake record: our ClientHello
+        writer.write(b"SSH-2.0-SlowDevice\r\n")  # the banner, late
+        await p.settle()
+        [failure] = p.events.failures
+        assert (failure.transport, failure.reason) == ("tls", "slow-ssh-banner")
+        assert "SSH banner" in failure.message and "callhome_silence (0.2 s)" in failure.message
+        writer.close()
+
+    run(scenario)
+
+
+def test_an_ssh_device_on_the_tls_port_is_named(tmp_path: Path) -> None:
+    """start_tls, shared with 4335: an SSH banner in answer to the ClientHello says so."""
+
+    async def scenario() -> None:
+        p = Port(tmp_path)
+        assert p.tls is not None
+        listener_side, device = tcp_pair()
+        listener_side.setblocking(False)
+        task = asyncio.ensure_future(p.tls.handle(listener_side, ("127.0.0.1", 40002)))
+        reader, writer = await asyncio.open_connection(sock=device)
+        await reader.read(5)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        await task
+        [failure] = p.events.failures
+        assert (failure.transport, failure.reason) == ("tls", "ssh-banner")
+        assert "b'SSH-2.0-'" in failure.message and "SSH device where TLS was expected" in failure.message
+        writer.close()
+
+    run(scenario)
