@@ -363,6 +363,9 @@ http {{
         {listen}
         {http2_line}
         server_name _;
+        # Location as the handler set it (a path, as RESTCONF servers answer a POST): nginx 1.26
+        # otherwise makes it absolute with its own name and port, which 1.22 did not.
+        absolute_redirect off;
         ssl_certificate {tls}/server.crt;
         ssl_certificate_key {tls}/server.key;
         ssl_protocols TLSv1.2 TLSv1.3;

@@ -18,8 +18,9 @@ set -euo pipefail
 # Every test against the libnetconf2 device and OpenSSH: the device's self-checks, configuration
 # pushed into libnetconf2 3.x's own ietf-netconf-server implementation (directly and through
 # netconf.callhome.config), the listener and playbooks against the real peers; and that
-# requirements.txt resolves on Python 3.13 to ansible-core 2.21 (test_requirements_resolve).
-PEER_TESTS=${STACK2_PEER_TESTS:-tests/integration/test_lnc2_selfcheck.py tests/integration/test_lnc2_extra_channels.py tests/integration/test_lnc2_pushed_config.py tests/integration/test_config_module_lnc2.py tests/integration/test_listener_real_peers.py tests/integration/test_playbook_real_peers.py tests/integration/test_requirements_resolve.py}
+# requirements.txt resolves on Python 3.13 to ansible-core 2.21 (test_requirements_resolve);
+# RESTCONF call home against Debian 13's nginx (1.26: HTTP/2 and HTTP/1.1, client certificates).
+PEER_TESTS=${STACK2_PEER_TESTS:-tests/integration/test_lnc2_selfcheck.py tests/integration/test_lnc2_extra_channels.py tests/integration/test_lnc2_pushed_config.py tests/integration/test_config_module_lnc2.py tests/integration/test_listener_real_peers.py tests/integration/test_playbook_real_peers.py tests/integration/test_restconf_nginx.py tests/integration/test_listener_restconf.py tests/integration/test_requirements_resolve.py}
 
 if [ -z "${S2_IN_NAMESPACE:-}" ]; then
     [ "$(id -u)" = 0 ] || { s2_log "run.sh needs root (chroot, mount)"; exit 1; }
