@@ -169,8 +169,10 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
     from netconf_callhome.policy.secrets import resolve
     from netconf_callhome.policy.trust_store import TrustStore
 
-    path = args.trust_store or os.path.join(os.path.abspath(os.path.expanduser(args.home or default_home())), "trust.json")
-    store = TrustStore(path)
+    home = os.path.abspath(os.path.expanduser(args.home or default_home()))
+    store = TrustStore(args.trust_store or os.path.join(home, "trust.json"))
+    # The listener of that home is the one to tell (unless --control names another).
+    control = args.control or ("unix:%s" % os.path.join(home, "control.sock") if args.home else None)
     command = args.secret_command
     if command == "list":
         return trust_ops.outbound_ssh_secrets(store)
@@ -193,7 +195,7 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
     result["trust_store"] = store.path
     if result["changed"]:
         try:  # a running listener would find the change within a second anyway
-            ControlClient(args.control, timeout=5).call("reload")
+            ControlClient(control, timeout=5).call("reload")
             result["reloaded"] = True
         except CallHomeError:
             result["reloaded"] = False
