@@ -303,9 +303,10 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
             other = [str(p.get("transport") or "ssh") for p in entries
                      if same_fingerprint(_kind(p), p.get("fingerprint", ""), expected)]
             if other:
-                raise UnknownKeyError("the pending key %s of device %r came over %s, not %s; NOT enrolled (set "
-                                      "transport: %s if that is the device)" % (expected, device, other[0], transport,
-                                                                               other[0]))
+                raise UnknownKeyError(
+                    "the pending key %s of device %r came over %s, not %s; NOT enrolled (set transport: %s if that "
+                    "is the device)" % (expected, device, other[0], transport, other[0])
+                )
         entries = mine
     if expected:
         chosen = [p for p in entries if same_fingerprint(_kind(p), p.get("fingerprint", ""), expected)]

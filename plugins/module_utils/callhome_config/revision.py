@@ -84,6 +84,7 @@ PROFILES: t.Dict[str, Profile] = {
     ),
 }
 
+
 @dataclass(frozen=True)
 class RestconfProfile:
     """A revision of ietf-restconf-server this collection writes ``call-home/restconf-client`` for.

@@ -65,8 +65,8 @@ def test_restconf_endpoints_default_to_https_and_4336() -> None:
 
 
 def test_single_callhome_port_for_every_transport_endpoint_port_wins() -> None:
-    client = from_params(params(callhome_port=4330, endpoints=[{"name": "a", "address": "x"},
-                                                                {"name": "b", "address": "y", "port": 4336}]))
+    endpoints = [{"name": "a", "address": "x"}, {"name": "b", "address": "y", "port": 4336}]
+    client = from_params(params(callhome_port=4330, endpoints=endpoints))
     assert [e.port for e in client.endpoints] == [4330, 4336]
     nc = from_params({"name": "n", "callhome_port": 4330,
                       "endpoints": [{"name": "s", "address": "x", "transport": "ssh"},

@@ -233,8 +233,8 @@ def test_restconf_call_home_is_valid_ietf_restconf_server(schemas: t.Dict[str, S
 
 
 NETCONF_CASES = {
-    "ssh": {"endpoints": [{"name": "a", "address": "192.0.2.10", "tcp_keepalives": {"idle_time": 15, "max_probes": 3,
-                                                                                      "probe_interval": 5}}],
+    "ssh": {"endpoints": [{"name": "a", "address": "192.0.2.10",
+                           "tcp_keepalives": {"idle_time": 15, "max_probes": 3, "probe_interval": 5}}],
             "ssh": {"host_key_reference": "genkey", "username": "netconf", "client_public_keys": [KEY],
                     "keepalive_max_wait": 30, "keepalive_max_attempts": 3},
             "start_with": "first-listed", "max_wait": 5, "max_attempts": 3},
