@@ -557,3 +557,35 @@ def test_an_ssh_device_on_the_tls_port_is_named(tmp_path: Path) -> None:
         writer.close()
 
     run(scenario)
+
+
+# -- the options ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"callhome_binds": ["0.0.0.0"]}, "needs a port"),
+        ({"callhome_binds": ["[::]"]}, "needs a port"),
+        ({"callhome_binds": ["0.0.0.0:99999"]}, "port must be 0-65535"),
+        ({"callhome_silence": 0}, "callhome_silence must be positive"),
+        ({"callhome_silence": 12, "callhome_detect_timeout": 10}, "below callhome_detect_timeout"),
+        ({"callhome_transports": {"r1": "ssh"}}, "callhome_transports.r1: 'ssh' is not a TLS call-home transport"),
+        ({"callhome_bind": ["0.0.0.0:4330"]}, "unknown option"),
+    ],
+)
+def test_bad_single_port_options_stop_the_listener_with_their_name(tmp_path: Path, overrides: dict, error: str) -> None:
+    from netconf_callhome.config import load_config
+    from netconf_callhome.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=error):
+        load_config(None, dict({"home": str(tmp_path)}, **overrides))
+
+
+def test_the_single_port_is_off_by_default_and_binds_name_their_port(tmp_path: Path) -> None:
+    from netconf_callhome.config import load_config
+
+    assert load_config(None, {"home": str(tmp_path)}).callhome_binds == []
+    cfg = load_config(None, {"home": str(tmp_path), "callhome_binds": ["0.0.0.0:4330", "[::]:4330", ":0"]})
+    assert cfg.callhome_binds == ["0.0.0.0:4330", "[::]:4330", ":0"]
+    assert (cfg.callhome_silence, cfg.callhome_detect_timeout, cfg.callhome_transports) == (1.0, 10.0, {})
