@@ -26,6 +26,7 @@ system-deps`` installs the Debian package ``postgresql``).
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -83,6 +84,9 @@ class PostgresPeer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> "PostgresPeer":
+        # A test run that ends without the fixture's teardown (an interrupted session) still stops
+        # the server and deletes the user made for it; stop() is idempotent.
+        atexit.register(self.stop)
         try:
             self._prepare()
             self._initdb()
@@ -101,6 +105,7 @@ class PostgresPeer:
 
     def stop(self) -> None:
         """Stop the server, remove the work directory, delete the user made for it (if any)."""
+        atexit.unregister(self.stop)
         if self.running:
             self._pg_ctl("stop", "-m", "fast", "-w", "-t", "30")
             self.running = False
