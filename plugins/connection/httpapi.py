@@ -47,7 +47,7 @@ description:
   - When no listener answers at the default local address, it starts one on this machine (the
     embedded default). A remote listener (AWX, containers) is reached with a C(tls://HOST:PORT)
     address and a token; the modules' requests are then relayed over its control channel.
-version_added: 1.1.0
+version_added: 1.0.0
 requirements:
   - the netconf-callhome Python package (C(pip install netconf-callhome))
 extends_documentation_fragment:
@@ -224,21 +224,10 @@ from ansible.utils.display import Display
 from ansible_collections.ansible.netcommon.plugins.plugin_utils.connection_base import (
     NetworkConnectionBase,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
-    HAS_NETCONF_CALLHOME,
-    NetconfCallhomeMissing,
-    missing_netconf_callhome_msg,
-)
-from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import (
-    ensure_listener,
-    is_default_address,
-)
-from ansible_collections.netconf.callhome.plugins.plugin_utils.rpc_relay import (
-    Relay,
-    RelayError,
-    control_rpc,
-)
 
+# Only what every task uses is imported here: Ansible imports a connection plugin afresh in each
+# task's worker process (a fork of ansible-playbook), so the embedded-listener start, the relay
+# for remote listeners and the package check with its message are imported where they are needed.
 try:
     from netconf_callhome.control.client import (
         ControlClient,
@@ -252,9 +241,16 @@ try:
         NotAuthorizedError,
         WaitTimeoutError,
     )
-except ImportError:  # reported when the connection is used (_require_netconf_callhome), not here
+except ImportError:  # reported when the connection is used (_handoff), not here
+    from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+        NetconfCallhomeMissing,
+    )
+
+    HAS_NETCONF_CALLHOME = False
     CallHomeError = DeviceNotFoundError = DeviceNotReadyError = NetconfCallhomeMissing
     ListenerUnreachableError = NotAuthorizedError = WaitTimeoutError = NetconfCallhomeMissing
+else:
+    HAS_NETCONF_CALLHOME = True
 
 display = Display()
 
@@ -271,7 +267,7 @@ class Connection(NetworkConnectionBase):
         super().__init__(play_context, new_stdin, *args, **kwargs)
         self._endpoint_info: t.Optional[t.Dict[str, t.Any]] = None
         self._endpoint_request: t.Dict[str, t.Any] = {}
-        self._relay: t.Optional[Relay] = None
+        self._relay: t.Any = None  # rpc_relay.Relay of a remote listener, for the task
 
     @property
     def socket_path(self) -> t.Optional[str]:
@@ -316,6 +312,10 @@ class Connection(NetworkConnectionBase):
     def _handoff(self) -> None:
         """Ask the listener for the device's RESTCONF endpoint, waiting (with -v progress) if needed."""
         if not HAS_NETCONF_CALLHOME:
+            from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
+                missing_netconf_callhome_msg,
+            )
+
             raise AnsibleError("netconf.callhome.httpapi connection: %s" % missing_netconf_callhome_msg())
         device = self._device_name()
         host = self._play_context.remote_addr
@@ -397,8 +397,15 @@ class Connection(NetworkConnectionBase):
         return text
 
     def _ensure_listener(self, client: ControlClient) -> None:
+        if not self.get_option("callhome_embedded"):
+            return
+        from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import (
+            ensure_listener,
+            is_default_address,
+        )
+
         address = self._listener_address()
-        if not (self.get_option("callhome_embedded") and is_default_address(address)):
+        if not is_default_address(address):
             return
         host = self._play_context.remote_addr
         try:
@@ -436,6 +443,12 @@ class Connection(NetworkConnectionBase):
     def _start_relay(self, client: ControlClient, info: t.Dict[str, t.Any], command_timeout: int) -> str:
         """A local socket for this task's modules, forwarding each request to the remote endpoint
         (control op ``rpc``); :meth:`close` removes it when the task ends."""
+        from ansible_collections.netconf.callhome.plugins.plugin_utils.rpc_relay import (
+            Relay,
+            RelayError,
+            control_rpc,
+        )
+
         device = self._device_name()
         address = str(client.address)
         timeout = float(command_timeout) + 30.0

@@ -40,13 +40,19 @@ PASSWORD = "rc-basic-Pa55-never-logged"
 DATA = "/restconf/data/example-widgets:widgets"  # nginx stores it under its document root
 
 
-class Devices:
-    """The listener process with --restconf and two nginx devices called home and ready."""
+TOKEN = "t0ken-for-the-remote-restconf-listener-0123"
 
-    def __init__(self, lst: ListenerProcess, peers: Dict[str, Any], home: Path) -> None:
+
+class Devices:
+    """The listener process with --restconf and two nginx devices called home and ready; its
+    remote control endpoint (``remote``, TLS + ``TOKEN``, CA file ``remote_ca``) for the relay."""
+
+    def __init__(self, lst: ListenerProcess, peers: Dict[str, Any], home: Path, remote: str, remote_ca: str) -> None:
         self.lst = lst
         self.peers = peers
         self.home = home
+        self.remote = remote
+        self.remote_ca = remote_ca
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +68,23 @@ def devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devices]:
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
     home = base / "home"
+    # the remote control endpoint (AWX, containers): TLS with its own CA, and a token
+    import trustme
+
+    from harness import free_port
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(base / "ctl.pem"))
+    server.private_key_pem.write_to_path(str(base / "ctl.key"))
+    ca.cert_pem.write_to_path(str(base / "ctl-ca.pem"))
+    (base / "token").write_text(TOKEN + "\n")
+    control_port = free_port()
+    (base / "listener.yml").write_text(json.dumps({"control_tcp": {
+        "bind": "127.0.0.1:%d" % control_port, "cert": str(base / "ctl.pem"), "key": str(base / "ctl.key"),
+        "token_file": str(base / "token")}}))
     lst = ListenerProcess(home, [
-        "--ssh", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--restconf", "127.0.0.1:0",
+        "--config", str(base / "listener.yml"), "--ssh", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--restconf", "127.0.0.1:0",
         "--tls-client-cert", str(pki.listener_cert.cert_path), "--tls-client-key", str(pki.listener_cert.key_path),
         "--handshake-timeout", "10", "--log-level", "INFO",
     ])
@@ -89,7 +110,7 @@ def devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devices]:
             peer.start_dialing()
             rec = lst.wait_device(name, "connected", timeout=30)
             assert rec["transport"] == "restconf", rec
-        yield Devices(lst, peers, home)
+        yield Devices(lst, peers, home, "tls://127.0.0.1:%d" % control_port, str(base / "ctl-ca.pem"))
     finally:
         for peer in peers.values():
             peer.__exit__()
@@ -385,3 +406,14 @@ def test_a_device_that_calls_again_is_used_by_the_next_task(devices: Devices) ->
                "the device to call home again", detail=lambda: devices.lst.log()[-3000:])
     res = _play(devices, "again", GET, inv)
     _ok(res, [H2])
+
+
+def test_a_remote_listener_serves_the_modules_through_the_relay(devices: Devices) -> None:
+    """``tls://`` listener (AWX): the task's local relay forwards each request (control op ``rpc``)."""
+    inv = _inventory(devices, "remote", {H2: {}, H11: {}}, ansible_callhome_listener=devices.remote,
+                     ansible_callhome_token=TOKEN, ansible_callhome_tls_ca_file=devices.remote_ca)
+    res = _play(devices, "remote", GET, inv, "-vvv")
+    _ok(res, [H2, H11])
+    relays = re.findall(r"RESTCONF endpoint \S*callhome-relay-\S*/rpc\.sock ", res.stdout)
+    assert len(relays) >= 4, res.stdout[-5000:]  # 2 tasks x 2 hosts, each through its task's relay
+    assert TOKEN not in res.stdout and TOKEN not in devices.lst.log()
