@@ -29,7 +29,12 @@ style, 204; 404 when absent), a body that is not JSON is 400 ``malformed-message
 and PATCH are rewritten to the script's internal location; GET, HEAD, PUT and DELETE stay with
 nginx's own static and DAV handlers. Without
 the module, POST and PATCH get nginx's 405 Not Allowed (404 on a path with no data). Data is
-JSON only (no XML bodies).
+JSON only (no XML bodies). A missing resource under ``/restconf/`` is answered as RFC 8040 section
+7.1 says: 404 with an ``ietf-restconf:errors`` body (``NOT_FOUND``), not nginx's HTML page.
+
+The access log is nginx's combined format plus ``conn=<serial> req=<n>`` (``$connection``,
+``$connection_requests``): which connection served a request, so tests can tell that concurrent
+tasks shared the one call-home connection.
 
 TLS: the device's server certificate; ``ssl_verify_client on`` with the CA of the listener's
 client certificate (a listener without a certificate from it gets HTTP 400 from nginx);
