@@ -43,10 +43,11 @@ from netconf_callhome.netutil import format_binds, format_peer, make_listening_s
 from netconf_callhome.policy.admission import Admission
 from netconf_callhome.policy import trust_ops
 from netconf_callhome.policy.trust_store import TrustStore
-from netconf_callhome.policy.verdicts import MISMATCH, TrustPolicy, Verdict, refusal
+from netconf_callhome.policy.verdicts import ACCEPTED, MISMATCH, TrustPolicy, Verdict, refusal
+from netconf_callhome.policy.zero_touch import EnrollmentWriter
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.first_bytes import SinglePortTransport
-from netconf_callhome.protocol.outbound_ssh import HostKeyRefusal, OutboundSSHTransport, Preamble
+from netconf_callhome.protocol.outbound_ssh import GatedLogin, HostKeyRefusal, OutboundSSHTransport, Preamble
 from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
 from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
@@ -110,6 +111,7 @@ class CallHomeListener:
         self._keys = PrivateKeyCache()
         self.ssh = SSHTransport(config, admission=self.admission, events=self)
         self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout, events=self)
+        self.enrollments = EnrollmentWriter(self.trust_store)  # zero-touch (outbound-ssh secrets)
         self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
         self.restconf = (
             RestconfTransport(config, admission=self.admission, events=_RestconfEvents(self), limits=limits)
@@ -251,7 +253,10 @@ class CallHomeListener:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.registry.close()
+        await self.enrollments.close()
+        # The last flush in a thread, like every flush: a shared database (state_url) may take
+        # up to its command timeout, and the loop still has connections to close meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
         self.instance.release()
         log.info("event=listener.stopped")
 
@@ -317,7 +322,7 @@ class CallHomeListener:
 
     def outbound_ssh_host_key(
         self, key: asyncssh.SSHKey, *, peer: str, preamble: Preamble
-    ) -> "SSHLogin | HostKeyRefusal | None":
+    ) -> "SSHLogin | GatedLogin | HostKeyRefusal | None":
         """OutboundSSHEvents: a Junos device's proved host key, judged with its preamble. No secret
         for its DEVICE-ID: as on 4334. A secret: the HMAC must verify for the key the handshake
         proved (policy.outbound_ssh_check); then an enrolled key is accepted, and an unknown one
@@ -377,34 +382,55 @@ class CallHomeListener:
                 message,
             )
             return HostKeyRefusal("host-key", message)
+        # Zero-touch: the key goes to the trust store off the loop, batched with other devices'
+        # (policy.zero_touch); the SSH login goes on meanwhile, the session waits for the write.
+        gate: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
+        self.spawn(
+            self._zero_touch(gate, verdict, public_line, key.get_algorithm(), peer, rotate, check.binding.source)
+        )
+        return GatedLogin(self._ssh_login(Verdict(ACCEPTED, device, fingerprint)), gate)
+
+    async def _zero_touch(
+        self,
+        gate: "asyncio.Future[str]",
+        verdict: Verdict,
+        public_line: str,
+        key_type: str,
+        peer: str,
+        rotate: bool,
+        source: str,
+    ) -> None:
+        """Write a verified outbound-ssh device's key, then open its session's gate."""
+        device, fingerprint = verdict.device, verdict.fingerprint
         try:
-            change = trust_ops.enroll(
-                self.trust_store, device, "ssh_host_keys", public_line, replace=rotate, observed=True
-            )
-        except CallHomeError as exc:
-            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
+            outcome = await self.enrollments.enroll(device, public_line, replace=rotate)
+        except BaseException:
+            if not gate.done():
+                gate.set_result("the listener is stopping")
+            raise
+        if isinstance(outcome, CallHomeError):
+            self._refused(verdict, transport="ssh", peer=peer, key_type=key_type, public_key=public_line)
             log.error(
                 "event=outbound_ssh.enroll_failed device=%s peer=%s fingerprint=%s error=%r",
                 device,
                 peer,
                 fingerprint,
-                exc.message,
+                outcome.message,
             )
-            return HostKeyRefusal("enroll-failed", "zero-touch enrollment of %s failed: %s" % (device, exc.message))
+            gate.set_result("zero-touch enrollment of %s failed: %s" % (device, outcome.message))
+            return
         self.registry.drop_pending(fingerprint)
-        self._trust_changed(device, "key replaced")
+        self._trust_changed(device, "key replaced")  # one real reload per written batch (same file after)
         log.info(
             "event=device.enrolled device=%s fingerprint=%s peer=%s via=outbound-ssh-secret secret=%s replaced=%s",
             device,
             fingerprint,
             peer,
-            check.binding.source,
-            ",".join(change.replaced) or "-",
+            source,
+            ",".join(outcome.replaced) or "-",
         )
-        verdict = self.policy.ssh_verdict(fingerprint, device_id=device)
-        if not verdict.accepted:  # the file changed under us again: refuse rather than guess
-            return HostKeyRefusal("enroll-failed", "%s was enrolled but is not trusted after the reload" % fingerprint)
-        return self._ssh_login(verdict)
+        trusted = self.policy.still_trusts(device, "ssh", fingerprint)
+        gate.set_result("" if trusted else "%s was enrolled for %s but is not trusted after the reload" % (fingerprint, device))
 
     def _ssh_login(self, verdict: Verdict) -> SSHLogin:
         """The login for an accepted SSH key: the device's credentials, read once per file change."""
