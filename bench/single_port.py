@@ -134,8 +134,12 @@ class RestconfDevices:
 
 
 def phase(
-    lst: Listener, metrics: Metrics, pki: Pki, rc: RestconfDevices, transport: str, port: int, n: int, where: str
+    lst: Listener, metrics: Metrics, pki: Pki, rc: RestconfDevices, transport: str, port: int, n: int, where: str,
+    pace: float = 0.0,
 ) -> Dict[str, Any]:
+    """N devices of one transport call ``port``: all at once (``pace`` 0, a storm: the figures
+    include queueing), or one every ``pace`` s (each device alone: its time to ready is the
+    transport's plus the detection's)."""
     label = LABEL[transport]
     before = metrics.read()
     ok0 = Metrics.get(before, "callhome_handshakes_total", transport=label, result="ok")
@@ -145,13 +149,17 @@ def phase(
     started = time.monotonic()
     sim = None
     if transport == "restconf":
-        rc.dial(port, n, pki.rc_context())
+        for _i in range(n if pace else 1):
+            rc.dial(port, 1 if pace else n, pki.rc_context())
+            time.sleep(pace)
     else:
         extra: List[str] = []
         if transport == "outbound-ssh":
             extra = ["--outbound-ssh-preamble"]
         elif transport == "tls":
             extra = ["--tls-cert", str(pki.tls_cert), "--tls-key", str(pki.tls_key), "--no-reconnect"]
+        if pace:
+            extra += ["--stagger", str(pace)]
         sim = start_simulator(listener=port, count=n, retry=0.5, extra=extra)
     values = before
     deadline = time.monotonic() + 180
@@ -181,6 +189,7 @@ def phase(
     result = {
         "transport": transport,
         "port": where,
+        "mode": "paced %g s" % pace if pace else "storm",
         "devices": n,
         "seconds_to_ready": round(elapsed, 3),
         "handshake_ms_mean": round(hs_mean * 1000, 1),
@@ -197,6 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="dedicated/single alternations per transport")
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     parser.add_argument("--silence", type=float, default=1.0, help="callhome_silence (the default is 1.0 s)")
+    parser.add_argument("--paced", type=int, default=20, help="devices called one at a time per phase (0: none)")
+    parser.add_argument("--pace", type=float, default=0.3, help="seconds between paced devices")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_nofile()
@@ -233,19 +244,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for _round in range(args.rounds):
                     results.append(phase(lst, metrics, pki, rc, transport, dedicated, args.devices, "dedicated"))
                     results.append(phase(lst, metrics, pki, rc, transport, single, args.devices, "single"))
+                if args.paced:
+                    for where, where_port in (("dedicated", dedicated), ("single", single)):
+                        results.append(phase(lst, metrics, pki, rc, transport, where_port, args.paced, where, args.pace))
             command = lst.cmd
         finally:
             rc.close()
             lst.stop()
     summary = []
-    for transport in args.transports:
-        rows = {where: [r for r in results if r["transport"] == transport and r["port"] == where] for where in ("dedicated", "single")}
+    for transport, mode in [(t, m) for t in args.transports for m in sorted({r["mode"] for r in results})]:
+        rows = {
+            where: [r for r in results if r["transport"] == transport and r["port"] == where and r["mode"] == mode]
+            for where in ("dedicated", "single")
+        }
         med = {
             where: {key: statistics.median(r[key] for r in rs) for key in ("seconds_to_ready", "handshake_ms_mean", "cpu_ms_per_device")}
             for where, rs in rows.items()
         }
         summary.append({
             "transport": transport,
+            "mode": mode,
             "dedicated": med["dedicated"],
             "single": med["single"],
             "cpu_ratio": round(med["single"]["cpu_ms_per_device"] / max(med["dedicated"]["cpu_ms_per_device"], 1e-9), 2),
