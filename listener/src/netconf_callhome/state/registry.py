@@ -262,7 +262,8 @@ class Registry:
         self._counts: Dict[str, int] = {s: 0 for s in STATUSES}
         # Status changes not yet written to the history (oldest first), bounded; see flush.
         self._events: Deque[RegistryEvent] = collections.deque()
-        self.events_dropped = 0
+        self.events_dropped = 0  # status changes never written to the history (bound reached)
+        self._dropping_events = False
 
     def load(self) -> None:
         devices, pending = self.store.load()
@@ -300,6 +301,13 @@ class Registry:
                 self._counts[rec.status] = self._counts.get(rec.status, 0) + 1
                 if len(self._events) >= MAX_UNSAVED_EVENTS:
                     self._events.popleft()
+                    if not self._dropping_events:  # once per outage, not per event
+                        self._dropping_events = True
+                        log.warning(
+                            "event=registry.history_dropped max_unsaved=%d (the database has refused writes "
+                            "for long: the oldest unwritten status changes leave the event history)",
+                            MAX_UNSAVED_EVENTS,
+                        )
                     self.events_dropped += 1
                 self._events.append(
                     RegistryEvent(
@@ -406,6 +414,7 @@ class Registry:
                 last = events[-1].seq if events else 0
                 while self._events and self._events[0].seq <= last:
                     self._events.popleft()
+                self._dropping_events = False
 
     def close(self) -> None:
         """Last flush, then release the store. A final write the store refuses is logged with

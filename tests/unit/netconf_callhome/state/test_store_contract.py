@@ -117,3 +117,19 @@ def test_events_written_once_even_when_more_arrive_during_a_write(make_store):
     assert calls == [1, 1]
     assert [e.event for e in reg.history("r1")] == [CONNECTED, DISCONNECTED]
     reg.close()
+
+
+def test_unwritten_events_are_bounded_and_the_drop_is_logged_once(make_store, monkeypatch, caplog):
+    from netconf_callhome.state import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "MAX_UNSAVED_EVENTS", 5)
+    reg = Registry(make_store())
+    reg.load()
+    with caplog.at_level("WARNING", logger="netconf_callhome.registry"):
+        for i in range(8):
+            reg.update("r1", status=CONNECTED if i % 2 == 0 else DISCONNECTED, connect_count=i)
+    assert reg.events_dropped == 3 and caplog.text.count("event=registry.history_dropped max_unsaved=5") == 1
+    reg.flush()
+    # the five latest status changes are written, oldest first
+    assert [e.event for e in reg.history("r1")] == [DISCONNECTED, CONNECTED, DISCONNECTED, CONNECTED, DISCONNECTED]
+    reg.close()
