@@ -82,6 +82,41 @@ def test_a_listener_on_postgresql_records_devices_there(listener_factory, fleet,
     assert postgres.psql("SELECT count(*) FROM schema_version", database)[0][0] != "0"
 
 
+def test_two_nodes_share_the_database_and_the_holder_of_a_session_wins(listener_factory, fleet, postgres, tmp_path):
+    """Two listener processes (node-a, node-b) on one database. sim0001 calls node-a, then (a
+    second connection, as after a network change) node-b: the row follows to node-b. When its old
+    session on node-a ends, node-a's news does not overwrite node-b's connected row."""
+    database = "nodes_%d" % os.getpid()
+    url = postgres.create_database(database)
+    nodes = {}
+    for name in ("node-a", "node-b"):
+        home = tmp_path / name
+        config = tmp_path / ("%s.yml" % name)
+        config.write_text("state_url: %s\nnode_name: %s\n" % (url, name))
+        os.chmod(config, 0o600)
+        fleet.enroll(home / "trust.json", ["sim0001"])
+        nodes[name] = listener_factory("--config", str(config), home=home).start()
+    row = "SELECT status, coalesce(node, '-') FROM devices WHERE name = 'sim0001'"
+    on_a = fleet.simulator(nodes["node-a"].ssh_port, 1, wait_connected=1)
+    try:
+        wait_until(lambda: postgres.psql(row, database) == [["connected", "node-a"]], 20, "sim0001 held by node-a")
+        with running(fleet.simulator(nodes["node-b"].ssh_port, 1, wait_connected=1)):
+            wait_until(lambda: postgres.psql(row, database) == [["connected", "node-b"]], 20, "sim0001 held by node-b")
+            on_a.stop()
+            nodes["node-a"].wait_device("sim0001", "disconnected")
+            # node-a has flushed its news (its history row is there) and the row is still node-b's
+            history = "SELECT node, event FROM events WHERE device = 'sim0001' ORDER BY id"
+            wait_until(
+                lambda: postgres.psql(history, database)[-1:] == [["node-a", "disconnected"]],
+                20,
+                "node-a's disconnection in the history",
+                detail=lambda: str(postgres.psql(history, database)),
+            )
+            assert postgres.psql(row, database) == [["connected", "node-b"]]
+    finally:
+        on_a.stop()
+
+
 def test_postgresql_down_mid_run_loses_no_registry_write(listener_factory, fleet, postgres, tmp_path):
     """The database stops while the listener runs: sessions go on, the device's disconnection is
     kept in memory (event=registry.flush_failed, once), and written when the database is back
