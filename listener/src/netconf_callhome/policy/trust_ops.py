@@ -29,10 +29,11 @@ pending entry, reloading the policy, closing a session whose key is no longer tr
 
 from __future__ import annotations
 
+import copy
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-from netconf_callhome.errors import ConfigError, KeyMismatchError, UnknownKeyError
+from netconf_callhome.errors import CallHomeError, ConfigError, KeyMismatchError, UnknownKeyError
 from netconf_callhome.fingerprints import (
     cert_fingerprint_of_der,
     normalize_cert_fingerprint,
@@ -44,6 +45,7 @@ from netconf_callhome.policy.trust_store import (
     CANONICAL,
     CREDENTIAL_KEYS,
     TrustData,
+    TrustIndex,
     TrustStore,
     add_identity,
     normalize_identity,
@@ -183,8 +185,10 @@ def _add(
     replace: bool,
     credentials: t.Optional[t.Mapping[str, t.Any]],
     remedy: str = _MODULE_REMEDY,
+    index: t.Optional[TrustIndex] = None,
 ) -> t.Tuple[bool, t.List[str]]:
-    """Apply the rules to ``data`` in place; return (changed, canonical identities replaced)."""
+    """Apply the rules to ``data`` in place; return (changed, canonical identities replaced).
+    ``index``: a TrustIndex of ``data`` shared by a batch (kept up to date by add_identity)."""
     check_conflict(data, device, identity, replace=replace, remedy=remedy)
     changed = False
     replaced: t.List[str] = []
@@ -196,7 +200,7 @@ def _add(
             replaced = [CANONICAL[identity.kind](v) for v in current if v not in keep]
             entry[identity.kind] = keep
             changed = True
-    changed = add_identity(data, device, kind=identity.kind, value=identity.value) or changed
+    changed = add_identity(data, device, kind=identity.kind, value=identity.value, index=index) or changed
     if credentials:
         changed = set_credentials(data, device, credentials) or changed
     return changed, replaced
@@ -451,6 +455,59 @@ def revoke(
     )
 
 
+def enroll_observed_ssh_keys(
+    store: TrustStore, items: t.Sequence[t.Tuple[str, str, bool]]
+) -> t.List[t.Union[TrustChange, CallHomeError]]:
+    """Enroll several observed SSH host keys, ``(device, public key line, replace)`` each, in ONE
+    locked write, under the rules of :func:`enroll` (observed: never silently joins or replaces
+    another key unless ``replace``; never moves between devices). The result, in order, is each
+    item's change, or the error that refused it; a refused item changes nothing and does not stop
+    the others. One write for a batch keeps a storm of zero-touch enrollments from costing one
+    whole-file rewrite (O(devices)) each."""
+    results: t.List[t.Union[TrustChange, CallHomeError]] = []
+
+    def mutate(data: TrustData) -> bool:
+        results.clear()  # update() may retry the mutation on a fresh copy
+        changed = False
+        index = TrustIndex(data)  # one index for the batch: building it is O(devices)
+        for device, line, replace in items:
+            devices = data.setdefault("devices", {})
+            saved = copy.deepcopy(devices.get(device))
+            try:
+                identity = Identity("ssh_host_keys", line, canonical("ssh_host_keys", line), observed=True)
+                before = identities_of(data, device)
+                item_changed, replaced = _add(data, device, identity, replace=replace, credentials=None, index=index)
+            except CallHomeError as exc:
+                # A refusal after a partial edit (replace removed the old keys, then the new one
+                # belongs to another device) must not be written with the others: put it back.
+                if saved is None:
+                    devices.pop(device, None)
+                else:
+                    devices[device] = saved
+                if replace:
+                    index = TrustIndex(data)
+                results.append(exc)
+                continue
+            if replaced:
+                index = TrustIndex(data)  # the replaced keys are no longer the device's (rare: rotation)
+            changed = changed or item_changed
+            results.append(
+                TrustChange(
+                    changed=item_changed,
+                    device=device,
+                    kind=identity.kind,
+                    fingerprint=identity.fingerprint,
+                    before=before,
+                    after=identities_of(data, device),
+                    replaced=replaced,
+                )
+            )
+        return changed
+
+    store.update(mutate)
+    return list(results)
+
+
 # -- outbound-ssh secrets (references; policy/secrets.py) ---------------------------------------
 
 
@@ -546,6 +603,7 @@ __all__ = (
     "check_conflict",
     "check_observed",
     "enroll",
+    "enroll_observed_ssh_keys",
     "explicit_identity",
     "identities_of",
     "kind_for_transport",

@@ -224,12 +224,22 @@ class HostKeyRefusal:
     message: str
 
 
+@dataclass(frozen=True)
+class GatedLogin:
+    """A login whose session must wait for ``gate`` (a zero-touch enrollment being written): the
+    SSH handshake and login go on meanwhile, the NETCONF session opens only when the gate says
+    '' (go); any other text refuses it with that reason (``enroll-failed``)."""
+
+    login: SSHLogin
+    gate: "asyncio.Future[str]"
+
+
 class OutboundSSHEvents(Protocol):
     """The outbound-ssh trust decision, taken by the service with the policy."""
 
     def outbound_ssh_host_key(
         self, key: asyncssh.SSHKey, *, peer: str, preamble: Preamble
-    ) -> Union[SSHLogin, HostKeyRefusal, None]:
+    ) -> Union[SSHLogin, GatedLogin, HostKeyRefusal, None]:
         """The login for a key the handshake proved, given what the preamble said; a
         :class:`HostKeyRefusal` or None (a plain unknown/mismatched key) when refused, which the
         events side has recorded."""
@@ -300,6 +310,9 @@ class OutboundSSHTransport:
             client.refused_reason = answer.reason
             client.refused_message = answer.message
             return None
+        if isinstance(answer, GatedLogin):
+            client.gate = answer.gate
+            return answer.login
         return answer
 
     def _failed(self, peer: str, message: str) -> None:

@@ -75,6 +75,9 @@ class DeviceSSHClient(asyncssh.SSHClient):
         self.host_key_check = host_key_check
         self.refused_reason = ""  # set by host_key_check: why a proved key was refused
         self.refused_message = ""
+        # Set by host_key_check: the session waits for it ('' = go, else why not): a zero-touch
+        # enrollment that must be on disk before the device is served.
+        self.gate: "Optional[asyncio.Future[str]]" = None
         self.conn: Optional[asyncssh.SSHClientConnection] = None
         self.peer = ""
         self.peer_ip = ""
@@ -261,6 +264,8 @@ class SSHTransport:
     async def _open_netconf(self, conn: asyncssh.SSHClientConnection, client: DeviceSSHClient) -> None:
         assert client.login is not None
         cfg = self.config
+        if client.gate is not None and not await self._gate_open(conn, client, client.gate):
+            return
 
         async def open_channel() -> Tuple[Any, Any]:
             try:
@@ -304,6 +309,26 @@ class SSHTransport:
             held.connection_lost("SSH connection closed")
 
         self.events.spawn(watch())
+
+
+    async def _gate_open(
+        self, conn: asyncssh.SSHClientConnection, client: DeviceSSHClient, gate: "asyncio.Future[str]"
+    ) -> bool:
+        """Wait (within what is left of handshake_timeout) for the gate; False: refused, closed."""
+        assert client.login is not None
+        remaining = max(0.1, self.config.handshake_timeout - (time.monotonic() - client.started))
+        try:
+            async with asyncio.timeout(remaining):
+                refusal = await asyncio.shield(gate)
+        except TimeoutError:
+            refusal = "the trust store write did not complete within handshake_timeout"
+        if not refusal:
+            return True
+        conn.close()
+        self.events.handshake_failed(
+            HandshakeFailure(transport="ssh", peer=client.peer, reason="enroll-failed", message=refusal)
+        )
+        return False
 
 
 def classify(exc: BaseException) -> Tuple[str, str]:

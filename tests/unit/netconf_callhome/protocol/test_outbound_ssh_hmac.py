@@ -121,3 +121,40 @@ def test_the_transport_passes_the_preamble_and_a_refusal_reason_to_the_ssh_clien
     accepting = OutboundSSHTransport(None, handshake_timeout=1, events=events)  # type: ignore[arg-type]
     assert accepting._host_key(preamble, client, "KEY") is login  # type: ignore[arg-type]  # pylint: disable=protected-access
     assert events.asked == [("KEY", "192.0.2.1:4000", preamble)]
+
+
+def test_a_gated_session_waits_for_the_enrollment_and_is_refused_when_it_fails() -> None:
+    """The SSH side of zero-touch: the NETCONF session opens only once the key is written."""
+    import asyncio
+    import time
+
+    from netconf_callhome.config import ListenerConfig
+    from netconf_callhome.protocol.ssh import SSHTransport
+
+    failures: List[Any] = []
+    events = SimpleNamespace(handshake_failed=failures.append)
+    ssh = SSHTransport(ListenerConfig(handshake_timeout=0.5), admission=None, events=events)  # type: ignore[arg-type]
+    login = SSHLogin(device="r1", fingerprint="SHA256:x", username="u", keys=[], read_password=lambda: None)
+
+    class _Conn:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for outcome, opened in (("", True), ("zero-touch enrollment of r1 failed: disk full", False), (None, False)):
+            gate: "asyncio.Future[str]" = loop.create_future()
+            if outcome is not None:
+                loop.call_later(0.05, gate.set_result, outcome)
+            client = SimpleNamespace(login=login, peer="192.0.2.1:1", started=time.monotonic())
+            conn = _Conn()
+            assert await ssh._gate_open(conn, client, gate) is opened  # type: ignore[arg-type]  # pylint: disable=protected-access
+            assert conn.closed is not opened
+
+    asyncio.run(main())
+    assert [(f.reason, f.message) for f in failures] == [
+        ("enroll-failed", "zero-touch enrollment of r1 failed: disk full"),
+        ("enroll-failed", "the trust store write did not complete within handshake_timeout"),
+    ]
