@@ -323,7 +323,8 @@ def main():
         module.fail_json(msg=exc.message, error_code=exc.code, details=exc.details)
     out = result.to_dict() if result is not None else {"changed": False, "device": module.params["device"]}
     if secret:
-        out["changed"] = bool(out["changed"] or secret_out.pop("changed"))
+        secret_changed = secret_out.pop("changed")
+        out["changed"] = bool(out["changed"] or secret_changed)
         if result is not None and result.written_via:
             secret_out.pop("written_via")  # the identity's way (e.g. through the listener) is reported
         if result is not None:

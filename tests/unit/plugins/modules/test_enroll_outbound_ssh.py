@@ -58,6 +58,11 @@ def test_secret_with_an_identity_in_one_task(tmp_path: Path) -> None:
     assert rc == 0 and res["changed"] and res["kind"] == "ssh_host_keys" and len(res["after"]) == 1
     entry = json.loads(store.read_text())["devices"]["r6"]
     assert entry["outbound_ssh"] == {"secret": "env:R6_SECRET", "allow_rotation": True} and entry["ssh_host_keys"]
+    # a new identity with the secret unchanged is still a change
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().strip()
+    rc, res = _run(store, device="r6", source="public_key", value=other, outbound_ssh_secret="env:R6_SECRET",
+                   outbound_ssh_allow_rotation=True)
+    assert rc == 0 and res["changed"] and len(res["after"]) == 2
 
 
 def test_a_pasted_secret_is_refused_and_not_echoed(tmp_path: Path) -> None:
