@@ -114,7 +114,9 @@ def test_wrong_secret_is_refused_recorded_and_counted(listener_factory, fleet, t
     _assert_secret_nowhere(lst)
 
 
-def test_missing_hmac_and_a_host_key_other_than_the_proved_one_are_refused(listener_factory, fleet, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_missing_hmac_and_a_host_key_other_than_the_proved_one_are_refused(  # type: ignore[no-untyped-def]
+    listener_factory, fleet, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("CH_TEST_GROUP_SECRET", SECRET)  # the listener inherits it (child_env)
     lst = listener_factory("--outbound-ssh", "127.0.0.1:0")
     lst.home.mkdir(parents=True, exist_ok=True)

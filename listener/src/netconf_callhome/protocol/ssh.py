@@ -310,7 +310,6 @@ class SSHTransport:
 
         self.events.spawn(watch())
 
-
     async def _gate_open(
         self, conn: asyncssh.SSHClientConnection, client: DeviceSSHClient, gate: "asyncio.Future[str]"
     ) -> bool:
