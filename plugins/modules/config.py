@@ -18,7 +18,7 @@ description:
   - O(protocol=netconf) (the default) configures NETCONF call home (SSH to port 4334, TLS to 4335) in
     C(ietf-netconf-server). O(protocol=restconf) configures RESTCONF call home (HTTPS to port 4336) in
     C(/restconf-server/call-home/restconf-client[name]) of C(ietf-restconf-server)
-    (draft-ietf-netconf-restconf-client-server): each endpoint is its C(https) stack, with
+    (draft-ietf-netconf-restconf-client-server); each endpoint is its C(https) stack, with
     C(tcp-client-parameters) (the listener's address), C(tls-server-parameters) (O(tls)),
     C(http-server-parameters) (O(restconf)) and C(restconf-server-parameters) (O(tls.cert_to_name)).
     The device must advertise C(ietf-restconf-server) (hello capabilities or yang-library); its

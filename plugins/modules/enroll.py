@@ -113,7 +113,7 @@ options:
         mode 0600 on the listener host). A value that is neither is refused without being shown.
       - The listener then checks the HMAC the device sends with its C(HOST-KEY), and enrolls an
         unknown device that proves it without an operator (zero-touch enrollment, see
-        C(docs/outbound-ssh.md)). Set with or without O(source): a device can be pre-provisioned.
+        C(docs/outbound-ssh.md)). Set with or without O(source); a device can be pre-provisioned.
       - Written to the trust store file (the listener's, as for the other file writes), with
         O(state=present) only; O(state=absent) without O(source) removes the device and its secret.
       - Marked C(no_log) in case a secret is pasted here by mistake, so the reference shows masked
@@ -122,7 +122,7 @@ options:
   outbound_ssh_allow_rotation:
     description:
       - With O(outbound_ssh_secret), a call with a valid HMAC and a new host key replaces the
-        device's enrolled key. Off by default, a new key is then pending as a key mismatch: the
+        device's enrolled key. Off by default, a new key is then pending as a key mismatch; the
         pinned key is a stronger proof than a secret.
     type: bool
     default: false

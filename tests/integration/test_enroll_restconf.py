@@ -15,11 +15,18 @@ from typing import Any
 import pytest
 from harness import wait_until
 from test_enroll_module import enroll as play_enroll  # same directory: one ansible-playbook run per task
-from test_listener_restconf import DEVICE, nginx, pending_restconf, pki, restconf_args, restconf_port  # noqa: F401
+from test_listener_restconf import DEVICE, nginx, pending_restconf, restconf_args, restconf_port
 
 from netconf_callhome.policy.trust_store import TrustStore
 
 pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Any:
+    from pki import make_pki  # tests/peers
+
+    return make_pki(tmp_path / "pki", device_name=DEVICE)
 
 
 def test_pending_restconf_certificate_enrolled_by_the_module_then_accepted(tmp_path: Path, pki: Any,
