@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _lines(n: int) -> List[str]:
-    return [" ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2]) for _ in range(n)]
+    return [" ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2]) for _i in range(n)]
 
 
 def test_batch_applies_each_item_under_the_rules_and_rolls_back_a_refused_one(tmp_path: Path) -> None:
