@@ -390,8 +390,9 @@ class Connection(NetworkConnectionBase):
         except CallHomeError as exc:  # pylint: disable=duplicate-except
             return "unknown (%s)" % exc.message
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec["last_seen"])) if rec.get("last_seen") else "never"
-        text = "status %s over %s, last seen %s from %s" % (rec.get("status"), rec.get("transport") or "-", when,
-                                                           rec.get("peer") or "nowhere")
+        text = "status %s over %s, last seen %s from %s" % (
+            rec.get("status"), rec.get("transport") or "-", when, rec.get("peer") or "nowhere"
+        )
         if rec.get("last_error"):
             text += ", last error: %s" % rec["last_error"]
         return text

@@ -49,7 +49,6 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from netconf_callhome.endpoints.ansible_rpc import (
-    _RUNTIME,
     AnsibleEndpoints,
     EndpointRPCError,
     EndpointUnavailableError,

@@ -301,7 +301,7 @@ def test_concurrent_tasks_share_the_real_connection(harness: Any, tmp_path: Path
         except BaseException as exc:  # pylint: disable=broad-except  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=task) for _ in range(8)]
+    threads = [threading.Thread(target=task) for _task in range(8)]
     for t in threads:
         t.start()
     for t in threads:
