@@ -7,6 +7,7 @@ Unknown keys are errors (a typo in ``keepalive_intervall`` must not silently kee
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -177,6 +178,12 @@ class ListenerConfig:
     # admitted from it, so an enrolled device behind the same address gets in (0: hard block).
     block_admit_rate: float = 1.0
     metrics_bind: str = ""
+    # PROXY protocol (v1/v2) from load balancers (docs/scale-out.md): a connection from one of
+    # these networks (CIDR or address) must start with a PROXY header within
+    # proxy_protocol_timeout s, and the device address in it is the peer everywhere (logs,
+    # blocking, registry). Empty: off, and no header is ever trusted.
+    proxy_protocol_from: List[str] = field(default_factory=list)
+    proxy_protocol_timeout: float = 5.0
     # Collections paths for the Ansible endpoint's plugin loader (netconf sub-plugins); when set,
     # used instead of the paths the first client sends (the role installs them, docs/listener.md).
     collections_paths: List[str] = field(default_factory=list)
@@ -245,6 +252,13 @@ class ListenerConfig:
             raise ConfigError("liveness_timeout must be positive")
         if self.block_admit_rate < 0:
             raise ConfigError("block_admit_rate must be 0 (hard block) or positive (handshakes per second)")
+        for network in self.proxy_protocol_from:
+            try:
+                ipaddress.ip_network(network, strict=True)
+            except ValueError as exc:
+                raise ConfigError("proxy_protocol_from: %r is not an address or network (CIDR): %s" % (network, exc)) from None
+        if self.proxy_protocol_timeout <= 0:
+            raise ConfigError("proxy_protocol_timeout must be positive")
         if self.control_tcp.bind and not (
             self.control_tcp.cert
             and self.control_tcp.key

@@ -47,6 +47,7 @@ from netconf_callhome.policy.verdicts import ACCEPTED, MISMATCH, TrustPolicy, Ve
 from netconf_callhome.policy.zero_touch import EnrollmentWriter
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
 from netconf_callhome.protocol.first_bytes import SinglePortTransport
+from netconf_callhome.protocol.proxy_header import ProxyProtocolGate
 from netconf_callhome.protocol.outbound_ssh import GatedLogin, HostKeyRefusal, OutboundSSHTransport, Preamble
 from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
 from netconf_callhome.protocol.session import AUTO, HeldSession
@@ -108,6 +109,15 @@ class CallHomeListener:
             admit_rate=config.block_admit_rate,
             on_limit=lambda reason: self.metrics.failures.labels(transport="any", reason=reason).inc(),
         )
+        # PROXY headers from the load balancers in proxy_protocol_from, on every kind of port
+        # (docs/scale-out.md): the device's address is the peer from the accept on.
+        self.proxy = ProxyProtocolGate(
+            config.proxy_protocol_from,
+            timeout=config.proxy_protocol_timeout,
+            admission=self.admission,
+            events=self,
+            on_refused=lambda reason: self.metrics.failures.labels(transport="proxy", reason=reason).inc(),
+        )
         self._keys = PrivateKeyCache()
         self.ssh = SSHTransport(config, admission=self.admission, events=self)
         self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout, events=self)
@@ -165,18 +175,21 @@ class CallHomeListener:
         bind = ""
         try:
             for bind in self.config.ssh_binds:
-                self._acceptors.append(await self.ssh.listen(self._listen("ssh", bind, PORT_SSH)))
+                if self.proxy.enabled:  # our accept loop: the PROXY header comes before SSH
+                    self._serve(self._listen("ssh", bind, PORT_SSH), self._ssh_socket, "ssh")
+                else:
+                    self._acceptors.append(await self.ssh.listen(self._listen("ssh", bind, PORT_SSH)))
             for bind in self.config.outbound_ssh_binds:
-                self._serve(self._listen("outbound_ssh", bind, PORT_SSH), self.outbound_ssh.handle)
+                self._serve(self._listen("outbound_ssh", bind, PORT_SSH), self.outbound_ssh.handle, "outbound_ssh")
             if self.tls is not None:
                 for bind in self.config.tls_binds:
-                    self._serve(self._listen("tls", bind, PORT_TLS), self.tls.handle)
+                    self._serve(self._listen("tls", bind, PORT_TLS), self.tls.handle, "tls")
             if self.restconf is not None:
                 for bind in self.config.restconf_binds:
-                    self._serve(self._listen("restconf", bind, PORT_RESTCONF), self.restconf.handle)
+                    self._serve(self._listen("restconf", bind, PORT_RESTCONF), self.restconf.handle, "restconf")
             if self.callhome is not None:
                 for bind in self.config.callhome_binds:
-                    self._serve(self._listen("callhome", bind, 0), self.callhome.handle)
+                    self._serve(self._listen("callhome", bind, 0), self.callhome.handle, "callhome")
         except OSError as exc:
             await self.stop()
             raise ConfigError(
@@ -215,18 +228,33 @@ class CallHomeListener:
         self.bound[kind].append(sock.getsockname()[:2])
         return sock
 
-    def _serve(self, lsock: socket.socket, handler: ConnectionHandler) -> None:
-        self.spawn(self._accept_loop(lsock, handler))
+    def _serve(self, lsock: socket.socket, handler: ConnectionHandler, kind: str) -> None:
+        self.spawn(self._accept_loop(lsock, handler, kind))
 
-    async def _accept_loop(self, lsock: socket.socket, handler: ConnectionHandler) -> None:
-        """Accept loop for the transports asyncssh does not accept for us (TLS, outbound-ssh)."""
+    async def _accept_loop(self, lsock: socket.socket, handler: ConnectionHandler, kind: str) -> None:
+        """Accept loop for the transports asyncssh does not accept for us (TLS, outbound-ssh; SSH
+        too with proxy_protocol_from)."""
         loop = asyncio.get_running_loop()
         while True:
             sock, addr = await loop.sock_accept(lsock)
+            if self.proxy.enabled:
+                # The PROXY step decides the peer (and checks admission on the device's address)
+                # in its own task: a slow header never holds up the accept loop.
+                self.spawn(self.proxy.accept(sock, addr, handler, kind))
+                continue
             if self.admission.is_blocked(str(addr[0])):
                 sock.close()
                 continue
             self.spawn(handler(sock, addr))
+
+    async def _ssh_socket(self, sock: socket.socket, addr: Tuple[Any, ...]) -> None:
+        """The SSH port's connection once the PROXY step is done: the same client asyncssh's
+        acceptor builds (it checks admission on the peer, the device's address)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: self.ssh.connection(loop, ""), sock=sock)
+        except OSError:
+            sock.close()  # reset before the handshake began: nothing to classify
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
