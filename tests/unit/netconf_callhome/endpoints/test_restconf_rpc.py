@@ -330,3 +330,15 @@ def test_the_endpoint_operation_checks_api_and_names_a_device_that_never_called(
         lst.call("endpoint", api="grpc", wait=0, **base)
     with pytest.raises(CallHomeError, match="'root_path' must be an absolute path"):
         lst.call("endpoint", api="restconf", root_path="restconf", wait=0, **base)
+
+
+def test_a_device_connected_over_netconf_only_is_sent_to_the_netconf_plugin(listener_in_thread: Any,
+                                                                           sim_devices: Any) -> None:
+    from netconf_callhome.errors import DeviceNotReadyError
+
+    lst = listener_in_thread()
+    sim_devices(lst, 1)
+    lst.call("wait", device="sim0001", wait=20, timeout=25)
+    with pytest.raises(DeviceNotReadyError, match=r"'sim0001' is connected over NETCONF \(ssh\), not RESTCONF: "
+                                                  r"use the netconf.callhome.netconf connection"):
+        lst.call("endpoint", device="sim0001", api="restconf", wait=5, collections_paths=PATHS, command_timeout=5)
