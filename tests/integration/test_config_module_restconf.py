@@ -3,14 +3,16 @@
 the simulator's direct NETCONF endpoint, which advertises ietf-restconf-server (``--capability``)
 and keeps what is pushed in its datastores: check mode, diff, apply, idempotence, replace onto the
 listener's single call-home port, removal of the last entry, and the refusal of a device that
-does not advertise the module. The XML itself is validated against the YANG modules in
+does not advertise the module. The safe rollout end to end: nginx, a RESTCONF server nobody here
+wrote, dials what the pushed entry names and the module confirms only once the listener holds it. The XML itself is validated against the YANG modules in
 tests/unit/plugins/modules/test_callhome_config_yang.py.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -107,3 +109,90 @@ def test_device_without_ietf_restconf_server_is_refused(tmp_path: Path, fleet: F
         assert restconf_entries(dev) == []
     finally:
         dev.stop()
+
+
+class RestconfFollower(threading.Thread):
+    """Plays the device's RESTCONF call-home client: once a ``restconf-client`` endpoint appears in
+    the simulator's running configuration, Debian's nginx (a RESTCONF server nobody here wrote)
+    dials the port it names over a reversed TCP connection. A dead port is dialed in vain, as a
+    real device would."""
+
+    def __init__(self, device: DirectDevice, pki: Any) -> None:
+        super().__init__(daemon=True)
+        self.device, self.pki = device, pki
+        self.stopping = threading.Event()
+        self.peer: Any = None
+        self.dialed: Optional[int] = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        from nginx_peer import NginxPeer
+
+        try:
+            while not self.stopping.is_set() and self.peer is None:
+                for entry in restconf_entries(self.device):
+                    port = entry.findtext(".//{%s}remote-port" % RCS)
+                    if port and port.isdigit():
+                        self.dialed = int(port)
+                        peer = NginxPeer(("127.0.0.1", int(port)), server_cert=self.pki.device_cert.cert_path,
+                                         server_key=self.pki.device_cert.key_path,
+                                         client_ca=self.pki.listener_ca.cert_path, redial=True, retry=0.3)
+                        peer.__enter__()
+                        self.peer = peer
+                        peer.start_dialing()
+                        break
+                self.stopping.wait(0.2)
+        except BaseException as exc:  # reported by the test (a thread cannot fail it)
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(15)
+        if self.peer is not None:
+            self.peer.__exit__()
+
+
+def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(tmp_path: Path, device: DirectDevice,
+                                                                       listener_factory: Any) -> None:
+    from harness import enroll
+    from nginx_peer import PeerUnavailable
+    from pki import make_pki
+    from test_listener_restconf import DEVICE as NGINX_DEVICE, restconf_args, restconf_port
+
+    pki = make_pki(tmp_path / "pki", device_name=NGINX_DEVICE)
+    lst = listener_factory(*restconf_args(pki))
+    enroll(lst.home, NGINX_DEVICE, tls_fp=pki.device_cert.fingerprint)
+    lst.start()
+    port = restconf_port(lst)
+    follower = RestconfFollower(device, pki)
+    follower.start()
+    try:
+        result = play(tmp_path, device, rc_args(
+            callhome_port=port, confirm_callhome=True, callhome_device=NGINX_DEVICE, callhome_timeout=40,
+            confirm_timeout=90, listener="unix:%s" % lst.status["control_socket"]))
+        if isinstance(follower.error, PeerUnavailable):
+            pytest.skip("nginx peer unavailable: %s" % follower.error)
+        assert follower.error is None, follower.error
+        assert not result.get("failed"), "%s\nlistener: %s" % (result.get("msg"), lst.log()[-3000:])
+        assert result["changed"] is True and follower.dialed == port
+        ch = result["callhome"]
+        assert ch["mode"] == "confirmed-commit" and ch["confirmed"] is True and ch["status"] == "connected", ch
+        rec = lst.call("device", device=NGINX_DEVICE)
+        assert rec["transport"] == "restconf" and rec["fingerprint"] == pki.device_cert.fingerprint
+    finally:
+        follower.stop()
+    assert [e.findtext(".//{%s}remote-port" % RCS) for e in restconf_entries(device)] == [str(port)]
+
+
+def test_restconf_rollout_to_a_dead_port_is_rolled_back(tmp_path: Path, device: DirectDevice,
+                                                        listener_factory: Any) -> None:
+    from harness import free_port
+
+    lst = listener_factory().start()
+    dead = free_port()  # nobody listens there: the device's RESTCONF call home goes nowhere
+    result = play(tmp_path, device, rc_args(
+        callhome_port=dead, confirm_callhome=True, callhome_device="nowhere", callhome_timeout=6,
+        confirm_timeout=30, listener="unix:%s" % lst.status["control_socket"]))
+    assert result.get("failed") is True and "did not call home" in result["msg"], result.get("msg")
+    assert result["callhome"]["rollback"] == "cancelled" and result["changed"] is False
+    assert restconf_entries(device) == [], "the confirmed commit was cancelled: nothing stays"
