@@ -152,8 +152,12 @@ class RestconfFollower(threading.Thread):
             self.peer.__exit__()
 
 
+@pytest.mark.parametrize("port_kind", ["restconf_binds", "callhome_binds"])
 def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(tmp_path: Path, device: DirectDevice,
-                                                                       listener_factory: Any) -> None:
+                                                                       listener_factory: Any, port_kind: str) -> None:
+    """``callhome_port`` set to the listener's dedicated RESTCONF port, or to its single call-home
+    port (``callhome_binds``, where the listener tells RESTCONF from the ALPN of the handshake)."""
+    import yaml
     from harness import enroll
     from nginx_peer import PeerUnavailable
     from pki import make_pki
@@ -162,8 +166,13 @@ def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(tmp_path
     pki = make_pki(tmp_path / "pki", device_name=NGINX_DEVICE)
     lst = listener_factory(*restconf_args(pki))
     enroll(lst.home, NGINX_DEVICE, tls_fp=pki.device_cert.fingerprint)
+    if port_kind == "callhome_binds":
+        (lst.home / "listener.yml").write_text(yaml.safe_dump({"callhome_binds": ["127.0.0.1:0"]}))
     lst.start()
-    port = restconf_port(lst)
+    if port_kind == "callhome_binds":
+        port = int(lst.call("status")["callhome"][0].rsplit(":", 1)[1])
+    else:
+        port = restconf_port(lst)
     follower = RestconfFollower(device, pki)
     follower.start()
     try:
