@@ -257,3 +257,33 @@ def test_unknown_revision_is_refused(tmp_path: Path, fleet: Fleet) -> None:
         assert "revision '2021-01-01'" in result["msg"] and "2025-04-24" in result["msg"], result["msg"]
     finally:
         dev.stop()
+
+
+def test_safe_rollout_onto_the_single_callhome_port(tmp_path: Path, device: DirectDevice, fleet: Fleet,
+                                                    listener_factory: Any) -> None:
+    """``callhome_port``: the endpoint has no port of its own, so the device is pointed at the
+    listener's single call-home port (``callhome_binds``), where the listener tells SSH from the
+    device's first bytes; the confirmed commit is confirmed once the device is held there."""
+    import yaml
+
+    listener = listener_factory()
+    listener.home.mkdir(parents=True, exist_ok=True)
+    (listener.home / "listener.yml").write_text(yaml.safe_dump({"callhome_binds": ["127.0.0.1:0"]}))
+    listener.start()
+    fleet.enroll(Path(listener.status["trust_store"]), [DEVICE])
+    listener.call("reload")
+    single = int(listener.call("status")["callhome"][0].rsplit(":", 1)[1])
+    follower = Follower(device, fleet)
+    follower.start()
+    try:
+        args = ch_args(callhome_port=single, confirm_callhome=True, callhome_device=DEVICE, callhome_timeout=40,
+                       confirm_timeout=90, listener="unix:%s" % listener.status["control_socket"])
+        args["endpoints"] = [{"name": "a", "address": "127.0.0.1"}]  # no port: callhome_port applies
+        result = play(tmp_path, device, args)
+        assert not result.get("failed"), "%s\nlistener: %s" % (result.get("msg"), listener.log()[-2000:])
+        ch = result["callhome"]
+        assert ch["mode"] == "confirmed-commit" and ch["confirmed"] is True and ch["status"] == "connected", ch
+        assert follower.dialed == single
+    finally:
+        follower.stop()
+    assert [e.findtext(".//{%s}remote-port" % NCS) for e in device.callhome_entries()] == [str(single)]
