@@ -26,9 +26,10 @@ COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages: libnetconf2 peer (C build), OpenSSH peer, socat for the reversed TCP link,
-# PostgreSQL for the shared-state tests (tests/peers/postgres_peer.py runs its own server).
+# PostgreSQL for the shared-state tests (tests/peers/postgres_peer.py runs its own server), HAProxy
+# for the load-balancer tests (tests/peers/haproxy_peer.py, its own instance).
 DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12,$(DEBIAN_VERSION)),libyang2-dev,libyang-dev) libssh-dev libssl-dev \
-               openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js postgresql
+               openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js postgresql haproxy
 
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)

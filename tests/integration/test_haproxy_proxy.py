@@ -1,0 +1,288 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""One address for devices: Debian's HAProxy (tests/peers/haproxy_peer.py) in TCP mode with
+``send-proxy-v2`` in front of listener nodes (``proxy_protocol_from``).
+
+HAProxy connects to the nodes from 127.0.0.2; the simulated devices call it from 127.0.0.1.
+Each node must log, record (registry ``peer``) and judge (admission) the device's address from
+the PROXY header, on every kind of port (SSH, outbound-ssh, the single call-home port); HAProxy's
+health checks (LOCAL headers) are closed quietly; a PROXY header from an address that is not a
+listed balancer is refused; a balancer that sends no header is refused. Three nodes share one
+PostgreSQL state_url (tests/peers/postgres_peer.py) and HAProxy spreads the fleet over them."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+from harness import running, wait_until
+
+BALANCER = "127.0.0.2"
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _peer_or_skip(make: Any) -> Any:
+    from haproxy_peer import PeerUnavailable
+
+    try:
+        return make()
+    except PeerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("HAProxy is required in CI: %s" % exc)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def haproxy() -> Iterator[Any]:
+    """A factory: ``haproxy(backends, **options)`` started, all stopped at the end."""
+    from haproxy_peer import HAProxyPeer
+
+    started: List[Any] = []
+
+    def make(backends: List[Any], **options: Any) -> Any:
+        peer = _peer_or_skip(lambda: HAProxyPeer(backends, **options))
+        started.append(peer)
+        return peer.start()
+
+    yield make
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    from postgres_peer import PeerUnavailable, PostgresPeer
+
+    try:
+        peer = PostgresPeer().start()
+    except PeerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: %s" % exc)
+        pytest.skip(str(exc))
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+def _config(path: Path, **options: Any) -> Path:
+    import yaml
+
+    data: Dict[str, Any] = {"proxy_protocol_from": ["%s/32" % BALANCER], "proxy_protocol_timeout": 2}
+    data.update(options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    os.chmod(path, 0o600)  # it may hold the database password
+    return path
+
+
+def _port(lst: Any, kind: str) -> int:
+    return int(lst.status[kind][0].rsplit(":", 1)[1])
+
+
+def _clients(haproxy: Any) -> List[str]:
+    """The device addresses HAProxy saw (its tcplog: ``client_ip:port [date] frontend ...``),
+    logged when each connection ends and at the start of each one (``option logasap`` is off:
+    at the end), so they are read after the devices went away."""
+    return re.findall(r"^(\d+\.\d+\.\d+\.\d+:\d+) \[", haproxy.log(), re.M)
+
+
+def _device_lines(log: str) -> List[str]:
+    return [line for line in log.splitlines() if "event=device.connected" in line]
+
+
+def _v2(src: str, sport: int, dst: str = "127.0.0.1", dport: int = 4334) -> bytes:
+    addresses = ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed + struct.pack("!HH", sport, dport)
+    return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses
+
+
+def _closed_by_listener(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """Whether the other side closes within ``timeout`` (whatever it said first: the listener,
+    an SSH client, sends its own banner)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if sock.recv(4096) == b"":
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+@pytest.mark.parametrize("kind", ["ssh", "outbound_ssh", "callhome"])
+def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory, fleet, haproxy, tmp_path, kind):
+    """One node (SQLite), one port kind at a time, HAProxy in front with send-proxy-v2 and
+    health checks: the device is connected under its own address (127.0.0.1:<its port>, the
+    client HAProxy logged), never HAProxy's (127.0.0.2), and the health checks leave no trace
+    but the counter."""
+    home = tmp_path / "home"
+    options: Dict[str, Any] = {}
+    extra: List[str] = []
+    if kind == "outbound_ssh":
+        options["outbound_ssh_binds"] = ["127.0.0.1:0"]
+        extra = ["--outbound-ssh-preamble"]
+    elif kind == "callhome":
+        options["callhome_binds"] = ["127.0.0.1:0"]
+    fleet.enroll(home / "trust.json", ["sim0001", "sim0002"])
+    lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", **options)), home=home).start()
+    lb = haproxy([("127.0.0.1", _port(lst, kind))])
+    lb.wait_up()
+    with running(fleet.simulator(lb.port, 2, *extra, wait_connected=2)):
+        records = [lst.wait_device(name, "connected") for name in ("sim0001", "sim0002")]
+        peers = sorted(rec["peer"] for rec in records)
+        for peer in peers:
+            assert peer.startswith("127.0.0.1:"), peers
+        lines = _device_lines(lst.log())
+        assert len(lines) == 2 and all("peer=127.0.0.1:" in line for line in lines), lines
+        # several health checks went by (every 300 ms) meanwhile
+        time.sleep(1.0)
+    wait_until(lambda: len(_clients(lb)) >= 2, 20, "HAProxy's log of both connections", detail=lb.log)
+    # the recorded peers are exactly the clients HAProxy saw (address and port)
+    assert set(peers) <= set(_clients(lb)), (peers, _clients(lb))
+    log = lst.log()
+    assert "peer=%s" % BALANCER not in log and "peer_ip=%s" % BALANCER not in log
+    assert "event=proxy.refused" not in log and "event=handshake.failed" not in log, log[-3000:]
+
+
+def test_three_nodes_on_postgresql_behind_one_address(listener_factory, fleet, haproxy, postgres, tmp_path):
+    """Three nodes sharing a PostgreSQL state_url behind one HAProxy: six devices call the one
+    address and land on all three nodes (round robin); every row in the shared registry holds the
+    device's own address, and every node logged it."""
+    database = "haproxy_%d" % os.getpid()
+    url = postgres.create_database(database)
+    names = ["sim%04d" % i for i in range(1, 7)]
+    nodes: Dict[str, Any] = {}
+    for node in ("node-a", "node-b", "node-c"):
+        home = tmp_path / node
+        fleet.enroll(home / "trust.json", names)
+        config = _config(tmp_path / ("%s.yml" % node), state_url=url, node_name=node)
+        nodes[node] = listener_factory("--config", str(config), home=home).start()
+    lb = haproxy([("127.0.0.1", lst.ssh_port) for lst in nodes.values()])
+    lb.wait_up()
+    rows = "SELECT name, status, coalesce(node, '-'), doc->>'peer' FROM devices ORDER BY name"
+    with running(fleet.simulator(lb.port, len(names), "--stagger", "0.05", wait_connected=len(names))):
+
+        def all_connected() -> Optional[List[List[str]]]:
+            got = postgres.psql(rows, database)
+            return got if len(got) == len(names) and all(r[1] == "connected" for r in got) else None
+
+        got = wait_until(all_connected, 30, "six devices connected in PostgreSQL", detail=lambda: str(postgres.psql(rows, database)))
+        assert {r[2] for r in got} == set(nodes), got  # HAProxy spread them over every node
+        for name, _status, node, peer in got:
+            assert peer.startswith("127.0.0.1:"), got
+            assert "event=device.connected device=%s peer=%s " % (name, peer) in nodes[node].log()
+        servers = lb.servers()
+        assert all(int(s["stot"]) >= 2 for s in servers.values()), servers
+    wait_until(lambda: len(_clients(lb)) >= len(names), 20, "HAProxy's log of the connections", detail=lb.log)
+    assert {r[3] for r in got} <= set(_clients(lb))
+    for lst in nodes.values():
+        log = lst.log()
+        assert "peer=%s" % BALANCER not in log and "event=proxy.refused" not in log
+
+
+def test_a_proxy_header_from_elsewhere_is_refused(listener_factory, fleet, haproxy, tmp_path):
+    """The node believes 127.0.0.2 only. A PROXY header from 127.0.0.1 (v2 on the SSH port, v1
+    on the single port) is refused as bad input, logged with the sender's own address and never
+    with the address it claimed; a device that calls directly (no header) still gets in."""
+    home = tmp_path / "home"
+    fleet.enroll(home / "trust.json", ["sim0001"])
+    lst = listener_factory(
+        "--config", str(_config(tmp_path / "listener.yml", callhome_binds=["127.0.0.1:0"])), home=home
+    ).start()
+    with socket.create_connection(("127.0.0.1", lst.ssh_port)) as sock:
+        sock.sendall(_v2("203.0.113.9", 40001) + b"SSH-2.0-forged\r\n")
+        own = "127.0.0.1:%d" % sock.getsockname()[1]
+        assert _closed_by_listener(sock)
+    with socket.create_connection(("127.0.0.1", _port(lst, "callhome"))) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.10 127.0.0.1 40002 4334\r\nSSH-2.0-forged\r\n")
+        own1 = "127.0.0.1:%d" % sock.getsockname()[1]
+        assert _closed_by_listener(sock)
+    log = lst.wait_log("peer=%s transport=callhome reason=proxy-header-untrusted" % own1)
+    assert "event=handshake.failed peer=%s transport=ssh reason=proxy-header-untrusted" % own in log
+    assert "not in proxy_protocol_from" in log
+    assert "203.0.113" not in log  # the claimed address was never read
+    # no header, not a balancer: an ordinary device on the same port
+    with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
+        assert lst.wait_device("sim0001", "connected")["peer"].startswith("127.0.0.1:")
+
+
+def test_a_balancer_without_send_proxy_is_refused(listener_factory, fleet, haproxy, tmp_path):
+    """HAProxy (127.0.0.2, listed) configured without send-proxy: its connections do not start
+    with a header, so they are refused (event=proxy.refused reason=proxy-missing, counted in
+    callhome_failures_total{transport="proxy"}) and the device never connects; the balancer's
+    address is not blocked for it (block_failures 2)."""
+    home = tmp_path / "home"
+    fleet.enroll(home / "trust.json", ["sim0001"])
+    metrics = "127.0.0.1:%d" % _free_port()
+    config = _config(tmp_path / "listener.yml", block_failures=2, block_admit_rate=0, metrics_bind=metrics)
+    lst = listener_factory("--config", str(config), home=home).start()
+    lb = haproxy([("127.0.0.1", lst.ssh_port)], send_proxy="")
+    sim = fleet.simulator(lb.port, 1)
+    try:
+        log = lst.wait_log("event=proxy.refused balancer=%s:" % BALANCER)
+        wait_until(lambda: lst.log().count("reason=proxy-missing") >= 3, 20, "three refusals", detail=lst.log)
+        log = lst.log()
+        assert "event=peer.blocked" not in log
+        assert "event=device.connected" not in log
+        assert _metric(metrics, 'callhome_failures_total{reason="proxy-missing",transport="proxy"}') >= 3
+    finally:
+        sim.stop()
+
+
+def test_blocking_applies_to_the_device_address_not_the_balancer(listener_factory, fleet, haproxy, tmp_path):
+    """Garbage from 127.0.0.5 through HAProxy: the node counts the failures against 127.0.0.5 and
+    blocks it (block_failures 3, hard block), while the simulated devices (127.0.0.1) still
+    connect through the same HAProxy; HAProxy's 127.0.0.2 is never blocked."""
+    home = tmp_path / "home"
+    fleet.enroll(home / "trust.json", ["sim0001"])
+    config = _config(tmp_path / "listener.yml", block_failures=3, block_window=60, block_seconds=60, block_admit_rate=0)
+    lst = listener_factory("--config", str(config), home=home).start()
+    lb = haproxy([("127.0.0.1", lst.ssh_port)])
+    lb.wait_up()
+    for _attempt in range(4):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.5", 0))
+            sock.connect(("127.0.0.1", lb.port))
+            sock.sendall(b"SSH-1.0-not-a-device\r\n")  # an SSH version the listener refuses at once
+            assert _closed_by_listener(sock)
+    log = lst.wait_log("event=peer.blocked peer_ip=127.0.0.5 ")
+    assert "peer=127.0.0.5:" in log and "peer_ip=%s" % BALANCER not in log
+    # the blocked address is turned away at once (no handshake), through the same balancer
+    failures = lst.log().count("event=handshake.failed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.5", 0))
+        sock.connect(("127.0.0.1", lb.port))
+        sock.sendall(b"SSH-1.0-not-a-device\r\n")
+        assert _closed_by_listener(sock)
+    with running(fleet.simulator(lb.port, 1, wait_connected=1)):
+        assert lst.wait_device("sim0001", "connected")["peer"].startswith("127.0.0.1:")
+    assert lst.log().count("event=handshake.failed") == failures
+    assert "peer_ip=%s" % BALANCER not in lst.log()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _metric(bind: str, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen("http://%s/metrics" % bind, timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
