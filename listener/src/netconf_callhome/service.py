@@ -66,7 +66,9 @@ from netconf_callhome.state.registry import (
     Registry,
     RegistryWriteError,
 )
-from netconf_callhome.state.stores import open_store
+from netconf_callhome.state.ownership import Claim, Ownership
+from netconf_callhome.state.postgres import PostgresStore
+from netconf_callhome.state.stores import open_store, open_trust_store
 
 log = logging.getLogger("netconf_callhome.listener")
 
@@ -87,18 +89,20 @@ class CallHomeListener:
         self.config = config
         limits = restconf_limits(config.restconf)  # a bad restconf: section fails before any file is opened
         os.makedirs(config.home, mode=0o700, exist_ok=True)
-        self.trust_store = TrustStore(config.trust_store)
-        self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
+        node = config.node_name or socket.gethostname()
         # state_url picks SQLite (default) or a PostgreSQL database shared by several nodes;
-        # opening it connects and migrates the schema before anything is served.
-        self.registry = Registry(
-            open_store(
-                config.state_url,
-                sqlite_default=config.registry,
-                home=config.home,
-                node=config.node_name or socket.gethostname(),
-            )
-        )
+        # opening it connects and migrates the schema before anything is served. With PostgreSQL
+        # the trust store is the database's too (every node's changes in force on every node).
+        self.trust_store: TrustStore = open_trust_store(config.state_url, trust_file=config.trust_store, node=node)
+        self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
+        store = open_store(config.state_url, sqlite_default=config.registry, home=config.home, node=node)
+        self.registry = Registry(store)
+        # Scale-out: exactly one node owns a device's session (state.ownership); its claims'
+        # outcomes come back on the store's thread and are handed to this loop (see start).
+        self.ownership: Optional[Ownership] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        if isinstance(store, PostgresStore):
+            self.ownership = Ownership(store, on_claimed=self._claimed_threadsafe, on_moved=self._moved_threadsafe)
         self.registry.load()
         self.metrics = Metrics(self.registry.counts)
         self.admission = Admission(
@@ -172,6 +176,12 @@ class CallHomeListener:
         # One listener per home: checked before a port is bound or the control socket replaced,
         # so a second one names the first (ListenerRunningError) instead of failing on a port.
         self.instance.acquire(mode=EMBEDDED if self.config.idle_exit else SERVICE, control_socket=self.config.control_socket)
+        self._loop = asyncio.get_running_loop()
+        subscribe = getattr(self.trust_store, "subscribe", None)
+        if subscribe is not None:
+            # The shared trust store changed (on any node): reload now, not at the next tick.
+            loop = self._loop
+            subscribe(lambda revision: loop.call_soon_threadsafe(self.reload_trust))
         bind = ""
         try:
             for bind in self.config.ssh_binds:
@@ -282,6 +292,11 @@ class CallHomeListener:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.enrollments.close()
+        if self.ownership is not None:
+            self.ownership.close()
+        close_trust = getattr(self.trust_store, "close", None)
+        if close_trust is not None:
+            await asyncio.to_thread(close_trust)
         # The last flush in a thread, like every flush: a shared database (state_url) may take
         # up to its command timeout, and the loop still has connections to close meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
@@ -642,6 +657,7 @@ class CallHomeListener:
                 len(held.hello.capabilities),
                 elapsed * 1000,
             )
+        self._claim(held.device)
         self._wake(held.device)
 
     def _session_closed(self, held: HeldSession, reason: str) -> None:
@@ -671,6 +687,8 @@ class CallHomeListener:
             )
             return
         status = ERROR if held.failed else DISCONNECTED
+        if self.ownership is not None:
+            self.ownership.release(held.device)
         self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
         log.info(
             "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
@@ -731,6 +749,7 @@ class CallHomeListener:
             len(capabilities),
             elapsed * 1000,
         )
+        self._claim(conn.device)
         self._wake(conn.device)
 
     async def _restconf_keepalive(self, conn: RestconfConnection) -> None:
@@ -762,6 +781,8 @@ class CallHomeListener:
                 held.transport,
             )
             return
+        if self.ownership is not None:
+            self.ownership.release(conn.device)
         self.registry.update(conn.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
         log.info(
             "event=device.disconnected device=%s peer=%s transport=restconf status=%s reason=%r",
@@ -770,6 +791,57 @@ class CallHomeListener:
             DISCONNECTED,
             reason,
         )
+
+    # -- ownership (scale-out, PostgreSQL): one node owns a device's session ------------------
+
+    def _claim(self, device: str) -> None:
+        """A verified session is up: claim the device for this node (off the loop, on the
+        store's; the outcome comes back through _claimed)."""
+        if self.ownership is not None:
+            self.ownership.claim(device)
+
+    def _claimed_threadsafe(self, claim: Claim) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._claimed, claim)
+
+    def _moved_threadsafe(self, device: str, node: str, epoch: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._moved, device, node, epoch)
+
+    def _claimed(self, claim: Claim) -> None:
+        if claim.won:
+            # Rewrite the row under the new epoch: a flush that ran before the claim was fenced off.
+            if self._connected(claim.device):
+                self.registry.update(claim.device)
+            log.info(
+                "event=device.owned device=%s epoch=%d previous_node=%s", claim.device, claim.epoch, claim.previous or "-"
+            )
+            return
+        self._close_device(
+            claim.device,
+            "ownership claim lost to node %s (epoch %d)" % (claim.node, claim.epoch),
+            event="device.claim_lost",
+            node=claim.node,
+            epoch=claim.epoch,
+        )
+
+    def _moved(self, device: str, node: str, epoch: int) -> None:
+        """Another node claimed a device this node owned: its session here is the stale one."""
+        assert self.ownership is not None
+        if self.ownership.claimed.get(device, 0) >= epoch:
+            return  # this node claimed it again since (a newer session here)
+        self._close_device(device, "moved to node %s" % node, event="device.moved", node=node, epoch=epoch)
+
+    def _close_device(self, device: str, reason: str, *, event: str, node: str, epoch: int) -> None:
+        held = self.sessions.get(device)
+        conn = self.restconf_sessions.get(device)
+        if held is None and conn is None:
+            return
+        log.info("event=%s device=%s to_node=%s epoch=%d reason=%r", event, device, node, epoch, reason)
+        if held is not None:
+            held.close(reason)
+        if conn is not None:
+            conn.close(reason)
 
     def _wake(self, device: str) -> None:
         """Wake the control operations waiting for the device to connect."""
@@ -927,7 +999,10 @@ class CallHomeListener:
 
     # -- trust changes: the rules are trust_ops'; here, their effect on live sessions ---------
 
-    def approve(
+    # The trust writes run in a thread (asyncio.to_thread): with state_url on PostgreSQL they are a
+    # database transaction that may wait on other nodes' writers or an unreachable server.
+
+    async def approve(
         self,
         fingerprint: str,
         device: str = "",
@@ -938,11 +1013,18 @@ class CallHomeListener:
         pending = self.registry.get_pending(fingerprint)
         # A certificate fingerprint in any accepted notation, and entries recorded before the
         # one notation (SHA256:AB:..), are found too.
-        for spelling in cert_fingerprint_spellings(fingerprint) if pending is None else []:
+        spellings = [fingerprint] + list(cert_fingerprint_spellings(fingerprint))
+        for spelling in spellings[1:] if pending is None else []:
             pending = self.registry.get_pending(spelling)
             if pending is not None:
                 fingerprint = spelling
                 break
+        store = self.registry.store
+        if pending is None and isinstance(store, PostgresStore):
+            # Scale-out: the key may have been refused on another node (its pending entry is shared).
+            pending = await asyncio.to_thread(store.find_pending, spellings)
+            if pending is not None:
+                fingerprint = pending.fingerprint
         if pending is None:
             raise DeviceNotFoundError(
                 "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
@@ -958,7 +1040,9 @@ class CallHomeListener:
                 "really replaced, name it: approve %s --device %s" % (fingerprint, claimed, fingerprint, claimed),
                 details={"device": claimed, "fingerprint": fingerprint},
             )
-        change = trust_ops.approve_pending(self.trust_store, pending, device, replace=replace, credentials=credentials)
+        change = await asyncio.to_thread(
+            trust_ops.approve_pending, self.trust_store, pending, device, replace=replace, credentials=credentials
+        )
         self.registry.drop_pending(fingerprint)
         self._trust_changed(change.device, "key replaced")
         log.info(
@@ -970,7 +1054,7 @@ class CallHomeListener:
         )
         return change.to_dict()
 
-    def enroll(
+    async def enroll(
         self,
         device: str,
         kind: str,
@@ -983,7 +1067,8 @@ class CallHomeListener:
     ) -> Dict[str, Any]:
         """Enroll an identity given by an operator or a module (trust_ops' rules: an observed key
         never silently joins or replaces another enrolled one)."""
-        change = trust_ops.enroll(
+        change = await asyncio.to_thread(
+            trust_ops.enroll,
             self.trust_store,
             device,
             kind,
@@ -1000,8 +1085,8 @@ class CallHomeListener:
             log.info("event=key.enrolled device=%s kind=%s fingerprint=%s", device, kind, change.fingerprint)
         return change.to_dict()
 
-    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
-        change = trust_ops.revoke(self.trust_store, device, identity, dry_run=dry_run)
+    async def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
+        change = await asyncio.to_thread(trust_ops.revoke, self.trust_store, device, identity, dry_run=dry_run)
         if not dry_run:
             self._trust_changed(device, "key revoked")
             log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", change.changed)

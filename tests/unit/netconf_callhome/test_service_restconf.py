@@ -214,7 +214,7 @@ def test_a_trust_change_closes_only_the_untrusted_restconf_connection(tmp_path: 
 
     async def scenario() -> None:
         one, two = ready(lst, "r1", fp1), ready(lst, "r2", fp2, peer="192.0.2.2:1")
-        lst.revoke("r1")
+        await lst.revoke("r1")
         assert one.is_closed and one.closed.result() == "key revoked"
         assert not two.is_closed
         await poll(lambda: lst.registry.get("r1").status == DISCONNECTED, 2, "r1 disconnected")
@@ -254,7 +254,7 @@ def test_an_unknown_certificate_is_pending_as_restconf_and_approving_it_enrolls(
     (pending,) = lst.registry.pending()
     assert pending.transport == "restconf" and pending.fingerprint == pki.fingerprint
     assert pending.key_type == "x509" and "BEGIN CERTIFICATE" in pending.public_key
-    lst.approve(pki.fingerprint, "dev1")
+    asyncio.run(lst.approve(pki.fingerprint, "dev1"))
     assert lst.registry.pending() == []
     verified = lst.tls_certificate([pki.device_der], peer="192.0.2.9:5000", transport="restconf")
     assert verified is not None and verified.device == "dev1"

@@ -161,11 +161,11 @@ def test_approving_a_forged_claim_by_default_is_refused_while_the_device_is_conn
         assert lst.tls_certificate(forged, peer="198.51.100.7:5000") is None
         (pending,) = lst.registry.pending()
         with pytest.raises(ConfigError, match="connected with a verified key right now.*--device r1"):
-            lst.approve(pending.fingerprint)
+            await lst.approve(pending.fingerprint)
         assert "tls_fingerprints" not in lst.trust_store.load()["devices"]["r1"]  # nothing trusted
         assert held.is_open and lst.registry.get_pending(pending.fingerprint) is not None
         # named explicitly, it is the operator's decision (a device really replaced)
-        lst.approve(pending.fingerprint, "r1")
+        await lst.approve(pending.fingerprint, "r1")
         assert lst.registry.get_pending(pending.fingerprint) is None
 
     asyncio.run(scenario())
@@ -194,20 +194,20 @@ def test_trust_changes_close_only_untrusted_sessions(tmp_path: Path) -> None:
         r1 = await connect(lst, "r1", "tls", verified.fingerprint)
         r2 = await connect(lst, "r2", "ssh", ssh_fingerprint(public_line(ssh_dev)))
         pinned_fp = trust_ops.explicit_identity("certificate", pinned.cert_chain_pems[0].bytes().decode()).fingerprint
-        lst.enroll("r3", "tls_fingerprints", pinned_fp)
+        await lst.enroll("r3", "tls_fingerprints", pinned_fp)
         verified3 = lst.tls_certificate(der_chain(pinned), peer="192.0.2.3:1")
         assert verified3 is not None and verified3.device == "r3"
         r3 = await connect(lst, "r3", "tls", pinned_fp)
 
         # unrelated changes: another device enrolled, another key for r2, a file edit + reload
-        lst.enroll("r4", "ssh_host_keys", public_line(other))
-        lst.enroll("r1", "tls_identities", "serial:R1-SPARE")
+        await lst.enroll("r4", "ssh_host_keys", public_line(other))
+        await lst.enroll("r1", "tls_identities", "serial:R1-SPARE")
         trust_ops.enroll(lst.trust_store, "r5", "tls_identities", "cn:r5")
         lst.reload_trust()
         assert r1.is_open and r2.is_open and r3.is_open
 
         # revoking exactly the identity r1 was accepted under closes r1 only
-        lst.revoke("r1", "dns:r1.example.net")
+        await lst.revoke("r1", "dns:r1.example.net")
         await poll(lambda: not r1.is_open, 5, "r1 to be closed")
         assert r1.closed.result() == "key revoked"
         assert r2.is_open and r3.is_open
@@ -251,7 +251,7 @@ def test_approve_applies_the_credentials(tmp_path: Path) -> None:
         lst.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
         fp = stray.get_fingerprint("sha256")
         creds = {"username": "admin", "password_env": "R9_PW", "password_file": None}
-        result = lst.approve(fp, "r9", credentials=creds)
+        result = await lst.approve(fp, "r9", credentials=creds)
         assert result["device"] == "r9"
         entry = json.loads((tmp_path / "trust.json").read_text())["devices"]["r9"]
         assert entry["credentials"] == {"username": "admin", "password_env": "R9_PW"}

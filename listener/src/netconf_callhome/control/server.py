@@ -69,7 +69,9 @@ class ControlledListener(Protocol):
     async def wait_connected(self, device: str, timeout: float) -> None:
         """Until the device holds a session on any transport (NETCONF or RESTCONF)."""
 
-    def approve(
+    # The trust operations are coroutines: their writes run off the event loop (a shared trust
+    # store is a database transaction).
+    async def approve(
         self,
         fingerprint: str,
         device: str = "",
@@ -78,7 +80,7 @@ class ControlledListener(Protocol):
         credentials: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]: ...
 
-    def enroll(
+    async def enroll(
         self,
         device: str,
         kind: str,
@@ -90,7 +92,7 @@ class ControlledListener(Protocol):
         dry_run: bool = False,
     ) -> Dict[str, Any]: ...
 
-    def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]: ...
+    async def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]: ...
 
     def reload_trust(self) -> bool: ...
 
@@ -567,7 +569,7 @@ class ControlServer:
         credentials = request.get("credentials")  # the enroll module's source: pending + credentials
         if credentials is not None and not isinstance(credentials, dict):
             raise ControlError("'credentials' must be an object")
-        return self.listener.approve(
+        return await self.listener.approve(
             _require_str(request, "fingerprint"),
             str(request.get("device") or ""),
             replace=bool(request.get("replace")),
@@ -576,7 +578,7 @@ class ControlServer:
 
     async def _op_revoke(self, request: Dict[str, Any]) -> Any:
         identity = request.get("identity")
-        return self.listener.revoke(
+        return await self.listener.revoke(
             _require_str(request, "device"), str(identity) if identity else None, dry_run=bool(request.get("dry_run"))
         )
 
@@ -584,7 +586,7 @@ class ControlServer:
         credentials = request.get("credentials")
         if credentials is not None and not isinstance(credentials, dict):
             raise ControlError("'credentials' must be an object")
-        return self.listener.enroll(
+        return await self.listener.enroll(
             _require_str(request, "device"),
             _require_str(request, "kind"),
             _require_str(request, "value"),

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Coroutine, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Coroutine, Iterable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
 from netconf_callhome.errors import CallHomeError, ConfigError
 from netconf_callhome.state.registry import (
@@ -118,19 +118,40 @@ MIGRATIONS: Tuple[Tuple[int, str, str], ...] = (
         INSERT INTO trust_revision (revision) VALUES (0);
         """,
     ),
+    (
+        4,
+        "device ownership: the node owning each device's session and its epoch; rows fenced by it",
+        """
+        CREATE TABLE device_owners (
+            name       text PRIMARY KEY,
+            node       text NOT NULL,
+            epoch      bigint NOT NULL,
+            claimed_at timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE devices ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-# A node writes the rows of the sessions it holds. The WHERE keeps a node from overwriting a
-# device that another node holds now (connected there) with its own older news ("disconnected"
-# after the device moved); a new connection always wins. Ownership fencing with epochs is the
-# scale-out's next step (issue 12 item 3).
+# A node writes the rows of the sessions it holds, fenced by the ownership epoch (migration 4,
+# state.ownership): $6 is the epoch this node writes under (its own claim for a connected row).
+# - "connected" is written only by the device's current owner: the row of device_owners names this
+#   node at exactly that epoch (a node whose claim lost, or that was taken over, writes nothing);
+#   a device nobody ever claimed (epoch 0, no owner row) is written as before.
+# - anything else never overwrites a row another node holds now, nor a row of a newer epoch
+#   (the former owner's late "disconnected" after the device moved).
 _UPSERT_DEVICE = """
-INSERT INTO devices (name, status, node, doc, updated_at) VALUES ($1, $2, $3, $4::jsonb, now())
+INSERT INTO devices (name, status, node, doc, epoch, updated_at)
+SELECT $1::text, $2::text, $3::text, $4::jsonb, $6::bigint, now()
+WHERE $2::text <> '%(connected)s' OR coalesce(
+    (SELECT o.node = $5::text AND o.epoch = $6::bigint FROM device_owners o WHERE o.name = $1::text),
+    $6::bigint = 0)
 ON CONFLICT (name) DO UPDATE SET status = excluded.status, node = excluded.node, doc = excluded.doc,
-    updated_at = now()
-WHERE devices.node IS NULL OR devices.node = $5 OR excluded.status = '%s'
-""" % CONNECTED
+    epoch = excluded.epoch, updated_at = now()
+WHERE devices.epoch <= excluded.epoch
+    AND (excluded.status = '%(connected)s' OR devices.node IS NULL OR devices.node = $5::text)
+""" % {"connected": CONNECTED}
 _UPSERT_PENDING = """
 INSERT INTO pending_keys (fingerprint, doc, updated_at) VALUES ($1, $2::jsonb, now())
 ON CONFLICT (fingerprint) DO UPDATE SET doc = excluded.doc, updated_at = now()
@@ -138,6 +159,12 @@ ON CONFLICT (fingerprint) DO UPDATE SET doc = excluded.doc, updated_at = now()
 _INSERT_EVENT = """
 INSERT INTO events (at, node, device, event, doc) VALUES (to_timestamp($1::float8), $2, $3, $4, $5::jsonb)
 """
+
+
+class EpochFence(Protocol):
+    """The epoch a device row is written under (implemented by state.ownership.Ownership)."""
+
+    def write_epoch(self, device: str, status: str) -> int: ...
 
 
 class StateStoreError(CallHomeError):
@@ -220,6 +247,7 @@ class PostgresConnection:
         self.url = redact_url(url)  # the only form kept in attributes, logs and errors
         self.node = node
         self._secret = urllib.parse.urlsplit(url).password or ""
+        self._dsn = url  # for LISTEN connections (state.pg_listen); never logged, never in an error
         self.command_timeout = command_timeout
         self._pool: Any = None
         self.schema_version = 0
@@ -334,6 +362,8 @@ class PostgresStore(PostgresConnection):
         command_timeout: float = 30.0,
     ) -> None:
         self._pruned_at = 0.0
+        # The ownership epochs this node writes under (state.ownership sets it: PostgreSQL only).
+        self.fence: Optional[EpochFence] = None
         super().__init__(url, node=node, connect_timeout=connect_timeout, command_timeout=command_timeout)
 
     # -- RegistryStore -------------------------------------------------------------------------
@@ -394,7 +424,14 @@ class PostgresStore(PostgresConnection):
                     await conn.executemany(
                         _UPSERT_DEVICE,
                         [
-                            (d.name, d.status, self.node if d.status == CONNECTED else None, json.dumps(d.to_dict()), self.node)
+                            (
+                                d.name,
+                                d.status,
+                                self.node if d.status == CONNECTED else None,
+                                json.dumps(d.to_dict()),
+                                self.node,
+                                self.fence.write_epoch(d.name, d.status) if self.fence is not None else 0,
+                            )
                             for d in devices
                         ],
                     )
@@ -410,6 +447,27 @@ class PostgresStore(PostgresConnection):
                 if now - self._pruned_at > 3600:
                     await conn.execute("DELETE FROM events WHERE at < to_timestamp($1::float8)", now - HISTORY_MAX_AGE)
                     self._pruned_at = now
+
+    def find_pending(self, fingerprints: Sequence[str]) -> Optional[PendingKey]:
+        """A pending key any node recorded (the first of ``fingerprints``, spellings of one key,
+        found): a key refused on node A can be approved on node B."""
+        try:
+            return self._run(self._find_pending(list(fingerprints)))
+        except self._failures() as exc:
+            raise StateStoreError(
+                "cannot read the pending keys from %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+
+    async def _find_pending(self, fingerprints: List[str]) -> Optional[PendingKey]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT fingerprint, doc::text FROM pending_keys WHERE fingerprint = ANY($1::text[])", fingerprints
+            )
+        found = {r[0]: r[1] for r in rows}
+        for fingerprint in fingerprints:
+            if fingerprint in found:
+                return _from_doc(PendingKey, found[fingerprint])  # type: ignore[no-any-return]
+        return None
 
     def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
         try:

@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import cast
 
 from netconf_callhome.errors import ConfigError
+from netconf_callhome.policy.trust_store import TrustStore
 from netconf_callhome.state.postgres import PostgresStore, redact_url
 from netconf_callhome.state.registry import RegistryStore, SQLiteStore
+
+log = logging.getLogger("netconf_callhome.trust")
 
 SQLITE_PREFIX = "sqlite:"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
@@ -44,3 +49,31 @@ def open_store(url: str, *, sqlite_default: str, home: str, node: str) -> Regist
     raise ConfigError(
         "state_url %s: unsupported scheme (sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE)" % redact_url(url)
     )
+
+
+def is_shared(url: str) -> bool:
+    """Whether ``url`` names the database several nodes share (PostgreSQL)."""
+    return url.startswith(POSTGRES_PREFIXES)
+
+
+def open_trust_store(url: str, *, trust_file: str, node: str) -> TrustStore:
+    """The trust store for ``state_url``: the file ``trust_file`` on a single node (SQLite or
+    no URL), the shared tables in PostgreSQL otherwise. The first node of a new cluster copies
+    its ``trust.json`` in (``PostgresTrustStore.seed``); later ones say that theirs is unused."""
+    if not is_shared(url):
+        return TrustStore(trust_file)
+    from netconf_callhome.state.trust_postgres import PostgresTrustStore
+
+    store = PostgresTrustStore(url, node=node)
+    if os.path.exists(trust_file):
+        local = TrustStore(trust_file).load()
+        if local.get("devices") and not store.seed(local, trust_file):
+            log.warning(
+                "event=trust.file_unused path=%s url=%s (the shared trust store in the database is in force; "
+                "this node's file is not read)",
+                trust_file,
+                store.url,
+            )
+    # Same interface as the file store (path, load, update, stat_signature): trust_ops and the
+    # verdicts take either.
+    return cast(TrustStore, store)

@@ -22,10 +22,12 @@ revision row (``FOR UPDATE``: writers on every node queue there, as on the file'
 reads the document, applies the mutation, validates, writes only the rows that changed and bumps
 the revision. A mutation that raises rolls everything back.
 
-Reads never wait on the database: a poller on the store's own loop checks the revision every
-``poll_interval`` (0.5 s) and reloads the document when it moved (one repeatable-read
-transaction); ``load`` returns a copy of that, ``stat_signature`` its revision. A change made on
-another node is therefore seen within ``poll_interval``. While the database is unreachable the
+Reads never wait on the database: a poller on the store's own loop reloads the document (one
+repeatable-read transaction) when the revision moved; every change sends ``NOTIFY callhome_trust``
+at commit, which wakes the poller at once on every node (``state.pg_listen``), and the poller also
+checks every ``poll_interval`` (0.5 s) as the fallback. ``load`` returns a copy of the document,
+``stat_signature`` its revision, and ``subscribe`` callbacks hear of every newer revision (the
+listener reloads its policy then). While the database is unreachable the
 last document read keeps being served (logged once, ``event=trust.poll_failed``), and ``update``
 fails with :class:`TrustStoreError`: a trust change that cannot be made durable is refused.
 """
@@ -40,9 +42,12 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from netconf_callhome.errors import ConfigError, TrustStoreError
 from netconf_callhome.policy.trust_store import CANONICAL, FORMAT_VERSION, TrustData, validate
+from netconf_callhome.state.pg_listen import ChannelListener
 from netconf_callhome.state.postgres import PostgresConnection
 
 log = logging.getLogger("netconf_callhome.trust")
+
+CHANNEL = "callhome_trust"  # NOTIFY payload: the new revision
 
 IDENTITY_KINDS = ("ssh_host_keys", "tls_fingerprints", "tls_identities")
 
@@ -68,6 +73,10 @@ class PostgresTrustStore(PostgresConnection):
         except BaseException:
             super().close()
             raise
+        # A change on any node is NOTIFYed on CHANNEL (sent by its transaction, at commit): the
+        # poller re-reads at once instead of at its next tick, which stays the fallback.
+        self._listeners: List[Callable[[int], None]] = []
+        self.listener = ChannelListener(self, {CHANNEL: self._notified}, on_connect=self._wake_poller)
         self._poller = self._run(self._start_poller())
 
     # -- the file store's interface ------------------------------------------------------------
@@ -95,21 +104,66 @@ class PostgresTrustStore(PostgresConnection):
             ) from None
         if revision is not None and revision > self._state[0]:
             self._state = (revision, copy.deepcopy(after))
+            self._loop.call_soon_threadsafe(self._changed, revision)
         return result, before, after
+
+    def _changed(self, revision: int) -> None:
+        for callback in self._listeners:
+            try:
+                callback(revision)
+            except Exception:  # a subscriber's bug must not stop the poller
+                log.exception("event=trust.subscriber_error revision=%d", revision)
+
+    def seed(self, data: TrustData, source: str) -> int:
+        """Copy ``data`` (a node's ``trust.json``) in when the shared store has never been written
+        (revision 0, nothing enrolled): the first node of a new cluster brings its enrollments.
+        Returns how many devices were copied (0: the store already had its own)."""
+
+        def mutate(current: TrustData) -> int:
+            if current.get("devices") or current.get("outbound_ssh_groups") or self._state[0] != 0:
+                return 0
+            current["devices"] = copy.deepcopy(data.get("devices", {}))
+            if data.get("outbound_ssh_groups"):
+                current["outbound_ssh_groups"] = copy.deepcopy(data["outbound_ssh_groups"])
+            return len(current["devices"])
+
+        copied: int = self.update(mutate)[0]
+        if copied:
+            log.warning("event=trust.seeded url=%s from=%s devices=%d", self.url, source, copied)
+        return copied
+
+    def subscribe(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(revision)`` (on the store's thread) whenever a newer document was read:
+        the listener reloads its policy at once instead of at its next housekeeping tick."""
+        self._listeners.append(callback)
 
     def close(self) -> None:
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._poller.cancel)
+            self._loop.call_soon_threadsafe(self.listener.stop)
         super().close()
 
     # -- on the store's loop -------------------------------------------------------------------
 
     async def _start_poller(self) -> "asyncio.Task[None]":
+        self._wake = asyncio.Event()
+        self.listener.start()
         return asyncio.get_running_loop().create_task(self._poll())
+
+    def _notified(self, payload: str) -> None:
+        if int(payload) > self._state[0]:
+            self._wake.set()
+
+    async def _wake_poller(self) -> None:
+        self._wake.set()  # (re)connected: changes notified meanwhile were missed
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 async with self._pool.acquire() as conn:
                     revision = int(await conn.fetchval("SELECT revision FROM trust_revision"))
@@ -117,6 +171,7 @@ class PostgresTrustStore(PostgresConnection):
                         state = await self._snapshot(conn)
                         if state[0] > self._state[0]:  # an update() here may have been quicker
                             self._state = state
+                            self._changed(state[0])
             except asyncio.CancelledError:
                 raise
             except (self._failures() + (TrustStoreError,)) as exc:
@@ -174,6 +229,7 @@ class PostgresTrustStore(PostgresConnection):
                         "UPDATE trust_revision SET revision = revision + 1, updated_at = now() RETURNING revision"
                     )
                 )
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(revision))
                 return result, before, after, revision
 
     async def _write(self, conn: Any, before: TrustData, after: TrustData) -> None:

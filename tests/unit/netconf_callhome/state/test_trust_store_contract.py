@@ -243,3 +243,43 @@ def test_identities_are_rows(postgres, pg_url):
         assert postgres.psql("SELECT updated_by FROM trust_devices", pg_url.rsplit("/", 1)[1]) == [["node-a"]]
     finally:
         store.close()
+
+
+def test_a_change_is_notified_to_every_node_at_once(postgres, pg_url):
+    """LISTEN/NOTIFY, not the poller: with a 30 s poll, node-b's subscriber hears of node-a's
+    change within a second, and serves it."""
+    from netconf_callhome.state.trust_postgres import PostgresTrustStore
+
+    node_a = PostgresTrustStore(pg_url, node="a", poll_interval=30)
+    node_b = PostgresTrustStore(pg_url, node="b", poll_interval=30)
+    heard: t.List[t.Tuple[int, float]] = []
+    try:
+        node_b.subscribe(lambda revision: heard.append((revision, time.monotonic())))
+        _eventually(node_b.listener.connected.is_set)
+        started = time.monotonic()
+        trust_ops.enroll(node_a, "r1", "ssh_host_keys", KEY_A)
+        _eventually(lambda: bool(heard), timeout=1.0)
+        assert heard[0][0] == node_a.revision and heard[0][1] - started < 1.0
+        assert _devices(node_b) == _devices(node_a)
+        assert node_b.stat_signature() == node_a.stat_signature()
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_the_first_node_seeds_the_shared_store_from_its_file(postgres, pg_url, tmp_path):
+    from netconf_callhome.state.stores import open_trust_store
+
+    first, second = tmp_path / "a" / "trust.json", tmp_path / "b" / "trust.json"
+    for path, (name, key) in ((first, ("r1", KEY_A)), (second, ("r2", KEY_B))):
+        path.parent.mkdir()
+        trust_ops.enroll(TrustStore(str(path)), name, "ssh_host_keys", key)
+    node_a = open_trust_store(pg_url, trust_file=str(first), node="a")
+    node_b = open_trust_store(pg_url, trust_file=str(second), node="b")  # its file is not used
+    try:
+        assert set(_devices(node_a)) == set(_devices(node_b)) == {"r1"}
+        # a file store where there is no shared database
+        assert isinstance(open_trust_store("", trust_file=str(first), node="a"), TrustStore)
+    finally:
+        node_a.close()  # type: ignore[attr-defined]
+        node_b.close()  # type: ignore[attr-defined]
