@@ -193,25 +193,38 @@ def test_three_nodes_on_postgresql_behind_one_address(listener_factory, fleet, h
 
 def test_a_proxy_header_from_elsewhere_is_refused(listener_factory, fleet, haproxy, tmp_path):
     """The node believes 127.0.0.2 only. A PROXY header from 127.0.0.1 (v2 on the SSH port, v1
-    on the single port) is refused as bad input, logged with the sender's own address and never
-    with the address it claimed; a device that calls directly (no header) still gets in."""
+    on the outbound-ssh port: ports where the device speaks first, so the accept path waits for
+    its first bytes) is refused as bad input, logged with the sender's own address and never
+    with the address it claimed. On the single call-home port (where a silent peer is a TLS
+    device, so the accept path only looks at bytes already there) it is refused too: by the
+    accept path, or, when it came later, by the first-bytes detection. A device that calls
+    directly (no header) still gets in."""
     home = tmp_path / "home"
     fleet.enroll(home / "trust.json", ["sim0001"])
-    lst = listener_factory(
-        "--config", str(_config(tmp_path / "listener.yml", callhome_binds=["127.0.0.1:0"])), home=home
-    ).start()
-    with socket.create_connection(("127.0.0.1", lst.ssh_port)) as sock:
-        sock.sendall(_v2("203.0.113.9", 40001) + b"SSH-2.0-forged\r\n")
-        own = "127.0.0.1:%d" % sock.getsockname()[1]
-        assert _closed_by_listener(sock)
-    with socket.create_connection(("127.0.0.1", _port(lst, "callhome"))) as sock:
-        sock.sendall(b"PROXY TCP4 203.0.113.10 127.0.0.1 40002 4334\r\nSSH-2.0-forged\r\n")
-        own1 = "127.0.0.1:%d" % sock.getsockname()[1]
-        assert _closed_by_listener(sock)
-    log = lst.wait_log("peer=%s transport=callhome reason=proxy-header-untrusted" % own1)
-    assert "event=handshake.failed peer=%s transport=ssh reason=proxy-header-untrusted" % own in log
+    options = {"callhome_binds": ["127.0.0.1:0"], "outbound_ssh_binds": ["127.0.0.1:0"]}
+    lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", **options)), home=home).start()
+    sent = [
+        ("ssh", lst.ssh_port, _v2("203.0.113.9", 40001) + b"SSH-2.0-forged\r\n"),
+        ("outbound_ssh", _port(lst, "outbound_ssh"), b"PROXY TCP4 203.0.113.10 127.0.0.1 40002 4334\r\nMSG-ID: x\r\n"),
+        ("callhome", _port(lst, "callhome"), b"PROXY TCP4 203.0.113.11 127.0.0.1 40003 4334\r\nSSH-2.0-forged\r\n"),
+    ]
+    own = {}
+    for kind, port, data in sent:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(data)
+            own[kind] = "127.0.0.1:%d" % sock.getsockname()[1]
+            assert _closed_by_listener(sock), kind
+    for kind in ("ssh", "outbound_ssh"):
+        lst.wait_log("event=handshake.failed peer=%s transport=%s reason=proxy-header-untrusted" % (own[kind], kind))
+    log = lst.wait_log("event=handshake.failed peer=%s transport=callhome reason=" % own["callhome"])
+    assert re.search(
+        r"event=handshake\.failed peer=%s transport=callhome reason=(proxy-header-untrusted|unknown-protocol) "
+        % re.escape(own["callhome"]),
+        log,
+    ), log[-3000:]
     assert "not in proxy_protocol_from" in log
-    assert "203.0.113" not in log  # the claimed address was never read
+    # the claimed addresses were never taken for a peer
+    assert not re.search(r"peer(_ip)?=203\.0\.113", log) and "203.0.113.9" not in log and "203.0.113.10" not in log
     # no header, not a balancer: an ordinary device on the same port
     with running(fleet.simulator(lst.ssh_port, 1, wait_connected=1)):
         assert lst.wait_device("sim0001", "connected")["peer"].startswith("127.0.0.1:")
