@@ -153,8 +153,8 @@ class RestconfFollower(threading.Thread):
 
 
 @pytest.mark.parametrize("port_kind", ["restconf_binds", "callhome_binds"])
-def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(tmp_path: Path, device: DirectDevice,
-                                                                       listener_factory: Any, port_kind: str) -> None:
+def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(
+        tmp_path: Path, device: DirectDevice, listener_factory: Any, port_kind: str) -> None:
     """``callhome_port`` set to the listener's dedicated RESTCONF port, or to its single call-home
     port (``callhome_binds``, where the listener tells RESTCONF from the ALPN of the handshake)."""
     import yaml
