@@ -21,14 +21,16 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-pyang_context = pytest.importorskip("pyang.context")  # requirements-test.txt has pyang
-from pyang import error as pyang_error  # noqa: E402  (after the importorskip)
-from pyang import repository as pyang_repository  # noqa: E402
-from pyang import types as pyang_types  # noqa: E402
+# pyang is in requirements-test.txt: imported plainly, so a missing pyang fails these tests
+# instead of skipping them.
+from pyang import context as pyang_context
+from pyang import error as pyang_error
+from pyang import repository as pyang_repository
+from pyang import types as pyang_types
 
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf, restconf  # noqa: E402
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import from_params  # noqa: E402
-from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import (  # noqa: E402
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config import ietf, restconf
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.model import from_params
+from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.revision import (
     PROFILES,
     RESTCONF_PROFILES,
 )
