@@ -192,3 +192,17 @@ def _try_enroll(node: Any, key: str) -> bool:
         return bool(node.call("enroll", device="dn0002", kind="ssh_host_keys", value=key)["changed"])
     except CallHomeError:
         return False
+
+
+def test_the_cli_sets_a_secret_reference_in_the_shared_store(listener_factory, fleet, postgres, tmp_path):
+    """``callhome-listener secret`` goes through the running listener's control socket, so with
+    a shared trust store the reference is in the database (no node reads a trust.json then)."""
+    database = "secret_%d" % os.getpid()
+    nodes = _cluster(listener_factory, postgres, tmp_path, database, ["node-a", "node-b"], fleet, ["zt0000"])
+    res = nodes["node-b"].cli("secret", "set", "zt0001", "env:ZT_SECRET", "--allow-rotation")
+    assert '"written_via": "listener"' in res.stdout, res.stdout
+    row = "SELECT doc->'outbound_ssh'->>'secret', updated_by FROM trust_devices WHERE name = 'zt0001'"
+    assert postgres.psql(row, database) == [["env:ZT_SECRET", "node-b"]]
+    assert not (tmp_path / "node-b" / "trust.json").exists()
+    nodes["node-a"].cli("secret", "unset", "zt0001")
+    assert postgres.psql(row, database) == [], postgres.psql(row, database)  # a device with nothing else goes

@@ -28,7 +28,7 @@ from netconf_callhome.control.client import (
     default_home,
 )
 from netconf_callhome.config import SESSION_MODES
-from netconf_callhome.errors import CallHomeError, ListenerRunningError
+from netconf_callhome.errors import CallHomeError, ListenerRunningError, ListenerUnreachableError
 
 SPAWN_LOCK = "spawn.lock"  # plugins/plugin_utils/embedded_listener.py: one embedded start at a time
 
@@ -182,6 +182,23 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
         except CallHomeError as exc:
             # The listener may run with another environment or user: say so, but write it.
             print("callhome-listener: warning: %s (as this process sees it)" % exc.message, file=sys.stderr)
+    if not args.trust_store:
+        # A running listener writes it to its own trust store: with state_url on PostgreSQL that
+        # is the database every node shares, which a file edit here would never reach.
+        try:
+            result: Dict[str, Any] = ControlClient(control, timeout=30).call(
+                "secret",
+                action=command,
+                name=args.name,
+                reference=getattr(args, "reference", None),
+                device_ids=getattr(args, "device_ids", None) or [],
+                allow_rotation=bool(getattr(args, "allow_rotation", False)),
+            )
+            result["written_via"] = "listener"
+            result["reloaded"] = True  # the listener wrote it and reloaded its policy
+            return result
+        except ListenerUnreachableError:
+            pass  # no listener: the file, as below
     if command == "set":
         result = trust_ops.set_outbound_ssh_secret(store, args.name, args.reference, allow_rotation=args.allow_rotation)
     elif command == "unset":

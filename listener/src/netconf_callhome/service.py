@@ -93,9 +93,9 @@ class CallHomeListener:
         # state_url picks SQLite (default) or a PostgreSQL database shared by several nodes;
         # opening it connects and migrates the schema before anything is served. With PostgreSQL
         # the trust store is the database's too (every node's changes in force on every node).
-        self.trust_store: TrustStore = open_trust_store(config.state_url, trust_file=config.trust_store, node=node)
+        self.trust_store: TrustStore = open_trust_store(config.state_dsn(), trust_file=config.trust_store, node=node)
         self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
-        store = open_store(config.state_url, sqlite_default=config.registry, home=config.home, node=node)
+        store = open_store(config.state_dsn(), sqlite_default=config.registry, home=config.home, node=node)
         self.registry = Registry(store)
         # Scale-out: exactly one node owns a device's session (state.ownership); its claims'
         # outcomes come back on the store's thread and are handed to this loop (see start).
@@ -1091,6 +1091,35 @@ class CallHomeListener:
             self._trust_changed(device, "key revoked")
             log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", change.changed)
         return change.to_dict()
+
+    async def outbound_ssh_secret(
+        self,
+        action: str,
+        name: str,
+        reference: Optional[str],
+        *,
+        device_ids: Sequence[str] = (),
+        allow_rotation: bool = False,
+    ) -> Dict[str, Any]:
+        """Set or remove an outbound-ssh secret reference (the control op ``secret``)."""
+        if action in ("set", "unset"):
+            result = await asyncio.to_thread(
+                trust_ops.set_outbound_ssh_secret, self.trust_store, name, reference, allow_rotation=allow_rotation
+            )
+        else:
+            result = await asyncio.to_thread(
+                trust_ops.set_outbound_ssh_group_secret,
+                self.trust_store,
+                name,
+                list(device_ids) if action == "group" else None,
+                reference,
+                allow_rotation=allow_rotation,
+            )
+        if result["changed"]:
+            self.reload_trust()
+            log.info("event=secret.changed action=%s name=%s", action, name)  # the reference only, never a value
+        result["trust_store"] = self.trust_store.path
+        return result
 
     def _trust_changed(self, device: str, reason: str) -> None:
         """After a trust operation on ``device``: reload the policy and apply it (``reason`` is

@@ -18,7 +18,7 @@ import os
 import ssl
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sized, Tuple
+from typing import Any, Awaitable, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Sized, Tuple
 
 from netconf_callhome.errors import (
     CallHomeError,
@@ -93,6 +93,16 @@ class ControlledListener(Protocol):
     ) -> Dict[str, Any]: ...
 
     async def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]: ...
+
+    async def outbound_ssh_secret(
+        self,
+        action: str,
+        name: str,
+        reference: Optional[str],
+        *,
+        device_ids: Sequence[str] = (),
+        allow_rotation: bool = False,
+    ) -> Dict[str, Any]: ...
 
     def reload_trust(self) -> bool: ...
 
@@ -594,6 +604,27 @@ class ControlServer:
             observed=bool(request.get("observed")),
             credentials=credentials,
             dry_run=bool(request.get("dry_run")),
+        )
+
+    async def _op_secret(self, request: Dict[str, Any]) -> Any:
+        """An outbound-ssh secret *reference* (``callhome-listener secret``): ``action`` set/unset
+        (a DEVICE-ID's own), group/ungroup (DEVICE-ID patterns). Written by the listener to its
+        trust store, the shared one on PostgreSQL (a file edit there would be read by no node)."""
+        action = _require_str(request, "action")
+        if action not in ("set", "unset", "group", "ungroup"):
+            raise ControlError("'action' must be set, unset, group or ungroup, not %r" % (action,))
+        reference = _require_str(request, "reference") if action in ("set", "group") else None
+        device_ids = request.get("device_ids") or []
+        if action == "group" and (
+            not isinstance(device_ids, list) or not device_ids or not all(isinstance(d, str) for d in device_ids)
+        ):
+            raise ControlError("'device_ids' must be a non-empty list of DEVICE-ID patterns")
+        return await self.listener.outbound_ssh_secret(
+            action,
+            _require_str(request, "name"),
+            reference,
+            device_ids=device_ids,
+            allow_rotation=bool(request.get("allow_rotation")),
         )
 
     async def _op_wait(self, request: Dict[str, Any]) -> Any:
