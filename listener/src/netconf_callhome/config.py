@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import stat
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -47,6 +49,35 @@ def _has_port(bind: str) -> bool:
     if value.startswith("["):
         return bool(value.partition("]")[2].lstrip(":"))
     return value.count(":") == 1 and bool(value.partition(":")[2]) and parse_bind(value, 0) is not None
+
+
+def _check_state_passfile(url: str) -> None:
+    """A ``passfile=`` in a PostgreSQL ``state_url`` (the password in a libpq password file, as
+    the listener role writes it, docs/scale-out.md) must be usable at start-up: the driver
+    (asyncpg, like libpq) only warns and connects without a password when the file is missing or
+    readable by others, and the operator would then see an authentication failure instead."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return
+    try:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    except ValueError:
+        return  # the store names the bad URL (redacted) when it opens it
+    for path in query.get("passfile", []):
+        if not os.path.isabs(path):
+            raise ConfigError("state_url: passfile %r must be an absolute path" % path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ConfigError("state_url: cannot read the passfile %s: %s" % (path, exc.strerror)) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("state_url: the passfile %s is not a regular file" % path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                "state_url: the passfile %s has mode %04o; PostgreSQL clients ignore a password file that group "
+                "or others can read: chmod 600 it" % (path, stat.S_IMODE(st.st_mode))
+            )
+        if not os.access(path, os.R_OK):
+            raise ConfigError("state_url: cannot read the passfile %s: permission denied" % path)
 
 
 @dataclass
@@ -140,6 +171,10 @@ class ListenerConfig:
     # postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE shared by several listener nodes
     # (docs/scale-out.md; needs the 'postgresql' extra). Logged with the password as ***.
     state_url: str = ""
+    # The password of state_url's user, in a file (its first line) the node reads when it opens
+    # the database and merges into the URL then, so that listener.yaml holds no secret (the
+    # listener role writes it 0600). Never logged; state_url itself must then carry no password.
+    state_password_file: str = ""
     # This node's name in a shared database (the devices.node column, the event history);
     # "" means the host name.
     node_name: str = ""
@@ -197,6 +232,26 @@ class ListenerConfig:
         self.registry = self.registry or os.path.join(self.home, "registry.sqlite")
         self.control_socket = self.control_socket or os.path.join(self.home, "control.sock")
 
+    def state_dsn(self) -> str:
+        """``state_url`` with the password of ``state_password_file`` in it: for the store's
+        connection only (the store logs and reports the URL redacted); ``state_url`` when no file."""
+        if not self.state_password_file:
+            return self.state_url
+        path = self.state_password_file
+        try:
+            if os.stat(path).st_mode & stat.S_IRWXO:
+                raise ConfigError("state_password_file %s can be read by others: chmod 600 it" % path)
+            with open(path, "r", encoding="utf-8") as handle:
+                password = handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError("cannot read state_password_file %s: %s" % (path, exc.strerror)) from None
+        if not password:
+            raise ConfigError("state_password_file %s is empty" % path)
+        parts = urllib.parse.urlsplit(self.state_url)
+        userinfo, _at, hostinfo = parts.netloc.rpartition("@")
+        netloc = "%s:%s@%s" % (userinfo, urllib.parse.quote(password, safe=""), hostinfo)
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
     def validate(self) -> "ListenerConfig":
         for bind in self.ssh_binds:
             parse_bind(bind, PORT_SSH)
@@ -236,6 +291,17 @@ class ListenerConfig:
                 "state_url: unsupported scheme %r (sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE)"
                 % self.state_url.split(":", 1)[0]
             )
+        _check_state_passfile(self.state_url)
+        if self.state_password_file:
+            if not self.state_url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError("state_password_file needs a postgresql:// state_url (the shared database)")
+            userinfo = urllib.parse.urlsplit(self.state_url).netloc.rpartition("@")[0]
+            if not userinfo or ":" in userinfo:
+                raise ConfigError(
+                    "state_password_file: state_url must name its user and no password "
+                    "(postgresql://USER@HOST[:PORT]/DATABASE)"
+                )
+            self.state_dsn()  # unreadable or world-readable: refused at start-up, not at the first write
         for device, mode in self.session_modes.items():
             if mode not in SESSION_MODES:
                 raise ConfigError(
