@@ -298,3 +298,126 @@ def test_collections_from_tarballs_and_from_the_ansible_wheel(tmp_path: Path) ->
     assert done["collections"]["junipernetworks.junos"]["action"] == "installed"
     assert (dest / "ansible_collections/junipernetworks/junos/plugins/netconf/junos.py").is_file()
     assert not install(wheels[-1], ["ansible.netcommon", "junipernetworks.junos"])["changed"]
+
+
+# -- a node of several sharing PostgreSQL (issue 12 item 7) ------------------------------------------
+
+
+def fake_venv(root: Path) -> Path:
+    """The role's venv as an image that already holds the distribution: its python runs this test
+    environment's (where netconf-callhome is installed), its callhome-listener is this one's."""
+    venv = root / "opt/netconf-callhome/venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin/python"
+    python.write_text("#!/bin/sh\nexec %s \"$@\"\n" % sys.executable)
+    python.chmod(0o755)
+    (venv / "bin/callhome-listener").symlink_to(Path(sys.executable).parent / "callhome-listener")
+    return venv
+
+
+def test_role_refuses_a_password_in_the_state_url(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    fake_venv(root)
+    run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
+                          "callhome_listener_install_deps": False, "callhome_listener_install_collections": False,
+                          "callhome_listener_state_url": "postgresql://node:s3cret-pw@db.example/callhome"})
+    assert recap(run.stdout)["failed"] == 1, run.stdout[-3000:]
+    assert "carries no password: put the password in callhome_listener_state_password" in run.stdout
+    assert "s3cret-pw" not in run.stdout, "the refusal does not echo the password"
+    assert not (root / "etc/netconf-callhome/listener.yaml").exists()
+
+
+@pytest.mark.timeout(300)
+def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(tmp_path: Path) -> None:
+    """The node variables (state_url, its password, node_name, proxy_protocol_from, control_tcp):
+    listener.yaml names files for the secrets and holds none; the listener's loader accepts it;
+    the listener started from it comes up on a real PostgreSQL with the password from the file."""
+    import secrets
+
+    sys.path.insert(0, str(ROOT / "tests/peers"))
+    from postgres_peer import PeerUnavailable, PostgresPeer
+
+    try:
+        peer = PostgresPeer().start()
+    except PeerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: %s" % exc)
+        pytest.skip(str(exc))
+    proc = None
+    try:
+        # a node's own database user, with a password a URL or a pgpass line would have to escape
+        password = "n0de:pw@/%%?#\\ '%s" % secrets.token_urlsafe(8)
+        peer.psql("CREATE ROLE callhome_node LOGIN PASSWORD '%s'" % password.replace("'", "''"))
+        peer.psql("CREATE DATABASE callhome OWNER callhome_node")
+        token = secrets.token_urlsafe(24)
+        pki = tmp_path / "pki"
+        pki.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-subj", "/CN=node-a", "-days", "1", "-keyout", str(pki / "control.key"),
+                        "-out", str(pki / "control.crt")], check=True, capture_output=True, timeout=60)
+        root = tmp_path / "root"
+        fake_venv(root)
+        url = "postgresql://callhome_node@%s:%d/callhome" % (peer.host, peer.port)
+        vars_ = {
+            "callhome_listener_root": str(root),
+            "callhome_listener_manage_user": False,
+            "callhome_listener_install_deps": False,
+            "callhome_listener_install_collections": False,
+            "callhome_listener_ssh_binds": ["127.0.0.1:0"],
+            "callhome_listener_log_format": "text",
+            "callhome_listener_state_url": url,
+            "callhome_listener_state_password": password,
+            "callhome_listener_node_name": "node-a",
+            "callhome_listener_proxy_protocol_from": ["127.0.0.1", "192.0.2.0/28"],
+            "callhome_listener_control_tcp_bind": "127.0.0.1:0",
+            "callhome_listener_control_tcp_cert": str(pki / "control.crt"),
+            "callhome_listener_control_tcp_key": str(pki / "control.key"),
+            "callhome_listener_control_tcp_token": token,
+        }
+        first = run_role(root, vars_)
+        assert recap(first.stdout)["failed"] == 0, first.stdout[-4000:] + first.stderr[-2000:]
+        assert password not in first.stdout and token not in first.stdout, "no_log on the secrets"
+        etc = root / "etc/netconf-callhome"
+        state = root / "var/lib/netconf-callhome"
+        text = (etc / "listener.yaml").read_text()
+        assert password not in text and token not in text, "secrets stay out of the configuration"
+        for name, secret in (("state-password", password), ("control-token", token)):
+            path = etc / name
+            assert path.read_text() == secret + "\n" and oct(path.stat().st_mode & 0o777) == "0o600", name
+
+        from netconf_callhome.config import load_config
+
+        cfg = load_config(str(etc / "listener.yaml"))
+        assert cfg.state_url == url and cfg.state_password_file == str(etc / "state-password")
+        assert cfg.node_name == "node-a" and cfg.proxy_protocol_from == ["127.0.0.1", "192.0.2.0/28"]
+        assert (cfg.control_tcp.bind, cfg.control_tcp.token_file) == ("127.0.0.1:0", str(etc / "control-token"))
+        assert recap(run_role(root, vars_).stdout)["changed"] == 0, "idempotent"
+
+        # the node itself, from the unit's command: it opens the database with the file's password
+        log_path = tmp_path / "node.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(root / "opt/netconf-callhome/venv/bin/callhome-listener"), "serve",
+                                     "--config", str(etc / "listener.yaml")], env=child_env(), cwd=str(tmp_path),
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = ControlClient("unix:%s" % (state / "control.sock"), timeout=5)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status = client.call("status")
+                break
+            except Exception:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        assert status["ssh"], status
+        seen = peer.psql("SELECT usename FROM pg_stat_activity WHERE application_name = 'callhome-listener node-a'")
+        assert seen and {row[0] for row in seen} == {"callhome_node"}, seen
+        assert peer.psql("SELECT node FROM schema_version ORDER BY version LIMIT 1", "callhome") == [["node-a"]]
+        logged = log_path.read_text()
+        assert "event=state.opened" in logged and password not in logged, logged[-2000:]
+        assert client.call("shutdown") is not None
+        assert proc.wait(20) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        peer.stop()
