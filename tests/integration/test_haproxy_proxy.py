@@ -120,7 +120,7 @@ def _closed_by_listener(sock: socket.socket, timeout: float = 10.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("kind", ["ssh", "outbound_ssh", "callhome"])
+@pytest.mark.parametrize("kind", ["ssh", "outbound_ssh", "callhome", "tls"])
 def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory, fleet, haproxy, tmp_path, kind):
     """One node (SQLite), one port kind at a time, HAProxy in front with send-proxy-v2 and
     health checks: the device is connected under its own address (127.0.0.1:<its port>, the
@@ -129,25 +129,38 @@ def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory
     home = tmp_path / "home"
     options: Dict[str, Any] = {}
     extra: List[str] = []
+    names = ["sim0001", "sim0002"]
     if kind == "outbound_ssh":
         options["outbound_ssh_binds"] = ["127.0.0.1:0"]
         extra = ["--outbound-ssh-preamble"]
     elif kind == "callhome":
         options["callhome_binds"] = ["127.0.0.1:0"]
-    fleet.enroll(home / "trust.json", ["sim0001", "sim0002"])
+    if kind == "tls":
+        import pki  # tests/peers
+        from harness import enroll
+
+        creds = pki.make_pki(tmp_path / "pki", device_name="sim0001")
+        options["tls_binds"] = ["127.0.0.1:0"]
+        options["tls"] = {"client_cert": str(creds.listener_cert.cert_path), "client_key": str(creds.listener_cert.key_path)}
+        enroll(home, "sim0001", tls_fp=creds.device_self_signed.fingerprint)
+        extra = ["--tls-cert", str(creds.device_self_signed.cert_path), "--tls-key", str(creds.device_self_signed.key_path)]
+        names = ["sim0001"]  # one certificate: one device
+    else:
+        fleet.enroll(home / "trust.json", names)
     lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", **options)), home=home).start()
     lb = haproxy([("127.0.0.1", _port(lst, kind))])
     lb.wait_up()
-    with running(fleet.simulator(lb.port, 2, *extra, wait_connected=2)):
-        records = [lst.wait_device(name, "connected") for name in ("sim0001", "sim0002")]
+    with running(fleet.simulator(lb.port, len(names), *extra, wait_connected=len(names))):
+        records = [lst.wait_device(name, "connected") for name in names]
         peers = sorted(rec["peer"] for rec in records)
         for peer in peers:
             assert peer.startswith("127.0.0.1:"), peers
         lines = _device_lines(lst.log())
-        assert len(lines) == 2 and all("peer=127.0.0.1:" in line for line in lines), lines
+        assert len(lines) == len(names) and all("peer=127.0.0.1:" in line for line in lines), lines
+        assert all("transport=%s" % ("tls" if kind == "tls" else "ssh") in line for line in lines), lines
         # several health checks went by (every 300 ms) meanwhile
         time.sleep(1.0)
-    wait_until(lambda: len(_clients(lb)) >= 2, 20, "HAProxy's log of both connections", detail=lb.log)
+    wait_until(lambda: len(_clients(lb)) >= len(names), 20, "HAProxy's log of the connections", detail=lb.log)
     # the recorded peers are exactly the clients HAProxy saw (address and port)
     assert set(peers) <= set(_clients(lb)), (peers, _clients(lb))
     log = lst.log()
