@@ -26,9 +26,9 @@ Reads never wait on the database: a poller on the store's own loop reloads the d
 repeatable-read transaction) when the revision moved; every change sends ``NOTIFY callhome_trust``
 at commit, which wakes the poller at once on every node (``state.pg_listen``), and the poller also
 checks every ``poll_interval`` (0.5 s) as the fallback. ``load`` returns a copy of the document,
-``stat_signature`` its revision, and ``subscribe`` callbacks hear of every newer revision (the
-listener reloads its policy then). While the database is unreachable the
-last document read keeps being served (logged once, ``event=trust.poll_failed``), and ``update``
+``stat_signature`` its revision, and ``subscribe`` callbacks hear of every newer revision written
+elsewhere (the listener reloads its policy then). While the database is unreachable the last
+document read keeps being served (logged once, ``event=trust.poll_failed``), and ``update``
 fails with :class:`TrustStoreError`: a trust change that cannot be made durable is refused.
 """
 
@@ -103,8 +103,9 @@ class PostgresTrustStore(PostgresConnection):
                 details={"url": self.url},
             ) from None
         if revision is not None and revision > self._state[0]:
+            # Subscribers are not called for this node's own change: its caller applies it (the
+            # listener's trust operations reload with the reason a closed session is given).
             self._state = (revision, copy.deepcopy(after))
-            self._loop.call_soon_threadsafe(self._changed, revision)
         return result, before, after
 
     def _changed(self, revision: int) -> None:
