@@ -72,12 +72,16 @@ def test_bad_restconf_devices_fail_clearly_and_disturb_nobody(
     )
     assert stalled[0].get("reason") == "timeout", stalled
     assert lp.record("rc-stall-tls")["status"] == "never-seen"
+    def failed_record(name: str) -> Any:
+        rec = lp.record(name)
+        return rec if rec.get("status") == "error" else None
+
     records = {}
     for mode, words in BAD.items():
         name = "rc-%s" % mode
         # handshake_timeout (5 s in the suite's base options) bounds every one of them
         records[mode] = wait_until(
-            lambda: (lambda rec: rec if rec.get("status") == "error" else None)(lp.record(name)),
+            lambda: failed_record(name),
             30,
             "%s to be recorded as failed" % name,
             detail=lambda: "%s\n%s" % (lp.record(name), bad[mode].output()),
