@@ -233,42 +233,54 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, bu
         buf += data
 
 
+# The shortest valid header of either version ("PROXY UNKNOWN\r\n"): reading this much first
+# never takes a byte past a valid header, and spares a peek when the bytes are already there.
+_FIRST_READ = 15
+
+
 async def _read_header(sock: socket.socket, buf: bytearray) -> ProxyHeader:
     loop = asyncio.get_running_loop()
-    await _readable(loop, sock)
-    first = sock.recv(1, socket.MSG_PEEK)
+    first = await loop.sock_recv(sock, _FIRST_READ)
     if not first:
         raise ProxyHeaderError("proxy-truncated", "connection closed before a PROXY header")
-    if first == V2_SIGNATURE[:1]:
+    buf += first
+    if buf[:1] == V2_SIGNATURE[:1]:
         # v2: every byte up to the length field's end is header, then exactly that many more.
-        while len(buf) < V2_HEADER_BYTES:
+        while True:
+            if not V2_SIGNATURE.startswith(bytes(buf[:12])):
+                raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % bytes(buf))
+            if len(buf) >= V2_HEADER_BYTES:
+                break
             data = await loop.sock_recv(sock, V2_HEADER_BYTES - len(buf))
             if not data:
                 raise ProxyHeaderError("proxy-truncated", "connection closed after %d byte(s) of a PROXY header" % len(buf))
             buf += data
-            if not V2_SIGNATURE.startswith(bytes(buf[:12])):
-                raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % bytes(buf))
         head = bytes(buf)
         length = parse_v2_length(head)
         await _recv_exactly(loop, sock, buf, V2_HEADER_BYTES + length)
         return parse_v2(head, bytes(buf[V2_HEADER_BYTES:]))
-    if first == V1_PREFIX[:1]:
+    if buf[:1] == V1_PREFIX[:1]:
         # v1: peek for the line end and take no byte past it; what was peeked without one is
         # all header, so it is consumed and the next wait blocks until new bytes come.
+        end = buf.find(b"\n")
         while True:
+            if not V1_PREFIX.startswith(bytes(buf[:6])):
+                raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % bytes(buf[:16]))
+            if end >= 0:
+                # a line end inside the first read is a line shorter than any valid one, and
+                # is refused by the parser (the bytes after it do not matter then)
+                return parse_v1(bytes(buf[: end + 1]))
+            if len(buf) >= V1_MAX_BYTES:
+                raise ProxyHeaderError("proxy-oversized", "no line end within %d bytes of a PROXY v1 header" % V1_MAX_BYTES)
             await _readable(loop, sock)
             peeked = sock.recv(V1_MAX_BYTES - len(buf), socket.MSG_PEEK)
             if not peeked:
                 raise ProxyHeaderError("proxy-truncated", "connection closed after %d byte(s) of a PROXY v1 line" % len(buf))
-            end = peeked.find(b"\n")
-            buf += sock.recv(end + 1 if end >= 0 else len(peeked))
-            if not V1_PREFIX.startswith(bytes(buf[:6])):
-                raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % bytes(buf[:16]))
-            if end >= 0:
-                return parse_v1(bytes(buf))
-            if len(buf) >= V1_MAX_BYTES:
-                raise ProxyHeaderError("proxy-oversized", "no line end within %d bytes of a PROXY v1 header" % V1_MAX_BYTES)
-    raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % sock.recv(16, socket.MSG_PEEK))
+            found = peeked.find(b"\n")
+            taken = len(buf)
+            buf += sock.recv(found + 1 if found >= 0 else len(peeked))
+            end = taken + found if found >= 0 else -1
+    raise ProxyHeaderError("proxy-missing", "the load balancer sent %r, not a PROXY header" % bytes(buf))
 
 
 async def read_proxy_header(sock: socket.socket, *, timeout: float) -> ProxyHeader:
