@@ -81,8 +81,13 @@ def test_the_device_moves_to_the_next_node_when_its_node_dies(
     # node-a dies: the device's session drops, node-a does not answer any more, and the
     # device's reconnect strategy takes it to node-b
     nodes["node-a"].stop()
+
+    def on_node_b() -> Any:
+        rec = nodes["node-b"].call("device", device=DEVICE)
+        return rec if rec["status"] == "connected" else None
+
     record = wait_until(
-        lambda: (lambda r: r if r["status"] == "connected" else None)(nodes["node-b"].call("device", device=DEVICE)),
+        on_node_b,
         60,
         "the device connected to node-b",
         detail=lambda: "device log:\n%s\nnode-b log:\n%s" % (device.log[-4000:], nodes["node-b"].log()[-3000:]),
