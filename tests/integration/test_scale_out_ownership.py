@@ -201,6 +201,9 @@ def test_the_cli_sets_a_secret_reference_in_the_shared_store(listener_factory, f
     a shared trust store the reference is in the database (no node reads a trust.json then)."""
     database = "secret_%d" % os.getpid()
     nodes = _cluster(listener_factory, postgres, tmp_path, database, ["node-a", "node-b"], fleet, ["zt0000"])
+    status = nodes["node-b"].call("status")
+    assert status["trust_store"] == "postgresql://callhome:***@127.0.0.1:%d/%s" % (postgres.port, database)
+    assert "trust_store=postgresql://callhome:***@" in nodes["node-b"].log()  # event=listener.started
     res = nodes["node-b"].cli("secret", "set", "zt0001", "env:ZT_SECRET", "--allow-rotation")
     assert '"written_via": "listener"' in res.stdout, res.stdout
     row = "SELECT doc->'outbound_ssh'->>'secret', updated_by FROM trust_devices WHERE name = 'zt0001'"

@@ -227,7 +227,7 @@ class CallHomeListener:
             format_binds(self.bound["restconf"]) or "off",
             format_binds(self.bound["callhome"]) or "off",
             self.config.control_socket,
-            self.config.trust_store,
+            self.trust_store.path,  # the shared store's redacted URL on PostgreSQL
             len(self.policy.index.devices),
         )
 

@@ -34,6 +34,8 @@ from netconf_callhome.config import ListenerConfig, parse_bind
 from netconf_callhome.metrics import Metrics
 from netconf_callhome.protocol.session import HeldSession, Lease
 from netconf_callhome.state.registry import Registry
+from netconf_callhome.state.postgres import redact_url
+from netconf_callhome.state.stores import is_shared
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
@@ -526,7 +528,8 @@ class ControlServer:
             "callhome": ["%s:%d" % b for b in lst.bound.get("callhome", [])],
             "control_socket": self.config.control_socket,
             "control_tcp": self.tcp_address,
-            "trust_store": self.config.trust_store,
+            # on PostgreSQL the shared trust store (its URL, redacted), not this node's unused file
+            "trust_store": redact_url(self.config.state_url) if is_shared(self.config.state_url) else self.config.trust_store,
             "registry": self.config.registry,
             "devices": lst.registry.counts(),
             # every held session, then per transport (a device may hold NETCONF and RESTCONF at once)
