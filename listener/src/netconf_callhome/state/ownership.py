@@ -135,6 +135,8 @@ class Ownership:
         try:
             claim = await self.try_claim(device, expected)
         except self.store._failures() as exc:
+            # The server may have restarted: replace the pool's connections before the retry.
+            await self.store._pool.expire_connections()
             self._retry.add(device)
             if not self._failing:
                 log.error(

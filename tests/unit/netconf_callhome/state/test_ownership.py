@@ -7,6 +7,7 @@ connected, nor overwrites the new owner's row with older news). Against a real s
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from typing import Any, Callable, List, Tuple
@@ -198,3 +199,24 @@ def test_a_released_device_is_not_closed_when_claimed_elsewhere(postgres, pg_url
     b.claim("r1")
     time.sleep(0.3)  # a notification would arrive within milliseconds
     assert a.moved == []
+
+
+def test_a_claim_the_database_refuses_is_retried_when_it_is_back(postgres, pg_url, nodes, caplog):
+    database = pg_url.rsplit("/", 1)[1]
+    a = nodes("node-a", reconcile_interval=0.3)
+    with caplog.at_level(logging.INFO, logger="netconf_callhome.registry"):
+        try:
+            postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS false" % database)
+            postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'" % database)
+            assert a.ownership.claim("r1").result(40) is None  # refused: no outcome, the session is kept
+            assert "event=ownership.claim_failed device=r1" in caplog.text
+            assert "(the session is kept; the claim is retried" in caplog.text
+            assert postgres.password not in caplog.text
+            assert a.claims == [] and "r1" in a.ownership.owning
+        finally:
+            postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS true" % database)
+        _wait(lambda: a.claims, 20, "the claim retried once the database is back")
+    assert a.claims == [Claim("r1", True, "node-a", 1, "")]
+    assert caplog.text.count("event=ownership.claim_failed") == 1  # once per outage
+    assert "event=ownership.claim_recovered" in caplog.text
+    assert _rows(postgres, pg_url, "SELECT node, epoch FROM device_owners") == [["node-a", "1"]]
