@@ -10,6 +10,7 @@ others stay connected. A second test pins a device to the transport it does not 
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 from pathlib import Path
@@ -73,7 +74,9 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
     from sshd_peer import PeerUnavailable as SshdUnavailable, SshdPeer
 
     metrics_port = free_port()
-    lst = single_port_listener(listener_factory, pkis, tmp_path, metrics_bind="127.0.0.1:%d" % metrics_port)
+    lst = single_port_listener(
+        listener_factory, pkis, tmp_path, metrics_bind="127.0.0.1:%d" % metrics_port, callhome_detect_timeout=3
+    )
     ssh_dev, tls_dev, rc_dev = pkis["lnc2-ssh"], pkis["lnc2-tls"], pkis["nginx-dev"]
     enroll(lst.home, "lnc2-ssh", ssh_key=ssh_dev.host_keys["ed25519"].public_line, private_key=ssh_dev.listener_ssh_key.private_path)
     enroll(lst.home, "lnc2-tls", tls_fp=tls_dev.device_cert.fingerprint)
@@ -83,6 +86,11 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
     port = callhome_port(lst)
     assert "callhome=127.0.0.1:%d" % port in lst.wait_log("event=listener.started")
 
+    # Two stalled peers from the start: part of an SSH banner, then nothing; and a silent one that
+    # never answers the ClientHello. Both are dropped at their bound while the devices connect.
+    stalled_banner = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stalled_banner.sendall(b"SS")
+    stalled_tls = socket.create_connection(("127.0.0.1", port), timeout=10)
     client_key = make_ssh_key(tmp_path / "sshd-client", "listener")
     try:
         sshd = SshdPeer(("127.0.0.1", port), password_auth=False, redial=True, retry=0.5)
@@ -139,14 +147,23 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
                 "the refusals in the metrics",
                 detail=lambda: metrics(metrics_port),
             )
-            assert 'callhome_handshakes_total{result="failed",transport="callhome"} 2.0' in body
+            failed = re.search(r'callhome_handshakes_total\{result="failed",transport="callhome"\} ([0-9.]+)', body)
+            assert failed and float(failed.group(1)) >= 2.0  # the garbage, and the stalled banner once timed out
             for transport in ("ssh", "tls", "restconf"):
                 assert 'callhome_handshakes_total{result="ok",transport="%s"}' % transport in body
             for name in expected:
                 rec = lst.call("device", device=name)
                 assert rec["status"] == "connected" and rec["connect_count"] == records[name]["connect_count"], rec
             assert lst.call("status")["sessions_by_transport"] == {"ssh": 3, "tls": 1, "restconf": 1}
+            # The stalled ones: dropped at callhome_detect_timeout / handshake_timeout, reasons logged.
+            log = lst.wait_log("reason=timeout")
+            assert re.search(r"transport=callhome reason=timeout error=.only 2 byte\(s\) b.{1,3}SS", log), log[-2000:]
+            assert stalled_banner.recv(10) == b""
+            assert stalled_tls.recv(4096)[:1] == b"\x16"  # our ClientHello, after the silence
+            wait_until(lambda: "transport=tls reason=timeout" in lst.log(), 20, "the silent TLS peer's timeout")
     finally:
+        stalled_banner.close()
+        stalled_tls.close()
         nginx.__exit__(None, None, None)
         sshd.__exit__(None, None, None)
 
