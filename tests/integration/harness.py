@@ -125,6 +125,11 @@ class ListenerProcess:
     def restconf_port(self) -> int:
         return int(self.status["restconf"][0].rsplit(":", 1)[1])
 
+    @property
+    def callhome_port(self) -> int:
+        """The first single call-home port (``callhome_binds``)."""
+        return int(self.status["callhome"][0].rsplit(":", 1)[1])
+
     def call(self, op: str, **args: Any) -> Any:
         return self.control.call(op, **args)
 

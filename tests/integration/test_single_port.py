@@ -49,10 +49,6 @@ def single_port_listener(listener_factory: Any, pkis: Dict[str, Any], tmp_path: 
     return lst
 
 
-def callhome_port(lst: Any) -> int:
-    return int(lst.call("status")["callhome"][0].rsplit(":", 1)[1])
-
-
 def metrics(port: int) -> str:
     return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
 
@@ -83,7 +79,7 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
     enroll(lst.home, "nginx-dev", tls_fp=rc_dev.device_cert.fingerprint)
     fleet.enroll(lst.home / "trust.json", ["sim0001"])
     lst.start()
-    port = callhome_port(lst)
+    port = lst.callhome_port
     assert "callhome=127.0.0.1:%d" % port in lst.wait_log("event=listener.started")
 
     # Two stalled peers from the start: part of an SSH banner, then nothing; and a silent one that
@@ -177,7 +173,7 @@ def test_a_device_pinned_to_restconf_is_refused_over_netconf_tls(
     tls_dev = pkis["lnc2-tls"]
     enroll(lst.home, "lnc2-tls", tls_fp=tls_dev.device_cert.fingerprint)
     lst.start()
-    with Lnc2Device.from_pki(tls_dev, tls_port=callhome_port(lst)):
+    with Lnc2Device.from_pki(tls_dev, tls_port=lst.callhome_port):
         rec = lst.wait_device("lnc2-tls", "error", timeout=30)
         assert "pinned to RESTCONF" in rec["last_error"] and "no ALPN" in rec["last_error"]
         assert "reason=transport-pinned" in lst.wait_log("reason=transport-pinned")
