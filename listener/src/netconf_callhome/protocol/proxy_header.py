@@ -372,16 +372,38 @@ class ProxyProtocolGate:
     async def accept(self, sock: socket.socket, addr: Tuple[Any, ...], handler: Handler, kind: str) -> None:
         """One accepted connection on a port of ``kind``: PROXY step, then ``handler``.
 
-        ``kind == "ssh"``: the SSH client checks admission itself (asyncssh's connection_made),
-        so it is not asked twice here (a limited address would spend two tokens).
+        While it waits for bytes (a balancer's header; a direct peer's first bytes where the
+        device speaks first) the connection holds a handshake slot (``max_handshakes``), so a
+        flood of silent connections is bounded as a flood of stalled handshakes is; the slot is
+        released before the transport takes its own. ``kind == "ssh"``: the SSH client checks
+        the address's block itself (asyncssh's connection_made), so it is not asked twice here
+        (a limited address would spend two tokens).
         """
         if self.trusts(str(addr[0])):
-            await self._from_balancer(sock, addr, handler, check_blocked=kind != "ssh")
+            if not self.admission.acquire(format_peer(addr)):
+                sock.close()
+                return
+            try:
+                accepted = await self._from_balancer(sock, addr, check_blocked=kind != "ssh")
+            finally:
+                self.admission.release()
+            if accepted is not None:
+                await handler(*accepted)
             return
         if kind != "ssh" and self.admission.is_blocked(str(addr[0])):
             sock.close()
             return
-        if await self._untrusted_header(sock, kind):
+        if kind in DEVICE_SPEAKS_FIRST:
+            if not self.admission.acquire(format_peer(addr)):
+                sock.close()
+                return
+            try:
+                untrusted = await self._untrusted_header(sock, kind)
+            finally:
+                self.admission.release()
+        else:
+            untrusted = await self._untrusted_header(sock, kind)
+        if untrusted:
             sock.close()
             self.refused["proxy-header-untrusted"] = self.refused.get("proxy-header-untrusted", 0) + 1
             self.events.handshake_failed(
@@ -411,7 +433,10 @@ class ProxyProtocolGate:
             return False  # reset: the transport sees it and reports it
         return starts_like_proxy_header(data)
 
-    async def _from_balancer(self, sock: socket.socket, addr: Tuple[Any, ...], handler: Handler, *, check_blocked: bool) -> None:
+    async def _from_balancer(
+        self, sock: socket.socket, addr: Tuple[Any, ...], *, check_blocked: bool
+    ) -> Optional[Tuple[socket.socket, Address]]:
+        """The balancer's header read: the device's socket and address, or None (closed)."""
         balancer = format_peer(addr)
         started = time.monotonic()
         self.pending += 1
@@ -421,7 +446,7 @@ class ProxyProtocolGate:
             sock.close()
             self._count(exc.reason)
             log.warning("event=proxy.refused balancer=%s reason=%s message=%r", balancer, exc.reason, str(exc))
-            return
+            return None
         except BaseException:
             sock.close()
             raise
@@ -431,7 +456,7 @@ class ProxyProtocolGate:
             sock.close()
             self.health_checks += 1
             log.debug("event=proxy.health_check balancer=%s version=%d", balancer, header.version)
-            return
+            return None
         if header.source is None:
             sock.close()
             self._count("proxy-no-address")
@@ -440,15 +465,15 @@ class ProxyProtocolGate:
                 balancer,
                 "PROXY v%d header of family %s carries no device address" % (header.version, header.family),
             )
-            return
+            return None
         if check_blocked and self.admission.is_blocked(header.source[0]):
             sock.close()
-            return
+            return None
         try:
             proxied = ProxiedSocket(sock, header.source)
         except OSError:
             sock.close()  # the balancer already dropped it
-            return
+            return None
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "event=proxy.accepted balancer=%s peer=%s version=%d header_ms=%.1f",
@@ -457,7 +482,7 @@ class ProxyProtocolGate:
                 header.version,
                 (time.monotonic() - started) * 1000,
             )
-        await handler(proxied, header.source)
+        return proxied, header.source
 
     def _count(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1

@@ -310,19 +310,26 @@ def test_reader_refuses(data: bytes, reason: str) -> None:
 
 
 class FakeAdmission:
-    def __init__(self, blocked: Tuple[str, ...] = ()) -> None:
+    def __init__(self, blocked: Tuple[str, ...] = (), slots: int = 10) -> None:
         self.blocked = blocked
         self.asked: List[str] = []
+        self.slots = slots
+        self.in_progress = 0
+        self.acquired: List[str] = []
 
     def is_blocked(self, peer_ip: str) -> bool:
         self.asked.append(peer_ip)
         return peer_ip in self.blocked
 
     def acquire(self, peer: str) -> bool:
+        if self.in_progress >= self.slots:
+            return False
+        self.in_progress += 1
+        self.acquired.append(peer)
         return True
 
     def release(self) -> None:
-        pass
+        self.in_progress -= 1
 
 
 class FakeEvents:
@@ -334,10 +341,10 @@ class FakeEvents:
 
 
 def gate_run(
-    networks: List[str], data: bytes, kind: str = "tls", blocked: Tuple[str, ...] = (), close: bool = False
+    networks: List[str], data: bytes, kind: str = "tls", blocked: Tuple[str, ...] = (), close: bool = False, slots: int = 10
 ) -> Tuple[ProxyProtocolGate, List[Tuple[socket.socket, Tuple[Any, ...]]], FakeEvents, FakeAdmission, List[str]]:
     handled: List[Tuple[socket.socket, Tuple[Any, ...]]] = []
-    events, admission = FakeEvents(), FakeAdmission(blocked)
+    events, admission = FakeEvents(), FakeAdmission(blocked, slots)
     refused: List[str] = []
     gate = ProxyProtocolGate(
         networks, timeout=0.5, admission=admission, events=events, on_refused=refused.append  # type: ignore[arg-type]
@@ -356,6 +363,7 @@ def gate_run(
         sock, addr = await loop.sock_accept(lsock)
 
         async def handler(s: socket.socket, a: Tuple[Any, ...]) -> None:
+            assert admission.in_progress == 0, "the PROXY step's slot is released before the transport runs"
             handled.append((s, a))
 
         await gate.accept(sock, addr, handler, kind)
@@ -434,3 +442,23 @@ def test_gate_trusts() -> None:
     assert gate.trusts("10.1.2.3") and gate.trusts("::ffff:10.1.2.3") and gate.trusts("2001:db8::1")
     assert gate.trusts("192.0.2.5") and not gate.trusts("192.0.2.6") and not gate.trusts("not-an-ip")
     assert not ProxyProtocolGate([], timeout=1, admission=FakeAdmission(), events=FakeEvents()).enabled  # type: ignore[arg-type]
+
+
+def test_gate_waits_hold_a_handshake_slot() -> None:
+    """A balancer's header, and a direct peer's first bytes on a port where the device speaks
+    first, are waited for under a handshake slot (max_handshakes bounds a flood of silent
+    connections); none free: closed at once, nothing read."""
+    gate, handled, events, admission, refused = gate_run(["127.0.0.1/32"], v2(addresses=inet()))
+    assert len(handled) == 1 and admission.acquired and admission.acquired[0].startswith("127.0.0.1:")
+    assert admission.in_progress == 0
+    handled[0][0].close()
+    gate, handled, events, admission, refused = gate_run(["10.9.9.0/24"], b"SSH-2.0-device\r\n", kind="ssh")
+    assert len(handled) == 1 and len(admission.acquired) == 1 and admission.in_progress == 0
+    handled[0][0].close()
+    for networks, kind in ((["127.0.0.1/32"], "tls"), (["10.9.9.0/24"], "outbound_ssh")):
+        gate, handled, events, admission, refused = gate_run(networks, v2(addresses=inet()), kind=kind, slots=0)
+        assert handled == [] and events.failures == [] and refused == []
+    # where the listener speaks first, a direct peer is not waited for: no slot taken here
+    gate, handled, events, admission, refused = gate_run(["10.9.9.0/24"], b"", kind="tls", slots=0)
+    assert len(handled) == 1 and admission.acquired == []
+    handled[0][0].close()
