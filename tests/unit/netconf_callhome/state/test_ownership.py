@@ -123,7 +123,7 @@ def test_a_claim_on_a_stale_epoch_loses_to_the_current_owner(postgres, pg_url, n
 def test_claims_racing_on_one_epoch_have_one_winner(postgres, pg_url, nodes):
     racers = [nodes("node-%d" % i) for i in range(3)]
     racers[0].claim("r1")  # epoch 1: every racer now claims on it
-    for _ in range(5):
+    for _round in range(5):
         base = int(_rows(postgres, pg_url, "SELECT epoch FROM device_owners WHERE name = 'r1'")[0][0])
         with concurrent.futures.ThreadPoolExecutor(len(racers)) as pool:
             outcomes = list(
