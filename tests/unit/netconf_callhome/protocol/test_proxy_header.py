@@ -462,3 +462,21 @@ def test_gate_waits_hold_a_handshake_slot() -> None:
     gate, handled, events, admission, refused = gate_run(["10.9.9.0/24"], b"", kind="tls", slots=0)
     assert len(handled) == 1 and admission.acquired == []
     handled[0][0].close()
+
+
+def test_options_are_validated(tmp_path: Any) -> None:
+    from netconf_callhome.config import load_config
+    from netconf_callhome.errors import ConfigError
+
+    cfg = load_config(overrides={"home": str(tmp_path), "proxy_protocol_from": "192.0.2.5"})
+    assert cfg.proxy_protocol_from == ["192.0.2.5"] and cfg.proxy_protocol_timeout == 5.0
+    assert load_config(overrides={"home": str(tmp_path)}).proxy_protocol_from == []  # off by default
+    for bad, message in (
+        (["10.0.0.1/8"], "has host bits set"),
+        (["balancer.example.net"], "is not an address or network"),
+        (["192.0.2.0/33"], "is not an address or network"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides={"home": str(tmp_path), "proxy_protocol_from": bad})
+    with pytest.raises(ConfigError, match="proxy_protocol_timeout must be positive"):
+        load_config(overrides={"home": str(tmp_path), "proxy_protocol_timeout": 0})
