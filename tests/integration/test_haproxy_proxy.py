@@ -120,12 +120,14 @@ def _closed_by_listener(sock: socket.socket, timeout: float = 10.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("kind", ["ssh", "outbound_ssh", "callhome", "tls"])
+@pytest.mark.parametrize("kind", ["ssh", "ssh-v1", "outbound_ssh", "callhome", "tls"])
 def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory, fleet, haproxy, tmp_path, kind):
-    """One node (SQLite), one port kind at a time, HAProxy in front with send-proxy-v2 and
-    health checks: the device is connected under its own address (127.0.0.1:<its port>, the
-    client HAProxy logged), never HAProxy's (127.0.0.2), and the health checks leave no trace
-    but the counter."""
+    """One node (SQLite), one port kind at a time, HAProxy in front with send-proxy-v2 (ssh-v1:
+    send-proxy, the text header) and health checks: the device is connected under its own
+    address (127.0.0.1:<its port>, the client HAProxy logged), never HAProxy's (127.0.0.2), and
+    the health checks leave no trace."""
+    send_proxy = "v1" if kind == "ssh-v1" else "v2"
+    kind = kind.replace("-v1", "")
     home = tmp_path / "home"
     options: Dict[str, Any] = {}
     extra: List[str] = []
@@ -148,7 +150,7 @@ def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory
     else:
         fleet.enroll(home / "trust.json", names)
     lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", **options)), home=home).start()
-    lb = haproxy([("127.0.0.1", _port(lst, kind))])
+    lb = haproxy([("127.0.0.1", _port(lst, kind))], send_proxy=send_proxy)
     lb.wait_up()
     with running(fleet.simulator(lb.port, len(names), *extra, wait_connected=len(names))):
         records = [lst.wait_device(name, "connected") for name in names]
