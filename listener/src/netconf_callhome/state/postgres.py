@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import json
 import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Coroutine, Iterable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
+from typing import Any, Coroutine, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
 from netconf_callhome.errors import CallHomeError, ConfigError
 from netconf_callhome.state.registry import (
@@ -180,7 +181,7 @@ def redact_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc
         if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
+            userinfo, _at, hostinfo = netloc.rpartition("@")
             netloc = "%s:***@%s" % (userinfo.split(":", 1)[0], hostinfo)
         query = urllib.parse.urlencode(
             [
@@ -227,6 +228,22 @@ async def migrate(conn: Any, *, node: str = "", target: Optional[int] = None) ->
                 )
         after = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
     return current, after
+
+
+async def _session_kept(conn: Any) -> None:
+    """Nothing to reset: see :func:`_no_reset_round_trip`."""
+
+
+def _no_reset_round_trip(asyncpg: Any) -> Dict[str, Any]:
+    """Pool arguments that skip asyncpg's reset query on every release (``pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL``, one more round trip per claim and per flush: measured in
+    bench/state_store.py). The pooled connections keep no session state (no SET, no session
+    advisory lock: migrations use a transaction-scoped one; LISTEN has its own connection,
+    state.pg_listen); an open transaction is still rolled back by the pool before the hook.
+    asyncpg before 0.30 has no ``reset`` argument and keeps its default."""
+    if "reset" in inspect.signature(asyncpg.create_pool).parameters:
+        return {"reset": _session_kept}
+    return {}
 
 
 class PostgresConnection:
@@ -320,6 +337,7 @@ class PostgresConnection:
                 timeout=connect_timeout,
                 command_timeout=self.command_timeout,
                 server_settings={"application_name": ("callhome-listener %s" % self.node)[:63]},
+                **_no_reset_round_trip(self._asyncpg),
             )
             async with self._pool.acquire() as conn:
                 return await migrate(conn, node=self.node)
