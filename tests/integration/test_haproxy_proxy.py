@@ -299,6 +299,45 @@ def test_blocking_applies_to_the_device_address_not_the_balancer(listener_factor
     assert "peer_ip=%s" % BALANCER not in lst.log()
 
 
+def test_devices_move_to_the_other_node_when_one_is_killed(listener_factory, fleet, haproxy, tmp_path):
+    """kill -9 of a node behind HAProxy: its devices' connections drop, they redial the one
+    address, and HAProxy (health checks every 300 ms, redispatch) takes them to the node left,
+    which knows them by their own address."""
+    names = ["sim%04d" % i for i in range(1, 5)]
+    nodes: Dict[str, Any] = {}
+    for node in ("node-a", "node-b"):
+        home = tmp_path / node
+        fleet.enroll(home / "trust.json", names)
+        nodes[node] = listener_factory("--config", str(_config(tmp_path / ("%s.yml" % node))), home=home).start()
+    lb = haproxy([("127.0.0.1", lst.ssh_port) for lst in nodes.values()])
+    lb.wait_up()
+    with running(fleet.simulator(lb.port, len(names), wait_connected=len(names))):
+
+        def connected(node: str) -> List[str]:
+            return sorted(d["name"] for d in nodes[node].call("devices") if d["status"] == "connected")
+
+        wait_until(lambda: len(connected("node-a")) + len(connected("node-b")) == len(names), 30, "all devices connected")
+        on_a = connected("node-a")
+        assert on_a, "round robin put no device on node-a"
+        started = time.monotonic()
+        nodes["node-a"].proc.kill()  # SIGKILL: no goodbye to the devices
+        nodes["node-a"].proc.wait(10)
+        wait_until(
+            lambda: connected("node-b") == names,
+            30,
+            "every device connected on node-b",
+            detail=lambda: "node-b: %s\n%s" % (connected("node-b"), nodes["node-b"].log()[-3000:]),
+        )
+        moved_in = time.monotonic() - started
+        for name in on_a:
+            record = nodes["node-b"].call("device", device=name)
+            assert record["peer"].startswith("127.0.0.1:"), record
+        assert moved_in < 30
+        print("moved %d device(s) from the killed node in %.2f s" % (len(on_a), moved_in))
+    log = nodes["node-b"].log()
+    assert "peer=%s" % BALANCER not in log and "event=proxy.refused" not in log
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

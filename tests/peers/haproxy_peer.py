@@ -92,6 +92,9 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout check 2s
+    # a node that refuses the connection (killed, not yet marked down): try another one
+    retries 2
+    option redispatch
 
 frontend callhome
     bind 127.0.0.1:{self.port}

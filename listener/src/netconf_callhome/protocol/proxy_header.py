@@ -320,6 +320,22 @@ class ProxiedSocket(socket.socket):
         return self.proxied_peer
 
 
+def _names_itself(header: ProxyHeader, addr: Tuple[Any, ...]) -> bool:
+    """A header whose source is this very connection's balancer end: the balancer's own
+    connection. HAProxy's v1 health checks (``check-send-proxy`` with ``send-proxy``) send
+    ``PROXY TCP4 <its address> <node> <its port> <node port>``, not ``UNKNOWN``; no device can
+    be the balancer's own address and port."""
+    if header.source is None:
+        return False
+    try:
+        own = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
+        if isinstance(own, ipaddress.IPv6Address) and own.ipv4_mapped is not None:
+            own = own.ipv4_mapped
+        return header.source == (str(own), int(addr[1]))
+    except (ValueError, IndexError):
+        return False
+
+
 Handler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
 # Ports where the device speaks first (the SSH banner, the outbound-ssh preamble): a PROXY header
 # from an address that is not a balancer is waited for there; where the listener speaks first
@@ -452,7 +468,7 @@ class ProxyProtocolGate:
             raise
         finally:
             self.pending -= 1
-        if header.health_check:
+        if header.health_check or _names_itself(header, addr):
             sock.close()
             self.health_checks += 1
             log.debug("event=proxy.health_check balancer=%s version=%d", balancer, header.version)

@@ -396,6 +396,39 @@ def test_gate_blocked_device_behind_the_balancer() -> None:
     assert handled == [] and admission.asked == ["192.0.2.7"]
 
 
+def test_gate_header_naming_the_balancers_own_connection_is_a_health_check() -> None:
+    """HAProxy's v1 health check (send-proxy + check-send-proxy) names its own connection."""
+    handled: List[Any] = []
+    events, admission = FakeEvents(), FakeAdmission()
+    gate = ProxyProtocolGate(["127.0.0.1/32"], timeout=1, admission=admission, events=events)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setblocking(False)
+        client = socket.create_connection(lsock.getsockname())
+        own_port = client.getsockname()[1]
+        client.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\n" % (own_port, lsock.getsockname()[1]))
+        sock, addr = await loop.sock_accept(lsock)
+
+        async def handler(s: socket.socket, a: Tuple[Any, ...]) -> None:
+            handled.append(a)
+
+        await gate.accept(sock, addr, handler, "ssh")
+        # the same address with another port is a device on the balancer's host: handed on
+        other = socket.create_connection(lsock.getsockname())
+        other.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 %d 4334\r\n" % ((own_port % 60000) + 1))
+        sock, addr = await loop.sock_accept(lsock)
+        await gate.accept(sock, addr, handler, "ssh")
+        for s in (client, other, lsock):
+            s.close()
+
+    run(main)
+    assert gate.health_checks == 1 and len(handled) == 1 and events.failures == []
+
+
 def test_gate_health_check_closes_quietly() -> None:
     for data in (v2(command=0, family=0, protocol=0), b"PROXY UNKNOWN\r\n"):
         gate, handled, events, admission, refused = gate_run(["127.0.0.1/32"], data)
