@@ -72,6 +72,7 @@ def test_bad_restconf_devices_fail_clearly_and_disturb_nobody(
     )
     assert stalled[0].get("reason") == "timeout", stalled
     assert lp.record("rc-stall-tls")["status"] == "never-seen"
+
     def failed_record(name: str) -> Any:
         rec = lp.record(name)
         return rec if rec.get("status") == "error" else None

@@ -14,7 +14,7 @@ import re
 import socket
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 import yaml
@@ -61,6 +61,11 @@ def refused(port: int, data: bytes) -> bytes:
             return sock.recv(100)
         except ConnectionResetError:
             return b""
+
+
+def _containing(text: str, needle: str) -> "str | None":
+    """``text`` when it contains ``needle`` (a wait_until predicate), else None."""
+    return text if needle in text else None
 
 
 def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any], listener_factory: Any, fleet: Any, tmp_path: Path) -> None:
@@ -138,7 +143,7 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
             assert log.count("event=handshake.failed") >= 2 and "transport=callhome" in log
             assert "GET / HTT" in log  # the message shows what came (the 9 bytes read)
             body = wait_until(
-                lambda: (lambda m: m if 'callhome_failures_total{reason="unknown-protocol",transport="callhome"} 2.0' in m else None)(metrics(metrics_port)),
+                lambda: _containing(metrics(metrics_port), 'callhome_failures_total{reason="unknown-protocol",transport="callhome"} 2.0'),
                 10,
                 "the refusals in the metrics",
                 detail=lambda: metrics(metrics_port),

@@ -97,7 +97,7 @@ class Ownership:
 
     # -- from the service's loop ---------------------------------------------------------------
 
-    def claim(self, device: str) -> "concurrent.futures.Future[Optional[Claim]]":
+    def claim(self, device: str) -> concurrent.futures.Future[Optional[Claim]]:
         """Claim ``device`` for this node (non-blocking; the outcome also goes to ``on_claimed``)."""
         return asyncio.run_coroutine_threadsafe(self._claim_reported(device), self.store._loop)
 
@@ -238,4 +238,3 @@ class Ownership:
                 await self._reconcile()
             except self.store._failures():
                 pass  # the claims' and the registry's own failure logs say the database is away
-

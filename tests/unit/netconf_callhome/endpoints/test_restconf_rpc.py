@@ -332,8 +332,9 @@ def test_the_endpoint_operation_checks_api_and_names_a_device_that_never_called(
         lst.call("endpoint", api="restconf", root_path="restconf", wait=0, **base)
 
 
-def test_a_device_connected_over_netconf_only_is_sent_to_the_netconf_plugin(listener_in_thread: Any,
-                                                                           sim_devices: Any) -> None:
+def test_a_device_connected_over_netconf_only_is_sent_to_the_netconf_plugin(
+    listener_in_thread: Any, sim_devices: Any
+) -> None:
     from netconf_callhome.errors import DeviceNotReadyError
 
     lst = listener_in_thread()

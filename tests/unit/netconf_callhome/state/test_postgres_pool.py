@@ -33,4 +33,3 @@ def test_the_pool_skips_the_reset_query_and_still_rolls_back(pg_url):
         assert [d.name for d in store.load()[0]] == ["r1"]
     finally:
         store.close()
-

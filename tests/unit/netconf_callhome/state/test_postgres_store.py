@@ -32,7 +32,7 @@ def test_a_fresh_database_gets_every_migration_once(postgres, pg_url, caplog):
         store = PostgresStore(pg_url, node="n1")
     assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
     rows = _rows(postgres, pg_url, "SELECT version, node FROM schema_version ORDER BY version")
-    assert rows == [[str(v), "n1"] for v, _, _ in MIGRATIONS]
+    assert rows == [[str(migration[0]), "n1"] for migration in MIGRATIONS]
     assert "event=state.migrated" in caplog.text and "from_version=0 to_version=%d" % SCHEMA_VERSION in caplog.text
     store.close()
     caplog.clear()
@@ -57,7 +57,7 @@ def test_a_database_at_version_n_minus_1_is_migrated_and_keeps_its_rows(postgres
     asyncio.run(old_node())
     store = PostgresStore(pg_url, node="new")
     assert store.schema_version == SCHEMA_VERSION
-    devices, _ = store.load()
+    devices = store.load()[0]
     assert [(d.name, d.connect_count) for d in devices] == [("r1", 5)]
     assert _rows(postgres, pg_url, "SELECT name, coalesce(node, 'NULL') FROM devices") == [["r1", "NULL"]]
     reg = Registry(store)
@@ -88,7 +88,7 @@ def test_nodes_starting_at_once_migrate_once(postgres, pg_url):
     with concurrent.futures.ThreadPoolExecutor(nodes) as pool:
         assert list(pool.map(start, range(nodes))) == [SCHEMA_VERSION] * nodes
     rows = _rows(postgres, pg_url, "SELECT version FROM schema_version ORDER BY version")
-    assert rows == [[str(v)] for v, _, _ in MIGRATIONS]
+    assert rows == [[str(migration[0])] for migration in MIGRATIONS]
 
 
 def test_a_schema_newer_than_the_listener_is_refused(postgres, pg_url):

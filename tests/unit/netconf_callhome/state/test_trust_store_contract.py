@@ -156,7 +156,7 @@ def test_outbound_ssh_secret_references(make_trust):
 def test_writers_on_two_nodes_lose_no_update(make_trust):
     """Two nodes (two stores, several threads each) enroll at once: every enrollment is there."""
     nodes = [make_trust("a"), make_trust("b")]
-    keys = [ssh_key() for _ in range(24)]
+    keys = [ssh_key() for _unused in range(24)]
 
     def enroll(i: int) -> None:
         trust_ops.enroll(nodes[i % 2], "r%02d" % i, "ssh_host_keys", keys[i])
