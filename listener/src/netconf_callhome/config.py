@@ -146,6 +146,25 @@ class ControlTCPOptions:
 
 
 @dataclass
+class ClusterOptions:
+    """The node-to-node channel of a scale-out cluster (docs/scale-out.md, control.cluster):
+    mutual TLS, only peers with a certificate from ``ca`` (the cluster CA) are accepted. A node
+    forwards a client's request for a device held by another node to that node's ``advertise``
+    address (recorded in the shared database's ``nodes`` table). Off unless ``bind`` is set; needs
+    ``state_url`` on PostgreSQL. The bounds are those of control_tcp, for peers not verified yet."""
+
+    bind: str = ""
+    advertise: str = ""  # HOST:PORT the other nodes dial; "" = the bound address
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    auth_timeout: float = 5.0
+    max_request_bytes: int = 1024 * 1024
+    max_unauthenticated: int = 64
+    connect_timeout: float = 5.0
+
+
+@dataclass
 class ListenerConfig:
     home: str = field(default_factory=default_home)
     ssh_binds: List[str] = field(default_factory=lambda: ["0.0.0.0:%d" % PORT_SSH, "[::]:%d" % PORT_SSH])
@@ -181,6 +200,7 @@ class ListenerConfig:
     control_socket: str = ""
     control_socket_mode: int = 0o600
     control_tcp: ControlTCPOptions = field(default_factory=ControlTCPOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
     credentials: Credentials = field(default_factory=Credentials)
     tls: TLSOptions = field(default_factory=TLSOptions)
     handshake_timeout: float = 30.0
@@ -337,6 +357,18 @@ class ListenerConfig:
             raise ConfigError("control_tcp.max_request_bytes must be at least 1024")
         if self.control_tcp.max_unauthenticated < 1:
             raise ConfigError("control_tcp.max_unauthenticated must be at least 1")
+        cluster = self.cluster
+        if cluster.bind:
+            if not (cluster.cert and cluster.key and cluster.ca):
+                raise ConfigError("cluster needs cert, key and ca: the node-to-node channel is mutual TLS, never open")
+            if not self.state_url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError("cluster needs state_url on PostgreSQL: the nodes find each other in the shared database")
+        if cluster.auth_timeout <= 0 or cluster.connect_timeout <= 0:
+            raise ConfigError("cluster.auth_timeout and cluster.connect_timeout must be positive")
+        if cluster.max_request_bytes < 1024:
+            raise ConfigError("cluster.max_request_bytes must be at least 1024")
+        if cluster.max_unauthenticated < 1:
+            raise ConfigError("cluster.max_unauthenticated must be at least 1")
         return self
 
     @property

@@ -101,6 +101,14 @@ class ListenerBusyError(ControlError):
     code = "listener-busy"
 
 
+class NodeUnreachableError(ControlError):
+    """Scale-out: the node holding a device does not answer on the node-to-node channel
+    (control.cluster); the device's session is there, so no other node can serve it until it
+    calls another node."""
+
+    code = "node-unreachable"
+
+
 class RequestTooLargeError(ControlError):
     """A control request line is longer than the endpoint accepts."""
 

@@ -27,6 +27,8 @@ import asyncssh
 
 from netconf_callhome.config import PORT_RESTCONF, PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
 from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
+from netconf_callhome.control.cluster import ClusterClient, ClusterServer
+from netconf_callhome.control.forward import Forwarder
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
 from netconf_callhome.endpoints.restconf_rpc import RestconfEndpoints
@@ -68,6 +70,7 @@ from netconf_callhome.state.registry import (
 )
 from netconf_callhome.state.ownership import Claim, Ownership
 from netconf_callhome.state.postgres import PostgresStore
+from netconf_callhome.state.cluster_nodes import HEARTBEAT_INTERVAL, NodeDirectory
 from netconf_callhome.state.stores import open_store, open_trust_store
 
 log = logging.getLogger("netconf_callhome.listener")
@@ -161,6 +164,19 @@ class CallHomeListener:
         self._stopping = asyncio.Event()
         self.last_activity = time.monotonic()
         self.control = ControlServer(config, self)
+        # Scale-out: every device of the shared database on any node, and requests for a device
+        # another node holds forwarded there over the mutual-TLS cluster channel (docs/scale-out.md).
+        self.cluster: Optional[ClusterServer] = None
+        if isinstance(store, PostgresStore):
+            self.control.directory = NodeDirectory(store)
+            if config.cluster.bind:
+                self.cluster = ClusterServer(config.cluster, self.control.serve_forwarded)
+                self.control.forwarder = Forwarder(
+                    self.control.directory,
+                    ClusterClient(config.cluster),
+                    held_here=self._connected,
+                    rpc_dir=os.path.join(config.home, "rpc"),
+                )
         self.instance = InstanceLock(config.home)
         self.endpoints = AnsibleEndpoints(
             config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
@@ -213,6 +229,9 @@ class CallHomeListener:
                 )
             ) from None
         await self.control.start()
+        if self.cluster is not None and self.control.directory is not None:
+            await self.control.directory.register(await self.cluster.start())
+            self.spawn(self._cluster_heartbeat())
         self.instance.update(
             {kind: [format_peer(b) for b in bound] for kind, bound in self.bound.items()}
             | {"control_tcp": [self.control.tcp_address] if self.control.tcp_address else []}
@@ -283,6 +302,10 @@ class CallHomeListener:
         for sock in self._listen_socks:
             sock.close()
         await self.control.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.control.forwarder is not None:
+            self.control.forwarder.close()
         await self.endpoints.close_all()
         await self.restconf_endpoints.close_all()
         for held in list(self.sessions.values()):
@@ -302,6 +325,16 @@ class CallHomeListener:
         await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
         self.instance.release()
         log.info("event=listener.stopped")
+
+    async def _cluster_heartbeat(self) -> None:
+        """This node's row in ``nodes`` stays fresh (errors name a node silent for long)."""
+        assert self.control.directory is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.control.directory.heartbeat()
+            except CallHomeError as exc:
+                log.debug("event=cluster.heartbeat_failed error=%r", exc.message)
 
     def spawn(self, awaitable: Awaitable[Any]) -> None:
         """Run a task the listener owns: kept referenced, cancelled on stop."""

@@ -31,11 +31,14 @@ from netconf_callhome.errors import (
 )
 
 from netconf_callhome.config import ListenerConfig, parse_bind
+from netconf_callhome.control.forward import FORWARDED_OPS, Forwarder, splice
 from netconf_callhome.metrics import Metrics
 from netconf_callhome.protocol.session import HeldSession, Lease
 from netconf_callhome.state.registry import Registry
 from netconf_callhome.state.postgres import redact_url
 from netconf_callhome.state.stores import is_shared
+from netconf_callhome.state.cluster_nodes import NodeDirectory
+from netconf_callhome.state.postgres import StateStoreError
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
@@ -220,6 +223,10 @@ class ControlServer:
         }
         self.tcp_address: Optional[str] = None
         self.active_leases = 0
+        # Scale-out (set by the service on PostgreSQL): the shared database's view of every
+        # device (devices, device), and the forwarding of requests for devices other nodes hold.
+        self.directory: Optional[NodeDirectory] = None
+        self.forwarder: Optional[Forwarder] = None
 
     async def start(self) -> None:
         path = self.config.control_socket
@@ -320,6 +327,14 @@ class ControlServer:
             self._strangers.pop(task, None)
         await self._handle(reader, writer, remote=True, parsed=(op, request))
 
+    async def serve_forwarded(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, op: str, request: Dict[str, Any], peer: str
+    ) -> None:
+        """A request another node forwarded (control.cluster verified its certificate)."""
+        request.pop("token", None)
+        log.debug("event=cluster.request op=%s from_node=%s", op, peer)
+        await self._handle(reader, writer, remote=True, parsed=(op, request), forwarded=True)
+
     def _authenticate(self, request: Dict[str, Any], op: str, peer: Any) -> None:
         token = request.pop("token", None)
         if not (isinstance(token, str) and self._token and hmac.compare_digest(token.encode("utf-8"), self._token)):
@@ -339,8 +354,10 @@ class ControlServer:
         *,
         remote: bool,
         parsed: Optional[Tuple[str, Dict[str, Any]]] = None,
+        forwarded: bool = False,
     ) -> None:
-        """One request: read and parsed here (local socket) or authenticated already (remote)."""
+        """One request: read and parsed here (local socket) or authenticated already (remote, or
+        ``forwarded`` by another node over the cluster channel: served here, never sent on)."""
         self.listener.touch()
         op = "?"
         try:
@@ -352,6 +369,16 @@ class ControlServer:
                 request.pop("token", None)
             else:
                 op, request = parsed
+            if not forwarded and self.forwarder is not None and op in FORWARDED_OPS:
+                # the device may be held by another node: the request goes there (control.forward)
+                answer = await self.forwarder.serve(op, request, reader, writer)
+                if answer is not None:
+                    remote_stream = answer.pop("__pipe__", None)
+                    if remote_stream is not None:
+                        await splice(reader, writer, remote_stream)
+                    elif answer:
+                        await _answer(writer, answer)
+                    return
             if op == "lease":
                 await self._lease(request, reader, writer)
                 return
@@ -546,13 +573,37 @@ class ControlServer:
             counts[held.transport] = counts.get(held.transport, 0) + 1
         return counts
 
+    async def _shared_records(self, name: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+        """This node's records, and on a shared database every other node's too: a device another
+        node holds (or only others have seen) is shown as the database has it, with its ``node``."""
+        local = self.listener.registry
+        recs = {rec.name: rec.to_dict() for rec in ([local.get(name)] if name is not None else local.devices()) if rec}
+        if self.directory is None:
+            return recs
+        me = self.directory.node
+        for rec in recs.values():
+            rec["node"] = me if rec.get("status") == "connected" else None
+        try:
+            shared = await self.directory.devices(name)
+        except StateStoreError as exc:
+            log.warning("event=cluster.devices_failed error=%r (this node's own records are shown)", exc.message)
+            return recs
+        for doc in shared:
+            other = doc.get("node")
+            if (other and other != me) or doc.get("name") not in recs:
+                recs[str(doc.get("name"))] = doc
+        return recs
+
     async def _op_devices(self, request: Dict[str, Any]) -> Any:
         status = request.get("status")
         out = []
-        for rec in self.listener.registry.devices():
-            if status and rec.status != status:
+        docs = list((await self._shared_records()).values())
+        if self.directory is not None:  # several nodes' records: in name order
+            docs.sort(key=lambda doc: str(doc.get("name")))
+        for rec_doc in docs:
+            if status and rec_doc.get("status") != status:
                 continue
-            out.append(self._device_view(rec.name, rec.to_dict()))
+            out.append(self._device_view(str(rec_doc.get("name")), rec_doc))
         for name in sorted(set(self.listener.enrolled_devices()) - {r["name"] for r in out}):
             if not status and self.listener.registry.get(name) is None:
                 out.append(self._device_view(name, {"name": name, "status": "never-seen"}))
@@ -566,14 +617,14 @@ class ControlServer:
 
     async def _op_device(self, request: Dict[str, Any]) -> Any:
         name = _require_str(request, "device")
-        rec = self.listener.registry.get(name)
+        rec = (await self._shared_records(name)).get(name)
         if rec is None:
             if name in self.listener.enrolled_devices():
                 return self._device_view(name, {"name": name, "status": "never-seen"})
             raise DeviceNotFoundError(
                 "device %r is not enrolled and has never called home" % name, details={"device": name}
             )
-        return self._device_view(name, rec.to_dict())
+        return self._device_view(name, rec)
 
     async def _op_pending(self, request: Dict[str, Any]) -> Any:
         return [p.to_dict() for p in self.listener.registry.pending()]

@@ -132,6 +132,18 @@ MIGRATIONS: Tuple[Tuple[int, str, str], ...] = (
         ALTER TABLE devices ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        5,
+        "cluster nodes: the address each node's node-to-node channel answers on, a heartbeat",
+        """
+        CREATE TABLE nodes (
+            name         text PRIMARY KEY,
+            address      text NOT NULL,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            heartbeat_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,360 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Clients use any node: a request for a device held by another node is forwarded to that node.
+
+The control server asks :meth:`Forwarder.serve` first for ``wait``, ``endpoint``, ``lease`` and
+``rpc`` (requests that did not come over the node-to-node channel themselves). When this node
+holds the device, or nobody holds it yet, the request is served here as before. When the shared
+database names another node as the holder (``device_owners`` + a connected ``devices`` row, and
+that node's channel address in ``nodes``; state.cluster_nodes), the request goes there over the
+channel (control.cluster):
+
+- ``wait``: the owner's answer, with its ``node``;
+- ``endpoint``: the owner opens its endpoint; this node opens a *proxy* endpoint, a Unix socket
+  of its own (0600, ``<home>/rpc/fwd-*.sock``) carrying the same ``send_data``/``recv_data``
+  frames, whose every JSON-RPC request goes to the owner's endpoint (its ``rpc`` operation). The
+  answer names the proxy's socket and id, so the connection plugin and modules (and the relay of
+  a ``tls://`` client, through ``rpc`` with the proxy's id) see no difference;
+- ``lease``: the owner's lease, its NETCONF bytes copied both ways;
+- ``rpc`` with a proxy's id: to the owner's endpoint.
+
+While a client waits (``wait`` > 0) the lookup repeats every ``_POLL`` s, so a device that calls
+any node during the wait is found; an owner that does not answer is retried the same way (its
+devices move to other nodes when it is down) and, when the wait ends, reported as
+``device r1 is held by node-b at ADDR, which does not answer: ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+import uuid
+from typing import Any, Dict, Optional, Tuple
+
+from netconf_callhome.control.cluster import ClusterClient, pipe, result_of
+from netconf_callhome.errors import CallHomeError, ControlError, NodeUnreachableError
+from netconf_callhome.state.cluster_nodes import HEARTBEAT_STALE, Holder, NodeDirectory
+from netconf_callhome.state.postgres import StateStoreError
+
+log = logging.getLogger("netconf_callhome.cluster")
+
+FORWARDED_OPS = frozenset(("wait", "endpoint", "lease", "rpc"))
+_POLL = 0.2  # seconds between lookups while a client waits for its device
+_HEADER = struct.Struct("!Q")  # ansible.module_utils.connection.send_data framing
+_MAX_RPC = 256 * 1024 * 1024
+_ANSWER_MARGIN = 60.0  # beyond the client's own wait: the owner loading its plugins, the device
+
+
+class _Proxy:
+    """A local endpoint whose JSON-RPC requests go to an endpoint of another node."""
+
+    def __init__(self, holder: Holder, remote_id: str, path: str, command_timeout: float) -> None:
+        self.holder = holder
+        self.remote_id = remote_id
+        self.path = path
+        self.command_timeout = command_timeout
+        self.id = "fwd-" + uuid.uuid4().hex[:12]
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.last_used = time.monotonic()
+        self.active = 0
+
+
+class Forwarder:
+    """Forwards a node's client requests to the node holding the device (see the module doc)."""
+
+    def __init__(
+        self,
+        directory: NodeDirectory,
+        client: ClusterClient,
+        *,
+        held_here: Any,
+        rpc_dir: str,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.directory = directory
+        self.client = client
+        self.node = directory.node
+        # held_here(device) -> bool: this node holds a session with the device now
+        self._held_here = held_here
+        self.rpc_dir = rpc_dir
+        self.idle_timeout = idle_timeout
+        self._proxies: Dict[Tuple[str, str], _Proxy] = {}
+        self._by_id: Dict[str, _Proxy] = {}
+        self._reaper: Optional["asyncio.Task[None]"] = None
+
+    # -- which node -----------------------------------------------------------------------------
+
+    async def locate(self, device: str, wait: float) -> Optional[Holder]:
+        """The other node holding ``device``, or None: served here (held here, or by nobody
+        within ``wait`` s). Raises NodeUnreachableError when the holder never answered."""
+        deadline = time.monotonic() + wait
+        unreachable: Optional[NodeUnreachableError] = None
+        while True:
+            if self._held_here(device):
+                return None
+            try:
+                holder = await self.directory.holder(device)
+            except StateStoreError as exc:
+                # the database is down: this node can still serve what it holds itself
+                log.warning("event=cluster.lookup_failed device=%s error=%r", device, exc.message)
+                return None
+            if holder is not None and holder.node != self.node:
+                if not holder.address:
+                    unreachable = NodeUnreachableError(
+                        "device %s is held by node %s, which has no node-to-node channel (cluster.bind): "
+                        "ask that node, or configure cluster on every node" % (device, holder.node),
+                        details={"device": device, "node": holder.node},
+                    )
+                else:
+                    return holder
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if unreachable is not None:
+                    raise unreachable
+                return None
+            await asyncio.sleep(min(_POLL, remaining))
+
+    def _unreachable(self, holder: Holder, exc: CallHomeError) -> NodeUnreachableError:
+        age = holder.heartbeat_age
+        stale = (
+            " (no heartbeat for %.0f s)" % age if age is not None and age > HEARTBEAT_STALE else ""
+        )
+        return NodeUnreachableError(
+            "device %s is held by %s at %s, which does not answer%s: %s"
+            % (holder.device, holder.node, holder.address, stale, exc.message),
+            details={"device": holder.device, "node": holder.node, "address": holder.address},
+        )
+
+    async def _forward(self, device: str, wait: float, call: Any) -> Tuple[Optional[Holder], Any]:
+        """Find the holder and run ``call(holder, remaining)`` on it; retried while the wait lasts
+        when the holder does not answer (the device may move). (None, None): serve it here."""
+        deadline = time.monotonic() + wait
+        while True:
+            holder = await self.locate(device, max(0.0, deadline - time.monotonic()))
+            if holder is None:
+                return None, None
+            try:
+                return holder, await call(holder, max(0.0, deadline - time.monotonic()))
+            except NodeUnreachableError as exc:
+                error = self._unreachable(holder, exc)
+                if deadline - time.monotonic() <= _POLL:
+                    raise error from None
+                log.info("event=cluster.owner_unreachable device=%s node=%s error=%r", device, holder.node, exc.message)
+                await asyncio.sleep(_POLL)
+
+    # -- the control server's hook ---------------------------------------------------------------
+
+    async def serve(
+        self, op: str, request: Dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Optional[Dict[str, Any]]:
+        """Serve ``op`` on another node if the device is held there: the answer to send (``lease``
+        and ``rpc`` have written theirs: ``{}``), or None to serve it here."""
+        if op == "rpc":
+            proxy = self._by_id.get(str(request.get("endpoint") or ""))
+            if proxy is None:
+                return None
+            size = request.get("size")
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_RPC:
+                raise ControlError("'size' must be the request's length in bytes (1 to %d)" % _MAX_RPC)
+            try:
+                data = await reader.readexactly(size)
+            except asyncio.IncompleteReadError:
+                raise ControlError("the connection ended before the %d bytes of the request" % size) from None
+            response = await self._proxy_request(proxy, data)
+            writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode("utf-8") + b"\n" + response)
+            await writer.drain()
+            return {}
+        device = request.get("device")
+        if not isinstance(device, str) or not device:
+            return None  # the local handler reports the bad request
+        wait = request.get("wait", 0.0)
+        wait = float(wait) if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0 else 0.0
+        deadline = time.monotonic() + wait
+        answer = await self._serve_device(op, device, wait, request, writer)
+        if answer is None and "wait" in request:
+            # served here: held here now, or by nobody within the wait, which has been spent
+            request["wait"] = max(0.0, deadline - time.monotonic())
+        return answer
+
+    async def _serve_device(
+        self, op: str, device: str, wait: float, request: Dict[str, Any], writer: asyncio.StreamWriter
+    ) -> Optional[Dict[str, Any]]:
+        if op == "lease":
+            return await self._lease(device, wait, request, writer)
+        if op == "wait":
+            async def remote_wait(holder: Holder, remaining: float) -> Any:
+                args = dict(request, device=device, wait=remaining)
+                return await self.client.call(holder.node, holder.address, "wait", args, timeout=remaining + _ANSWER_MARGIN)
+
+            holder, result = await self._forward(device, wait, remote_wait)
+            if holder is None:
+                return None
+            if isinstance(result, dict):
+                result["node"] = holder.node
+            return {"ok": True, "result": result}
+        if op == "endpoint":
+            async def remote_endpoint(holder: Holder, remaining: float) -> Any:
+                args = dict(request, device=device, wait=remaining)
+                return await self.client.call(
+                    holder.node, holder.address, "endpoint", args, timeout=remaining + _ANSWER_MARGIN
+                )
+
+            holder, result = await self._forward(device, wait, remote_endpoint)
+            if holder is None:
+                return None
+            command_timeout = request.get("command_timeout") or 30.0
+            proxy = await self._proxy_for(holder, str(result["id"]), float(command_timeout))
+            result.update(socket_path=proxy.path, id=proxy.id, node=holder.node, forwarded=True)
+            log.info("event=cluster.endpoint_forwarded device=%s node=%s id=%s", device, holder.node, proxy.id)
+            return {"ok": True, "result": result}
+        return None
+
+    async def _lease(
+        self, device: str, wait: float, request: Dict[str, Any], writer: asyncio.StreamWriter
+    ) -> Optional[Dict[str, Any]]:
+        if request.get("listen"):
+            holder = await self.locate(device, 0.0)
+            if holder is None:
+                return None
+            raise ControlError(
+                "a lease with 'listen' (a one-shot Unix socket) is served only by the node holding device %s: %s at %s"
+                % (device, holder.node, holder.address)
+            )
+
+        async def remote_lease(holder: Holder, remaining: float) -> Any:
+            args = dict(request, device=device, wait=remaining)
+            return await self.client.send(holder.node, holder.address, "lease", args, timeout=remaining + _ANSWER_MARGIN)
+
+        holder, opened = await self._forward(device, wait, remote_lease)
+        if holder is None:
+            return None
+        # The client's reader is the control server's; its bytes go to the owner as NETCONF.
+        remote_reader, remote_writer, answer = opened
+        try:
+            result_of(answer)  # the owner's refusal raised here, answered to the client as usual
+            answer["result"]["node"] = holder.node
+            writer.write(json.dumps(answer).encode("utf-8") + b"\n")
+            await writer.drain()
+            log.info("event=cluster.lease_forwarded device=%s node=%s", device, holder.node)
+            return {"__pipe__": (remote_reader, remote_writer)}
+        except BaseException:
+            remote_writer.transport.abort()
+            raise
+
+    # -- proxy endpoints ------------------------------------------------------------------------
+
+    async def _proxy_for(self, holder: Holder, remote_id: str, command_timeout: float) -> _Proxy:
+        key = (holder.node, remote_id)
+        proxy = self._proxies.get(key)
+        if proxy is not None:
+            proxy.holder = holder
+            proxy.last_used = time.monotonic()
+            return proxy
+        digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:12]
+        path = os.path.join(self.rpc_dir, "fwd-%s.sock" % digest)
+        proxy = _Proxy(holder, remote_id, path, command_timeout)
+        os.makedirs(self.rpc_dir, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        old_umask = os.umask(0o177)
+        try:
+            proxy.server = await asyncio.start_unix_server(lambda r, w: self._serve_proxy(proxy, r, w), path=path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._proxies[key] = proxy
+        self._by_id[proxy.id] = proxy
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap_loop())
+        return proxy
+
+    async def _serve_proxy(self, proxy: _Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                    if size > _MAX_RPC:
+                        return
+                    data = await reader.readexactly(size)
+                except asyncio.IncompleteReadError:
+                    return
+                response = await self._proxy_request(proxy, data)
+                writer.write(_HEADER.pack(len(response)) + response)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _proxy_request(self, proxy: _Proxy, data: bytes) -> bytes:
+        """The owner's JSON-RPC response, or a JSON-RPC error naming why it could not be had
+        (the module then fails with that text, as for any endpoint error)."""
+        proxy.active += 1
+        proxy.last_used = time.monotonic()
+        holder = proxy.holder
+        try:
+            return await self.client.rpc(
+                holder.node, holder.address, proxy.remote_id, data, timeout=proxy.command_timeout + _ANSWER_MARGIN
+            )
+        except NodeUnreachableError as exc:
+            return _jsonrpc_error(data, self._unreachable(holder, exc).message)
+        except CallHomeError as exc:
+            return _jsonrpc_error(data, "%s (forwarded to %s)" % (exc.message, holder.node))
+        finally:
+            proxy.active -= 1
+            proxy.last_used = time.monotonic()
+
+    async def _reap_loop(self) -> None:
+        while self._proxies:
+            await asyncio.sleep(max(0.2, min(5.0, self.idle_timeout / 4)))
+            now = time.monotonic()
+            for proxy in list(self._proxies.values()):
+                if not proxy.active and now - proxy.last_used > self.idle_timeout:
+                    self._close(proxy)
+
+    def _close(self, proxy: _Proxy) -> None:
+        self._proxies.pop((proxy.holder.node, proxy.remote_id), None)
+        self._by_id.pop(proxy.id, None)
+        if proxy.server is not None:
+            proxy.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(proxy.path)
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for proxy in list(self._proxies.values()):
+            self._close(proxy)
+
+
+def _jsonrpc_error(request: bytes, message: str) -> bytes:
+    try:
+        req_id = json.loads(request).get("id")
+    except (ValueError, AttributeError):
+        req_id = None
+    return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": {"code": -32603, "message": message}}).encode("utf-8")
+
+
+async def splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    remote: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """A forwarded lease: the client's stream and the owner's, both ways, until either ends."""
+    remote_reader, remote_writer = remote
+    tasks = [asyncio.ensure_future(pipe(reader, remote_writer)), asyncio.ensure_future(pipe(remote_reader, writer))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        remote_writer.transport.abort()
+
+
+__all__ = ("FORWARDED_OPS", "Forwarder", "splice")
