@@ -590,8 +590,12 @@ class ControlServer:
             return recs
         for doc in shared:
             other = doc.get("node")
-            if (other and other != me) or doc.get("name") not in recs:
-                recs[str(doc.get("name"))] = doc
+            name_of = str(doc.get("name"))
+            if (other and other != me) or name_of not in recs:
+                mine = recs.get(name_of)
+                if mine is not None:  # what this node saw last (e.g. "moved to node node-b")
+                    doc["this_node"] = {"node": me, "status": mine.get("status"), "last_error": mine.get("last_error")}
+                recs[name_of] = doc
         return recs
 
     async def _op_devices(self, request: Dict[str, Any]) -> Any:

@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scale-out, issue 12 item 4: clients use any node. Listener processes on one real PostgreSQL
+(tests/peers/postgres_peer.py), a cluster CA (trustme) for the node-to-node channel, simulated
+devices:
+
+- a playbook whose hosts are spread over three nodes runs through one node's control socket
+  (``netconf_get`` via ``netconf.callhome.netconf``: the endpoint and its JSON-RPC are forwarded);
+- ``devices`` on any node lists every device, with the node holding it;
+- a peer without a certificate from the cluster CA is refused on the channel;
+- the owner killed: a clear error naming it; once the device has called another node, the next
+  request through the same node succeeds (a lease, forwarded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import trustme
+from harness import ncclient_over_lease, running, wait_until
+
+from netconf_callhome.errors import NodeUnreachableError
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _cluster_ca(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]]:
+    """The cluster CA and one certificate per node (serverAuth + clientAuth: each node both dials
+    and answers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    ca_path = directory / "cluster-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    out = {}
+    for name in names:
+        cert = ca.issue_cert(name, "127.0.0.1")
+        cert_path, key_path = directory / ("%s.pem" % name), directory / ("%s.key" % name)
+        cert.cert_chain_pems[0].write_to_path(str(cert_path))
+        cert.private_key_pem.write_to_path(str(key_path))
+        os.chmod(key_path, 0o600)
+        out[name] = {"cert": str(cert_path), "key": str(key_path), "ca": str(ca_path)}
+    return out
+
+
+def _nodes(listener_factory: Any, postgres: Any, tmp_path: Path, database: str, names: List[str], fleet: Any,
+           enrolled: List[str]) -> Dict[str, Any]:
+    url = postgres.create_database(database)
+    certs = _cluster_ca(tmp_path / "cluster", names)
+    nodes: Dict[str, Any] = {}
+    for i, name in enumerate(names):
+        home = tmp_path / name
+        config = tmp_path / ("%s.yml" % name)
+        cluster = dict(certs[name], bind="127.0.0.1:0", connect_timeout=2)
+        config.write_text("state_url: %s\nnode_name: %s\ncluster: %s\n" % (url, name, json.dumps(cluster)))
+        os.chmod(config, 0o600)
+        if i == 0 and enrolled:
+            fleet.enroll(home / "trust.json", enrolled)
+        nodes[name] = listener_factory("--config", str(config), home=home).start()
+    return nodes
+
+
+def _cluster_address(postgres: Any, database: str, node: str) -> str:
+    rows = postgres.psql("SELECT address FROM nodes WHERE name = '%s'" % node, database)
+    assert rows, "node %s has no row in nodes" % node
+    return rows[0][0]
+
+
+def _held_by(postgres: Any, database: str, device: str) -> List[List[str]]:
+    return postgres.psql(
+        "SELECT d.node FROM devices d JOIN device_owners o ON o.name = d.name AND o.node = d.node "
+        "WHERE d.name = '%s' AND d.status = 'connected'" % device,
+        database,
+    )
+
+
+def _env(home: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PATH": "%s:%s" % (VENV_BIN, env.get("PATH", "")),
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "NETCONF_CALLHOME_HOME": str(home),
+            "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(home / "pc"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
+    )
+    env.pop("NETCONF_CALLHOME_LISTENER", None)
+    env.pop("NETCONF_CALLHOME_TOKEN", None)
+    return env
+
+
+def test_a_playbook_over_hosts_on_three_nodes_runs_through_one(listener_factory, fleet, postgres, tmp_path):
+    database = "routing_play_%d" % os.getpid()
+    names = ["node-a", "node-b", "node-c"]
+    devices = {"node-a": "ra0001", "node-b": "rb0001", "node-c": "rc0001"}
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, names, fleet, sorted(devices.values()))
+    a = nodes["node-a"]
+    sims = [fleet.simulator(nodes[n].ssh_port, 1, "--name-prefix", devices[n][:2], wait_connected=1) for n in names]
+    try:
+        for name, device in devices.items():
+            wait_until(lambda d=device, n=name: _held_by(postgres, database, d) == [[n]], 15, "%s held by %s" % (device, name))
+        # devices on any node: every device, with the node holding it
+        for node in nodes.values():
+            listed = {rec["name"]: rec for rec in node.call("devices")}
+            for name, device in devices.items():
+                assert listed[device]["status"] == "connected" and listed[device]["node"] == name, listed
+            assert node.call("device", device="rc0001")["node"] == "node-c"
+        # the playbook, all through node-a's control socket
+        work = tmp_path / "play"
+        work.mkdir()
+        inventory = work / "inv.json"
+        inventory.write_text(json.dumps({"all": {
+            "vars": {"ansible_connection": "netconf.callhome.netconf",
+                     "ansible_callhome_listener": "unix:%s" % (a.home / "control.sock"),
+                     "ansible_callhome_timeout": 20},
+            "hosts": {d: {} for d in devices.values()},
+        }}))
+        started = time.monotonic()
+        res = subprocess.run(
+            [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOKS / "get_running.yml"),
+             "--forks", "3"],
+            env=_env(work), capture_output=True, text=True, timeout=240, cwd=str(work), check=False,
+        )
+        print("playbook over 3 nodes through node-a: %.2f s" % (time.monotonic() - started))
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:] + a.log()[-3000:]
+        for device in devices.values():
+            assert "%s: " % device in res.stdout and "ok=2" in res.stdout, res.stdout
+        log = a.log()
+        assert "event=cluster.endpoint_forwarded device=rb0001 node=node-b" in log, log[-3000:]
+        assert "event=cluster.endpoint_forwarded device=rc0001 node=node-c" in log
+        # node-b and node-c served the endpoints of their own devices
+        assert "event=endpoint.start device=rb0001" in nodes["node-b"].log()
+        assert "event=endpoint.start device=rc0001" in nodes["node-c"].log()
+        assert "event=endpoint.start device=rb0001" not in log
+    finally:
+        for sim in sims:
+            sim.stop()
+
+
+def test_a_peer_without_a_cluster_certificate_is_refused(listener_factory, fleet, postgres, tmp_path):
+    database = "routing_refuse_%d" % os.getpid()
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a"], fleet, [])
+    a = nodes["node-a"]
+    host, port = _cluster_address(postgres, database, "node-a").rsplit(":", 1)
+    certs = tmp_path / "cluster"
+    request = json.dumps({"op": "devices"}).encode() + b"\n"
+
+    def attempt(ctx: ssl.SSLContext) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            try:
+                with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                    tls.sendall(request)
+                    return tls.recv(65536)
+            except (ssl.SSLError, ConnectionError):
+                return b""
+
+    # no client certificate at all
+    plain = ssl.create_default_context(cafile=str(certs / "cluster-ca.pem"))
+    plain.check_hostname = False
+    assert attempt(plain) == b""
+    a.wait_log("event=cluster.peer_refused")
+    assert "reason=certificate" in a.log()
+    # a certificate from another CA
+    other = trustme.CA().issue_cert("node-x", "127.0.0.1")
+    other_cert, other_key = tmp_path / "x.pem", tmp_path / "x.key"
+    other.cert_chain_pems[0].write_to_path(str(other_cert))
+    other.private_key_pem.write_to_path(str(other_key))
+    stranger = ssl.create_default_context(cafile=str(certs / "cluster-ca.pem"))
+    stranger.check_hostname = False
+    stranger.load_cert_chain(str(other_cert), str(other_key))
+    assert attempt(stranger) == b""
+    # the same request with the node's own certificate is answered
+    member = ssl.create_default_context(cafile=str(certs / "cluster-ca.pem"))
+    member.check_hostname = False
+    member.load_cert_chain(str(certs / "node-a.pem"), str(certs / "node-a.key"))
+    answer = attempt(member)
+    assert answer.startswith(b'{"ok": true'), answer
+    # a silent peer is dropped at auth_timeout, not held
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        started = time.monotonic()
+        assert raw.recv(1) == b""
+        assert time.monotonic() - started < 8.0  # auth_timeout 5 s
+    a.wait_log("reason=auth_timeout")
+
+
+def test_owner_down_is_a_clear_error_and_the_next_request_after_the_move_succeeds(
+    listener_factory, fleet, postgres, tmp_path
+):
+    database = "routing_down_%d" % os.getpid()
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a", "node-b", "node-c"], fleet, ["mb0001"])
+    a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+    with running(fleet.simulator(b.ssh_port, 1, "--name-prefix", "mb", wait_connected=1)):
+        wait_until(lambda: _held_by(postgres, database, "mb0001") == [["node-b"]], 15, "mb0001 held by node-b")
+        # through node-a: wait and a lease are forwarded to node-b
+        assert a.call("wait", device="mb0001", wait=5)["node"] == "node-b"
+        manager, info = ncclient_over_lease(a.control, "mb0001")
+        try:
+            assert info["node"] == "node-b"
+            assert "<data" in manager.get_config("running").xml
+        finally:
+            manager.close_session()
+        address = _cluster_address(postgres, database, "node-b")
+        assert b.proc is not None
+        b.proc.kill()  # kill -9: node-b never says its sessions ended
+        b.proc.wait()
+        started = time.monotonic()
+        with pytest.raises(NodeUnreachableError) as info_err:
+            a.call("wait", device="mb0001", wait=1)
+        message = str(info_err.value)
+        assert "device mb0001 is held by node-b at %s, which does not answer" % address in message, message
+        assert time.monotonic() - started < 10
+    # the device redials another node (its address moved: HAProxy's job in production)
+    with running(fleet.simulator(c.ssh_port, 1, "--name-prefix", "mb", wait_connected=1)):
+        rec = a.call("wait", device="mb0001", wait=20)
+        assert rec["node"] == "node-c", rec
+        manager, info = ncclient_over_lease(a.control, "mb0001")
+        try:
+            assert info["node"] == "node-c"
+            assert "<data" in manager.get_config("running").xml
+        finally:
+            manager.close_session()
+        assert "event=cluster.lease_forwarded device=mb0001 node=node-c" in a.log()
