@@ -112,7 +112,9 @@ def storm_once(store: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
     prefix = None
     if profile:
         spy = Path(b.PYTHON).parent / "py-spy"
-        prefix = [str(spy) if spy.exists() else "py-spy", "record", "--rate", "250", "--format", "raw",
+        # --gil: only samples of the thread holding the GIL, i.e. Python work, not threads waiting
+        # for it or in epoll (the store's own loop threads would otherwise look busy)
+        prefix = [str(spy) if spy.exists() else "py-spy", "record", "--rate", "250", "--gil", "--format", "raw",
                   "--output", profile, "--"]
     server = b.Listener(manifest, extra=extra, prefix=prefix)
     sim = None
