@@ -11,4 +11,4 @@ for path in (HERE, HERE.parent / "peers"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from harness import device_binary, fleet, listener_factory  # noqa: E402,F401  pylint: disable=unused-import
+from harness import device_binary, fleet, haproxy, listener_factory  # noqa: E402,F401  pylint: disable=unused-import

@@ -274,6 +274,56 @@ def device_binary() -> Path:
         pytest.skip(f"lnc2-device cannot be built: {exc}")
 
 
+def _peer_or_skip(make: Callable[[], T], unavailable: Any, what: str) -> T:
+    """A peer from Debian's packages: skipped where it is not installed, a failure under CI."""
+    try:
+        return make()
+    except unavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("%s is required in CI: %s" % (what, exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def haproxy() -> Iterator[Any]:
+    """A factory: ``haproxy(backends, **options)`` starts Debian's HAProxy (tests/peers/haproxy_peer.py)
+    in front of ``backends``; all are stopped at the end."""
+    from haproxy_peer import HAProxyPeer
+    from haproxy_peer import PeerUnavailable as HAProxyUnavailable
+
+    started: List[Any] = []
+
+    def make(backends: List[Any], **options: Any) -> Any:
+        peer = _peer_or_skip(lambda: HAProxyPeer(backends, **options), HAProxyUnavailable, "HAProxy")
+        started.append(peer)
+        return peer.start()
+
+    yield make
+    for peer in started:
+        peer.stop()
+
+
+def cluster_certs(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]]:
+    """A cluster CA (trustme) and one certificate per node for the node-to-node channel
+    (serverAuth + clientAuth: each node both dials and answers): ``{node: {cert, key, ca}}``, the
+    ``cluster:`` options of each node's listener.yml besides ``bind``."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    ca_path = directory / "cluster-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    out = {}
+    for name in names:
+        cert = ca.issue_cert(name, "127.0.0.1")
+        cert_path, key_path = directory / ("%s.pem" % name), directory / ("%s.key" % name)
+        cert.cert_chain_pems[0].write_to_path(str(cert_path))
+        cert.private_key_pem.write_to_path(str(key_path))
+        os.chmod(key_path, 0o600)
+        out[name] = {"cert": str(cert_path), "key": str(key_path), "ca": str(ca_path)}
+    return out
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path / "fleet")
