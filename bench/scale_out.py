@@ -1,0 +1,217 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scale-out: N devices calling through HAProxy to three listener nodes against the same storm on
+one node without HAProxy, side by side in one run (issue 12, benchmarks).
+
+Both setups keep their state in PostgreSQL (one server for the run, tests/peers/postgres_peer.py,
+a fresh database per storm), so the difference measured is the scale-out itself (three nodes,
+HAProxy, PROXY headers, three writers on one database), not the store (bench/state_store.py
+compares the stores). For each round both run one after the other, the order alternating:
+
+* ``one_node``     one listener, devices dial it directly
+* ``three_nodes``  three listeners (``node-a``..``node-c``) on one database, Debian's HAProxy in
+                   front (tests/peers/haproxy_peer.py: TCP mode, round robin, ``send-proxy-v2``,
+                   health checks every 300 ms, connecting from 127.0.0.2 which every node lists
+                   in ``proxy_protocol_from``); devices dial HAProxy
+
+The fleet is the same N simulated SSH devices (tests/peers/simulator.py), at most
+``--concurrency`` dials at once (300 by default, as bench/state_store.py: an unbounded storm on
+this 2-core machine runs into handshake timeouts and address blocks which then dominate).
+
+Figures per storm:
+
+* ``seconds_to_ready``: from the simulator's start to every device held (the nodes' ``sessions``
+  summed, polled through their control sockets every 25 ms)
+* ``nodes``: per node, the devices it holds and its CPU (utime+stime, /proc) from idle to all
+  ready, per device it holds: ``cpu_ms_per_device``; ``cpu_ms_per_device_total`` is every
+  node's CPU over N (what the storm costs the cluster per device)
+* ``haproxy_cpu_s``, ``postgres_cpu_s``: the balancer's and the database server's processes
+* ``registry_rows_per_s`` / ``postgres_commits_per_s``: rows written to ``devices``, ``events``,
+  ``pending_keys`` and ``device_owners`` (``pg_stat_user_tables``: n_tup_ins + n_tup_upd) and the
+  database's commits, from the start of the storm to ``--settle`` s after all ready, over that span
+
+    .venv/bin/python bench/scale_out.py --devices 3000 --rounds 2 --json .cache/bench/scale_out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import benchlib as b  # noqa: E402
+
+sys.path.insert(0, str(b.PEERS))
+
+from state_store import pg_rows, postmaster_pid  # noqa: E402
+
+BALANCER = "127.0.0.2"
+TABLES = ("devices", "events", "pending_keys", "device_owners")
+NODES = ("node-a", "node-b", "node-c")
+
+
+def registry_rows(peer: Any, database: str) -> int:
+    rows = peer.psql(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables WHERE relname IN (%s)"
+        % ", ".join("'%s'" % t for t in TABLES), database)
+    return int(rows[0][0])
+
+
+def start_nodes(setup: str, manifest: Dict[str, Dict[str, str]], peer: Any, database: str) -> List[Any]:
+    url = peer.create_database(database)
+    cfg_dir = Path(b.CACHE) / "scale_out"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    names = NODES if setup == "three_nodes" else ("node-a",)
+    nodes = []
+    for name in names:  # one after the other: the first seeds the shared trust store
+        config: Dict[str, Any] = {"state_url": url, "node_name": name}
+        if setup == "three_nodes":
+            config["proxy_protocol_from"] = ["%s/32" % BALANCER]
+        path = cfg_dir / ("%s-%s.yaml" % (database, name))
+        path.write_text(json.dumps(config))
+        os.chmod(path, 0o600)  # the database password
+        node = b.Listener(manifest, extra=["--config", str(path)])
+        node.name = name
+        nodes.append(node)
+    return nodes
+
+
+def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer: Any, index: int, timeout: float,
+               settle: float, concurrency: int, sim_processes: int) -> Dict[str, Any]:
+    from haproxy_peer import HAProxyPeer  # tests/peers
+
+    database = "scale_%s_%d_%d" % (setup, n, index)
+    nodes: List[Any] = []
+    lb: Optional[Any] = None
+    sim = None
+    try:
+        nodes = start_nodes(setup, manifest, peer, database)
+        port = nodes[0].port
+        if setup == "three_nodes":
+            lb = HAProxyPeer([("127.0.0.1", node.port) for node in nodes], source=BALANCER).start()
+            lb.wait_up()
+            port = lb.port
+        time.sleep(0.5)  # start-up work settles before the "idle" reading
+        pg_pid = postmaster_pid(peer)
+        rows0, commits0 = registry_rows(peer, database), pg_rows(peer, database)["commits"]
+        pg_cpu0 = b.process_tree_cpu(pg_pid)
+        lb_cpu0 = b.cpu_seconds(lb.proc.pid) if lb is not None else 0.0
+        cpu0 = {node.name: b.cpu_seconds(node.pid) for node in nodes}
+        sim = b.start_simulator(listener=port, count=n, processes=sim_processes,
+                                extra=["--concurrency", str(concurrency)] if concurrency else [])
+        if not sim.wait_for("STARTED", 1, 300):
+            raise RuntimeError("simulator did not start: %s" % sim.tail())
+        t0 = float(sim.first["STARTED"].split()[1])
+        deadline = time.monotonic() + timeout
+        held: Dict[str, int] = {}
+        t_ready: Optional[float] = None
+        while time.monotonic() < deadline:
+            held = {node.name: node.sessions() for node in nodes}
+            if sum(held.values()) >= n:
+                t_ready = time.time()
+                break
+            time.sleep(0.025)
+        cpu1 = {node.name: b.cpu_seconds(node.pid) for node in nodes}
+        lb_cpu = (b.cpu_seconds(lb.proc.pid) - lb_cpu0) if lb is not None else None
+        time.sleep(settle)
+        time.sleep(1.5)  # PostgreSQL's statistics reach pg_stat_* up to a second after a commit
+        rows = registry_rows(peer, database) - rows0
+        commits = pg_rows(peer, database)["commits"] - commits0
+        pg_cpu = b.process_tree_cpu(pg_pid) - pg_cpu0
+        storm_s = (t_ready - t0) if t_ready is not None else timeout
+        span = storm_s + settle
+        per_node = {
+            name: {"held": held.get(name, 0), "cpu_s": round(cpu1[name] - cpu0[name], 3),
+                   "cpu_ms_per_device": round((cpu1[name] - cpu0[name]) / max(1, held.get(name, 0)) * 1000, 3)}
+            for name in cpu0
+        }
+        total_cpu = sum(cpu1[name] - cpu0[name] for name in cpu0)
+        got = sum(held.values())
+        return {
+            "setup": setup,
+            "devices": n,
+            "round": index,
+            "ready": got,
+            "complete": t_ready is not None,
+            "seconds_to_ready": round(storm_s, 3) if t_ready is not None else None,
+            "nodes": per_node,
+            "cpu_ms_per_device_total": round(total_cpu / max(1, got) * 1000, 3),
+            "cpu_ms_per_device_max_node": max(v["cpu_ms_per_device"] for v in per_node.values()),
+            "haproxy_cpu_s": round(lb_cpu, 3) if lb_cpu is not None else None,
+            "postgres_cpu_s": round(pg_cpu, 3),
+            "registry_rows_written": rows,
+            "registry_rows_per_s": round(rows / span, 1),
+            "postgres_commits": commits,
+            "postgres_commits_per_s": round(commits / span, 1),
+            "simulator_disconnects": sim.count("DISCONNECTED"),
+            "listener_log": {node.name: {k: v for k, v in node.log_counts().items() if k != "samples" and v}
+                             for node in nodes},
+        }
+    finally:
+        if sim is not None:
+            sim.stop()
+        if lb is not None:
+            lb.stop()
+        for node in nodes:
+            node.stop()
+
+
+def compare(runs: List[Dict[str, Any]], n: int) -> Dict[str, Any]:
+    """three_nodes over one_node, on the medians of the rounds at size ``n``."""
+
+    def med(setup: str, key: str) -> Optional[float]:
+        vals = [r[key] for r in runs if r["devices"] == n and r["setup"] == setup and r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    out: Dict[str, Any] = {}
+    for key in ("seconds_to_ready", "cpu_ms_per_device_total", "cpu_ms_per_device_max_node", "registry_rows_per_s",
+                "postgres_commits_per_s", "postgres_cpu_s"):
+        one, three = med("one_node", key), med("three_nodes", key)
+        out[key] = {"one_node": one, "three_nodes": three,
+                    "three_over_one": round(three / one, 2) if one and three else None}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, nargs="+", default=[3000])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--sim-processes", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=300, help="simultaneous dials of the fleet (0: all at once)")
+    p.add_argument("--json", type=Path, help="write results here")
+    a = p.parse_args()
+    b.raise_nofile()
+    from postgres_peer import PostgresPeer  # tests/peers
+
+    manifest_all = b.ensure_fleet(max(a.devices))
+    out: Dict[str, Any] = {"runs": [], "compare": {}, "loadavg_before": os.getloadavg(), "argv": sys.argv[1:],
+                           "cpus": os.cpu_count()}
+    with PostgresPeer() as peer:
+        out["postgresql"] = peer.psql("SHOW server_version")[0][0]
+        for n in a.devices:
+            manifest = {k: v for i, (k, v) in enumerate(sorted(manifest_all.items())) if i < n}
+            for rnd in range(a.rounds):
+                order = ["one_node", "three_nodes"] if rnd % 2 == 0 else ["three_nodes", "one_node"]
+                for setup in order:
+                    b.log("scale_out: %s, %d devices, round %d (load %.2f)" % (setup, n, rnd, os.getloadavg()[0]))
+                    res = storm_once(setup, n, manifest, peer=peer, index=rnd, timeout=a.timeout, settle=a.settle,
+                                     concurrency=a.concurrency, sim_processes=a.sim_processes)
+                    res["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                    b.log("  -> %s" % json.dumps(res, sort_keys=True))
+                    out["runs"].append(res)
+            out["compare"][str(n)] = compare(out["runs"], n)
+    out["loadavg_after"] = os.getloadavg()
+    return b.report(out, a.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
