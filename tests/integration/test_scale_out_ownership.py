@@ -58,7 +58,8 @@ def _cluster(listener_factory: Any, postgres: Any, tmp_path: Path, database: str
 
 def _status(node: Any, device: str) -> str:
     try:
-        return str(node.call("device", device=device).get("status"))
+        # this node's own view (scope node): by default every node shows the shared one (item 4)
+        return str(node.call("device", device=device, scope="node").get("status"))
     except CallHomeError:
         return "unknown"
 
@@ -104,7 +105,7 @@ def test_a_device_that_calls_another_node_moves_there(listener_factory, fleet, p
                     _connected_on(nodes, "mv0001"), postgres.psql(owner, database), postgres.psql(row, database),
                     a.log()[-3000:]))
             assert postgres.psql(owner, database) == [["node-b", "2"]]
-            rec = a.call("device", device="mv0001")
+            rec = a.call("device", device="mv0001", scope="node")
             assert rec["status"] == "disconnected" and rec["last_error"] == "moved to node node-b", rec
             log = a.wait_log("event=device.moved device=mv0001 to_node=node-b epoch=2")
             assert "event=device.owned device=mv0001 epoch=2 previous_node=node-a" in b.wait_log("event=device.owned")

@@ -573,12 +573,16 @@ class ControlServer:
             counts[held.transport] = counts.get(held.transport, 0) + 1
         return counts
 
-    async def _shared_records(self, name: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    async def _shared_records(self, request: Dict[str, Any], name: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
         """This node's records, and on a shared database every other node's too: a device another
-        node holds (or only others have seen) is shown as the database has it, with its ``node``."""
+        node holds (or only others have seen) is shown as the database has it, with its ``node``.
+        ``"scope": "node"`` in the request: this node's own records only (its own view)."""
+        scope = request.get("scope") or "cluster"
+        if scope not in ("cluster", "node"):
+            raise ControlError("'scope' must be 'cluster' (every node's devices) or 'node' (this node's own view)")
         local = self.listener.registry
         recs = {rec.name: rec.to_dict() for rec in ([local.get(name)] if name is not None else local.devices()) if rec}
-        if self.directory is None:
+        if self.directory is None or scope == "node":
             return recs
         me = self.directory.node
         for rec in recs.values():
@@ -601,7 +605,7 @@ class ControlServer:
     async def _op_devices(self, request: Dict[str, Any]) -> Any:
         status = request.get("status")
         out = []
-        docs = list((await self._shared_records()).values())
+        docs = list((await self._shared_records(request)).values())
         if self.directory is not None:  # several nodes' records: in name order
             docs.sort(key=lambda doc: str(doc.get("name")))
         for rec_doc in docs:
@@ -621,7 +625,7 @@ class ControlServer:
 
     async def _op_device(self, request: Dict[str, Any]) -> Any:
         name = _require_str(request, "device")
-        rec = (await self._shared_records(name)).get(name)
+        rec = (await self._shared_records(request, name)).get(name)
         if rec is None:
             if name in self.listener.enrolled_devices():
                 return self._device_view(name, {"name": name, "status": "never-seen"})
