@@ -74,12 +74,16 @@ def split_address(address: str) -> Tuple[str, int]:
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:
-    """The verified peer certificate's common name (the other node, as its certificate names it)."""
+    """The other node as its verified certificate names it: the common name, else the first DNS
+    name (for the log; who may connect is decided by the CA alone)."""
     cert = writer.get_extra_info("peercert") or {}
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
                 return str(value)
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "DNS":
+            return str(value)
     return "?"
 
 
