@@ -145,6 +145,20 @@ def test_a_playbook_over_hosts_on_three_nodes_runs_through_one(listener_factory,
         assert "event=endpoint.start device=rb0001" in nodes["node-b"].log()
         assert "event=endpoint.start device=rc0001" in nodes["node-c"].log()
         assert "event=endpoint.start device=rb0001" not in log
+        # the inventory plugin pointed at node-c sees every device, with the node holding it
+        src = work / "fleet.callhome.yml"
+        src.write_text("plugin: netconf.callhome.registry\nlistener: unix:%s\nstatuses: [connected]\n"
+                       % (nodes["node-c"].home / "control.sock"))
+        res = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(src), "--list"],
+                             env=_env(work), capture_output=True, text=True, timeout=60, cwd=str(work), check=False)
+        assert res.returncode == 0, res.stderr
+        data = json.loads(res.stdout)
+        assert sorted(data["callhome_connected"]["hosts"]) == sorted(devices.values()), data
+        for name, device in devices.items():
+            record = data["_meta"]["hostvars"][device]["callhome"]
+            held_on = record["node"]
+            held_on = held_on.get("__ansible_unsafe") if isinstance(held_on, dict) else held_on  # ansible-core 2.19
+            assert held_on == name, record
     finally:
         for sim in sims:
             sim.stop()
