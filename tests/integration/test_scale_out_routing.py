@@ -21,11 +21,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 import trustme
-from harness import ncclient_over_lease, running, wait_until
+from harness import free_port, ncclient_over_lease, running, wait_until
 
 from netconf_callhome.errors import NodeUnreachableError
 
@@ -55,7 +55,7 @@ def _cluster_ca(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]]:
 
 
 def _nodes(listener_factory: Any, postgres: Any, tmp_path: Path, database: str, names: List[str], fleet: Any,
-           enrolled: List[str]) -> Dict[str, Any]:
+           enrolled: List[str], extra: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     url = postgres.create_database(database)
     certs = _cluster_ca(tmp_path / "cluster", names)
     nodes: Dict[str, Any] = {}
@@ -63,7 +63,8 @@ def _nodes(listener_factory: Any, postgres: Any, tmp_path: Path, database: str, 
         home = tmp_path / name
         config = tmp_path / ("%s.yml" % name)
         cluster = dict(certs[name], bind="127.0.0.1:0", connect_timeout=2)
-        config.write_text("state_url: %s\nnode_name: %s\ncluster: %s\n" % (url, name, json.dumps(cluster)))
+        config.write_text("state_url: %s\nnode_name: %s\ncluster: %s\n%s" % (
+            url, name, json.dumps(cluster), (extra or {}).get(name, "")))
         os.chmod(config, 0o600)
         if i == 0 and enrolled:
             fleet.enroll(home / "trust.json", enrolled)
@@ -247,3 +248,48 @@ def test_owner_down_is_a_clear_error_and_the_next_request_after_the_move_succeed
         finally:
             manager.close_session()
         assert "event=cluster.lease_forwarded device=mb0001 node=node-c" in a.log()
+
+
+def test_a_remote_client_through_one_nodes_control_tcp_reaches_a_device_of_another(
+    listener_factory, fleet, postgres, tmp_path
+):
+    """AWX's way: tls:// + token to node-a (the relay in the worker sends each JSON-RPC request with
+    the rpc operation, here to node-a's proxy endpoint), the device held by node-b."""
+    database = "routing_tcp_%d" % os.getpid()
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = tmp_path / "control-tcp"
+    files.mkdir()
+    server.cert_chain_pems[0].write_to_path(str(files / "srv.pem"))
+    server.private_key_pem.write_to_path(str(files / "srv.key"))
+    ca.cert_pem.write_to_path(str(files / "ca.pem"))
+    token = "routing-token-0123456789"
+    (files / "token").write_text(token + "\n")
+    port = free_port()
+    control_tcp = "control_tcp: %s\n" % json.dumps({"bind": "127.0.0.1:%d" % port, "cert": str(files / "srv.pem"),
+                                                    "key": str(files / "srv.key"), "token_file": str(files / "token")})
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a", "node-b"], fleet, ["tb0001"],
+                   extra={"node-a": control_tcp})
+    with running(fleet.simulator(nodes["node-b"].ssh_port, 1, "--name-prefix", "tb", wait_connected=1)):
+        wait_until(lambda: _held_by(postgres, database, "tb0001") == [["node-b"]], 15, "tb0001 held by node-b")
+        work = tmp_path / "play"
+        work.mkdir()
+        inventory = work / "inv.json"
+        inventory.write_text(json.dumps({"all": {
+            "vars": {"ansible_connection": "netconf.callhome.netconf",
+                     "ansible_callhome_listener": "tls://127.0.0.1:%d" % port,
+                     "ansible_callhome_token": token,
+                     "ansible_callhome_tls_ca_file": str(files / "ca.pem"),
+                     "ansible_callhome_timeout": 20},
+            "hosts": {"tb0001": {}},
+        }}))
+        res = subprocess.run(
+            [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOKS / "get_running.yml")],
+            env=_env(work), capture_output=True, text=True, timeout=240, cwd=str(work), check=False,
+        )
+        log = nodes["node-a"].log()
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:] + log[-3000:]
+        assert "tb0001: " in res.stdout
+        assert "event=cluster.endpoint_forwarded device=tb0001 node=node-b" in log
+        assert "event=endpoint.start device=tb0001" in nodes["node-b"].log()
+        assert token not in log
