@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import trustme
-from harness import free_port, ncclient_over_lease, running, wait_until
+from harness import enroll, free_port, ncclient_over_lease, running, wait_until
 
 from netconf_callhome.errors import NodeUnreachableError
 
@@ -293,3 +293,67 @@ def test_a_remote_client_through_one_nodes_control_tcp_reaches_a_device_of_anoth
         assert "event=cluster.endpoint_forwarded device=tb0001 node=node-b" in log
         assert "event=endpoint.start device=tb0001" in nodes["node-b"].log()
         assert token not in log
+
+
+RESTCONF_GET = """---
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Read the interfaces as JSON
+      ansible.netcommon.restconf_get:
+        path: /data/ietf-interfaces:interfaces
+      register: interfaces
+    - ansible.builtin.assert:
+        that:
+          - interfaces.response['ietf-interfaces:interfaces'].interface | map(attribute='name') | list == ['eth0', 'lo']
+"""
+
+
+def test_restconf_get_through_one_node_reaches_a_device_held_by_another(listener_factory, fleet, postgres, tmp_path):
+    """netconf.callhome.httpapi pointed at node-a; Debian's nginx (tests/peers/nginx_peer.py) calls
+    node-b home over RESTCONF: the httpapi endpoint is forwarded like a NETCONF one."""
+    from nginx_peer import NginxPeer, PeerUnavailable
+    from pki import make_pki
+
+    database = "routing_restconf_%d" % os.getpid()
+    pki = make_pki(tmp_path / "pki", device_name="rcb1")
+    tls = ("tls:\n  client_cert: %s\n  client_key: %s\nrestconf_binds: ['127.0.0.1:0']\ntls_binds: ['127.0.0.1:0']\n"
+           % (pki.listener_cert.cert_path, pki.listener_cert.key_path))
+    (tmp_path / "node-a").mkdir()
+    enroll(tmp_path / "node-a", "rcb1", tls_fp=pki.device_cert.fingerprint)  # seeds the shared trust store
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a", "node-b"], fleet, [],
+                   extra={"node-b": tls})
+    b = nodes["node-b"]
+    port = int(b.call("status")["restconf"][0].rsplit(":", 1)[1])
+    try:
+        peer = NginxPeer(("127.0.0.1", port), server_cert=pki.device_cert.cert_path, server_key=pki.device_cert.key_path,
+                         client_ca=pki.listener_ca.cert_path, redial=True, retry=0.3)
+        peer.__enter__()
+    except PeerUnavailable as exc:
+        pytest.skip("nginx peer unavailable: %s" % exc)
+    try:
+        peer.start_dialing()
+        wait_until(lambda: _held_by(postgres, database, "rcb1") == [["node-b"]], 30, "rcb1 held by node-b",
+                   detail=lambda: b.log()[-3000:])
+        work = tmp_path / "play"
+        work.mkdir()
+        inventory = work / "inv.json"
+        inventory.write_text(json.dumps({"all": {"vars": {
+            "ansible_connection": "netconf.callhome.httpapi",
+            "ansible_network_os": "ansible.netcommon.restconf",
+            "ansible_callhome_listener": "unix:%s" % (nodes["node-a"].home / "control.sock"),
+            "ansible_callhome_embedded": False,
+            "ansible_callhome_timeout": 20,
+            "ansible_python_interpreter": sys.executable,
+        }, "hosts": {"rcb1": {}}}}))
+        playbook = work / "get.yml"
+        playbook.write_text(RESTCONF_GET)
+        res = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)],
+                             env=_env(work), capture_output=True, text=True, timeout=240, cwd=str(work), check=False)
+        log = nodes["node-a"].log()
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:] + log[-3000:]
+        assert "event=cluster.endpoint_forwarded device=rcb1 node=node-b" in log
+        assert "event=endpoint.start api=restconf device=rcb1" in b.log()
+        assert '"GET /restconf/data/ietf-interfaces:interfaces HTTP/2.0" 200 ' in peer.access_log()
+    finally:
+        peer.__exit__()
