@@ -70,7 +70,6 @@ def _nodes(listener_factory: Any, postgres: Any, fleet: Any, tmp_path: Path, dat
             fleet.enroll(tmp_path / name / "trust.json", enrolled)
         config = _config(tmp_path, name, url, dict(certs[name], bind="127.0.0.1:0", connect_timeout=2))
         nodes[name] = listener_factory("--config", str(config), home=tmp_path / name).start()
-        nodes[name].node_name = name
     return nodes
 
 
@@ -86,10 +85,10 @@ def _config(tmp_path: Path, name: str, url: str, cluster: Dict[str, Any]) -> Pat
 
 
 def _connected(node: Any) -> List[str]:
-    """The devices whose session ``node`` holds itself (``devices`` shows the whole cluster's)."""
+    """The devices whose session ``node`` holds itself (its own view: by default ``devices``
+    shows every node's, from the database)."""
     try:
-        return sorted(d["name"] for d in node.call("devices")
-                      if d["status"] == "connected" and d.get("node") == node.node_name)
+        return sorted(d["name"] for d in node.call("devices", scope="node") if d["status"] == "connected")
     except CallHomeError:
         return []
 
@@ -254,7 +253,6 @@ def test_kill_9_of_one_of_three_nodes(listener_factory, fleet, postgres, haproxy
         back = listener_factory("--config", str(tmp_path / ("%s.yml" % victim_name)), home=victim.home,
                                 ssh_port=victim.ssh_port).start()
         nodes[victim_name] = back
-        back.node_name = victim_name
         wait_until(lambda: _rows(postgres, database)[stale_device] == ["disconnected", "-"], 10,
                    "the dead node's stale row cleared", detail=lambda: str(_rows(postgres, database)))
         assert "Traceback" not in back.log()[mark:]
@@ -358,5 +356,5 @@ def test_postgresql_restarted_under_three_nodes(listener_factory, fleet, postgre
 
 def _session(node: Any, device: str) -> List[Any]:
     """What identifies one session of ``device`` on ``node``: a new session changes both."""
-    record = node.call("device", device=device)
+    record = node.call("device", device=device, scope="node")
     return [record["last_connected"], record["connect_count"]]
