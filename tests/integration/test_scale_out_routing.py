@@ -119,6 +119,10 @@ def test_a_playbook_over_hosts_on_three_nodes_runs_through_one(listener_factory,
             for name, device in devices.items():
                 assert listed[device]["status"] == "connected" and listed[device]["node"] == name, listed
             assert node.call("device", device="rc0001")["node"] == "node-c"
+        table = nodes["node-b"].cli("devices").stdout  # the CLI on any node: a NODE column
+        assert table.splitlines()[0].split()[:3] == ["NAME", "STATUS", "NODE"], table
+        assert [line.split()[:3] for line in table.splitlines()[1:]] == [
+            [device, "connected", name] for name, device in sorted(devices.items())], table
         # the playbook, all through node-a's control socket
         work = tmp_path / "play"
         work.mkdir()

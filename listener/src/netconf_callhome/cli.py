@@ -435,7 +435,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         elif args.command == "devices":
             result = client.call("devices", **({"status": args.status} if args.status else {}))
             if not args.json:
-                _out(_table(result, ("name", "status", "transport", "peer", "fingerprint", "last_seen", "last_error")))
+                # several nodes on one database: which node holds each session (docs/scale-out.md)
+                node = ("node",) if any("node" in r for r in result) else ()
+                rows = [dict(r, node=r.get("node") or "-") for r in result] if node else result
+                _out(_table(rows, ("name", "status") + node + ("transport", "peer", "fingerprint", "last_seen", "last_error")))
                 return 0
         elif args.command == "device":
             result = client.call("device", device=args.name)
