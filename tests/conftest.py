@@ -9,6 +9,8 @@
                         listener from their own event loop thread, optionally enrolled first.
 ``wait_until``          the polling helper of ``tests/integration/harness.py``: tests poll for a
                         condition, they never sleep a fixed time hoping it holds.
+``postgres``            a PostgreSQL server of Debian's packages (``tests/peers/postgres_peer.py``),
+                        one per test module (tests that halt it cannot leak into other modules).
 
 Both fixtures are factories so that a test can shape the listener or the fleet; everything they
 start is stopped at teardown, and everything they write is under the test's ``tmp_path``.
@@ -107,6 +109,17 @@ class ListenerThread:
 def wait_until() -> Callable[..., Any]:
     """``wait_until(predicate, timeout, what)``: poll until truthy, fail naming ``what``."""
     return _wait_until
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    from postgres_peer import start_or_skip
+
+    peer = start_or_skip()
+    try:
+        yield peer
+    finally:
+        peer.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 from harness import running, wait_until
@@ -27,50 +27,6 @@ BALANCER = "127.0.0.2"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _peer_or_skip(make: Any) -> Any:
-    from haproxy_peer import PeerUnavailable
-
-    try:
-        return make()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("HAProxy is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def haproxy() -> Iterator[Any]:
-    """A factory: ``haproxy(backends, **options)`` started, all stopped at the end."""
-    from haproxy_peer import HAProxyPeer
-
-    started: List[Any] = []
-
-    def make(backends: List[Any], **options: Any) -> Any:
-        peer = _peer_or_skip(lambda: HAProxyPeer(backends, **options))
-        started.append(peer)
-        return peer.start()
-
-    yield make
-    for peer in started:
-        peer.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    from postgres_peer import PeerUnavailable, PostgresPeer
-
-    try:
-        peer = PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 def _config(path: Path, **options: Any) -> Path:

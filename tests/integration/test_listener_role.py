@@ -326,6 +326,14 @@ def test_role_refuses_a_password_in_the_state_url(tmp_path: Path) -> None:
     assert "s3cret-pw" not in run.stdout, "the refusal does not echo the password"
     assert not (root / "etc/netconf-callhome/listener.yaml").exists()
 
+    # the node-to-node channel without a shared database (or without its certificates) is refused too
+    run = run_role(root, {"callhome_listener_root": str(root), "callhome_listener_manage_user": False,
+                          "callhome_listener_install_deps": False, "callhome_listener_install_collections": False,
+                          "callhome_listener_cluster_bind": "0.0.0.0:4340", "callhome_listener_cluster_cert": "/c",
+                          "callhome_listener_cluster_key": "/k", "callhome_listener_cluster_ca": "/ca"})
+    assert recap(run.stdout)["failed"] == 1, run.stdout[-3000:]
+    assert "callhome_listener_cluster_bind needs" in run.stdout
+
 
 @pytest.mark.timeout(300)
 def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(tmp_path: Path) -> None:
@@ -335,14 +343,9 @@ def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(
     import secrets
 
     sys.path.insert(0, str(ROOT / "tests/peers"))
-    from postgres_peer import PeerUnavailable, PostgresPeer
+    from postgres_peer import start_or_skip
 
-    try:
-        peer = PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
+    peer = start_or_skip()
     proc = None
     try:
         # a node's own database user, with a password a URL or a pgpass line would have to escape
@@ -373,6 +376,11 @@ def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(
             "callhome_listener_control_tcp_cert": str(pki / "control.crt"),
             "callhome_listener_control_tcp_key": str(pki / "control.key"),
             "callhome_listener_control_tcp_token": token,
+            # the node-to-node channel; a self-signed certificate is its own cluster CA here
+            "callhome_listener_cluster_bind": "127.0.0.1:0",
+            "callhome_listener_cluster_cert": str(pki / "control.crt"),
+            "callhome_listener_cluster_key": str(pki / "control.key"),
+            "callhome_listener_cluster_ca": str(pki / "control.crt"),
         }
         first = run_role(root, vars_)
         assert recap(first.stdout)["failed"] == 0, first.stdout[-4000:] + first.stderr[-2000:]
@@ -391,6 +399,7 @@ def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(
         assert cfg.state_url == url and cfg.state_password_file == str(etc / "state-password")
         assert cfg.node_name == "node-a" and cfg.proxy_protocol_from == ["127.0.0.1", "192.0.2.0/28"]
         assert (cfg.control_tcp.bind, cfg.control_tcp.token_file) == ("127.0.0.1:0", str(etc / "control-token"))
+        assert (cfg.cluster.bind, cfg.cluster.ca) == ("127.0.0.1:0", str(pki / "control.crt"))
         assert recap(run_role(root, vars_).stdout)["changed"] == 0, "idempotent"
 
         # the node itself, from the unit's command: it opens the database with the file's password
@@ -414,6 +423,7 @@ def test_role_renders_a_scale_out_node_whose_listener_opens_the_shared_database(
         assert peer.psql("SELECT node FROM schema_version ORDER BY version LIMIT 1", "callhome") == [["node-a"]]
         logged = log_path.read_text()
         assert "event=state.opened" in logged and password not in logged, logged[-2000:]
+        assert "event=cluster.listening" in logged, logged[-2000:]
         assert client.call("shutdown") is not None
         assert proc.wait(20) == 0, log_path.read_text()[-3000:]
     finally:

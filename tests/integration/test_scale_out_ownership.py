@@ -15,28 +15,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 from harness import running, wait_until
 
 from netconf_callhome.errors import CallHomeError
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    from postgres_peer import PeerUnavailable, PostgresPeer
-
-    try:
-        peer = PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 def _cluster(listener_factory: Any, postgres: Any, tmp_path: Path, database: str, names: List[str], fleet: Any,

@@ -7,28 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 from harness import running, wait_until
 
 NODE = "node-a"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    from postgres_peer import PeerUnavailable, PostgresPeer
-
-    try:
-        peer = PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 def _config(path: Path, url: str) -> Path:

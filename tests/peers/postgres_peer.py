@@ -258,3 +258,17 @@ class PostgresPeer:
             env["HOME"] = self.workdir
             env["USER"] = env["LOGNAME"] = self.run_as.pw_name
         return env
+
+
+def start_or_skip() -> "PostgresPeer":
+    """A started peer; where PostgreSQL cannot run here: a failure in CI (it is a required
+    peer there), else a pytest skip that says why."""
+    import pytest
+
+    try:
+        return PostgresPeer().start()
+    except PeerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: %s" % exc)
+        pytest.skip(str(exc))
+        raise  # not reached: skip raises

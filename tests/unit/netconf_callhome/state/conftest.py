@@ -20,22 +20,6 @@ if str(PEERS) not in sys.path:
 _db_names = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Any]:
-    from postgres_peer import PeerUnavailable, PostgresPeer
-
-    try:
-        peer = PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-    try:
-        yield peer
-    finally:
-        peer.stop()
-
-
 @pytest.fixture
 def pg_url(postgres: Any) -> str:
     """A fresh database of the session's server (its URL carries the password)."""
