@@ -207,6 +207,13 @@ def test_a_peer_without_a_cluster_certificate_is_refused(listener_factory, fleet
     member.load_cert_chain(str(certs / "node-a.pem"), str(certs / "node-a.key"))
     answer = attempt(member)
     assert answer.startswith(b'{"ok": true'), answer
+    # a member asks only what forwarding needs: no trust change, no shutdown over the channel
+    for op in ("shutdown", "revoke", "approve"):
+        request = json.dumps({"op": op, "device": "x", "fingerprint": "SHA256:x"}).encode() + b"\n"
+        answer = json.loads(attempt(member))
+        assert answer["ok"] is False and answer["error"]["code"] == "not-authorized", answer
+        assert "not served on the node-to-node channel" in answer["error"]["message"]
+    assert a.call("status")["pid"]  # still running
     # a silent peer is dropped at auth_timeout, not held
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         started = time.monotonic()

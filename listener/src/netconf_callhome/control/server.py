@@ -46,6 +46,8 @@ _LINE_LIMIT = 1024 * 1024  # the local socket's request line (its clients passed
 _BURST_QUIET = 10.0  # seconds without a hit before a bound's burst is reported as over
 _REJECT_GRACE = 1.0  # at most this long to let a rejected stranger read its error before closing
 _MAX_RPC = 256 * 1024 * 1024  # as a request on an endpoint's Unix socket (endpoints.ansible_rpc)
+# What another node may ask over the node-to-node channel (control.cluster): forwarding and reads.
+_CLUSTER_OPS = frozenset(("ping", "status", "devices", "device", "wait", "endpoint", "lease", "rpc"))
 
 
 class ControlledListener(Protocol):
@@ -330,9 +332,19 @@ class ControlServer:
     async def serve_forwarded(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, op: str, request: Dict[str, Any], peer: str
     ) -> None:
-        """A request another node forwarded (control.cluster verified its certificate)."""
+        """A request another node forwarded (control.cluster verified its certificate). Only what
+        forwarding needs is served on the channel: trust changes and shutdown are not."""
         request.pop("token", None)
         log.debug("event=cluster.request op=%s from_node=%s", op, peer)
+        if op not in _CLUSTER_OPS:
+            log.warning("event=cluster.op_refused op=%s from_node=%s", op, peer)
+            with contextlib.suppress(ConnectionError, OSError):
+                error = NotAuthorizedError(
+                    "operation %r is not served on the node-to-node channel (only %s)" % (op, ", ".join(sorted(_CLUSTER_OPS)))
+                )
+                await _answer(writer, {"ok": False, "error": error.to_dict()})
+            writer.close()
+            return
         await self._handle(reader, writer, remote=True, parsed=(op, request), forwarded=True)
 
     def _authenticate(self, request: Dict[str, Any], op: str, peer: Any) -> None:
