@@ -78,6 +78,15 @@ def _cluster_address(postgres: Any, database: str, node: str) -> str:
     return rows[0][0]
 
 
+def test_status_names_the_channel_recorded_in_the_database(listener_factory, fleet, postgres, tmp_path):
+    database = "routing_status_%d" % os.getpid()
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a", "node-b"], fleet, [])
+    for name, node in nodes.items():
+        address = node.call("status")["cluster"]
+        assert address.startswith("127.0.0.1:") and address == _cluster_address(postgres, database, name)
+        assert "event=cluster.listening bind=%s advertise=%s" % (address, address) in node.log()
+
+
 def _held_by(postgres: Any, database: str, device: str) -> List[List[str]]:
     return postgres.psql(
         "SELECT d.node FROM devices d JOIN device_owners o ON o.name = d.name AND o.node = d.node "

@@ -230,7 +230,8 @@ class CallHomeListener:
             ) from None
         await self.control.start()
         if self.cluster is not None and self.control.directory is not None:
-            await self.control.directory.register(await self.cluster.start())
+            self.control.cluster_address = await self.cluster.start()
+            await self.control.directory.register(self.control.cluster_address)
             self.spawn(self._cluster_heartbeat())
         self.instance.update(
             {kind: [format_peer(b) for b in bound] for kind, bound in self.bound.items()}

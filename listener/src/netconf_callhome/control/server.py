@@ -229,6 +229,7 @@ class ControlServer:
         # device (devices, device), and the forwarding of requests for devices other nodes hold.
         self.directory: Optional[NodeDirectory] = None
         self.forwarder: Optional[Forwarder] = None
+        self.cluster_address: Optional[str] = None  # this node's advertised node-to-node address
 
     async def start(self) -> None:
         path = self.config.control_socket
@@ -567,6 +568,7 @@ class ControlServer:
             "callhome": ["%s:%d" % b for b in lst.bound.get("callhome", [])],
             "control_socket": self.config.control_socket,
             "control_tcp": self.tcp_address,
+            "cluster": self.cluster_address,
             # on PostgreSQL the shared trust store (its URL, redacted), not this node's unused file
             "trust_store": redact_url(self.config.state_url) if is_shared(self.config.state_url) else self.config.trust_store,
             "registry": self.config.registry,
