@@ -33,7 +33,6 @@ import logging
 import os
 import struct
 import time
-import uuid
 from typing import Any, Dict, Optional, Tuple
 
 from netconf_callhome.control.cluster import ClusterClient, pipe, result_of
@@ -50,6 +49,24 @@ _MAX_RPC = 256 * 1024 * 1024
 _ANSWER_MARGIN = 60.0  # beyond the client's own wait: the owner loading its plugins, the device
 
 
+def proxy_id(node: str, remote_id: str) -> str:
+    """A proxy endpoint's id names the owner and its endpoint, so that any node can route an
+    ``rpc`` for it (a relay behind a balancer may reach another node than the one that answered
+    ``endpoint``): ``fwd-<node name in hex>-<the owner's endpoint id>``."""
+    return "fwd-%s-%s" % (node.encode("utf-8").hex(), remote_id)
+
+
+def parse_proxy_id(endpoint: str) -> Optional[Tuple[str, str]]:
+    """(node, the owner's endpoint id) of a proxy id, or None."""
+    parts = endpoint.split("-", 2)
+    if len(parts) != 3 or parts[0] != "fwd" or not parts[2]:
+        return None
+    try:
+        return bytes.fromhex(parts[1]).decode("utf-8"), parts[2]
+    except ValueError:
+        return None
+
+
 class _Proxy:
     """A local endpoint whose JSON-RPC requests go to an endpoint of another node."""
 
@@ -58,7 +75,7 @@ class _Proxy:
         self.remote_id = remote_id
         self.path = path
         self.command_timeout = command_timeout
-        self.id = "fwd-" + uuid.uuid4().hex[:12]
+        self.id = proxy_id(holder.node, remote_id)
         self.server: Optional[asyncio.AbstractServer] = None
         self.last_used = time.monotonic()
         self.active = 0
@@ -155,9 +172,25 @@ class Forwarder:
         """Serve ``op`` on another node if the device is held there: the answer to send (``lease``
         and ``rpc`` have written theirs: ``{}``), or None to serve it here."""
         if op == "rpc":
-            proxy = self._by_id.get(str(request.get("endpoint") or ""))
+            endpoint = str(request.get("endpoint") or "")
+            proxy = self._by_id.get(endpoint)
             if proxy is None:
-                return None
+                routed = parse_proxy_id(endpoint)
+                if routed is None:
+                    return None
+                node, remote_id = routed
+                if node == self.node:  # a proxy another node made for an endpoint of this one
+                    request["endpoint"] = remote_id
+                    return None
+                # another node's proxy: the owner is named in the id, its address in the database
+                address = await self.directory.address(node)
+                if not address:
+                    raise NodeUnreachableError(
+                        "endpoint %s is on node %s, which has no node-to-node address recorded" % (remote_id, node),
+                        details={"node": node},
+                    )
+                # the owner's endpoint bounds the command itself; this only bounds a silent owner
+                proxy = _Proxy(Holder("behind endpoint %s" % remote_id, node, address, 0, None), remote_id, "", 600.0)
             size = request.get("size")
             if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_RPC:
                 raise ControlError("'size' must be the request's length in bytes (1 to %d)" % _MAX_RPC)

@@ -85,6 +85,11 @@ class NodeDirectory:
             return None
         return Holder(device, str(row[0]), str(row[2]), int(row[1]), None if row[3] is None else float(row[3]))
 
+    async def address(self, node: str) -> str:
+        """The node-to-node address ``node`` recorded, or ""."""
+        row = await self.run(self._fetchrow("SELECT address FROM nodes WHERE name = $1", node))
+        return str(row[0]) if row is not None else ""
+
     async def nodes(self) -> List[Dict[str, Any]]:
         rows = await self.run(
             self._fetch(

@@ -21,7 +21,7 @@ import trustme
 
 from netconf_callhome.config import ClusterOptions, ListenerConfig
 from netconf_callhome.control.cluster import ClusterClient, ClusterServer
-from netconf_callhome.control.forward import Forwarder
+from netconf_callhome.control.forward import Forwarder, parse_proxy_id, proxy_id
 from netconf_callhome.errors import ConfigError, NodeUnreachableError
 from netconf_callhome.state.cluster_nodes import Holder
 
@@ -261,6 +261,67 @@ def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(tmp_path: Path) -> None:
             forwarder.close()
             await server.stop()
         assert not os.path.exists(path)
+
+    asyncio.run(main())
+
+
+def test_a_proxy_id_routes_an_rpc_from_any_node(tmp_path: Path) -> None:
+    """A relay behind a balancer may send its rpc to another node than the one that answered
+    endpoint: the proxy id names the owner, so node-c forwards it too, and the owner serves its own
+    endpoint id when the rpc reaches it directly."""
+    ca = trustme.CA()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    assert parse_proxy_id(proxy_id("node-b.example", "0123abcd")) == ("node-b.example", "0123abcd")
+    assert parse_proxy_id("0123abcd") is None and parse_proxy_id("fwd-zz-1") is None
+
+    async def owner(reader: Any, writer: Any, op: str, request: Dict[str, Any], peer: str) -> None:
+        body = await reader.readexactly(request["size"])
+        response = json.dumps({"id": json.loads(body)["id"], "result": request["endpoint"]}).encode()
+        writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode() + b"\n" + response)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
+
+        class Directory:
+            node = "node-c"
+
+            async def address(self, node: str) -> str:
+                return address if node == "node-b" else ""
+
+        forwarder = Forwarder(
+            Directory(), ClusterClient(_options(tmp_path / "c", ca, "node-c")),  # type: ignore[arg-type]
+            held_here=lambda device: False, rpc_dir=str(tmp_path / "rpc"),
+        )
+        try:
+            body = json.dumps({"id": 3, "method": "get"}).encode()
+            reader = asyncio.StreamReader()
+            reader.feed_data(body)
+            reader.feed_eof()
+            sent: List[bytes] = []
+
+            class Writer:
+                def write(self, data: bytes) -> None:
+                    sent.append(data)
+
+                async def drain(self) -> None:
+                    return None
+
+            request = {"endpoint": proxy_id("node-b", "ep-b"), "size": len(body)}
+            assert await forwarder.serve("rpc", request, reader, Writer()) == {}  # type: ignore[arg-type]
+            line, _sep, payload = b"".join(sent).partition(b"\n")
+            assert json.loads(line)["ok"] is True and json.loads(payload) == {"id": 3, "result": "ep-b"}
+            # an id naming this node itself: served here under the owner's own id
+            mine = {"endpoint": proxy_id("node-c", "ep-c"), "size": 1}
+            assert await forwarder.serve("rpc", mine, None, None) is None  # type: ignore[arg-type]
+            assert mine["endpoint"] == "ep-c"
+            with pytest.raises(NodeUnreachableError, match="no node-to-node address"):
+                await forwarder.serve("rpc", {"endpoint": proxy_id("node-z", "e"), "size": 1}, None, None)  # type: ignore[arg-type]
+        finally:
+            forwarder.close()
+            await server.stop()
 
     asyncio.run(main())
 
