@@ -27,7 +27,7 @@ import pytest
 import trustme
 from harness import enroll, free_port, ncclient_over_lease, running, wait_until
 
-from netconf_callhome.errors import NodeUnreachableError
+from netconf_callhome.errors import CallHomeError, NodeUnreachableError
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
@@ -85,6 +85,12 @@ def test_status_names_the_channel_recorded_in_the_database(listener_factory, fle
         address = node.call("status")["cluster"]
         assert address.startswith("127.0.0.1:") and address == _cluster_address(postgres, database, name)
         assert "event=cluster.listening bind=%s advertise=%s" % (address, address) in node.log()
+    # a client waiting for a device nobody holds: batched lookups in the database, then the usual error
+    started = time.monotonic()
+    with pytest.raises(CallHomeError, match="ghost0001"):
+        nodes["node-a"].call("wait", device="ghost0001", wait=1.0)
+    assert time.monotonic() - started >= 1.0
+    assert "event=cluster.lookup_failed" not in nodes["node-a"].log()
 
 
 def _held_by(postgres: Any, database: str, device: str) -> List[List[str]]:

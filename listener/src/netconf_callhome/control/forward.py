@@ -33,7 +33,7 @@ import logging
 import os
 import struct
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from netconf_callhome.control.cluster import ClusterClient, pipe, result_of
 from netconf_callhome.errors import CallHomeError, ControlError, NodeUnreachableError
@@ -103,6 +103,9 @@ class Forwarder:
         self._proxies: Dict[Tuple[str, str], _Proxy] = {}
         self._by_id: Dict[str, _Proxy] = {}
         self._reaper: Optional["asyncio.Task[None]"] = None
+        # clients waiting for a device: answered together by one lookup per _POLL s
+        self._waiting: Dict[str, List["asyncio.Future[Optional[Holder]]"]] = {}
+        self._poller: Optional["asyncio.Future[None]"] = None
 
     # -- which node -----------------------------------------------------------------------------
 
@@ -111,11 +114,16 @@ class Forwarder:
         within ``wait`` s). Raises NodeUnreachableError when the holder never answered."""
         deadline = time.monotonic() + wait
         unreachable: Optional[NodeUnreachableError] = None
+        first = True
         while True:
             if self._held_here(device):
                 return None
             try:
-                holder = await self.directory.holder(device)
+                if first:
+                    holder = await self.directory.holder(device)
+                    first = False
+                else:
+                    holder = await self._next_lookup(device, deadline)
             except StateStoreError as exc:
                 # the database is down: this node can still serve what it holds itself
                 log.warning("event=cluster.lookup_failed device=%s error=%r", device, exc.message)
@@ -129,12 +137,44 @@ class Forwarder:
                     )
                 else:
                     return holder
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - time.monotonic() <= 0:
                 if unreachable is not None:
                     raise unreachable
                 return None
-            await asyncio.sleep(min(_POLL, remaining))
+
+    async def _next_lookup(self, device: str, deadline: float) -> Optional[Holder]:
+        """The device's holder from the next batched lookup (at most ``_POLL`` s away), or None
+        when the deadline comes first. One query per ``_POLL`` s answers every waiting client of
+        this node, however many there are (a playbook's forks waiting for devices to call)."""
+        fut: "asyncio.Future[Optional[Holder]]" = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(device, []).append(fut)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll_loop())
+        try:
+            return await asyncio.wait_for(fut, max(0.001, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return None
+
+    async def _poll_loop(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(_POLL)
+            waiting, self._waiting = self._waiting, {}
+            waiting = {device: [f for f in futs if not f.done()] for device, futs in waiting.items()}
+            waiting = {device: futs for device, futs in waiting.items() if futs}
+            if not waiting:
+                continue
+            try:
+                found: Dict[str, Holder] = await self.directory.holders(sorted(waiting))
+            except StateStoreError as exc:
+                for futs in waiting.values():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                continue
+            for device, futs in waiting.items():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_result(found.get(device))
 
     def _unreachable(self, holder: Holder, exc: CallHomeError) -> NodeUnreachableError:
         age = holder.heartbeat_age
@@ -361,6 +401,8 @@ class Forwarder:
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._poller is not None:
+            self._poller.cancel()
         for proxy in list(self._proxies.values()):
             self._close(proxy)
 

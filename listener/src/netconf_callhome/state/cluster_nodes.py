@@ -47,6 +47,9 @@ JOIN devices d ON d.name = o.name AND d.node = o.node AND d.status = $2
 LEFT JOIN nodes n ON n.name = o.node
 WHERE o.name = $1
 """
+_OWNERS = _OWNER.replace("WHERE o.name = $1", "WHERE o.name = ANY($1::text[])").replace(
+    "SELECT o.node,", "SELECT o.name, o.node,"
+)
 _REGISTER = """
 INSERT INTO nodes (name, address, started_at, heartbeat_at) VALUES ($1, $2, now(), now())
 ON CONFLICT (name) DO UPDATE SET address = excluded.address, started_at = now(), heartbeat_at = now()
@@ -84,6 +87,14 @@ class NodeDirectory:
         if row is None:
             return None
         return Holder(device, str(row[0]), str(row[2]), int(row[1]), None if row[3] is None else float(row[3]))
+
+    async def holders(self, devices: List[str]) -> Dict[str, Holder]:
+        """:meth:`holder` for many devices in one query (the devices nobody holds are left out)."""
+        rows = await self.run(self._fetch(_OWNERS, devices, CONNECTED))
+        return {
+            str(r[0]): Holder(str(r[0]), str(r[1]), str(r[3]), int(r[2]), None if r[4] is None else float(r[4]))
+            for r in rows
+        }
 
     async def address(self, node: str) -> str:
         """The node-to-node address ``node`` recorded, or ""."""

@@ -330,8 +330,16 @@ def test_served_here_when_nobody_else_holds_the_device(tmp_path: Path) -> None:
     class Directory:
         node = "node-a"
 
+        lookups = 0
+        batched: List[List[str]] = []
+
         async def holder(self, device: str) -> Optional[Holder]:
+            Directory.lookups += 1
             return Holder(device, "node-a", "127.0.0.1:1", 1, 0.0)  # this node's own (stale) row
+
+        async def holders(self, devices: List[str]) -> Dict[str, Holder]:
+            Directory.batched.append(devices)
+            return {d: Holder(d, "node-a", "127.0.0.1:1", 1, 0.0) for d in devices}
 
     async def main() -> None:
         forwarder = Forwarder(
@@ -343,6 +351,12 @@ def test_served_here_when_nobody_else_holds_the_device(tmp_path: Path) -> None:
         assert await forwarder.serve("wait", request, None, None) is None  # type: ignore[arg-type]
         # the wait was spent looking: the local handler gets what is left (nothing)
         assert time.monotonic() - started >= 0.3 and request["wait"] == 0.0
+        # twenty clients waiting at once: one direct lookup each, then one batched query per 0.2 s
+        Directory.lookups, Directory.batched[:] = 0, []
+        requests = [{"device": "w%02d" % i, "wait": 0.5} for i in range(20)]
+        results = await asyncio.gather(*(forwarder.serve("wait", r, None, None) for r in requests))  # type: ignore[arg-type]
+        assert results == [None] * 20 and Directory.lookups == 20
+        assert 1 <= len(Directory.batched) <= 3 and len(Directory.batched[0]) == 20, Directory.batched
         assert await forwarder.serve("rpc", {"endpoint": "local-id", "size": 3}, None, None) is None  # type: ignore[arg-type]
 
     asyncio.run(main())
