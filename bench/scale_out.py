@@ -24,6 +24,9 @@ Figures per storm:
 * ``nodes``: per node, the devices it holds and its CPU (utime+stime, /proc) from idle to all
   ready, per device it holds: ``cpu_ms_per_device``; ``cpu_ms_per_device_total`` is every
   node's CPU over N (what the storm costs the cluster per device)
+* ``idle_cpu_pct`` per node: its CPU over ``--idle`` s before the storm (its background work: trust
+  poll, ownership reconcile, heartbeat); ``cpu_ms_per_device_total_excl_idle`` takes that rate over
+  the storm's duration out (three nodes pay it three times, for longer)
 * ``haproxy_cpu_s``, ``postgres_cpu_s``: the balancer's and the database server's processes
 * ``registry_rows_per_s`` / ``postgres_commits_per_s``: rows written to ``devices``, ``events``,
   ``pending_keys`` and ``device_owners`` (``pg_stat_user_tables``: n_tup_ins + n_tup_upd) and the
@@ -84,7 +87,7 @@ def start_nodes(setup: str, manifest: Dict[str, Dict[str, str]], peer: Any, data
 
 
 def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer: Any, index: int, timeout: float,
-               settle: float, concurrency: int, sim_processes: int) -> Dict[str, Any]:
+               settle: float, concurrency: int, sim_processes: int, idle: float) -> Dict[str, Any]:
     from haproxy_peer import HAProxyPeer  # tests/peers
 
     database = "scale_%s_%d_%d" % (setup, n, index)
@@ -99,6 +102,10 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
             lb.wait_up()
             port = lb.port
         time.sleep(0.5)  # start-up work settles before the "idle" reading
+        # each node's own background work (trust poll, ownership reconcile, heartbeat), idle
+        idle0 = {node.name: b.cpu_seconds(node.pid) for node in nodes}
+        time.sleep(idle)
+        idle_rate = {node.name: (b.cpu_seconds(node.pid) - idle0[node.name]) / idle for node in nodes}
         pg_pid = postmaster_pid(peer)
         rows0, commits0 = registry_rows(peer, database), pg_rows(peer, database)["commits"]
         pg_cpu0 = b.process_tree_cpu(pg_pid)
@@ -129,10 +136,12 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
         span = storm_s + settle
         per_node = {
             name: {"held": held.get(name, 0), "cpu_s": round(cpu1[name] - cpu0[name], 3),
-                   "cpu_ms_per_device": round((cpu1[name] - cpu0[name]) / max(1, held.get(name, 0)) * 1000, 3)}
+                   "cpu_ms_per_device": round((cpu1[name] - cpu0[name]) / max(1, held.get(name, 0)) * 1000, 3),
+                   "idle_cpu_pct": round(idle_rate[name] * 100, 2)}
             for name in cpu0
         }
         total_cpu = sum(cpu1[name] - cpu0[name] for name in cpu0)
+        idle_cpu = sum(idle_rate.values()) * storm_s  # what the nodes would have spent anyway
         got = sum(held.values())
         return {
             "setup": setup,
@@ -144,6 +153,8 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
             "nodes": per_node,
             "cpu_ms_per_device_total": round(total_cpu / max(1, got) * 1000, 3),
             "cpu_ms_per_device_max_node": max(v["cpu_ms_per_device"] for v in per_node.values()),
+            "cpu_ms_per_device_total_excl_idle": round((total_cpu - idle_cpu) / max(1, got) * 1000, 3),
+            "postgres_commits_per_device": round(commits / max(1, got), 2),
             "haproxy_cpu_s": round(lb_cpu, 3) if lb_cpu is not None else None,
             "postgres_cpu_s": round(pg_cpu, 3),
             "registry_rows_written": rows,
@@ -171,8 +182,9 @@ def compare(runs: List[Dict[str, Any]], n: int) -> Dict[str, Any]:
         return statistics.median(vals) if vals else None
 
     out: Dict[str, Any] = {}
-    for key in ("seconds_to_ready", "cpu_ms_per_device_total", "cpu_ms_per_device_max_node", "registry_rows_per_s",
-                "postgres_commits_per_s", "postgres_cpu_s"):
+    for key in ("seconds_to_ready", "cpu_ms_per_device_total", "cpu_ms_per_device_total_excl_idle",
+                "cpu_ms_per_device_max_node", "registry_rows_per_s", "postgres_commits_per_s",
+                "postgres_commits_per_device", "postgres_cpu_s"):
         one, three = med("one_node", key), med("three_nodes", key)
         out[key] = {"one_node": one, "three_nodes": three,
                     "three_over_one": round(three / one, 2) if one and three else None}
@@ -185,6 +197,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of each node's idle CPU read before the storm")
     p.add_argument("--sim-processes", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=300, help="simultaneous dials of the fleet (0: all at once)")
     p.add_argument("--json", type=Path, help="write results here")
@@ -204,7 +217,7 @@ def main() -> int:
                 for setup in order:
                     b.log("scale_out: %s, %d devices, round %d (load %.2f)" % (setup, n, rnd, os.getloadavg()[0]))
                     res = storm_once(setup, n, manifest, peer=peer, index=rnd, timeout=a.timeout, settle=a.settle,
-                                     concurrency=a.concurrency, sim_processes=a.sim_processes)
+                                     concurrency=a.concurrency, sim_processes=a.sim_processes, idle=a.idle)
                     res["loadavg_1m"] = round(os.getloadavg()[0], 2)
                     b.log("  -> %s" % json.dumps(res, sort_keys=True))
                     out["runs"].append(res)
