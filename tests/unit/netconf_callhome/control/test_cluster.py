@@ -385,3 +385,58 @@ def test_bad_cluster_files_are_a_config_error(tmp_path: Path) -> None:
         ClusterServer(options, _Recorder())
     assert "cluster: cannot load cert/key/ca" in str(info.value)
 
+
+
+def test_devices_on_any_node_merge_the_shared_rows(tmp_path: Path) -> None:
+    """devices/device: every node's rows with their node; this node's own last view of a device
+    another node holds as this_node; scope node for this node's own records only."""
+    from netconf_callhome.control.server import ControlServer
+    from netconf_callhome.errors import ControlError
+    from netconf_callhome.state.registry import Registry, SQLiteStore
+
+    registry = Registry(SQLiteStore(str(tmp_path / "registry.sqlite")))
+    registry.load()
+    registry.update("mine", status="connected", peer="10.0.0.1:1")
+    registry.update("moved", status="disconnected", last_error="moved to node node-b")
+
+    class Listener:
+        sessions: Dict[str, Any] = {}
+        restconf_sessions: Dict[str, Any] = {}
+
+        def __init__(self) -> None:
+            self.registry = registry
+
+        def enrolled_devices(self) -> List[str]:
+            return ["mine", "moved", "theirs", "never"]
+
+    class Directory:
+        node = "node-a"
+
+        async def devices(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+            rows = [
+                {"name": "mine", "status": "connected", "node": None},  # this node's row, not flushed yet
+                {"name": "moved", "status": "connected", "node": "node-b"},
+                {"name": "theirs", "status": "connected", "node": "node-c"},
+            ]
+            return [r for r in rows if name is None or r["name"] == name]
+
+    server = ControlServer(ListenerConfig(home=str(tmp_path / "home")), Listener())  # type: ignore[arg-type]
+    server.directory = Directory()  # type: ignore[assignment]
+
+    async def main() -> None:
+        listed = {r["name"]: r for r in await server._op_devices({})}
+        assert sorted(listed) == ["mine", "moved", "never", "theirs"]
+        assert listed["mine"]["status"] == "connected" and listed["mine"]["node"] == "node-a"
+        assert listed["moved"]["node"] == "node-b" and listed["moved"]["this_node"] == {
+            "node": "node-a", "status": "disconnected", "last_error": "moved to node node-b"}
+        assert listed["theirs"]["node"] == "node-c" and "this_node" not in listed["theirs"]
+        assert listed["never"]["status"] == "never-seen"
+        assert (await server._op_device({"device": "theirs"}))["node"] == "node-c"
+        own = await server._op_device({"device": "moved", "scope": "node"})
+        assert own["status"] == "disconnected" and "node" not in own  # the view before item 4
+        assert sorted(r["name"] for r in await server._op_devices({"scope": "node"})) == ["mine", "moved", "never", "theirs"]
+        assert [r["name"] for r in await server._op_devices({"status": "connected"})] == ["mine", "moved", "theirs"]
+        with pytest.raises(ControlError, match="'scope' must be"):
+            await server._op_devices({"scope": "everything"})
+
+    asyncio.run(main())
