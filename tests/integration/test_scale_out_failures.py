@@ -8,6 +8,8 @@
   does not answer yet) fails with a clear error and the next task, through the node now holding
   the device, succeeds; no enrollment is lost (the trust rows are unchanged); restarted, the node
   clears its stale ``connected`` rows and takes devices again.
+- the libnetconf2 device through HAProxy: kill -9 of its node, it is connected on another within
+  one redial plus one keepalive, and a NETCONF read through a surviving node succeeds.
 - PostgreSQL restarted mid-run: every node keeps its sessions, the registry writes of the outage
   are queued and land when it is back (ownership claims included), an enrollment is refused with
   a clear error while it is down and accepted after.
@@ -31,7 +33,7 @@ from typing import Any, Dict, List
 
 import pytest
 import yaml
-from harness import ROOT, cluster_certs, running, wait_until
+from harness import ROOT, cluster_certs, enroll, ncclient_over_lease, running, wait_until
 
 from netconf_callhome.errors import CallHomeError
 
@@ -358,3 +360,43 @@ def _session(node: Any, device: str) -> List[Any]:
     """What identifies one session of ``device`` on ``node``: a new session changes both."""
     record = node.call("device", device=device, scope="node")
     return [record["last_connected"], record["connect_count"]]
+
+
+def test_kill_9_moves_the_libnetconf2_device(device_binary, listener_factory, fleet, postgres, haproxy, tmp_path):
+    """The libnetconf2 device (a NETCONF server nobody here wrote) calling HAProxy: kill -9 of the
+    node holding it, and it is connected on another node within one redial (libnetconf2
+    reconnects at once when its session ends, about once a second while nothing answers) plus one
+    keepalive; a NETCONF read through the node that stayed first, forwarded or local, succeeds."""
+    from lnc2_peer import Lnc2Device
+    from pki import make_pki
+
+    pki = make_pki(tmp_path / "pki", device_name="lnc2-dev1")
+    enroll(tmp_path / "node-a", "lnc2-dev1", ssh_key=pki.host_keys["ed25519"].public_line,
+           private_key=pki.listener_ssh_key.private_path)
+    nodes = _nodes(listener_factory, postgres, fleet, tmp_path, "lnc2_%d" % os.getpid(), [])
+    lb = haproxy([("127.0.0.1", node.ssh_port) for node in nodes.values()])
+    lb.wait_up()
+    with Lnc2Device.from_pki(pki, ssh_port=lb.port):
+        holder = wait_until(lambda: _holders(nodes).get("lnc2-dev1"), 30, "lnc2-dev1 connected",
+                            detail=lambda: str(_holders(nodes)))
+        assert len(holder) == 1, holder
+        victim = nodes[holder[0]]
+        survivors = {n: node for n, node in nodes.items() if n != holder[0]}
+        entry = survivors[sorted(survivors)[0]]
+        killed_at = time.monotonic()
+        victim.proc.kill()
+        victim.proc.wait(10)
+        moved = wait_until(lambda: _holders(survivors).get("lnc2-dev1"), 30, "lnc2-dev1 on another node",
+                           detail=lambda: str(_holders(survivors)))
+        moved_in = time.monotonic() - killed_at
+        print("kill -9 of %s -> lnc2-dev1 connected on %s in %.2f s" % (holder[0], moved[0], moved_in))
+        # libnetconf2's own redial (about 1 s) plus one keepalive of the nodes
+        assert moved_in <= 1.0 + KEEPALIVE, moved_in
+        rec = survivors[moved[0]].call("device", device="lnc2-dev1", scope="node")
+        assert rec["peer"].startswith("127.0.0.1:") and rec["fingerprint"] == pki.host_keys["ed25519"].fingerprint
+        manager, info = ncclient_over_lease(entry.control, "lnc2-dev1", wait=20)
+        try:
+            assert info.get("node", moved[0]) == moved[0], info
+            assert manager.get_config("running").ok
+        finally:
+            manager.close_session()
