@@ -41,7 +41,10 @@ pytestmark = pytest.mark.timeout(300)
 
 BALANCER = "127.0.0.2"  # HAProxy connects to the nodes from here (haproxy_peer.py)
 REDIAL = 1.0  # the simulated devices' redial time after a drop (simulator --retry)
-KEEPALIVE = 1.0  # the nodes' SSH keepalive interval (harness listener_factory)
+# One keepalive: the time SSH keepalives take to declare a peer dead, interval 1 s x count-max 2
+# (harness listener_factory). A device that loses its node unannounced (a host that is gone, not a
+# process: kill -9 closes the sockets, so the devices here notice at once) needs that long at most.
+KEEPALIVE = 2.0
 NODES = ("node-a", "node-b", "node-c")
 VENV_BIN = Path(sys.executable).parent
 
@@ -284,7 +287,7 @@ def test_postgresql_restarted_under_three_nodes(listener_factory, fleet, postgre
     with running(fleet.simulator(lb.port, len(first), "--name-prefix", "pr", wait_connected=len(first))):
         wait_until(lambda: all(_rows(postgres, database).get(d, [""])[0] == "connected" for d in first), 30,
                    "the first devices' rows", detail=lambda: str(_rows(postgres, database)))
-        before = {d: on for d, on in _holders(nodes).items()}
+        before = dict(_holders(nodes))
         assert sorted(before) == first and all(len(on) == 1 for on in before.values()), before
         assert len({on[0] for on in before.values()}) == 3, before  # spread over the three nodes
         sessions = {d: _session(nodes[on[0]], d) for d, on in before.items()}
@@ -352,7 +355,7 @@ def test_postgresql_restarted_under_three_nodes(listener_factory, fleet, postgre
 
         wait_until(enrolled, 30, "the enrollment accepted again")
         assert ["pe0001"] in postgres.psql("SELECT name FROM trust_devices ORDER BY name", database)
-        assert {d: on for d, on in _holders(nodes).items()} == before  # still the same sessions
+        assert dict(_holders(nodes)) == before  # still the same sessions
         assert {d: _session(nodes[before[d][0]], d) for d in first} == sessions
 
 
