@@ -138,7 +138,7 @@ def test_a_silent_peer_is_closed_at_auth_timeout_and_strangers_are_bounded(tmp_p
             assert time.monotonic() - started < 2.0
             writer.close()
             # three silent peers, room for two: the oldest is closed at once
-            conns = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+            conns = [await asyncio.open_connection(host, int(port)) for _unused in range(3)]
             first = conns[0][0]
             assert await asyncio.wait_for(first.read(1), 0.4) == b""
             for _r, w in conns:
@@ -384,7 +384,6 @@ def test_bad_cluster_files_are_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         ClusterServer(options, _Recorder())
     assert "cluster: cannot load cert/key/ca" in str(info.value)
-
 
 
 def test_devices_on_any_node_merge_the_shared_rows(tmp_path: Path) -> None:
