@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,12 @@ import trustme
 pytestmark = pytest.mark.timeout(120)
 
 CONNECTIONS = 300
-MAX_KIB_PER_HANDSHAKE = 64
+# Issue 10's bound, with OpenSSL 3.0 (Debian 12): 46 KiB measured. OpenSSL 3.5 (Debian 13, the
+# second stack) offers two key shares in every ClientHello by default, the post-quantum hybrid
+# X25519MLKEM768 and X25519, and holds the ML-KEM key state while the device does not answer: the
+# same listener code (8d369bc) measured 63.4 KiB there against 46 KiB on OpenSSL 3.0. That is
+# OpenSSL's per-handshake state, not ours; what this test guards is that our part stays small.
+MAX_KIB_PER_HANDSHAKE = 64 if ssl.OPENSSL_VERSION_INFO < (3, 5) else 72
 
 CHILD = textwrap.dedent(
     """
