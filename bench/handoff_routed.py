@@ -31,27 +31,11 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "peers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 import benchlib as b  # noqa: E402
 
 COLLECTIONS_PATHS = [str(b.ROOT / ".collections"), str(b.ROOT / ".deps")]
-
-
-def _cluster_certs(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]]:
-    import trustme
-
-    ca = trustme.CA()
-    ca_path = directory / "cluster-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    out = {}
-    for name in names:
-        cert = ca.issue_cert(name, "127.0.0.1")
-        cert_path, key_path = directory / ("%s.pem" % name), directory / ("%s.key" % name)
-        cert.cert_chain_pems[0].write_to_path(str(cert_path))
-        cert.private_key_pem.write_to_path(str(key_path))
-        os.chmod(key_path, 0o600)
-        out[name] = {"cert": str(cert_path), "key": str(key_path), "ca": str(ca_path), "bind": "127.0.0.1:0"}
-    return out
 
 
 def _summary(values: List[float]) -> Dict[str, float]:
@@ -62,6 +46,7 @@ def _summary(values: List[float]) -> Dict[str, float]:
 
 def run(iterations: int, warmup: int, new: bool) -> Dict[str, Any]:
     from ansible.module_utils.connection import Connection
+    from harness import cluster_certs  # tests/integration: the tests' cluster CA and node certificates
     from postgres_peer import PostgresPeer
 
     manifest = b.ensure_fleet(1)
@@ -71,10 +56,11 @@ def run(iterations: int, warmup: int, new: bool) -> Dict[str, Any]:
     try:
         url = peer.create_database("handoff_routed")
         work = Path(tempfile.mkdtemp(prefix="bench-routed-"))
-        certs = _cluster_certs(work, ["node-a", "node-b"])
+        certs = cluster_certs(work, ["node-a", "node-b"])
         for name in ("node-b", "node-a"):  # node-b first: its trust.json seeds the shared store
             config = work / ("%s.yml" % name)
-            config.write_text(json.dumps({"state_url": url, "node_name": name, "cluster": certs[name]}))
+            cluster = dict(certs[name], bind="127.0.0.1:0")
+            config.write_text(json.dumps({"state_url": url, "node_name": name, "cluster": cluster}))
             os.chmod(config, 0o600)
             nodes[name] = b.Listener(manifest, extra=["--config", str(config)])
         sim = b.start_simulator(listener=nodes["node-b"].port, count=1)

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import trustme
-from harness import enroll, free_port, ncclient_over_lease, running, wait_until
+from harness import cluster_certs, enroll, free_port, ncclient_over_lease, running, wait_until
 
 from netconf_callhome.errors import CallHomeError, NodeUnreachableError
 
@@ -36,28 +36,10 @@ VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.timeout(300)
 
 
-def _cluster_ca(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]]:
-    """The cluster CA and one certificate per node (serverAuth + clientAuth: each node both dials
-    and answers)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()
-    ca_path = directory / "cluster-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    out = {}
-    for name in names:
-        cert = ca.issue_cert(name, "127.0.0.1")
-        cert_path, key_path = directory / ("%s.pem" % name), directory / ("%s.key" % name)
-        cert.cert_chain_pems[0].write_to_path(str(cert_path))
-        cert.private_key_pem.write_to_path(str(key_path))
-        os.chmod(key_path, 0o600)
-        out[name] = {"cert": str(cert_path), "key": str(key_path), "ca": str(ca_path)}
-    return out
-
-
 def _nodes(listener_factory: Any, postgres: Any, tmp_path: Path, database: str, names: List[str], fleet: Any,
            enrolled: List[str], extra: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     url = postgres.create_database(database)
-    certs = _cluster_ca(tmp_path / "cluster", names)
+    certs = cluster_certs(tmp_path / "cluster", names)
     nodes: Dict[str, Any] = {}
     for i, name in enumerate(names):
         home = tmp_path / name
