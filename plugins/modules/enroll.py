@@ -26,6 +26,10 @@ description:
   - Writes through the listener's control socket when it runs, and to the trust store file
     (under its lock, atomically) otherwise; a running listener re-reads the file within a second
     and is also told to reload.
+  - A listener whose trust store is the shared database (C(state_url) on PostgreSQL, several
+    nodes) is written through its control socket only, check mode included; when it does not
+    answer (or a remote O(listener) does not), the task fails and nothing is written to a file
+    that no node would read.
 author:
   - netconf.callhome developers (@netconf-callhome)
 options:
@@ -114,8 +118,11 @@ options:
       - The listener then checks the HMAC the device sends with its C(HOST-KEY), and enrolls an
         unknown device that proves it without an operator (zero-touch enrollment, see
         C(docs/outbound-ssh.md)). Set with or without O(source); a device can be pre-provisioned.
-      - Written to the trust store file (the listener's, as for the other file writes), with
-        O(state=present) only; O(state=absent) without O(source) removes the device and its secret.
+      - Written through the running listener's control socket, into the trust store it uses (on a
+        node with a shared PostgreSQL store, the database every node reads), and to the trust store
+        file when no listener runs; with O(state=present) only; O(state=absent) without O(source)
+        removes the device and its secret. A listener on a shared store that does not answer is an
+        error (nothing is written to a file no node reads).
       - Marked C(no_log) in case a secret is pasted here by mistake, so the reference shows masked
         in the task result.
     type: str
@@ -231,8 +238,11 @@ written_via:
   returned: when something was computed against a store
   type: str
 trust_store:
-  description: Trust store file written (file paths only).
-  returned: when the file was used
+  description:
+    - Trust store file written (file paths only).
+    - For O(outbound_ssh_secret) written through the listener, the store that listener uses, a file
+      or its shared database (URL, password redacted).
+  returned: when the file was used, or O(outbound_ssh_secret) was given
   type: str
 outbound_ssh:
   description: The device's outbound-ssh secret setting after the task (its reference shows masked, see O(outbound_ssh_secret)).
@@ -240,6 +250,8 @@ outbound_ssh:
   type: dict
   sample: {"secret": "********", "allow_rotation": false}
 """
+
+import json
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -253,32 +265,25 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.e
 
 try:
     from netconf_callhome.errors import CallHomeError
-    from netconf_callhome.policy import trust_ops
 except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
     CallHomeError = NetconfCallhomeMissing
-    trust_ops = None
 
 
 def set_outbound_ssh_secret(params, check_mode):
-    """The device's outbound-ssh secret reference, written to the trust store file under its lock
-    (a running listener is asked to reload, and re-reads the file within a second anyway)."""
+    """The device's outbound-ssh secret reference: through the running listener's control
+    operation ``secret`` (into the store it uses, the shared database included; ``dry_run`` in
+    check mode), else the trust store file under its lock. References only, never a value."""
     enroller = Enroller(listener=params.get("listener"), token=params.get("listener_token"),
                         trust_store=params.get("trust_store"), check_mode=check_mode)
-    store = enroller.store()
-    change = trust_ops.set_outbound_ssh_secret(store, params["device"], params["outbound_ssh_secret"],
-                                               allow_rotation=params["outbound_ssh_allow_rotation"],
-                                               dry_run=check_mode)
-    identities = trust_ops.identities_of(store.load(), params["device"])  # not changed by a secret
-    out = {"changed": change["changed"], "outbound_ssh": change["outbound_ssh"], "trust_store": store.path,
-           "written_via": "file", "before": identities, "after": identities}
-    warnings = []
-    if change["changed"] and not check_mode and enroller.listener_up:
-        try:
-            enroller.client.call("reload")
-            out["written_via"] = "file+reload"
-        except CallHomeError as exc:
-            warnings.append("outbound-ssh secret written, but the listener did not reload: %s" % exc.message)
-    return out, warnings
+    return enroller.set_outbound_ssh_secret(params["device"], params["outbound_ssh_secret"],
+                                            allow_rotation=params["outbound_ssh_allow_rotation"])
+
+
+def _diff_text(identities, outbound_ssh, secret):
+    lines = list(identities)
+    if secret:
+        lines.append("outbound_ssh: %s" % json.dumps(outbound_ssh, sort_keys=True))
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -322,6 +327,7 @@ def main():
     except CallHomeError as exc:
         module.fail_json(msg=exc.message, error_code=exc.code, details=exc.details)
     out = result.to_dict() if result is not None else {"changed": False, "device": module.params["device"]}
+    secret_before = secret_out.pop("outbound_ssh_before", None)
     if secret:
         secret_changed = secret_out.pop("changed")
         out["changed"] = bool(out["changed"] or secret_changed)
@@ -331,8 +337,11 @@ def main():
             secret_out.pop("before")
             secret_out.pop("after")
         out.update(secret_out)
-    if result is not None and module._diff:
-        out["diff"] = {"before": "\n".join(result.before) + "\n", "after": "\n".join(result.after) + "\n"}
+    if module._diff and (result is not None or secret):
+        before = result.before if result is not None else out.get("before", [])
+        after = result.after if result is not None else out.get("after", [])
+        out["diff"] = {"before": _diff_text(before, secret_before, secret),
+                       "after": _diff_text(after, out.get("outbound_ssh"), secret)}
     for warning in (result.warnings if result is not None else []) + secret_warnings:
         module.warn(warning)
     module.exit_json(**out)

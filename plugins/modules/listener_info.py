@@ -77,12 +77,15 @@ devices:
   sample:
     - {name: edge1, status: connected, transport: ssh, peer: "192.0.2.1:53122", enrolled: true}
 pending:
-  description: Keys that called home but are not enrolled (empty when O(pending=false)).
+  description:
+    - Keys that called home but are not enrolled (empty when O(pending=false)).
+    - With several listener nodes on one PostgreSQL database, the keys every node saw, each with the
+      C(node) that saw it last (as C(devices) shows every node's devices); any node approves them.
   returned: always
   type: list
   elements: dict
   sample:
-    - {fingerprint: "SHA256:...", key_type: ssh-ed25519, transport: ssh, peer: "192.0.2.9:40022", count: 3}
+    - {fingerprint: "SHA256:...", key_type: ssh-ed25519, transport: ssh, peer: "192.0.2.9:40022", count: 3, node: node-a}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

@@ -26,9 +26,11 @@ from netconf_callhome.control.client import (
     ControlClient,
     default_control_address,
     default_home,
+    parse_address,
+    shared_store_of,
 )
 from netconf_callhome.config import SESSION_MODES
-from netconf_callhome.errors import CallHomeError, ListenerRunningError, ListenerUnreachableError
+from netconf_callhome.errors import CallHomeError, ControlError, ListenerRunningError, ListenerUnreachableError
 
 SPAWN_LOCK = "spawn.lock"  # plugins/plugin_utils/embedded_listener.py: one embedded start at a time
 
@@ -174,6 +176,16 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
     # The listener of that home is the one to tell (unless --control names another).
     control = args.control or ("unix:%s" % os.path.join(home, "control.sock") if args.home else None)
     command = args.secret_command
+    if command == "list" and not args.trust_store:
+        try:  # the listener's own trust store: the shared database on PostgreSQL
+            listed: Dict[str, Any] = ControlClient(control, timeout=30).call("secret", action="list")
+            return listed
+        except ListenerUnreachableError:
+            _refuse_file_if_shared(control, "listing the outbound-ssh secrets")
+        except ControlError as exc:
+            if "'action' must be" not in exc.message:  # an older listener: its file, as below
+                raise
+        return trust_ops.outbound_ssh_secrets(store)
     if command == "list":
         return trust_ops.outbound_ssh_secrets(store)
     if command in ("set", "group"):
@@ -198,7 +210,8 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
             result["reloaded"] = True  # the listener wrote it and reloaded its policy
             return result
         except ListenerUnreachableError:
-            pass  # no listener: the file, as below
+            # no listener: the file, as below, unless that listener's store is the database
+            _refuse_file_if_shared(control, "the outbound-ssh secret")
     if command == "set":
         result = trust_ops.set_outbound_ssh_secret(store, args.name, args.reference, allow_rotation=args.allow_rotation)
     elif command == "unset":
@@ -217,6 +230,20 @@ def _secret(args: argparse.Namespace) -> Dict[str, Any]:
         except CallHomeError:
             result["reloaded"] = False
     return result
+
+
+def _refuse_file_if_shared(control: Optional[str], what: str) -> None:
+    """No listener answers at ``control``: refuse to use the trust store file when the listener
+    there keeps its trust store in the shared database (no node reads the file then)."""
+    address = parse_address(control or default_control_address())
+    shared = shared_store_of(address)
+    if shared:
+        raise ListenerUnreachableError(
+            "no listener answers at %s, and it keeps its trust store in %s (state_url): %s is read and written "
+            "through a running listener (start it, or --control another node's address); the trust store file "
+            "is read by no node (--trust-store FILE to use a file all the same)" % (address, shared, what),
+            details={"address": str(address), "trust_store": shared},
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -445,19 +472,15 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         elif args.command == "pending":
             result = client.call("pending")
             if not args.json:
+                # several nodes on one database: the node that saw each key (docs/scale-out.md)
+                node = ("node",) if any("node" in r for r in result) else ()
+                rows = [dict(r, node=r.get("node") or "-") for r in result] if node else result
                 _out(
                     _table(
-                        result,
-                        (
-                            "fingerprint",
-                            "key_type",
-                            "transport",
-                            "peer",
-                            "reason",
-                            "claimed_device",
-                            "count",
-                            "last_seen",
-                        ),
+                        rows,
+                        ("fingerprint", "key_type", "transport", "peer")
+                        + node
+                        + ("reason", "claimed_device", "count", "last_seen"),
                     )
                 )
                 return 0

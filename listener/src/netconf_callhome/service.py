@@ -170,7 +170,8 @@ class CallHomeListener:
         if isinstance(store, PostgresStore):
             self.control.directory = NodeDirectory(store)
             if config.cluster.bind:
-                self.cluster = ClusterServer(config.cluster, self.control.serve_forwarded)
+                # holds: a peer routing by a remembered owner asks whether the device is still here
+                self.cluster = ClusterServer(config.cluster, self.control.serve_forwarded, holds=self._connected)
                 self.control.forwarder = Forwarder(
                     self.control.directory,
                     ClusterClient(config.cluster),
@@ -1134,11 +1135,21 @@ class CallHomeListener:
         *,
         device_ids: Sequence[str] = (),
         allow_rotation: bool = False,
+        dry_run: bool = False,
     ) -> Dict[str, Any]:
-        """Set or remove an outbound-ssh secret reference (the control op ``secret``)."""
+        """Set or remove an outbound-ssh secret reference (the control op ``secret``); ``dry_run``
+        computes the change without writing it (the enroll module's check mode); ``list``: every
+        reference in the store this listener uses (the shared one on PostgreSQL), never values."""
+        if action == "list":
+            return await asyncio.to_thread(trust_ops.outbound_ssh_secrets, self.trust_store)
         if action in ("set", "unset"):
             result = await asyncio.to_thread(
-                trust_ops.set_outbound_ssh_secret, self.trust_store, name, reference, allow_rotation=allow_rotation
+                trust_ops.set_outbound_ssh_secret,
+                self.trust_store,
+                name,
+                reference,
+                allow_rotation=allow_rotation,
+                dry_run=dry_run,
             )
         else:
             result = await asyncio.to_thread(
@@ -1148,8 +1159,9 @@ class CallHomeListener:
                 list(device_ids) if action == "group" else None,
                 reference,
                 allow_rotation=allow_rotation,
+                dry_run=dry_run,
             )
-        if result["changed"]:
+        if result["changed"] and not dry_run:
             self.reload_trust()
             log.info("event=secret.changed action=%s name=%s", action, name)  # the reference only, never a value
         result["trust_store"] = self.trust_store.path

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import NetconfCallhomeMissing
 
 try:
-    from netconf_callhome.control.client import ControlClient, default_home
+    from netconf_callhome.control.client import ControlClient, default_home, shared_store_of
     from netconf_callhome.errors import (
         CallHomeError,
         ConfigError,
@@ -145,7 +145,17 @@ def _scan_paramiko(host: str, port: int, timeout: float, key_type: t.Optional[st
 
 
 class Enroller:
-    """One run of the enroll module against a listener (if it answers) or a trust store file."""
+    """One run of the enroll module against a listener (if it answers) or a trust store file.
+
+    A listener whose trust store is the shared database (``state_url`` on PostgreSQL: its
+    ``status`` names a URL, not a file) is written through its control operations only, check
+    mode included (their ``dry_run``): a file written instead would be read by no node. The same
+    holds when no listener answers but the one of that control socket keeps its trust store in
+    the database (:func:`shared_store_of`), and for a remote listener (``tls://``) that does not
+    answer: both are an error, nothing is written."""
+
+    # Control operations that compute their change without writing it when asked (check mode).
+    DRY_RUN_OPS = ("enroll", "revoke", "secret")
 
     def __init__(self, *, listener: t.Optional[str], token: t.Optional[str], trust_store: t.Optional[str],
                  check_mode: bool) -> None:
@@ -165,13 +175,54 @@ class Enroller:
                 self._reachable = False
         return self._reachable
 
+    @property
+    def shared_store(self) -> t.Optional[str]:
+        """The shared trust store (redacted URL) of the running listener, or None (a file)."""
+        if not self.listener_up:
+            return None
+        where = str((self._status or {}).get("trust_store") or "")
+        return where if "://" in where else None
+
     def store(self) -> TrustStore:
         path = self.trust_store_path
-        if not path and self.listener_up and self._status:
+        if not path and self.listener_up and self._status and not self.shared_store:
             path = self._status.get("trust_store")
         if not path:
             path = os.path.join(default_home(), "trust.json")
         return TrustStore(path)
+
+    def file_store(self, what: str) -> TrustStore:
+        """The trust store file to write ``what`` to directly, or an error when no node would
+        read that file (see the class docs)."""
+        explicit = self.trust_store_path
+        if explicit and "://" in explicit:
+            raise ConfigError("trust_store %s is not a file: a shared trust store is written through a running "
+                              "listener (listener: its control address)" % explicit)
+        shared = self.shared_store
+        if shared:
+            raise ControlError(
+                "the listener at %s keeps its trust store in %s and does not take %s through its control socket "
+                "(an older listener?); NOT written (a trust store file would be read by no node)"
+                % (self.client.address, shared, what),
+                details={"address": str(self.client.address), "trust_store": shared},
+            )
+        if not explicit and not self.listener_up:
+            marker = shared_store_of(self.client.address)
+            if marker:
+                raise ListenerUnreachableError(
+                    "no listener answers at %s, and the listener there keeps its trust store in %s (state_url): "
+                    "%s is written through a running listener (start it, or set listener to another node's "
+                    "control address); NOT written to a trust store file, which no node reads"
+                    % (self.client.address, marker, what),
+                    details={"address": str(self.client.address), "trust_store": marker},
+                )
+            if self.client.address.kind != "unix":
+                raise ListenerUnreachableError(
+                    "no listener answers at %s: %s is written through it (a remote listener's trust store is "
+                    "not a file here); NOT written" % (self.client.address, what),
+                    details={"address": str(self.client.address)},
+                )
+        return self.store()
 
     def pending(self) -> t.List[t.Dict[str, t.Any]]:
         if not self.listener_up:
@@ -181,43 +232,96 @@ class Enroller:
             )
         return list(self.client.call("pending") or [])
 
+    def _through_listener(self, op: str) -> bool:
+        """Whether ``op`` goes to the listener: always when it is up, except in check mode on a
+        trust store file this process can read (computed there, nothing sent to the listener)."""
+        if not self.listener_up:
+            return False
+        if not self.check_mode or self.shared_store:
+            return True
+        path = self.store().path
+        readable = os.access(path, os.R_OK) or not os.path.exists(path)
+        return op == "enroll" and not readable
+
+    def call(self, op: str, op_args: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+        """The listener's answer to ``op`` (``dry_run`` in check mode), or None when the change is
+        to be made on the file (no listener, or one without the op and no shared store)."""
+        if not self._through_listener(op):
+            return None
+        args = dict(op_args, dry_run=True) if self.check_mode else dict(op_args)
+        try:
+            return t.cast(t.Dict[str, t.Any], self.client.call(op, **args) or {})
+        except ControlError as exc:
+            if "unknown operation" not in exc.message or self.shared_store:
+                raise
+        return None
+
     def write(self, apply: t.Callable[[TrustStore, bool], TrustChange], op_args: t.Dict[str, t.Any],
               result: EnrollResult) -> None:
         """Through the listener's ``enroll``/``revoke`` op when it has one, else the file + ``reload``.
 
         ``apply(store, dry_run)`` is the same trust_ops operation the listener runs for ``op_args``,
         used on the file when no listener takes the op. Check mode never sends a mutating op to the
-        listener: it computes the change on the trust store file, or asks ``enroll`` with ``dry_run``.
+        listener: it computes the change on the trust store file, or asks the op with ``dry_run``
+        (a listener on a shared store always).
         """
         op = op_args.pop("op")
-        store_readable = os.access(self.store().path, os.R_OK) or not os.path.exists(self.store().path)
-        use_listener = self.listener_up and (not self.check_mode or (op == "enroll" and not store_readable))
-        if use_listener:
-            try:
-                args = dict(op_args, dry_run=True) if self.check_mode else op_args
-                answer = self.client.call(op, **args) or {}
-                result.changed = bool(answer.get("changed"))
-                result.written_via = "listener"
-                result.before = list(answer.get("before") or result.before)
-                result.after = list(answer.get("after") or result.after)
-                return
-            except ControlError as exc:
-                if "unknown operation" not in exc.message:
-                    raise
-        store = self.store()
+        answer = self.call(op, op_args)
+        if answer is not None:
+            result.changed = bool(answer.get("changed"))
+            result.written_via = "listener"
+            result.before = list(answer.get("before") or result.before)
+            result.after = list(answer.get("after") or result.after)
+            return
+        store = self.file_store("the %s of device %r" % (op, op_args.get("device")))
         change = apply(store, self.check_mode)
         result.changed = change.changed
         result.trust_store = store.path
         result.before = change.before
         result.after = change.after
         result.written_via = "file"
-        if self.listener_up and change.changed and not self.check_mode:
-            try:
-                self.client.call("reload")
-                result.written_via = "file+reload"
-            except CallHomeError as exc:
-                result.warnings.append("trust store written, but the listener did not reload it: %s "
-                                       "(it re-reads the file by itself within a second)" % exc.message)
+        if self._reload(change.changed, result.warnings, "trust store written"):
+            result.written_via = "file+reload"
+
+    def set_outbound_ssh_secret(self, device: str, reference: str, *,
+                                allow_rotation: bool) -> t.Tuple[t.Dict[str, t.Any], t.List[str]]:
+        """The device's outbound-ssh secret *reference*: the listener's ``secret`` op when it runs
+        (into whatever store it uses, the shared database included), the file otherwise. The
+        result carries references only, never a secret's value."""
+        warnings: t.List[str] = []
+        answer = self.call("secret", {"action": "set", "name": device, "reference": reference,
+                                      "allow_rotation": allow_rotation})
+        if answer is not None:
+            via = "listener"
+            change = answer
+        else:
+            store = self.file_store("the outbound-ssh secret of device %r" % device)
+            change = trust_ops.set_outbound_ssh_secret(store, device, reference, allow_rotation=allow_rotation,
+                                                       dry_run=self.check_mode)
+            via = "file"
+            if self._reload(bool(change["changed"]), warnings, "outbound-ssh secret written"):
+                via = "file+reload"
+        identities = list(change.get("identities") or [])  # a secret leaves them as they are
+        out = {"changed": bool(change.get("changed")), "outbound_ssh": change.get("outbound_ssh"),
+               "outbound_ssh_before": change.get("outbound_ssh_before"), "written_via": via,
+               "before": identities, "after": identities}
+        if via == "listener":
+            out["trust_store"] = str((self._status or {}).get("trust_store") or "")
+        else:
+            out["trust_store"] = self.store().path
+        return out, warnings
+
+    def _reload(self, changed: bool, warnings: t.List[str], what: str) -> bool:
+        """After a file write, tell a running listener to re-read it (it would within a second)."""
+        if not (self.listener_up and changed and not self.check_mode):
+            return False
+        try:
+            self.client.call("reload")
+            return True
+        except CallHomeError as exc:
+            warnings.append("%s, but the listener did not reload it: %s (it re-reads the file by itself within "
+                            "a second)" % (what, exc.message))
+            return False
 
 
 def run(params: t.Mapping[str, t.Any], *, check_mode: bool,
@@ -314,14 +418,22 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         host = params.get("host")
         chosen = [p for p in entries if p.get("claimed_device") == device
                   or (host and str(p.get("peer", "")).rsplit(":", 1)[0].strip("[]") == host)]
-    data = enroller.store().load() if os.access(enroller.store().path, os.R_OK) else {"devices": {}}
+    shared = enroller.shared_store
+    # A shared trust store has no file to read: the listener's enroll op with dry_run says what is
+    # enrolled (and applies the same rules as the file's check_conflict).
+    data = {"devices": {}} if shared or not os.access(enroller.store().path, os.R_OK) else enroller.store().load()
     creds = {k: v for k, v in (params.get("credentials") or {}).items() if v not in (None, "")}
     if not chosen:
-        enrolled = [k for k in ("ssh_host_keys", "tls_fingerprints")
-                    if expected and any(same_fingerprint(k, v, expected) for v in identities_of(data, device))]
+        if shared:
+            found = _shared_view(enroller, device, expected) if expected else None
+            enrolled = [found[0]] if found else []
+            result.after = result.before = found[1] if found else []
+        else:
+            enrolled = [k for k in ("ssh_host_keys", "tls_fingerprints")
+                        if expected and any(same_fingerprint(k, v, expected) for v in identities_of(data, device))]
+            result.after = result.before = identities_of(data, device)
         if enrolled:
             result.fingerprint = expected
-            result.after = result.before = identities_of(data, device)
             if creds:
                 # Already enrolled: the credentials are still applied, never dropped silently. The
                 # key is not added again (it is the device's already), so this is no observed key.
@@ -347,11 +459,20 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
     kind = identity.kind
     check_observed(identity, expected=expected, tofu=tofu,
                    where="the key device %r presented from %s" % (device, pending.get("peer")))
-    check_conflict(data, device, identity, replace=replace)
     result.kind, result.fingerprint = kind, identity.fingerprint
-    result.before = identities_of(data, device)
-    result.changed = True
     result.written_via = "listener"
+    if shared:
+        # What approving would do, from the listener (its rules refuse a conflict as check_conflict does).
+        extra_args = {"credentials": creds} if creds else {}
+        preview = enroller.client.call("enroll", device=device, kind=kind, value=identity.value, replace=replace,
+                                       observed=True, dry_run=True, **extra_args) or {}
+        result.before = list(preview.get("before") or [])
+        result.after = list(preview.get("after") or [])
+        result.changed = bool(preview.get("changed", True))
+    else:
+        check_conflict(data, device, identity, replace=replace)
+        result.before = identities_of(data, device)
+        result.changed = True
     if not enroller.check_mode:
         # ``replace`` makes the listener's approve replace the device's other key of this kind
         # (trust_ops.approve_pending); a listener that predates it ignores the field.
@@ -360,9 +481,27 @@ def _approve_pending(enroller: Enroller, params: t.Mapping[str, t.Any], device: 
         answer = enroller.client.call("approve", fingerprint=pending["fingerprint"], device=device, replace=replace,
                                       **extra)
         result.changed = bool(answer.get("changed", True))
-        readable = os.access(enroller.store().path, os.R_OK)
-        result.after = identities_of(enroller.store().load(), device) if readable else []
+        if shared:
+            result.before = list(answer.get("before") or result.before)
+            result.after = list(answer.get("after") or [])
+        else:
+            readable = os.access(enroller.store().path, os.R_OK)
+            result.after = identities_of(enroller.store().load(), device) if readable else []
     return result
+
+
+def _shared_view(enroller: Enroller, device: str,
+                 fingerprint: str) -> t.Optional[t.Tuple[str, t.List[str]]]:
+    """When ``fingerprint`` is enrolled for ``device`` in a shared trust store (an ``enroll`` dry
+    run of it changes nothing): its kind and the device's identities; else None."""
+    for kind in ("ssh_host_keys", "tls_fingerprints"):
+        try:
+            answer = enroller.client.call("enroll", device=device, kind=kind, value=fingerprint, dry_run=True) or {}
+        except CallHomeError:
+            continue  # not a fingerprint of this kind, or enrolled for another device
+        if not answer.get("changed"):
+            return kind, list(answer.get("after") or [])
+    return None
 
 
 def _kind(pending: t.Mapping[str, t.Any]) -> str:

@@ -35,6 +35,10 @@ from netconf_callhome.errors import (
 from netconf_callhome.paths import ENV_HOME, default_home
 
 MAX_LINE = 16 * 1024 * 1024
+# A listener whose trust store is the shared database (state_url on PostgreSQL) leaves this file
+# next to its control socket, holding the database's URL (redacted). A client that finds it and no
+# listener answering must not write the trust store file instead: no node would read it.
+SHARED_STORE_MARKER = "shared-trust-store"
 # Retrying a connection a busy listener did not accept yet: short first, then at most this
 # often, with jitter so that a thousand refused clients do not come back in one wave.
 _RETRY_FIRST = 0.005
@@ -53,6 +57,19 @@ class _Dropped(ControlError):
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+def shared_store_of(address: ControlAddress) -> t.Optional[str]:
+    """The shared trust store (redacted URL) the listener at a local ``address`` uses, from
+    :data:`SHARED_STORE_MARKER` (it stays while that listener is stopped: its store is still the
+    database), or None (a single node, a remote address, or no listener ever ran there)."""
+    if address.kind != "unix":
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(address.path), SHARED_STORE_MARKER), "r", encoding="utf-8") as handle:
+            return handle.read().strip() or "the shared database"
+    except OSError:
+        return None
 
 
 def default_control_address() -> str:
@@ -293,9 +310,11 @@ def _recv_until_newline(sock: socket.socket) -> bytes:
 __all__ = (
     "ENV_HOME",
     "MAX_LINE",
+    "SHARED_STORE_MARKER",
     "ControlAddress",
     "ControlClient",
     "default_control_address",
     "default_home",
     "parse_address",
+    "shared_store_of",
 )

@@ -31,6 +31,7 @@ from netconf_callhome.errors import (
 )
 
 from netconf_callhome.config import ListenerConfig, parse_bind
+from netconf_callhome.control.client import SHARED_STORE_MARKER
 from netconf_callhome.control.forward import FORWARDED_OPS, Forwarder, splice
 from netconf_callhome.metrics import Metrics
 from netconf_callhome.protocol.session import HeldSession, Lease
@@ -38,7 +39,7 @@ from netconf_callhome.state.registry import Registry
 from netconf_callhome.state.postgres import redact_url
 from netconf_callhome.state.stores import is_shared
 from netconf_callhome.state.cluster_nodes import NodeDirectory
-from netconf_callhome.state.postgres import StateStoreError
+from netconf_callhome.state.postgres import PostgresStore, StateStoreError
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"
@@ -109,6 +110,7 @@ class ControlledListener(Protocol):
         *,
         device_ids: Sequence[str] = (),
         allow_rotation: bool = False,
+        dry_run: bool = False,
     ) -> Dict[str, Any]: ...
 
     def reload_trust(self) -> bool: ...
@@ -245,6 +247,7 @@ class ControlServer:
             os.umask(old_umask)
         os.chmod(path, self.config.control_socket_mode)
         self._servers.append(server)
+        self._mark_trust_store()
         tcp = self.config.control_tcp
         if tcp.bind:
             self._token = _read_token(tcp.token_file, tcp.token_env)
@@ -266,6 +269,24 @@ class ControlServer:
                 sockname[1],
             )
             log.info("event=control.remote_enabled address=%s", self.tcp_address)
+
+    def _mark_trust_store(self) -> None:
+        """Next to the control socket, where this listener keeps its trust store when that is the
+        shared database (SHARED_STORE_MARKER, the URL redacted); removed on a single node. A
+        client that finds no listener answering there must not write the trust store file then:
+        no node reads it (the enroll module refuses, naming the database)."""
+        marker = os.path.join(os.path.dirname(self.config.control_socket), SHARED_STORE_MARKER)
+        if not is_shared(self.config.state_url):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+            return
+        try:
+            temp = "%s.%d.tmp" % (marker, os.getpid())
+            with open(temp, "w", encoding="utf-8") as handle:
+                handle.write(redact_url(self.config.state_url) + "\n")
+            os.replace(temp, marker)
+        except OSError as exc:
+            log.warning("event=control.marker_failed path=%s error=%r", marker, exc.strerror or exc)
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -649,7 +670,37 @@ class ControlServer:
         return self._device_view(name, rec)
 
     async def _op_pending(self, request: Dict[str, Any]) -> Any:
-        return [p.to_dict() for p in self.listener.registry.pending()]
+        """The keys waiting for approval. On a shared database every node's (a key refused on
+        node A is approved on node B, state.postgres ``find_pending``), each with the ``node``
+        that saw it, merged with this node's own entries, which may be newer than their row (the
+        registry writes behind). ``"scope": "node"``: this node's own entries only, as
+        ``devices`` has it; a single node (SQLite) answers with its own entries, as before."""
+        scope = request.get("scope") or "cluster"
+        if scope not in ("cluster", "node"):
+            raise ControlError("'scope' must be 'cluster' (every node's pending keys) or 'node' (this node's own)")
+        local = self.listener.registry.pending()
+        store = self.directory.store if self.directory is not None else None
+        if not isinstance(store, PostgresStore) or scope == "node":
+            return [p.to_dict() for p in local]
+        me = self.directory.node if self.directory is not None else ""
+        mine = {p.fingerprint: dict(p.to_dict(), node=me) for p in local}
+        try:
+            shared = await asyncio.to_thread(store.list_pending)
+        except StateStoreError as exc:
+            log.warning("event=cluster.pending_failed error=%r (this node's own pending keys are shown)", exc.message)
+            return list(mine.values())
+        merged: Dict[str, Dict[str, Any]] = {}
+        for doc in shared:
+            fingerprint = str(doc.get("fingerprint"))
+            own = mine.pop(fingerprint, None)
+            # This node's entry when it saw the key since the row was written (not flushed yet);
+            # the row otherwise: it names the node that saw the key last.
+            if own is not None and float(own.get("last_seen") or 0) > float(doc.get("last_seen") or 0):
+                merged[fingerprint] = own
+            else:
+                merged[fingerprint] = doc
+        merged.update(mine)  # seen here and not written yet
+        return sorted(merged.values(), key=lambda doc: float(doc.get("first_seen") or 0))
 
     async def _op_approve(self, request: Dict[str, Any]) -> Any:
         credentials = request.get("credentials")  # the enroll module's source: pending + credentials
@@ -683,12 +734,15 @@ class ControlServer:
         )
 
     async def _op_secret(self, request: Dict[str, Any]) -> Any:
-        """An outbound-ssh secret *reference* (``callhome-listener secret``): ``action`` set/unset
-        (a DEVICE-ID's own), group/ungroup (DEVICE-ID patterns). Written by the listener to its
-        trust store, the shared one on PostgreSQL (a file edit there would be read by no node)."""
+        """An outbound-ssh secret *reference* (``callhome-listener secret``, the enroll module's
+        ``outbound_ssh_secret``): ``action`` set/unset (a DEVICE-ID's own), group/ungroup
+        (DEVICE-ID patterns), list. Written by the listener to its trust store, the shared one on
+        PostgreSQL (a file edit there would be read by no node); ``dry_run`` writes nothing."""
         action = _require_str(request, "action")
-        if action not in ("set", "unset", "group", "ungroup"):
-            raise ControlError("'action' must be set, unset, group or ungroup, not %r" % (action,))
+        if action not in ("set", "unset", "group", "ungroup", "list"):
+            raise ControlError("'action' must be set, unset, group, ungroup or list, not %r" % (action,))
+        if action == "list":  # the references in the store the listener uses (never values)
+            return await self.listener.outbound_ssh_secret("list", "", None)
         reference = _require_str(request, "reference") if action in ("set", "group") else None
         device_ids = request.get("device_ids") or []
         if action == "group" and (
@@ -701,6 +755,7 @@ class ControlServer:
             reference,
             device_ids=device_ids,
             allow_rotation=bool(request.get("allow_rotation")),
+            dry_run=bool(request.get("dry_run")),  # the enroll module's check mode
         )
 
     async def _op_wait(self, request: Dict[str, Any]) -> Any:

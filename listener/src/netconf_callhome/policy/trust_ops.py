@@ -530,6 +530,10 @@ def set_outbound_ssh_secret(
         "changed": bool(changed),
         "device": device,
         "outbound_ssh": after.get("devices", {}).get(device, {}).get("outbound_ssh"),
+        # for a caller's diff (references, never values), and the device's identities, which a
+        # secret leaves as they are: a client of a shared store has no file to read them from
+        "outbound_ssh_before": before.get("devices", {}).get(device, {}).get("outbound_ssh"),
+        "identities": identities_of(after, device),
         "dry_run": dry_run,
     }
 

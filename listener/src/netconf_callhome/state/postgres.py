@@ -466,7 +466,10 @@ class PostgresStore(PostgresConnection):
                         ],
                     )
                 if pending:
-                    await conn.executemany(_UPSERT_PENDING, [(p.fingerprint, json.dumps(p.to_dict())) for p in pending])
+                    # the node that saw the key, for ``pending`` on any node (list_pending)
+                    await conn.executemany(
+                        _UPSERT_PENDING, [(p.fingerprint, json.dumps(dict(p.to_dict(), node=self.node))) for p in pending]
+                    )
                 if dropped:
                     await conn.execute("DELETE FROM pending_keys WHERE fingerprint = ANY($1::text[])", dropped)
                 if events:
@@ -498,6 +501,24 @@ class PostgresStore(PostgresConnection):
             if fingerprint in found:
                 return _from_doc(PendingKey, found[fingerprint])  # type: ignore[no-any-return]
         return None
+
+    def list_pending(self) -> List[Dict[str, Any]]:
+        """Every node's pending keys, as their documents with the ``node`` that recorded each
+        (None for a row written before nodes were recorded): ``pending`` on any node."""
+        try:
+            return self._run(self._list_pending())
+        except self._failures() as exc:
+            raise StateStoreError(
+                "cannot read the pending keys from %s: %s" % (self.url, self._scrub(exc)), details={"url": self.url}
+            ) from None
+
+    async def _list_pending(self) -> List[Dict[str, Any]]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT doc::text FROM pending_keys")
+        docs = [json.loads(r[0]) for r in rows]
+        for doc in docs:
+            doc.setdefault("node", None)
+        return docs
 
     def history(self, device: Optional[str] = None, limit: int = 100) -> List[RegistryEvent]:
         try:
