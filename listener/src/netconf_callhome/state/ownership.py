@@ -22,6 +22,17 @@ it believes it owns and closes those another node has claimed since.
 Everything runs on the registry store's own loop (``PostgresStore``): the service's loop only
 schedules a claim and gets the outcome back through its callbacks (which the service hands to its
 loop with ``call_soon_threadsafe``).
+
+Claims are batched (a call-home storm is hundreds of claims a second): a claim made while no
+batch is in flight is sent at once, alone; the claims made while one is in flight queue and go
+together in the next, one statement (:data:`_CLAIM_BATCH`) over arrays, one round trip and one
+commit for all of them. The statement is the same compare-and-set per device (each device's own
+epoch read and conditional ``UPDATE``; a device whose epoch moved loses, the others of the batch
+win), and sends each winner's ``NOTIFY`` in the same transaction. Besides the round trips, a
+batch saves the database's listening backends a wake-up each: every committed transaction with a
+notification wakes every backend listening in the database (each node's two LISTEN
+connections), and each such wake-up is a transaction of its own (``pg_stat_database.xact_commit``;
+docs/performance.md, run X3).
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import concurrent.futures
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from netconf_callhome.state.pg_listen import ChannelListener
 from netconf_callhome.state.postgres import PostgresStore
@@ -40,6 +51,44 @@ from netconf_callhome.state.registry import CONNECTED
 log = logging.getLogger("netconf_callhome.registry")
 
 CHANNEL = "callhome_owner"
+
+# At most this many claims in one statement (a storm's queue is sent in slices of it).
+BATCH_MAX = 500
+
+# The compare-and-set of a batch of claims, in one statement (one implicit transaction: its
+# NOTIFYs are delivered at its commit). $1 the devices (no duplicates), $2 the epoch each claim is
+# based on (NULL: the current one, read by this statement), $3 this node, $4 the channel.
+# Per device, as the single claim did: no row and base 0 -> INSERT epoch 1 (ON CONFLICT DO
+# NOTHING: a concurrent first claim wins); a row -> UPDATE ... WHERE epoch = base (read committed:
+# an UPDATE that waited for a concurrent claim re-checks "epoch = base" against the row it
+# committed, which no longer matches: this claim lost). ``won`` is NULL for a lost claim.
+_CLAIM_BATCH = """
+WITH req AS (
+    SELECT r.name, r.expected, r.ord FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(name, expected, ord)
+), cur AS (
+    SELECT req.name, req.ord, o.node AS previous,
+           CASE WHEN req.expected IS NULL THEN coalesce(o.epoch, 0) ELSE req.expected END AS base,
+           o.epoch IS NULL AS absent
+    FROM req LEFT JOIN device_owners o ON o.name = req.name
+), ins AS (
+    INSERT INTO device_owners (name, node, epoch)
+    SELECT cur.name, $3, 1 FROM cur WHERE cur.absent AND cur.base = 0 ORDER BY cur.name
+    ON CONFLICT (name) DO NOTHING
+    RETURNING name, epoch
+), upd AS (
+    UPDATE device_owners o SET node = $3, epoch = o.epoch + 1, claimed_at = now()
+    FROM cur WHERE o.name = cur.name AND NOT cur.absent AND o.epoch = cur.base
+    RETURNING o.name, o.epoch
+), won AS (
+    SELECT name, epoch FROM ins UNION ALL SELECT name, epoch FROM upd
+)
+SELECT cur.name, cur.previous, won.epoch AS won,
+       CASE WHEN won.epoch IS NOT NULL THEN
+           pg_notify($4, json_build_object('device', cur.name, 'node', $3::text, 'epoch', won.epoch)::text)
+       END AS notified
+FROM cur LEFT JOIN won ON won.name = cur.name
+ORDER BY cur.ord
+"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +129,10 @@ class Ownership:
         self.owning: Set[str] = set()  # devices this node owns now (a session, a winning claim)
         self._retry: Set[str] = set()  # claims the database did not take: tried again
         self._failing = False
+        # Claims waiting for the next batch, in order: (device, expected epoch, its outcome).
+        self._queue: List[Tuple[str, Optional[int], "asyncio.Future[Claim]"]] = []
+        self._sending = False  # a batch is in flight (on the store's loop)
+        self.batches = 0  # batches sent (tests, benchmarks)
         store._run(self._load())
         self.listener = ChannelListener(store, {CHANNEL: self._notified}, on_connect=self._reconcile)
         self._task = store._run(self._start())
@@ -160,43 +213,105 @@ class Ownership:
 
     async def try_claim(self, device: str, expected: Optional[int] = None) -> Claim:
         """The compare-and-set. ``expected``: the epoch the claim is based on (default: the one
-        read in the same transaction); a claim on a stale epoch loses to the current owner."""
+        read by the same statement); a claim on a stale epoch loses to the current owner.
+
+        Batched: sent at once when no batch is in flight, else with the claims queued meanwhile
+        (see the module's docstring). A batch the database refuses raises its error in each of
+        its claims."""
+        fut: "asyncio.Future[Claim]" = asyncio.get_running_loop().create_future()
+        self._queue.append((device, expected, fut))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_batches())
+        return await fut
+
+    async def _send_batches(self) -> None:
+        """Send the queue, batch after batch, until it is empty (one batch in flight at a time)."""
+        try:
+            while self._queue:
+                batch: List[Tuple[str, Optional[int], "asyncio.Future[Claim]"]] = []
+                rest: List[Tuple[str, Optional[int], "asyncio.Future[Claim]"]] = []
+                seen: Set[str] = set()
+                for item in self._queue:
+                    # A device claimed twice before a batch left: the second claim goes in the
+                    # next batch, based on the first's outcome (as two claims one after the other).
+                    if item[0] in seen or len(batch) >= BATCH_MAX:
+                        rest.append(item)
+                    else:
+                        seen.add(item[0])
+                        batch.append(item)
+                self._queue = rest
+                live = [item for item in batch if not item[2].done()]  # a cancelled claim is not sent
+                if not live:
+                    continue
+                try:
+                    claims = await self._claim_batch([(device, expected) for device, expected, _f in live])
+                except asyncio.CancelledError:
+                    for _d, _e, fut in live + self._queue:
+                        fut.cancel()
+                    raise
+                except Exception as exc:  # noqa: BLE001  each claim's caller gets the error (see try_claim)
+                    if len(live) > 1 and self._claim_error(exc):
+                        # The statement refused one claim's data (or lost a deadlock with another
+                        # node's batch): each claim alone, so each caller gets its own outcome, as
+                        # before batching. A database that is away fails the batch as a whole.
+                        for item in live:
+                            await self._send_alone(item)
+                        continue
+                    for _d, _e, fut in live:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_d, _e, fut), claim in zip(live, claims):
+                    if not fut.done():
+                        fut.set_result(claim)
+        finally:
+            self._sending = False
+
+    async def _send_alone(self, item: Tuple[str, Optional[int], "asyncio.Future[Claim]"]) -> None:
+        device, expected, fut = item
+        try:
+            claim = (await self._claim_batch([(device, expected)]))[0]
+        except Exception as exc:  # noqa: BLE001  the caller's error
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(claim)
+
+    def _claim_error(self, exc: BaseException) -> bool:
+        """An error of the statement itself (a bad value, a deadlock), not of the connection."""
+        pg = self.store._asyncpg
+        return isinstance(exc, pg.PostgresError) and not isinstance(
+            exc, (pg.exceptions.PostgresConnectionError, pg.exceptions.OperatorInterventionError)
+        )
+
+    async def _claim_batch(self, items: List[Tuple[str, Optional[int]]]) -> List[Claim]:
+        """One batch's statement; the claims' outcomes in the order of ``items``."""
+        self.batches += 1
+        names = [device for device, _e in items]
         async with self.store._pool.acquire() as conn:
-            async with conn.transaction():
-                row = await conn.fetchrow("SELECT node, epoch FROM device_owners WHERE name = $1", device)
-                base = (int(row["epoch"]) if row is not None else 0) if expected is None else expected
-                previous = str(row["node"]) if row is not None else ""
-                if base == 0 and row is None:
-                    epoch = await conn.fetchval(
-                        "INSERT INTO device_owners (name, node, epoch) VALUES ($1, $2, 1) "
-                        "ON CONFLICT (name) DO NOTHING RETURNING epoch",
-                        device,
-                        self.node,
-                    )
-                else:
-                    # Read committed: a concurrent claim's UPDATE makes this one wait, then re-check
-                    # "epoch = base" against the committed row, which no longer matches.
-                    epoch = await conn.fetchval(
-                        "UPDATE device_owners SET node = $2, epoch = epoch + 1, claimed_at = now() "
-                        "WHERE name = $1 AND epoch = $3 RETURNING epoch",
-                        device,
-                        self.node,
-                        base,
-                    )
-                if epoch is None:
-                    winner = await conn.fetchrow("SELECT node, epoch FROM device_owners WHERE name = $1", device)
-                    node, won_epoch = (str(winner["node"]), int(winner["epoch"])) if winner else ("", 0)
-                    self.heard[device] = max(self.heard.get(device, 0), won_epoch)
-                    return Claim(device, False, node, won_epoch)
-                epoch = int(epoch)
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)",
-                    CHANNEL,
-                    json.dumps({"device": device, "node": self.node, "epoch": epoch}),
-                )
-        self.claimed[device] = epoch
-        self.heard[device] = max(self.heard.get(device, 0), epoch)
-        return Claim(device, True, self.node, epoch, previous if previous != self.node else "")
+            rows: List[Any] = await conn.fetch(_CLAIM_BATCH, names, [e for _d, e in items], self.node, CHANNEL)
+            lost = [str(r["name"]) for r in rows if r["won"] is None]
+            winners: Dict[str, Tuple[str, int]] = {}
+            if lost:
+                # Who won instead (a claim committed since the statement's snapshot: a read of its own)
+                for r in await conn.fetch("SELECT name, node, epoch FROM device_owners WHERE name = ANY($1::text[])", lost):
+                    winners[str(r["name"])] = (str(r["node"]), int(r["epoch"]))
+        claims: List[Claim] = []
+        for r in rows:
+            device = str(r["name"])
+            if r["won"] is None:
+                node, won_epoch = winners.get(device, ("", 0))
+                self.heard[device] = max(self.heard.get(device, 0), won_epoch)
+                claims.append(Claim(device, False, node, won_epoch))
+                continue
+            epoch = int(r["won"])
+            previous = str(r["previous"]) if r["previous"] is not None else ""
+            self.claimed[device] = epoch
+            self.heard[device] = max(self.heard.get(device, 0), epoch)
+            claims.append(Claim(device, True, self.node, epoch, previous if previous != self.node else ""))
+        return claims
 
     def _notified(self, payload: str) -> None:
         doc = json.loads(payload)
