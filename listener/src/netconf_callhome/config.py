@@ -162,6 +162,11 @@ class ClusterOptions:
     max_request_bytes: int = 1024 * 1024
     max_unauthenticated: int = 64
     connect_timeout: float = 5.0
+    # Verified connections kept open to each peer node and reused for forwarded requests (one
+    # request at a time on each); closed after pool_idle s unused. A node keeps a peer's idle
+    # connection open at most 2 x its own pool_idle. 0 = a new connection per request.
+    pool_size: int = 8
+    pool_idle: float = 30.0
 
 
 @dataclass
@@ -369,6 +374,10 @@ class ListenerConfig:
             raise ConfigError("cluster.max_request_bytes must be at least 1024")
         if cluster.max_unauthenticated < 1:
             raise ConfigError("cluster.max_unauthenticated must be at least 1")
+        if not 0 <= cluster.pool_size <= 1024:
+            raise ConfigError("cluster.pool_size must be 0 (no pool) to 1024 connections per peer node")
+        if cluster.pool_idle <= 0:
+            raise ConfigError("cluster.pool_idle must be positive (seconds)")
         return self
 
     @property

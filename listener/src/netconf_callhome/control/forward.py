@@ -17,6 +17,14 @@ channel (control.cluster):
 - ``lease``: the owner's lease, its NETCONF bytes copied both ways;
 - ``rpc`` with a proxy's id: to the owner's endpoint.
 
+Which node holds a device is remembered from the database's answers (at most ``_OWNERS_MAX``
+devices): a request routed by that memory is sent with ``only_if_held``, and an owner that holds
+no session with the device any more answers "not held here" (control.cluster) instead of serving
+it; the entry is then forgotten, the database asked again and the request sent once more, to the
+fresh owner, as an uncached route is (so a stale memory costs one round trip, never a wrong
+answer). An owner that does not answer is forgotten too, with its pooled connections. The
+requests themselves travel on the pooled connections of :class:`ClusterClient`.
+
 While a client waits (``wait`` > 0) the lookup repeats every ``_POLL`` s, so a device that calls
 any node during the wait is found; an owner that does not answer is retried the same way (its
 devices move to other nodes when it is down) and, when the wait ends, reported as
@@ -26,17 +34,17 @@ devices move to other nodes when it is down) and, when the wait ends, reported a
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import hashlib
 import json
 import logging
 import os
-import struct
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from netconf_callhome.control.cluster import ClusterClient, pipe, result_of
+from netconf_callhome.control.cluster import NOT_HELD, ClusterClient, pipe, result_of
 from netconf_callhome.errors import CallHomeError, ControlError, NodeUnreachableError
+from netconf_callhome.protocol.rpc_socket import MAX_FRAME, close_frames, listen_frames
 from netconf_callhome.state.cluster_nodes import HEARTBEAT_STALE, Holder, NodeDirectory
 from netconf_callhome.state.postgres import StateStoreError
 
@@ -44,9 +52,14 @@ log = logging.getLogger("netconf_callhome.cluster")
 
 FORWARDED_OPS = frozenset(("wait", "endpoint", "lease", "rpc"))
 _POLL = 0.2  # seconds between lookups while a client waits for its device
-_HEADER = struct.Struct("!Q")  # ansible.module_utils.connection.send_data framing
-_MAX_RPC = 256 * 1024 * 1024
+_MAX_RPC = MAX_FRAME
 _ANSWER_MARGIN = 60.0  # beyond the client's own wait: the owner loading its plugins, the device
+_OWNERS_MAX = 65536  # remembered owners (the least recently used go first)
+
+
+def _not_held(exc: CallHomeError) -> bool:
+    """The owner's answer to a cached route: it holds no session with the device now."""
+    return isinstance(exc, ControlError) and exc.details.get("reason") == NOT_HELD
 
 
 def proxy_id(node: str, remote_id: str) -> str:
@@ -106,28 +119,73 @@ class Forwarder:
         # clients waiting for a device: answered together by one lookup per _POLL s
         self._waiting: Dict[str, List["asyncio.Future[Optional[Holder]]"]] = {}
         self._poller: Optional["asyncio.Future[None]"] = None
+        # the database's latest answers: device -> its owner, node -> its address (a hint the
+        # owner verifies: only_if_held)
+        self._owners: "collections.OrderedDict[str, Holder]" = collections.OrderedDict()
+        self._addresses: Dict[str, str] = {}
+        self.lookups = 0  # owner lookups in the database (tests and the benchmark read it)
+
+    # -- remembered owners --------------------------------------------------------------------------
+
+    def _remember(self, holder: Optional[Holder], device: str) -> None:
+        if holder is None or holder.node == self.node or not holder.address:
+            self._owners.pop(device, None)
+            return
+        self._owners[device] = holder
+        self._owners.move_to_end(device)
+        self._addresses[holder.node] = holder.address
+        while len(self._owners) > _OWNERS_MAX:
+            self._owners.popitem(last=False)
+
+    def forget(self, device: str) -> None:
+        """The remembered owner of ``device`` proved wrong: the next request asks the database."""
+        self._owners.pop(device, None)
+
+    def forget_node(self, node: str) -> None:
+        """``node`` does not answer: forget what it held, its address and its pooled connections."""
+        for device in [d for d, h in self._owners.items() if h.node == node]:
+            del self._owners[device]
+        self._addresses.pop(node, None)
+        self.client.drop(node)
+
+    async def _lookup(self, device: str) -> Optional[Holder]:
+        self.lookups += 1
+        holder = await self.directory.holder(device)
+        self._remember(holder, device)
+        return holder
 
     # -- which node -----------------------------------------------------------------------------
 
     async def locate(self, device: str, wait: float) -> Optional[Holder]:
         """The other node holding ``device``, or None: served here (held here, or by nobody
         within ``wait`` s). Raises NodeUnreachableError when the holder never answered."""
+        holder, _cached = await self._locate(device, wait, cached=False)
+        return holder
+
+    async def _locate(self, device: str, wait: float, *, cached: bool) -> Tuple[Optional[Holder], bool]:
+        """:meth:`locate`, and whether the holder is the remembered one (``cached``: it may be
+        used; the request then asks the owner to verify it holds the device)."""
         deadline = time.monotonic() + wait
         unreachable: Optional[NodeUnreachableError] = None
         first = True
         while True:
             if self._held_here(device):
-                return None
+                return None, False
+            if first and cached:
+                remembered = self._owners.get(device)
+                if remembered is not None:
+                    self._owners.move_to_end(device)
+                    return remembered, True
             try:
                 if first:
-                    holder = await self.directory.holder(device)
+                    holder = await self._lookup(device)
                     first = False
                 else:
                     holder = await self._next_lookup(device, deadline)
             except StateStoreError as exc:
                 # the database is down: this node can still serve what it holds itself
                 log.warning("event=cluster.lookup_failed device=%s error=%r", device, exc.message)
-                return None
+                return None, False
             if holder is not None and holder.node != self.node:
                 if not holder.address:
                     unreachable = NodeUnreachableError(
@@ -136,11 +194,11 @@ class Forwarder:
                         details={"device": device, "node": holder.node},
                     )
                 else:
-                    return holder
+                    return holder, False
             if deadline - time.monotonic() <= 0:
                 if unreachable is not None:
                     raise unreachable
-                return None
+                return None, False
 
     async def _next_lookup(self, device: str, deadline: float) -> Optional[Holder]:
         """The device's holder from the next batched lookup (at most ``_POLL`` s away), or None
@@ -164,7 +222,10 @@ class Forwarder:
             if not waiting:
                 continue
             try:
+                self.lookups += 1
                 found: Dict[str, Holder] = await self.directory.holders(sorted(waiting))
+                for device in waiting:
+                    self._remember(found.get(device), device)
             except StateStoreError as exc:
                 for futs in waiting.values():
                     for fut in futs:
@@ -188,21 +249,34 @@ class Forwarder:
         )
 
     async def _forward(self, device: str, wait: float, call: Any) -> Tuple[Optional[Holder], Any]:
-        """Find the holder and run ``call(holder, remaining)`` on it; retried while the wait lasts
-        when the holder does not answer (the device may move). (None, None): serve it here."""
+        """Find the holder and run ``call(holder, remaining, verify)`` on it (``verify``: the
+        holder is the remembered one, the request asks it to serve only if it holds the device);
+        retried while the wait lasts when the holder does not answer (the device may move), and
+        once at once with the database's holder when a remembered one answers "not held here".
+        (None, None): serve it here."""
         deadline = time.monotonic() + wait
+        cached = True
         while True:
-            holder = await self.locate(device, max(0.0, deadline - time.monotonic()))
+            holder, verify = await self._locate(device, max(0.0, deadline - time.monotonic()), cached=cached)
             if holder is None:
                 return None, None
             try:
-                return holder, await call(holder, max(0.0, deadline - time.monotonic()))
+                return holder, await call(holder, max(0.0, deadline - time.monotonic()), verify)
             except NodeUnreachableError as exc:
+                self.forget_node(holder.node)
+                cached = False
                 error = self._unreachable(holder, exc)
                 if deadline - time.monotonic() <= _POLL:
                     raise error from None
                 log.info("event=cluster.owner_unreachable device=%s node=%s error=%r", device, holder.node, exc.message)
                 await asyncio.sleep(_POLL)
+            except ControlError as exc:
+                if not (verify and _not_held(exc)):
+                    raise
+                # the remembered owner no longer holds it: ask the database, send it there
+                log.debug("event=cluster.owner_moved device=%s node=%s", device, holder.node)
+                self.forget(device)
+                cached = False
 
     # -- the control server's hook ---------------------------------------------------------------
 
@@ -223,7 +297,9 @@ class Forwarder:
                     request["endpoint"] = remote_id
                     return None
                 # another node's proxy: the owner is named in the id, its address in the database
-                address = await self.directory.address(node)
+                address = self._addresses.get(node) or await self.directory.address(node)
+                if address:
+                    self._addresses[node] = address
                 if not address:
                     raise NodeUnreachableError(
                         "endpoint %s is on node %s, which has no node-to-node address recorded" % (remote_id, node),
@@ -260,8 +336,8 @@ class Forwarder:
         if op == "lease":
             return await self._lease(device, wait, request, writer)
         if op == "wait":
-            async def remote_wait(holder: Holder, remaining: float) -> Any:
-                args = dict(request, device=device, wait=remaining)
+            async def remote_wait(holder: Holder, remaining: float, verify: bool) -> Any:
+                args = dict(request, device=device, wait=remaining, only_if_held=verify)
                 return await self.client.call(holder.node, holder.address, "wait", args, timeout=remaining + _ANSWER_MARGIN)
 
             holder, result = await self._forward(device, wait, remote_wait)
@@ -271,8 +347,8 @@ class Forwarder:
                 result["node"] = holder.node
             return {"ok": True, "result": result}
         if op == "endpoint":
-            async def remote_endpoint(holder: Holder, remaining: float) -> Any:
-                args = dict(request, device=device, wait=remaining)
+            async def remote_endpoint(holder: Holder, remaining: float, verify: bool) -> Any:
+                args = dict(request, device=device, wait=remaining, only_if_held=verify)
                 return await self.client.call(
                     holder.node, holder.address, "endpoint", args, timeout=remaining + _ANSWER_MARGIN
                 )
@@ -299,9 +375,14 @@ class Forwarder:
                 % (device, holder.node, holder.address)
             )
 
-        async def remote_lease(holder: Holder, remaining: float) -> Any:
-            args = dict(request, device=device, wait=remaining)
-            return await self.client.send(holder.node, holder.address, "lease", args, timeout=remaining + _ANSWER_MARGIN)
+        async def remote_lease(holder: Holder, remaining: float, verify: bool) -> Any:
+            args = dict(request, device=device, wait=remaining, only_if_held=verify)
+            opened = await self.client.send(holder.node, holder.address, "lease", args, timeout=remaining + _ANSWER_MARGIN)
+            error = opened[2].get("error")
+            if not opened[2].get("ok") and isinstance(error, dict) and (error.get("details") or {}).get("reason") == NOT_HELD:
+                opened[1].transport.abort()
+                result_of(opened[2])  # raises: _forward asks the database for the fresh owner
+            return opened
 
         holder, opened = await self._forward(device, wait, remote_lease)
         if holder is None:
@@ -331,38 +412,13 @@ class Forwarder:
         digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:12]
         path = os.path.join(self.rpc_dir, "fwd-%s.sock" % digest)
         proxy = _Proxy(holder, remote_id, path, command_timeout)
-        os.makedirs(self.rpc_dir, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        old_umask = os.umask(0o177)
-        try:
-            proxy.server = await asyncio.start_unix_server(lambda r, w: self._serve_proxy(proxy, r, w), path=path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
+        # the same send_data frames as a local endpoint's socket, each answered by the owner
+        proxy.server = await listen_frames(path, lambda data: self._proxy_request(proxy, data))
         self._proxies[key] = proxy
         self._by_id[proxy.id] = proxy
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.ensure_future(self._reap_loop())
         return proxy
-
-    async def _serve_proxy(self, proxy: _Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                    if size > _MAX_RPC:
-                        return
-                    data = await reader.readexactly(size)
-                except asyncio.IncompleteReadError:
-                    return
-                response = await self._proxy_request(proxy, data)
-                writer.write(_HEADER.pack(len(response)) + response)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
     async def _proxy_request(self, proxy: _Proxy, data: bytes) -> bytes:
         """The owner's JSON-RPC response, or a JSON-RPC error naming why it could not be had
@@ -375,6 +431,7 @@ class Forwarder:
                 holder.node, holder.address, proxy.remote_id, data, timeout=proxy.command_timeout + _ANSWER_MARGIN
             )
         except NodeUnreachableError as exc:
+            self.forget_node(holder.node)
             return _jsonrpc_error(data, self._unreachable(holder, exc).message)
         except CallHomeError as exc:
             return _jsonrpc_error(data, "%s (forwarded to %s)" % (exc.message, holder.node))
@@ -393,10 +450,7 @@ class Forwarder:
     def _close(self, proxy: _Proxy) -> None:
         self._proxies.pop((proxy.holder.node, proxy.remote_id), None)
         self._by_id.pop(proxy.id, None)
-        if proxy.server is not None:
-            proxy.server.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(proxy.path)
+        close_frames(proxy.server, proxy.path)
 
     def close(self) -> None:
         if self._reaper is not None:
@@ -405,6 +459,7 @@ class Forwarder:
             self._poller.cancel()
         for proxy in list(self._proxies.values()):
             self._close(proxy)
+        self.client.close()
 
 
 def _jsonrpc_error(request: bytes, message: str) -> bytes:

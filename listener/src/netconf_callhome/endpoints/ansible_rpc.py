@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +39,13 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 from netconf_callhome.errors import CallHomeError
 from netconf_callhome.endpoints.platform import DEFAULT, Platform, platform_for, short_network_os
 from netconf_callhome.endpoints.ncclient_session import endpoint_session_class
+from netconf_callhome.protocol.rpc_socket import MAX_FRAME, close_frames, listen_frames
 from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.sessions.local import LocalLease, open_local_lease
 
 log = logging.getLogger("netconf_callhome.endpoints")
 
-_HEADER = struct.Struct("!Q")  # ansible.module_utils.connection.send_data: the payload's length
-_MAX_REQUEST = 256 * 1024 * 1024
+_MAX_REQUEST = MAX_FRAME
 INSTALL_HINT = "pip install 'netconf-callhome[ansible]' (ansible-core and ncclient) into the listener's environment"
 
 
@@ -483,36 +482,15 @@ class AnsibleEndpoints:
         return os.path.join(self.rpc_dir, "%s.sock" % digest)
 
     async def _listen(self, ep: Endpoint) -> None:
-        os.makedirs(self.rpc_dir, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ep.path)
-        old_umask = os.umask(0o177)
+        def too_large(size: int) -> None:
+            log.warning("event=endpoint.request_too_large device=%s bytes=%d", ep.device, size)
+
         try:
-            ep.server = await asyncio.start_unix_server(lambda r, w: self._serve(ep, r, w), path=ep.path)
+            ep.server = await listen_frames(
+                ep.path, lambda data: self._request(ep, data), max_frame=_MAX_REQUEST, too_large=too_large
+            )
         except OSError as exc:
             raise EndpointError("cannot listen on %s: %s" % (ep.path, exc.strerror or exc)) from None
-        finally:
-            os.umask(old_umask)
-        os.chmod(ep.path, 0o600)
-
-    async def _serve(self, ep: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                    if size > _MAX_REQUEST:
-                        log.warning("event=endpoint.request_too_large device=%s bytes=%d", ep.device, size)
-                        return
-                    data = await reader.readexactly(size)
-                except asyncio.IncompleteReadError:
-                    return
-                response = await self._request(ep, data)
-                writer.write(_HEADER.pack(len(response)) + response)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
     async def request(self, endpoint_id: str, data: bytes) -> bytes:
         """One JSON-RPC request for the endpoint ``endpoint_id`` (the ``id`` that ``open`` answered).
@@ -571,11 +549,7 @@ class AnsibleEndpoints:
     async def _close(self, ep: Endpoint, reason: str) -> None:
         if self._endpoints.get(ep.key) is ep:
             del self._endpoints[ep.key]
-        if ep.server is not None:
-            ep.server.close()
-        with contextlib.suppress(FileNotFoundError):
-            if self._endpoints.get(ep.key) is None:
-                os.unlink(ep.path)
+        close_frames(ep.server, ep.path, unlink=self._endpoints.get(ep.key) is None)
         if ep.manager is not None or ep.lease is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor(), ep.close_manager)
         log.info("event=endpoint.end device=%s client=%s requests=%d reason=%r", ep.device, ep.key[1] or "-",

@@ -60,6 +60,7 @@ from netconf_callhome.errors import (
     RestconfTimeoutError,
 )
 from netconf_callhome.protocol.restconf import DEFAULT_ROOT, Response, RestconfConnection, _excerpt
+from netconf_callhome.protocol.rpc_socket import close_frames
 from netconf_callhome.sessions.restconf_sessions import RestconfSessions
 
 log = logging.getLogger("netconf_callhome.endpoints")
@@ -396,11 +397,7 @@ class RestconfEndpoints(AnsibleEndpoints):
         key: Key = ep.key
         if self._restconf.get(key) is ep:
             del self._restconf[key]
-        if ep.server is not None:
-            ep.server.close()
-        with contextlib.suppress(FileNotFoundError):
-            if self._restconf.get(key) is None:
-                os.unlink(ep.path)
+        close_frames(ep.server, ep.path, unlink=self._restconf.get(key) is None)
         log.info("event=endpoint.end api=restconf device=%s requests=%d reason=%r", ep.device, ep.requests, reason)
 
     async def request(self, endpoint_id: str, data: bytes) -> bytes:
