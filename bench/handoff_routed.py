@@ -14,6 +14,8 @@ with ``time.perf_counter`` in this process, alternating so noise hits both alike
 
 Each path is a reused endpoint (a later task of the same host: the common case) and, with
 ``--new``, also a new one per iteration (the first task of a host). Reported: median, p95, p99.
+``--pool-size N`` sets the nodes' ``cluster.pool_size`` (default: the listener's, 8; 0 = a new
+TLS connection per forwarded request, as before the pool), for an A/B of the same code.
 
     .venv/bin/python bench/handoff_routed.py --iterations 300 --json .cache/bench/issue12/handoff_routed.json
 """
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "peers"))
@@ -44,7 +46,7 @@ def _summary(values: List[float]) -> Dict[str, float]:
     return out
 
 
-def run(iterations: int, warmup: int, new: bool) -> Dict[str, Any]:
+def run(iterations: int, warmup: int, new: bool, pool_size: Optional[int] = None) -> Dict[str, Any]:
     from ansible.module_utils.connection import Connection
     from harness import cluster_certs  # tests/integration: the tests' cluster CA and node certificates
     from postgres_peer import PostgresPeer
@@ -59,7 +61,9 @@ def run(iterations: int, warmup: int, new: bool) -> Dict[str, Any]:
         certs = cluster_certs(work, ["node-a", "node-b"])
         for name in ("node-b", "node-a"):  # node-b first: its trust.json seeds the shared store
             config = work / ("%s.yml" % name)
-            cluster = dict(certs[name], bind="127.0.0.1:0")
+            cluster: Dict[str, Any] = dict(certs[name], bind="127.0.0.1:0")
+            if pool_size is not None:
+                cluster["pool_size"] = pool_size
             config.write_text(json.dumps({"state_url": url, "node_name": name, "cluster": cluster}))
             os.chmod(config, 0o600)
             nodes[name] = b.Listener(manifest, extra=["--config", str(config)])
@@ -112,6 +116,7 @@ def run(iterations: int, warmup: int, new: bool) -> Dict[str, Any]:
         res: Dict[str, Any] = {k: _summary(v) for k, v in times.items()}
         res["ratio_median_routed_vs_local"] = round(res["routed"]["median_ms"] / res["local"]["median_ms"], 2)
         res["iterations"] = iterations
+        res["pool_size"] = pool_size if pool_size is not None else "default"
         res["load_average"] = os.getloadavg()
         return res
     finally:
@@ -127,9 +132,11 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--new", action="store_true", help="also a new endpoint per iteration on each path")
+    p.add_argument("--pool-size", type=int, default=None,
+                   help="cluster.pool_size of both nodes (default: the listener's; 0 = no pool)")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
-    res = run(a.iterations, a.warmup, a.new)
+    res = run(a.iterations, a.warmup, a.new, a.pool_size)
     print(json.dumps(res, indent=1))
     if a.json:
         b.write_json(a.json, {"handoff_routed": res})

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
@@ -460,6 +461,27 @@ class ClusterClient:
         self.dialled += 1
         return opened
 
+    def _watch_silence(self, writer: asyncio.StreamWriter) -> None:
+        """A peer that vanishes without closing (power loss, a cut cable) sends no FIN: TCP
+        keepalive closes an idle pooled connection to it within ~16 s, and a request left
+        unacknowledged for 2 x connect_timeout fails (then once on a new connection, which
+        fails within connect_timeout), instead of waiting for the answer's whole timeout.
+        Linux socket options; elsewhere only what the platform has."""
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return
+        options = [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 10),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 2),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(self.options.connect_timeout * 2000)),
+        ]
+        for level, name, value in options:
+            if name is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(level, name, value)
+
     async def send(
         self,
         node: str,
@@ -546,6 +568,8 @@ class ClusterClient:
             reused = conn is not None
             if conn is None:
                 conn = _Pooled(*await self.open(node, address))
+                if keep:
+                    self._watch_silence(conn.writer)
             try:
                 answer, payload = await self._request(
                     conn.reader, conn.writer, node, address, op, args, timeout, body, with_body
@@ -586,7 +610,8 @@ class ClusterClient:
 
 def _closed(node: str, address: str, op: str, exc: EOFError) -> NodeUnreachableError:
     return NodeUnreachableError(
-        "node %s at %s closed the connection without answering %r (%s)" % (node, address, op, exc),
+        "node %s at %s closed the connection without answering %r%s"
+        % (node, address, op, "" if str(exc) == "closed" else " (%s)" % exc),
         details={"node": node, "address": address},
     )
 

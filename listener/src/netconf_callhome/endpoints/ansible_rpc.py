@@ -209,35 +209,19 @@ class Endpoint:
 _ARGUMENTS_AS_TEXT: Dict[str, Tuple[str, ...]] = {"commit": ("timeout",)}
 
 
-class EndpointConnection:
-    """What the netconf sub-plugin and the modules' JSON-RPC calls expect of the connection."""
+class ModuleConnection:
+    """What modules' JSON-RPC calls expect of any persistent connection (what ansible-connection's
+    connection answered itself), and every method of the sub-plugin served through it. The NETCONF
+    and the RESTCONF (endpoints.restconf_rpc) connections add what their sub-plugins use."""
 
-    def __init__(self, endpoint: Endpoint, options: Dict[str, Any]) -> None:
-        self._endpoint = endpoint
-        self._network_os = short_network_os(endpoint.platform.network_os)
-        self._options = options
-
-    # -- what the sub-plugins use --------------------------------------------------------------
-
-    @property
-    def manager(self) -> Any:
-        ep = self._endpoint
-        if ep.manager is None or ep.lost is not None:
-            raise EndpointRPCError(self._lost_text())
-        return ep.manager
+    _endpoint: Any
+    _options: Dict[str, Any]
 
     def get_option(self, option: str, hostvars: Any = None) -> Any:
         return self._options.get(option)
 
     def queue_message(self, level: str, message: str) -> None:
         log.debug("event=endpoint.message device=%s level=%s message=%r", self._endpoint.device, level, message)
-
-    # -- what ansible-connection's netconf connection answered itself ----------------------------
-
-    def exec_command(self, cmd: str, in_data: Any = None, sudoable: bool = True) -> Any:
-        """A raw XML request (netcommon's ``exec_command`` form)."""
-        to_ele = _RUNTIME.modules["to_ele"]
-        return self._guarded("exec_command", lambda: self.manager.rpc(to_ele(cmd)).data_xml)
 
     def pop_messages(self) -> list:
         return []
@@ -254,13 +238,45 @@ class EndpointConnection:
 
     reset = close
 
-    def __getattr__(self, name: str) -> Any:
+    def _sub_plugin_method(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
         sub = self.__dict__["_endpoint"].sub_plugin
         method = getattr(sub, name, None) if sub is not None else None
         if method is None or not callable(method):
             raise AttributeError(name)
+        return method  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return self._sub_plugin_method(name)
+
+
+class EndpointConnection(ModuleConnection):
+    """What the netconf sub-plugin and the modules' JSON-RPC calls expect of the connection."""
+
+    def __init__(self, endpoint: Endpoint, options: Dict[str, Any]) -> None:
+        self._endpoint = endpoint
+        self._network_os = short_network_os(endpoint.platform.network_os)
+        self._options = options
+
+    # -- what the sub-plugins use --------------------------------------------------------------
+
+    @property
+    def manager(self) -> Any:
+        ep = self._endpoint
+        if ep.manager is None or ep.lost is not None:
+            raise EndpointRPCError(self._lost_text())
+        return ep.manager
+
+    # -- what ansible-connection's netconf connection answered itself ----------------------------
+
+    def exec_command(self, cmd: str, in_data: Any = None, sudoable: bool = True) -> Any:
+        """A raw XML request (netcommon's ``exec_command`` form)."""
+        to_ele = _RUNTIME.modules["to_ele"]
+        return self._guarded("exec_command", lambda: self.manager.rpc(to_ele(cmd)).data_xml)
+
+    def __getattr__(self, name: str) -> Any:
+        method = self._sub_plugin_method(name)
         as_text = _ARGUMENTS_AS_TEXT.get(name, ())
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -567,6 +583,6 @@ class AnsibleEndpoints:
 
 __all__ = (
     "AnsibleEndpoints", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointGoneError",
-    "EndpointRPCError",
+    "EndpointRPCError", "ModuleConnection",
     "EndpointUnavailableError", "INSTALL_HINT",
 )

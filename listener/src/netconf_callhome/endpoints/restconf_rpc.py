@@ -53,6 +53,7 @@ from netconf_callhome.endpoints.ansible_rpc import (
     EndpointRPCError,
     EndpointUnavailableError,
     Key,
+    ModuleConnection,
 )
 from netconf_callhome.errors import (
     RestconfConnectionLostError,
@@ -127,9 +128,10 @@ class _Answer:
         return "HTTP %d %s" % (self.code, self.reason)
 
 
-class HttpApiConnection:
+class HttpApiConnection(ModuleConnection):
     """What an httpapi sub-plugin and the modules' JSON-RPC calls expect of the connection
-    (``ansible.netcommon.httpapi``'s ``Connection``), with ``send`` over the held connection."""
+    (``ansible.netcommon.httpapi``'s ``Connection``), with ``send`` over the held connection; what
+    ansible-connection's httpapi connection answered itself is :class:`ModuleConnection`'s."""
 
     def __init__(self, endpoint: RestconfEndpoint, options: Dict[str, Any],
                  http: Callable[[str, str, List[Tuple[str, str]], bytes], Response]) -> None:
@@ -142,17 +144,11 @@ class HttpApiConnection:
 
     # -- what the sub-plugins use --------------------------------------------------------------
 
-    def get_option(self, option: str, hostvars: Any = None) -> Any:
-        return self._options.get(option)
-
     def get_options(self, hostvars: Any = None) -> Dict[str, Any]:
         return dict(self._options)
 
     def set_option(self, option: str, value: Any) -> None:
         self._options[option] = value
-
-    def queue_message(self, level: str, message: str) -> None:
-        log.debug("event=endpoint.message device=%s level=%s message=%r", self._endpoint.device, level, message)
 
     def send(self, path: str, data: Any, retries: Optional[int] = None, **kwargs: Any) -> Tuple[Any, io.BytesIO]:
         """One HTTP request on the device's held connection: ``(response, BytesIO(body))`` as
@@ -190,32 +186,6 @@ class HttpApiConnection:
                 raise AnsibleConnectionError(_refusal_text(ep.device, response), code=response.status)
             resp_data = handled.read() if hasattr(handled, "read") else b""
             return handled, io.BytesIO(resp_data if isinstance(resp_data, bytes) else str(resp_data).encode())
-
-    # -- what ansible-connection's httpapi connection answered itself ----------------------------
-
-    def pop_messages(self) -> list:
-        return []
-
-    def set_options(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def update_play_context(self, pc_data: Any) -> None:
-        return None
-
-    def close(self) -> None:
-        """A module cannot close the endpoint: it goes after its idle time."""
-        return None
-
-    reset = close
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        sub = self.__dict__["_endpoint"].sub_plugin
-        method = getattr(sub, name, None) if sub is not None else None
-        if method is None or not callable(method):
-            raise AttributeError(name)
-        return method
 
 
 class RestconfEndpoints(AnsibleEndpoints):

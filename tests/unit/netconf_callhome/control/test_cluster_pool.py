@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -93,6 +94,11 @@ def test_connections_are_reused_for_calls_and_rpcs(tmp_path: Path) -> None:
             # the pool's own words never reach the control server
             assert all("keep" not in request and "only_if_held" not in request for _op, request, _c in owner.seen)
             assert client.idle("node-b") == 1
+            # a peer vanishing without a FIN is noticed: keepalive, unacknowledged data bounded
+            sock = client._idle[("node-b", address)][0].writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10000
         finally:
             client.close()
             await server.stop()
