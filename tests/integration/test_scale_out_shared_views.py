@@ -134,7 +134,9 @@ def test_pending_on_any_node_and_a_secret_enrolled_through_another(listener_fact
 
     # -- node B stopped: the task fails clearly, and no trust store file is written --------------
     b.stop()
-    rc, res = _enroll_module(**dict(task, device="sim0002"))
+    other = dict(task)
+    other["device"] = "sim0002"
+    rc, res = _enroll_module(**other)
     assert rc == 1 and res["failed"] and res["error_code"] == "listener-unreachable", res
     assert "keeps its trust store in postgresql://" in res["msg"] and "NOT written" in res["msg"], res["msg"]
     assert not (b.home / "trust.json").exists()

@@ -36,6 +36,12 @@ def _run(check: bool = False, diff: bool = True, **params: t.Any) -> t.Tuple[int
     return int(exc.value.code or 0), json.loads(out.getvalue())
 
 
+def _with(task: t.Dict[str, t.Any], **changes: t.Any) -> t.Dict[str, t.Any]:
+    out = dict(task)
+    out.update(changes)
+    return out
+
+
 def _db(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
@@ -69,11 +75,11 @@ def test_secret_on_a_shared_store_check_mode_diff_idempotence(shared_node: t.Any
     # only the reference's change is a change: allow_rotation, then another reference
     rc, res = _run(check=True, outbound_ssh_allow_rotation=True, **task)
     assert rc == 0 and res["changed"] is True
-    rc, res = _run(**dict(task, outbound_ssh_secret="env:R5_SECRET"))
+    rc, res = _run(**_with(task, outbound_ssh_secret="env:R5_SECRET"))
     assert rc == 0 and res["changed"] is True
     assert "file:/etc/callhome/r5.secret" in res["diff"]["before"]  # the old reference, never a value
     # a pasted secret is refused unseen, through the listener as well
-    rc, res = _run(**dict(task, outbound_ssh_secret=SECRET))
+    rc, res = _run(**_with(task, outbound_ssh_secret=SECRET))
     assert rc == 1 and "env:NAME" in res["msg"] and SECRET not in json.dumps(res)
 
 
