@@ -9,7 +9,7 @@ installed). There:
   import test and plugin listing need);
 * each module fails through ``fail_json`` with ``missing_required_lib("netconf-callhome")`` and
   the import traceback;
-* the connection plugin (both where it waits in the worker and in ``_connect``) and the inventory
+* the connection plugins (both where it waits in the worker and in ``_connect``) and the inventory
   plugin raise an Ansible error naming the pip package and how to install it.
 """
 
@@ -118,7 +118,7 @@ CHILD = textwrap.dedent(
         from ansible.playbook.play_context import PlayContext
         from ansible.plugins.loader import connection_loader
 
-        conn = connection_loader.get("netconf.callhome.netconf", PlayContext(), "/dev/null")
+        conn = connection_loader.get(job["plugin"], PlayContext(), "/dev/null")
         conn.set_options(var_options={"inventory_hostname": "dev1"})
         out["get_options"] = error_of(conn.get_options)
         out["socket_path"] = error_of(lambda: conn.socket_path)
@@ -266,17 +266,18 @@ def test_module_fails_with_missing_required_lib(tmp_path: Path, name: str) -> No
         assert "netconf_callhome" in str(result["exception"])
 
 
-def test_connection_fails_at_use_with_the_pip_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plugin", ["netconf.callhome.netconf", "netconf.callhome.httpapi"])
+def test_connection_fails_at_use_with_the_pip_package(tmp_path: Path, plugin: str) -> None:
     """Both entry points of the hand-off (the action reading socket_path, _connect) fail, naming
     the package; get_options does no work for a local listener (no worker wait), so it passes."""
-    out = _run_child({"kind": "connection"}, tmp_path)
+    out = _run_child({"kind": "connection", "plugin": plugin}, tmp_path)
     assert out["get_options"] is None, out["get_options"]
     for where in ("socket_path", "connect"):
         error = out[where]
         assert error is not None, "%s did not fail without netconf_callhome" % where
         assert "AnsibleError" in error["mro"], error
         assert PIP_NAME in error["message"] and INSTALL_HINT in error["message"], error
-        assert "netconf.callhome.netconf" in error["message"], error
+        assert plugin in error["message"], error
 
 
 def test_inventory_fails_at_parse_with_the_pip_package(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ survive the plugin's mapping.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,9 @@ import pytest
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.playbook.play_context import PlayContext
-from ansible.plugins.loader import connection_loader, init_plugin_loader
+from ansible.plugins.loader import connection_loader
 
-REPO = Path(__file__).resolve().parents[4]
-# The plugin is loaded the way Ansible loads it (collection finder), so everything under
-# ansible_collections must come through that finder: drop copies imported plainly before.
-for _name in [m for m in sys.modules if m == "ansible_collections" or m.startswith("ansible_collections.")]:
-    del sys.modules[_name]
-init_plugin_loader([str(REPO / ".collections"), str(REPO / ".deps")])
+# tests/unit/plugins/conftest.py has set up Ansible's collection loader (the plugins come through it).
 
 from netconf_callhome.endpoints.platform import platform_from_capabilities
 

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
-from ansible.plugins.loader import init_plugin_loader, inventory_loader
+from ansible.plugins.loader import inventory_loader
 
-REPO = Path(__file__).resolve().parents[4]
-for _name in [m for m in sys.modules if m == "ansible_collections" or m.startswith("ansible_collections.")]:
-    del sys.modules[_name]
-init_plugin_loader([str(REPO / ".collections"), str(REPO / ".deps")])
+# tests/unit/plugins/conftest.py has set up Ansible's collection loader (the plugins come through it).
 
 RECORDS: List[Dict[str, Any]] = [
     {"name": "edge1", "status": "connected", "transport": "ssh", "capabilities": ["http://xml.juniper.net/junos"]},
