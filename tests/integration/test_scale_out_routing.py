@@ -258,6 +258,35 @@ def test_owner_down_is_a_clear_error_and_the_next_request_after_the_move_succeed
         assert "event=cluster.lease_forwarded device=mb0001 node=node-c" in a.log()
 
 
+def test_forwarded_requests_reuse_one_connection_and_follow_a_device_between_live_nodes(
+    listener_factory, fleet, postgres, tmp_path
+):
+    """node-a remembers that node-b holds the device and reuses one pooled connection to it for
+    every forwarded request; the device then moves to node-c while node-b stays up: node-b
+    answers "not held here" to node-a's remembered route, and node-a follows the device."""
+    database = "routing_moved_%d" % os.getpid()
+    nodes = _nodes(listener_factory, postgres, tmp_path, database, ["node-a", "node-b", "node-c"], fleet, ["mv0001"])
+    a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+    with running(fleet.simulator(b.ssh_port, 1, "--name-prefix", "mv", wait_connected=1)):
+        wait_until(lambda: _held_by(postgres, database, "mv0001") == [["node-b"]], 15, "mv0001 held by node-b")
+        for _ in range(20):
+            assert a.call("wait", device="mv0001", wait=5)["node"] == "node-b"
+        # twenty forwarded requests, one connection (TLS handshake and certificate checks once)
+        assert a.log().count("event=cluster.dialled node=node-b") == 1, a.log()[-3000:]
+    wait_until(lambda: _held_by(postgres, database, "mv0001") == [], 15, "mv0001 held by nobody")
+    with running(fleet.simulator(c.ssh_port, 1, "--name-prefix", "mv", wait_connected=1)):
+        rec = a.call("wait", device="mv0001", wait=20)
+        assert rec["node"] == "node-c", rec
+        manager, info = ncclient_over_lease(a.control, "mv0001")
+        try:
+            assert info["node"] == "node-c"
+            assert "<data" in manager.get_config("running").xml
+        finally:
+            manager.close_session()
+    assert a.log().count("event=cluster.dialled node=node-c") == 1, a.log()[-3000:]
+    assert "event=cluster.peer_refused" not in b.log() + c.log()
+
+
 def test_a_remote_client_through_one_nodes_control_tcp_reaches_a_device_of_another(
     listener_factory, fleet, postgres, tmp_path
 ):

@@ -570,6 +570,7 @@ class ClusterClient:
                 conn = _Pooled(*await self.open(node, address))
                 if keep:
                     self._watch_silence(conn.writer)
+                    log.info("event=cluster.dialled node=%s address=%s idle=%d", node, address, self.idle(node))
             try:
                 answer, payload = await self._request(
                     conn.reader, conn.writer, node, address, op, args, timeout, body, with_body

@@ -18,12 +18,14 @@ channel (control.cluster):
 - ``rpc`` with a proxy's id: to the owner's endpoint.
 
 Which node holds a device is remembered from the database's answers (at most ``_OWNERS_MAX``
-devices): a request routed by that memory is sent with ``only_if_held``, and an owner that holds
-no session with the device any more answers "not held here" (control.cluster) instead of serving
-it; the entry is then forgotten, the database asked again and the request sent once more, to the
-fresh owner, as an uncached route is (so a stale memory costs one round trip, never a wrong
-answer). An owner that does not answer is forgotten too, with its pooled connections. The
-requests themselves travel on the pooled connections of :class:`ClusterClient`.
+devices), and the next request goes there without a lookup. Every forwarded ``wait``,
+``endpoint`` and ``lease`` says ``only_if_held``: a node that holds no session with the device
+now answers "not held here" (control.cluster) instead of serving it (a remembered owner the device
+has left, or a database row that lags behind the session). The entry is then forgotten and the
+database asked again, at once (a remembered owner: so a stale memory costs one round trip, never
+a wrong answer) or at the next poll while the client's wait lasts (the database's own owner).
+An owner that does not answer is forgotten too, with its pooled connections. The requests travel
+on the pooled connections of :class:`ClusterClient`.
 
 While a client waits (``wait`` > 0) the lookup repeats every ``_POLL`` s, so a device that calls
 any node during the wait is found; an owner that does not answer is retried the same way (its
@@ -249,19 +251,20 @@ class Forwarder:
         )
 
     async def _forward(self, device: str, wait: float, call: Any) -> Tuple[Optional[Holder], Any]:
-        """Find the holder and run ``call(holder, remaining, verify)`` on it (``verify``: the
-        holder is the remembered one, the request asks it to serve only if it holds the device);
-        retried while the wait lasts when the holder does not answer (the device may move), and
-        once at once with the database's holder when a remembered one answers "not held here".
-        (None, None): serve it here."""
+        """Find the holder and run ``call(holder, remaining)`` on it, a request the holder serves
+        only if it holds the device now (``only_if_held``). Retried while the wait lasts when the
+        holder does not answer (the device may move); when it answers "not held here", the
+        database is asked again: at once for a remembered holder, at the next poll for one the
+        database named (its rows lag behind the session: the device just left, or is calling
+        again). (None, None): serve it here."""
         deadline = time.monotonic() + wait
         cached = True
         while True:
-            holder, verify = await self._locate(device, max(0.0, deadline - time.monotonic()), cached=cached)
+            holder, remembered = await self._locate(device, max(0.0, deadline - time.monotonic()), cached=cached)
             if holder is None:
                 return None, None
             try:
-                return holder, await call(holder, max(0.0, deadline - time.monotonic()), verify)
+                return holder, await call(holder, max(0.0, deadline - time.monotonic()))
             except NodeUnreachableError as exc:
                 self.forget_node(holder.node)
                 cached = False
@@ -271,12 +274,16 @@ class Forwarder:
                 log.info("event=cluster.owner_unreachable device=%s node=%s error=%r", device, holder.node, exc.message)
                 await asyncio.sleep(_POLL)
             except ControlError as exc:
-                if not (verify and _not_held(exc)):
+                if not _not_held(exc):
                     raise
-                # the remembered owner no longer holds it: ask the database, send it there
-                log.debug("event=cluster.owner_moved device=%s node=%s", device, holder.node)
+                log.debug("event=cluster.not_held device=%s node=%s remembered=%s", device, holder.node, remembered)
                 self.forget(device)
                 cached = False
+                if not remembered:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None, None
+                    await asyncio.sleep(min(_POLL, remaining))
 
     # -- the control server's hook ---------------------------------------------------------------
 
@@ -336,8 +343,8 @@ class Forwarder:
         if op == "lease":
             return await self._lease(device, wait, request, writer)
         if op == "wait":
-            async def remote_wait(holder: Holder, remaining: float, verify: bool) -> Any:
-                args = dict(request, device=device, wait=remaining, only_if_held=verify)
+            async def remote_wait(holder: Holder, remaining: float) -> Any:
+                args = dict(request, device=device, wait=remaining, only_if_held=True)
                 return await self.client.call(holder.node, holder.address, "wait", args, timeout=remaining + _ANSWER_MARGIN)
 
             holder, result = await self._forward(device, wait, remote_wait)
@@ -347,8 +354,8 @@ class Forwarder:
                 result["node"] = holder.node
             return {"ok": True, "result": result}
         if op == "endpoint":
-            async def remote_endpoint(holder: Holder, remaining: float, verify: bool) -> Any:
-                args = dict(request, device=device, wait=remaining, only_if_held=verify)
+            async def remote_endpoint(holder: Holder, remaining: float) -> Any:
+                args = dict(request, device=device, wait=remaining, only_if_held=True)
                 return await self.client.call(
                     holder.node, holder.address, "endpoint", args, timeout=remaining + _ANSWER_MARGIN
                 )
@@ -375,8 +382,8 @@ class Forwarder:
                 % (device, holder.node, holder.address)
             )
 
-        async def remote_lease(holder: Holder, remaining: float, verify: bool) -> Any:
-            args = dict(request, device=device, wait=remaining, only_if_held=verify)
+        async def remote_lease(holder: Holder, remaining: float) -> Any:
+            args = dict(request, device=device, wait=remaining, only_if_held=True)
             opened = await self.client.send(holder.node, holder.address, "lease", args, timeout=remaining + _ANSWER_MARGIN)
             error = opened[2].get("error")
             if not opened[2].get("ok") and isinstance(error, dict) and (error.get("details") or {}).get("reason") == NOT_HELD:

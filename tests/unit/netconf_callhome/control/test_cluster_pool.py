@@ -379,3 +379,55 @@ def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(tmp_path
             await server_c.stop()
 
     asyncio.run(main())
+
+
+def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_device(tmp_path: Path) -> None:
+    """The database still names node-b, which holds no session with the device: node-b answers
+    "not held here" (it never waits for the device itself); the forwarder polls the database
+    while the client's wait lasts and follows it to node-c once the row moves; with no wait left
+    the request is served here."""
+    ca = trustme.CA()
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    owner_b, owner_c = _Owner(), _Owner()
+    on_c: set = set()
+    row = {"r1": "node-b"}
+
+    async def main() -> None:
+        server_b, address_b = await _server(_options(tmp_path / "b", ca, "node-b"), owner_b, holds=lambda d: False)
+        server_c, address_c = await _server(_options(tmp_path / "c", ca, "node-c"), owner_c, holds=lambda d: d in on_c)
+        addresses = {"node-b": address_b, "node-c": address_c}
+
+        class Directory:
+            node = "node-a"
+
+            async def holder(self, device: str) -> Optional[Holder]:
+                node = row.get(device)
+                return Holder(device, node, addresses[node], 1, 0.1) if node else None
+
+            async def holders(self, devices: List[str]) -> Dict[str, Holder]:
+                found = {d: await self.holder(d) for d in devices}
+                return {d: h for d, h in found.items() if h is not None}
+
+        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
+        forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
+        try:
+            request: Dict[str, Any] = {"device": "r1", "wait": 0}
+            assert await forwarder.serve("wait", request, None, None) is None  # type: ignore[arg-type]
+            assert owner_b.seen == []  # refused before the control server, never served there
+
+            async def move() -> None:
+                await asyncio.sleep(0.5)
+                on_c.add("r1")
+                row["r1"] = "node-c"
+
+            mover = asyncio.ensure_future(move())
+            answer = await forwarder.serve("wait", {"device": "r1", "wait": 5}, None, None)  # type: ignore[arg-type]
+            await mover
+            assert answer is not None and answer["result"]["node"] == "node-c" and owner_b.seen == []
+        finally:
+            forwarder.close()
+            await server_b.stop()
+            await server_c.stop()
+
+    asyncio.run(main())
