@@ -67,6 +67,24 @@ def registry_rows(peer: Any, database: str) -> int:
     return int(rows[0][0])
 
 
+def statements_enable(peer: Any) -> None:
+    """pg_stat_statements on the run's server (a restart: it must be preloaded), to count the
+    statements, and so the commits, of a storm by what sent them."""
+    peer.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    peer.restart()
+    peer.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+def statements_top(peer: Any, database: str, limit: int = 25) -> List[Dict[str, Any]]:
+    """The storm's statements on ``database`` by number of calls (BEGIN / COMMIT included: a
+    COMMIT is an explicit transaction; any other statement outside one is a commit of its own)."""
+    rows = peer.psql(
+        "SELECT calls, rows, regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+        "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '%s') ORDER BY calls DESC LIMIT %d"
+        % (database, limit))
+    return [{"calls": int(calls), "rows": int(nrows), "query": query} for calls, nrows, query in rows]
+
+
 def start_nodes(setup: str, manifest: Dict[str, Dict[str, str]], peer: Any, database: str) -> List[Any]:
     url = peer.create_database(database)
     cfg_dir = Path(b.CACHE) / "scale_out"
@@ -87,7 +105,8 @@ def start_nodes(setup: str, manifest: Dict[str, Dict[str, str]], peer: Any, data
 
 
 def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer: Any, index: int, timeout: float,
-               settle: float, concurrency: int, sim_processes: int, idle: float) -> Dict[str, Any]:
+               settle: float, concurrency: int, sim_processes: int, idle: float,
+               statements: bool = False) -> Dict[str, Any]:
     from haproxy_peer import HAProxyPeer  # tests/peers
 
     database = "scale_%s_%d_%d" % (setup, n, index)
@@ -107,6 +126,8 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
         time.sleep(idle)
         idle_rate = {node.name: (b.cpu_seconds(node.pid) - idle0[node.name]) / idle for node in nodes}
         pg_pid = postmaster_pid(peer)
+        if statements:
+            peer.psql("SELECT pg_stat_statements_reset()")
         rows0, commits0 = registry_rows(peer, database), pg_rows(peer, database)["commits"]
         pg_cpu0 = b.process_tree_cpu(pg_pid)
         lb_cpu0 = b.cpu_seconds(lb.proc.pid) if lb is not None else 0.0
@@ -143,7 +164,9 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
         total_cpu = sum(cpu1[name] - cpu0[name] for name in cpu0)
         idle_cpu = sum(idle_rate.values()) * storm_s  # what the nodes would have spent anyway
         got = sum(held.values())
+        top = statements_top(peer, database) if statements else None
         return {
+            "statements": top,
             "setup": setup,
             "devices": n,
             "round": index,
@@ -200,6 +223,9 @@ def main() -> int:
     p.add_argument("--idle", type=float, default=5.0, help="seconds of each node's idle CPU read before the storm")
     p.add_argument("--sim-processes", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=300, help="simultaneous dials of the fleet (0: all at once)")
+    p.add_argument("--statements", action="store_true",
+                   help="count each storm's statements by text (pg_stat_statements, preloaded with a restart "
+                        "of the run's server): what the commits are")
     p.add_argument("--json", type=Path, help="write results here")
     a = p.parse_args()
     b.raise_nofile()
@@ -210,6 +236,8 @@ def main() -> int:
                            "cpus": os.cpu_count()}
     with PostgresPeer() as peer:
         out["postgresql"] = peer.psql("SHOW server_version")[0][0]
+        if a.statements:
+            statements_enable(peer)
         for n in a.devices:
             manifest = {k: v for i, (k, v) in enumerate(sorted(manifest_all.items())) if i < n}
             for rnd in range(a.rounds):
@@ -217,7 +245,8 @@ def main() -> int:
                 for setup in order:
                     b.log("scale_out: %s, %d devices, round %d (load %.2f)" % (setup, n, rnd, os.getloadavg()[0]))
                     res = storm_once(setup, n, manifest, peer=peer, index=rnd, timeout=a.timeout, settle=a.settle,
-                                     concurrency=a.concurrency, sim_processes=a.sim_processes, idle=a.idle)
+                                     concurrency=a.concurrency, sim_processes=a.sim_processes, idle=a.idle,
+                                     statements=a.statements)
                     res["loadavg_1m"] = round(os.getloadavg()[0], 2)
                     b.log("  -> %s" % json.dumps(res, sort_keys=True))
                     out["runs"].append(res)

@@ -346,9 +346,10 @@ class Ownership:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_interval)
-            for device in list(self._retry):
-                if device in self.owning:
-                    await self._claim_reported(device)
+            # All at once: after an outage they go in batches, not one round trip each.
+            retry = [device for device in self._retry if device in self.owning]
+            if retry:
+                await asyncio.gather(*(self._claim_reported(device) for device in retry))
             try:
                 await self._reconcile()
             except self.store._failures():
