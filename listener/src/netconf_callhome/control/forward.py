@@ -133,6 +133,13 @@ class Forwarder:
         if holder is None or holder.node == self.node or not holder.address:
             self._owners.pop(device, None)
             return
+        if holder.heartbeat_age is not None and holder.heartbeat_age > HEARTBEAT_STALE:
+            # a node that stopped refreshing its heartbeat may have left the cluster (dead, cut
+            # off): not remembered, and its kept connections are not trusted; each request asks
+            # the database and dials it anew (failing within connect_timeout when it is gone)
+            self._owners.pop(device, None)
+            self.client.drop(holder.node)
+            return
         self._owners[device] = holder
         self._owners.move_to_end(device)
         self._addresses[holder.node] = holder.address

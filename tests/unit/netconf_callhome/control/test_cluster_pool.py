@@ -431,3 +431,41 @@ def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_dev
             await server_c.stop()
 
     asyncio.run(main())
+
+
+def test_a_node_whose_heartbeat_is_stale_is_neither_remembered_nor_reused(tmp_path: Path) -> None:
+    """A node that stopped refreshing its heartbeat may have left the cluster: every request asks
+    the database again and dials it anew (a dead one then fails within connect_timeout instead
+    of a request waiting on a kept connection nobody answers)."""
+    ca = trustme.CA()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    owner = _Owner()
+    age = {"value": 60.0}
+
+    async def main() -> None:
+        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner, holds=lambda d: True)
+
+        class Directory:
+            node = "node-a"
+            lookups = 0
+
+            async def holder(self, device: str) -> Optional[Holder]:
+                Directory.lookups += 1
+                return Holder(device, "node-b", address, 1, age["value"])
+
+        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
+        forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
+        try:
+            for _ in range(3):
+                assert await forwarder.serve("wait", {"device": "r1", "wait": 1}, None, None)  # type: ignore[arg-type]
+            assert Directory.lookups == 3 and client.dialled == 3 and client.reused == 0
+            age["value"] = 1.0  # heartbeats again: remembered, its connection reused
+            for _ in range(3):
+                assert await forwarder.serve("wait", {"device": "r1", "wait": 1}, None, None)  # type: ignore[arg-type]
+            assert Directory.lookups == 4 and client.dialled == 3 and client.reused == 3
+        finally:
+            forwarder.close()
+            await server.stop()
+
+    asyncio.run(main())
