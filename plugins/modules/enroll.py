@@ -145,10 +145,14 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Computes the change on the trust store without writing or approving.
+    description:
+      - Computes the change on the trust store without writing or approving (on a listener with a
+        shared store, through its operations with C(dry_run)).
   diff_mode:
     support: full
-    description: Returns the device's identities before and after.
+    description:
+      - Returns the device's identities before and after, and its outbound-ssh secret reference
+        (masked, see O(outbound_ssh_secret)) when O(outbound_ssh_secret) is given.
   idempotent:
     support: full
     description: Enrolling an enrolled identity reports no change.
