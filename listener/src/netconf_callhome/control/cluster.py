@@ -270,7 +270,8 @@ class ClusterServer:
             device = request.get("device")
             if only_if_held and op in _HELD_OPS and isinstance(device, str) and self._holds is not None \
                     and not self._holds(device):
-                # the sender's cached owner is stale: it asks the database again (control.forward)
+                # the sender's route is stale (a remembered owner, or a database row behind the
+                # session): it asks the database again instead of this node waiting for the device
                 error = ControlError(
                     "device %s holds no session on this node now" % device,
                     details={"reason": NOT_HELD, "device": device},
