@@ -9,6 +9,8 @@ devices:
 - a peer without a certificate from the cluster CA is refused on the channel;
 - the owner killed: a clear error naming it; once the device has called another node, the next
   request through the same node succeeds (a lease, forwarded).
+- forwarded requests reuse one pooled connection to the owner; a device that moves between live
+  nodes is followed (the former owner answers "not held here" to the remembered route).
 """
 
 from __future__ import annotations
