@@ -24,8 +24,9 @@ schedules a claim and gets the outcome back through its callbacks (which the ser
 loop with ``call_soon_threadsafe``).
 
 Claims are batched (a call-home storm is hundreds of claims a second): a claim made while no
-batch is in flight is sent at once, alone; the claims made while one is in flight queue and go
-together in the next, one statement (:data:`_CLAIM_BATCH`) over arrays, one round trip and one
+batch is in flight is sent at once, with no waiting window (with the claims made in the same turn
+of the store's loop, if any); the claims made while one is in flight queue and go together in the
+next, one statement (:data:`_CLAIM_BATCH`) over arrays, one round trip and one
 commit for all of them. The statement is the same compare-and-set per device (each device's own
 epoch read and conditional ``UPDATE``; a device whose epoch moved loses, the others of the batch
 win), and sends each winner's ``NOTIFY`` in the same transaction. Besides the round trips, a
@@ -296,7 +297,9 @@ class Ownership:
             winners: Dict[str, Tuple[str, int]] = {}
             if lost:
                 # Who won instead (a claim committed since the statement's snapshot: a read of its own)
-                for r in await conn.fetch("SELECT name, node, epoch FROM device_owners WHERE name = ANY($1::text[])", lost):
+                for r in await conn.fetch(
+                    "SELECT name, node, epoch FROM device_owners WHERE name = ANY($1::text[])", lost
+                ):
                     winners[str(r["name"])] = (str(r["node"]), int(r["epoch"]))
         claims: List[Claim] = []
         for r in rows:

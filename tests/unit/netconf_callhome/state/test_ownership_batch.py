@@ -15,7 +15,22 @@ import pytest
 
 from netconf_callhome.state.ownership import BATCH_MAX, Claim
 
-from .test_ownership import Node, _rows, _wait, nodes  # noqa: F401  (nodes: the fixture)
+from .test_ownership import Node, _rows, _wait
+
+
+@pytest.fixture
+def nodes(pg_url: str) -> Any:
+    """``nodes(name, **kw)``: a node (store + ownership) on this test's database, closed after."""
+    made: List[Node] = []
+
+    def make(name: str, **kw: Any) -> Node:
+        node = Node(pg_url, name, **kw)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
 
 
 def _claim_many(node: Node, claims: List[Tuple[str, Optional[int]]], timeout: float = 20) -> List[Any]:
@@ -35,7 +50,8 @@ def _claim_many(node: Node, claims: List[Tuple[str, Optional[int]]], timeout: fl
 def _writers(postgres: Any, url: str, names: List[str]) -> int:
     """How many transactions wrote these devices' current owner rows (distinct xmin)."""
     listed = ", ".join("'%s'" % n for n in names)
-    return int(_rows(postgres, url, "SELECT count(DISTINCT xmin::text) FROM device_owners WHERE name IN (%s)" % listed)[0][0])
+    sql = "SELECT count(DISTINCT xmin::text) FROM device_owners WHERE name IN (%s)" % listed
+    return int(_rows(postgres, url, sql)[0][0])
 
 
 def test_claims_queued_together_are_one_transaction(postgres, pg_url, nodes):
@@ -83,7 +99,7 @@ def test_a_single_claim_is_sent_at_once(postgres, pg_url, nodes):
     a.claim("warm")  # the pool's connection and the statement are prepared
     started = time.monotonic()
     assert a.claim("r1") == Claim("r1", True, "node-a", 1, "")
-    assert time.monotonic() - started < 0.5  # no batching window: one round trip
+    assert time.monotonic() - started < 1.0  # no batching window: one round trip (coarse: a loaded CI)
 
 
 def test_a_claim_losing_its_compare_and_set_in_a_batch_gets_its_own_outcome(postgres, pg_url, nodes):
@@ -121,7 +137,9 @@ def test_a_batch_losing_a_race_to_a_concurrent_claim(postgres, pg_url, nodes):
         a.claim(device)
     other: Any = a.store._run(asyncpg.connect(pg_url))
     try:
-        a.store._run(other.execute("BEGIN; UPDATE device_owners SET node = 'node-x', epoch = epoch + 1 WHERE name = 'r2'"))
+        a.store._run(
+            other.execute("BEGIN; UPDATE device_owners SET node = 'node-x', epoch = epoch + 1 WHERE name = 'r2'")
+        )
 
         async def batch() -> List[Any]:
             return list(await asyncio.gather(a.ownership.try_claim("r1"), a.ownership.try_claim("r2")))
