@@ -281,10 +281,14 @@ class Ownership:
             fut.set_result(claim)
 
     def _claim_error(self, exc: BaseException) -> bool:
-        """An error of the statement itself (a bad value, a deadlock), not of the connection."""
-        pg = self.store._asyncpg
-        return isinstance(exc, pg.PostgresError) and not isinstance(
-            exc, (pg.exceptions.PostgresConnectionError, pg.exceptions.OperatorInterventionError)
+        """An error of the statement and its values (SQLSTATE class 22 data exception, 23
+        integrity, 40 transaction rollback: a deadlock with another node's batch), which another
+        batch may not have; not the database being away, refusing connections or the login
+        (each claim alone would only try it once more per claim)."""
+        return isinstance(exc, self.store._asyncpg.PostgresError) and str(getattr(exc, "sqlstate", ""))[:2] in (
+            "22",
+            "23",
+            "40",
         )
 
     async def _claim_batch(self, items: List[Tuple[str, Optional[int]]]) -> List[Claim]:

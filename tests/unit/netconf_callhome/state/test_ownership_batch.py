@@ -221,11 +221,34 @@ def test_a_batch_the_database_refuses_fails_every_claim_of_it(postgres, pg_url, 
     try:
         postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS false" % database)
         postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'" % database)
+        before = a.ownership.batches
         outcomes = _claim_many(a, [("r1", None), ("r2", None), ("r3", None)], timeout=60)
+        # one attempt for the batch: a database refusing connections is not asked once per claim
+        assert a.ownership.batches - before == 1
     finally:
         postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS true" % database)
     assert all(isinstance(o, a.store._failures()) for o in outcomes), outcomes
+    assert len({str(o) for o in outcomes}) == 1  # the same error for each claim of the batch
     assert _rows(postgres, pg_url, "SELECT count(*) FROM device_owners") == [["0"]]
+
+
+def test_claims_retried_after_an_outage_go_in_one_batch(postgres, pg_url, nodes):
+    database = pg_url.rsplit("/", 1)[1]
+    a = nodes("node-a", reconcile_interval=0.3)
+    devices = ["r%d" % i for i in range(5)]
+    try:
+        postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS false" % database)
+        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'" % database)
+        assert [f.result(40) for f in [a.ownership.claim(d) for d in devices]] == [None] * 5  # kept, retried
+        failed = a.ownership.batches
+    finally:
+        postgres.psql("ALTER DATABASE %s ALLOW_CONNECTIONS true" % database)
+    _wait(lambda: len(a.claims) == 5, 20, "the five claims retried once the database is back")
+    assert sorted(a.claims, key=lambda c: c.device) == [Claim(d, True, "node-a", 1, "") for d in devices]
+    # the retries of one reconcile tick together (a tick that found the database still away
+    # would add one attempt for all five, not five)
+    assert a.ownership.batches - failed <= 3
+    assert _writers(postgres, pg_url, devices) == 1
 
 
 @pytest.mark.parametrize("count", [1, 3])
