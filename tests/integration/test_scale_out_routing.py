@@ -271,7 +271,7 @@ def test_forwarded_requests_reuse_one_connection_and_follow_a_device_between_liv
     a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
     with running(fleet.simulator(b.ssh_port, 1, "--name-prefix", "mv", wait_connected=1)):
         wait_until(lambda: _held_by(postgres, database, "mv0001") == [["node-b"]], 15, "mv0001 held by node-b")
-        for _ in range(20):
+        for _unused in range(20):
             assert a.call("wait", device="mv0001", wait=5)["node"] == "node-b"
         # twenty forwarded requests, one connection (TLS handshake and certificate checks once)
         assert a.log().count("event=cluster.dialled node=node-b") == 1, a.log()[-3000:]

@@ -145,7 +145,7 @@ def test_a_pool_size_of_zero_dials_every_request(tmp_path: Path) -> None:
         server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
         client = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_size=0))
         try:
-            for _ in range(3):
+            for _unused in range(3):
                 await client.call("node-b", address, "wait", {"device": "r1"}, timeout=5)
             assert client.dialled == 3 and client.idle("node-b") == 0 and owner.connections() == 3
         finally:
@@ -238,7 +238,7 @@ def test_idle_connections_are_closed_on_both_sides(tmp_path: Path) -> None:
             try:
                 await client2.call("node-b", address, "wait", {"device": "r2"}, timeout=5)
                 conn = client2._idle[("node-b", address)][0]
-                await _poll(lambda: conn.reader.at_eof())
+                await _poll(conn.reader.at_eof)
                 assert server.kept_idle == pytest.approx(0.4)
                 await client2.call("node-b", address, "wait", {"device": "r3"}, timeout=5)
                 assert client2.dialled == 2
@@ -350,7 +350,7 @@ def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(tmp_path
         client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
         forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
         try:
-            for _ in range(5):
+            for _unused in range(5):
                 answer = await forwarder.serve("wait", {"device": "r1", "wait": 1}, None, None)  # type: ignore[arg-type]
                 assert answer is not None and answer["result"]["node"] == "node-b"
             assert Directory.lookups == 1 and client.dialled == 1
@@ -457,11 +457,11 @@ def test_a_node_whose_heartbeat_is_stale_is_neither_remembered_nor_reused(tmp_pa
         client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
         forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
         try:
-            for _ in range(3):
+            for _unused in range(3):
                 assert await forwarder.serve("wait", {"device": "r1", "wait": 1}, None, None)  # type: ignore[arg-type]
             assert Directory.lookups == 3 and client.dialled == 3 and client.reused == 0
             age["value"] = 1.0  # heartbeats again: remembered, its connection reused
-            for _ in range(3):
+            for _unused in range(3):
                 assert await forwarder.serve("wait", {"device": "r1", "wait": 1}, None, None)  # type: ignore[arg-type]
             assert Directory.lookups == 4 and client.dialled == 3 and client.reused == 3
         finally:
