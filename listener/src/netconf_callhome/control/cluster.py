@@ -45,6 +45,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from netconf_callhome.config import ClusterOptions, parse_bind
 from netconf_callhome.errors import ConfigError, ControlError, NodeUnreachableError, error_from_dict
+from netconf_callhome.protocol.rpc_socket import MAX_FRAME
 
 log = logging.getLogger("netconf_callhome.cluster")
 
@@ -60,6 +61,9 @@ _HELD_OPS = frozenset(("wait", "endpoint", "lease"))
 # an unbounded number of sockets.
 _KEPT_MAX = 512
 NOT_HELD = "not-held"
+# An ``rpc`` body (the control socket's, a forwarded one's): as large as a request on an
+# endpoint's Unix socket may be (endpoints.ansible_rpc), since it is one relayed.
+MAX_RPC = MAX_FRAME
 
 # What the cluster server hands a verified request to: (reader, writer, op, request, peer node).
 Dispatch = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str, Dict[str, Any], str], Awaitable[None]]
@@ -145,6 +149,79 @@ def _peer(peer: Any) -> str:
     return str(peer)
 
 
+class Strangers:
+    """Connections not verified yet, oldest first: at most ``limit`` at once.
+
+    A stranger is a connection until its TLS handshake and request line are in (on the control
+    server's remote endpoint: and its token checked). A new one past ``limit`` closes the oldest
+    (its task is cancelled; ``on_evict(peer)`` is told the newcomer's peer), so strangers cannot
+    hold every slot. The node-to-node channel and the control server's remote endpoint bound
+    their strangers alike, here once.
+    """
+
+    def __init__(self, limit: int, on_evict: Callable[[Any], None]) -> None:
+        self.limit = limit
+        self._on_evict = on_evict
+        self._open: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}  # dicts keep order
+        self._evicted: "set[asyncio.Task[Any]]" = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, writer: asyncio.StreamWriter, peer: Any) -> "asyncio.Task[Any]":
+        """The current task's connection becomes a stranger (the oldest ones closed for room)."""
+        task = asyncio.current_task()
+        assert task is not None
+        while len(self._open) >= self.limit:
+            oldest = next(iter(self._open))
+            self._evict(oldest, self._open[oldest])
+            self._on_evict(peer)
+        self._open[task] = writer
+        return task
+
+    def done(self, task: "asyncio.Task[Any]") -> None:
+        """The task's connection is a stranger no more (verified, refused or closed)."""
+        self._open.pop(task, None)
+
+    def cancelled(self, task: "asyncio.Task[Any]", writer: asyncio.StreamWriter) -> bool:
+        """The stranger's task was cancelled: its connection is aborted. True when it was closed
+        to make room (the task is to end quietly: ending cancelled would be logged by asyncio),
+        False when the cancellation came from elsewhere (the caller re-raises it)."""
+        writer.transport.abort()
+        if task in self._evicted:
+            self._evicted.discard(task)
+            return True
+        return False
+
+    def close_all(self) -> None:
+        for task, writer in list(self._open.items()):
+            self._evict(task, writer)
+
+    def _evict(self, task: "asyncio.Task[Any]", writer: asyncio.StreamWriter) -> None:
+        self._open.pop(task, None)
+        self._evicted.add(task)
+        writer.transport.abort()
+        task.cancel()
+
+
+async def read_rpc_body(request: Dict[str, Any], reader: asyncio.StreamReader) -> bytes:
+    """The ``size`` bytes that follow an ``rpc`` request line (1 to MAX_RPC): one bound and one
+    error for the control server's own ``rpc`` and the one the forwarder relays."""
+    size = request.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_RPC:
+        raise ControlError("'size' must be the request's length in bytes (1 to %d)" % MAX_RPC)
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise ControlError("the connection ended before the %d bytes of the request" % size) from None
+
+
+async def answer_rpc(writer: asyncio.StreamWriter, response: bytes) -> None:
+    """An ``rpc``'s answer: ``{"ok": true, "result": {"size": M}}``, then the M bytes."""
+    writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode("utf-8") + b"\n" + response)
+    await writer.drain()
+
+
 class _KeptWriter(asyncio.StreamWriter):
     """A kept connection's writer, lent to the control server for one request: the control server
     closes its writer once it has answered, which here ends only that request (the connection
@@ -174,9 +251,13 @@ class ClusterServer:
         self.kept_idle = 2 * options.pool_idle  # how long one may wait
         self._tls = server_context(options)
         self._server: Optional[asyncio.AbstractServer] = None
-        self._strangers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
-        self._evicted: "set[asyncio.Task[Any]]" = set()
         self.refusals = _Refusals()
+        self._strangers = Strangers(
+            options.max_unauthenticated,
+            lambda peer: self.refusals.hit(
+                "unauthenticated_limit", peer, "max_unauthenticated=%d reached" % options.max_unauthenticated
+            ),
+        )
         self.address = ""
 
     async def start(self) -> str:
@@ -195,25 +276,12 @@ class ClusterServer:
             self._server.close()
         for writer in list(self._kept):
             writer.transport.abort()
-        for task, writer in list(self._strangers.items()):
-            self._evict(task, writer)
-
-    def _evict(self, task: "asyncio.Task[Any]", writer: asyncio.StreamWriter) -> None:
-        self._strangers.pop(task, None)
-        self._evicted.add(task)
-        writer.transport.abort()
-        task.cancel()
+        self._strangers.close_all()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         opts = self.options
-        task = asyncio.current_task()
-        assert task is not None
         peer = writer.get_extra_info("peername")
-        while len(self._strangers) >= opts.max_unauthenticated:
-            oldest = next(iter(self._strangers))
-            self._evict(oldest, self._strangers[oldest])
-            self.refusals.hit("unauthenticated_limit", peer, "max_unauthenticated=%d reached" % opts.max_unauthenticated)
-        self._strangers[task] = writer
+        task = self._strangers.admit(writer, peer)
         try:
             async with asyncio.timeout(opts.auth_timeout):
                 # TLS here, not in start_server: the handshake counts against auth_timeout and the
@@ -236,9 +304,7 @@ class ClusterServer:
             writer.transport.abort()
             return
         except asyncio.CancelledError:
-            writer.transport.abort()
-            if task in self._evicted:
-                self._evicted.discard(task)
+            if self._strangers.cancelled(task, writer):
                 return
             raise
         except ssl.SSLError as exc:
@@ -255,7 +321,7 @@ class ClusterServer:
             writer.transport.abort()
             return
         finally:
-            self._strangers.pop(task, None)
+            self._strangers.done(task)
         await self._serve_verified(reader, writer, request, peer, peer_name(writer))
 
     async def _serve_verified(

@@ -44,9 +44,9 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from netconf_callhome.control.cluster import NOT_HELD, ClusterClient, pipe, result_of
+from netconf_callhome.control.cluster import NOT_HELD, ClusterClient, answer_rpc, pipe, read_rpc_body, result_of
 from netconf_callhome.errors import CallHomeError, ControlError, NodeUnreachableError
-from netconf_callhome.protocol.rpc_socket import MAX_FRAME, close_frames, listen_frames
+from netconf_callhome.protocol.rpc_socket import close_frames, listen_frames
 from netconf_callhome.state.cluster_nodes import HEARTBEAT_STALE, Holder, NodeDirectory
 from netconf_callhome.state.postgres import StateStoreError
 
@@ -54,7 +54,6 @@ log = logging.getLogger("netconf_callhome.cluster")
 
 FORWARDED_OPS = frozenset(("wait", "endpoint", "lease", "rpc"))
 _POLL = 0.2  # seconds between lookups while a client waits for its device
-_MAX_RPC = MAX_FRAME
 _ANSWER_MARGIN = 60.0  # beyond the client's own wait: the owner loading its plugins, the device
 _OWNERS_MAX = 65536  # remembered owners (the least recently used go first)
 
@@ -321,16 +320,9 @@ class Forwarder:
                     )
                 # the owner's endpoint bounds the command itself; this only bounds a silent owner
                 proxy = _Proxy(Holder("behind endpoint %s" % remote_id, node, address, 0, None), remote_id, "", 600.0)
-            size = request.get("size")
-            if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_RPC:
-                raise ControlError("'size' must be the request's length in bytes (1 to %d)" % _MAX_RPC)
-            try:
-                data = await reader.readexactly(size)
-            except asyncio.IncompleteReadError:
-                raise ControlError("the connection ended before the %d bytes of the request" % size) from None
+            data = await read_rpc_body(request, reader)
             response = await self._proxy_request(proxy, data)
-            writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode("utf-8") + b"\n" + response)
-            await writer.drain()
+            await answer_rpc(writer, response)
             return {}
         device = request.get("device")
         if not isinstance(device, str) or not device:

@@ -32,6 +32,7 @@ from netconf_callhome.errors import (
 
 from netconf_callhome.config import ListenerConfig, parse_bind
 from netconf_callhome.control.client import SHARED_STORE_MARKER
+from netconf_callhome.control.cluster import Strangers, answer_rpc, read_rpc_body
 from netconf_callhome.control.forward import FORWARDED_OPS, Forwarder, splice
 from netconf_callhome.metrics import Metrics
 from netconf_callhome.protocol.session import HeldSession, Lease
@@ -46,7 +47,6 @@ VERSION = "0.1.0"
 _LINE_LIMIT = 1024 * 1024  # the local socket's request line (its clients passed the file mode)
 _BURST_QUIET = 10.0  # seconds without a hit before a bound's burst is reported as over
 _REJECT_GRACE = 1.0  # at most this long to let a rejected stranger read its error before closing
-_MAX_RPC = 256 * 1024 * 1024  # as a request on an endpoint's Unix socket (endpoints.ansible_rpc)
 # What another node may ask over the node-to-node channel (control.cluster): forwarding and reads.
 _CLUSTER_OPS = frozenset(("ping", "status", "devices", "device", "wait", "endpoint", "lease", "rpc"))
 
@@ -202,9 +202,6 @@ class ControlServer:
         self._servers: List[asyncio.AbstractServer] = []
         self._token: Optional[bytes] = None
         self._tls: Optional[ssl.SSLContext] = None
-        # Remote connections whose token was not checked yet, oldest first (dicts keep order).
-        self._strangers: Dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
-        self._evicted: "set[asyncio.Task[Any]]" = set()
         tcp = config.control_tcp
         self._bursts = {
             "limit": _Burst(
@@ -221,6 +218,8 @@ class ControlServer:
                 "closed: request line over max_request_bytes=%d before authentication" % tcp.max_request_bytes,
             ),
         }
+        # Remote connections whose token was not checked yet (control.cluster.Strangers).
+        self._strangers = Strangers(tcp.max_unauthenticated, self._bursts["limit"].hit)
         self._started = time.time()
         self._ops: Dict[str, Callable[[Dict[str, Any]], Awaitable[Any]]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
@@ -291,8 +290,7 @@ class ControlServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for task, writer in list(self._strangers.items()):
-            self._evict(task, writer)
+        self._strangers.close_all()
         for burst in self._bursts.values():
             burst.cancel()
         with contextlib.suppress(FileNotFoundError):
@@ -309,14 +307,9 @@ class ControlServer:
         logged once per burst (:class:`_Burst`), a wrong token once per connection.
         """
         tcp = self.config.control_tcp
-        task = asyncio.current_task()
-        assert task is not None and self._tls is not None
+        assert self._tls is not None
         peer = writer.get_extra_info("peername")
-        while len(self._strangers) >= tcp.max_unauthenticated:
-            oldest = next(iter(self._strangers))
-            self._evict(oldest, self._strangers[oldest])
-            self._bursts["limit"].hit(peer)
-        self._strangers[task] = writer
+        task = self._strangers.admit(writer, peer)
         try:
             async with asyncio.timeout(tcp.auth_timeout):
                 try:
@@ -338,17 +331,15 @@ class ControlServer:
             writer.transport.abort()
             return
         except asyncio.CancelledError:
-            writer.transport.abort()
-            if task in self._evicted:
-                self._evicted.discard(task)
-                return  # made room for a newer stranger; ending cancelled would be logged by asyncio
+            if self._strangers.cancelled(task, writer):
+                return  # made room for a newer stranger
             raise
         except (ssl.SSLError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("event=control.tls_failed peer=%s error=%r", _peer(peer), exc)
             writer.transport.abort()
             return
         finally:
-            self._strangers.pop(task, None)
+            self._strangers.done(task)
         await self._handle(reader, writer, remote=True, parsed=(op, request))
 
     async def serve_forwarded(
@@ -374,12 +365,6 @@ class ControlServer:
         if not (isinstance(token, str) and self._token and hmac.compare_digest(token.encode("utf-8"), self._token)):
             log.warning("event=control.unauthorized peer=%s op=%s", peer, op)
             raise NotAuthorizedError("a valid token is required for remote access to the listener")
-
-    def _evict(self, task: "asyncio.Task[Any]", writer: asyncio.StreamWriter) -> None:
-        self._strangers.pop(task, None)
-        self._evicted.add(task)
-        writer.transport.abort()
-        task.cancel()
 
     async def _handle(
         self,
@@ -459,16 +444,9 @@ class ControlServer:
         neither side escapes a configuration of many megabytes into a JSON string.
         """
         endpoint = _require_str(request, "endpoint")
-        size = request.get("size")
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_RPC:
-            raise ControlError("'size' must be the request's length in bytes (1 to %d)" % _MAX_RPC)
-        try:
-            data = await reader.readexactly(size)
-        except asyncio.IncompleteReadError:
-            raise ControlError("the connection ended before the %d bytes of the request" % size) from None
+        data = await read_rpc_body(request, reader)
         response = await self.listener.rpc(endpoint, data)
-        writer.write(json.dumps({"ok": True, "result": {"size": len(response)}}).encode("utf-8") + b"\n" + response)
-        await writer.drain()
+        await answer_rpc(writer, response)
 
     # -- leases --------------------------------------------------------------------------------
 
