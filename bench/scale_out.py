@@ -27,6 +27,8 @@ Figures per storm:
 * ``idle_cpu_pct`` per node: its CPU over ``--idle`` s before the storm (its background work: trust
   poll, ownership reconcile, heartbeat); ``cpu_ms_per_device_total_excl_idle`` takes that rate over
   the storm's duration out (three nodes pay it three times, for longer)
+* ``listen_backends``: the nodes' LISTEN connections in ``pg_stat_activity`` before the storm (one
+  per node: ``state.pg_listen``)
 * ``haproxy_cpu_s``, ``postgres_cpu_s``: the balancer's and the database server's processes
 * ``registry_rows_per_s`` / ``postgres_commits_per_s``: rows written to ``devices``, ``events``,
   ``pending_keys`` and ``device_owners`` (``pg_stat_user_tables``: n_tup_ins + n_tup_upd) and the
@@ -126,6 +128,11 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
         time.sleep(idle)
         idle_rate = {node.name: (b.cpu_seconds(node.pid) - idle0[node.name]) / idle for node in nodes}
         pg_pid = postmaster_pid(peer)
+        # the nodes' LISTEN connections (state.pg_listen names them): each is woken, a transaction,
+        # by every notifying commit
+        listen_backends = int(peer.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND application_name LIKE '%% listen'"
+            % database)[0][0])
         if statements:
             peer.psql("SELECT pg_stat_statements_reset()")
         rows0, commits0 = registry_rows(peer, database), pg_rows(peer, database)["commits"]
@@ -178,6 +185,7 @@ def storm_once(setup: str, n: int, manifest: Dict[str, Dict[str, str]], *, peer:
             "cpu_ms_per_device_max_node": max(v["cpu_ms_per_device"] for v in per_node.values()),
             "cpu_ms_per_device_total_excl_idle": round((total_cpu - idle_cpu) / max(1, got) * 1000, 3),
             "postgres_commits_per_device": round(commits / max(1, got), 2),
+            "listen_backends": listen_backends,
             "haproxy_cpu_s": round(lb_cpu, 3) if lb_cpu is not None else None,
             "postgres_cpu_s": round(pg_cpu, 3),
             "registry_rows_written": rows,

@@ -69,6 +69,7 @@ from netconf_callhome.state.registry import (
     RegistryWriteError,
 )
 from netconf_callhome.state.ownership import Claim, Ownership
+from netconf_callhome.state.pg_listen import ChannelListener
 from netconf_callhome.state.postgres import PostgresStore
 from netconf_callhome.state.cluster_nodes import HEARTBEAT_INTERVAL, NodeDirectory
 from netconf_callhome.state.stores import open_store, open_trust_store
@@ -105,7 +106,16 @@ class CallHomeListener:
         self.ownership: Optional[Ownership] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         if isinstance(store, PostgresStore):
-            self.ownership = Ownership(store, on_claimed=self._claimed_threadsafe, on_moved=self._moved_threadsafe)
+            # One LISTEN connection per node: the fence hears its channel on the shared trust
+            # store's (each listening connection costs the database a transaction per notifying
+            # commit of any node: docs/performance.md, run X4).
+            shared = getattr(self.trust_store, "listener", None)
+            self.ownership = Ownership(
+                store,
+                on_claimed=self._claimed_threadsafe,
+                on_moved=self._moved_threadsafe,
+                listener=shared if isinstance(shared, ChannelListener) else None,
+            )
         self.registry.load()
         self.metrics = Metrics(self.registry.counts)
         self.admission = Admission(

@@ -31,9 +31,10 @@ commit for all of them. The statement is the same compare-and-set per device (ea
 epoch read and conditional ``UPDATE``; a device whose epoch moved loses, the others of the batch
 win), and sends each winner's ``NOTIFY`` in the same transaction. Besides the round trips, a
 batch saves the database's listening backends a wake-up each: every committed transaction with a
-notification wakes every backend listening in the database (each node's two LISTEN
-connections), and each such wake-up is a transaction of its own (``pg_stat_database.xact_commit``;
-docs/performance.md, run X3).
+notification wakes every backend listening in the database (each node's LISTEN connection,
+one per node: :mod:`~netconf_callhome.state.pg_listen`, shared with the trust store), and each
+such wake-up is a transaction of its own (``pg_stat_database.xact_commit``; docs/performance.md,
+runs X3 and X4).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Ownership:
         on_claimed: Callable[[Claim], None],
         on_moved: Callable[[str, str, int], None],
         reconcile_interval: float = 5.0,
+        listener: Optional[ChannelListener] = None,
     ) -> None:
         self.store = store
         self.node = store.node
@@ -135,7 +137,13 @@ class Ownership:
         self._sending = False  # a batch is in flight (on the store's loop)
         self.batches = 0  # batches sent (tests, benchmarks)
         store._run(self._load())
-        self.listener = ChannelListener(store, {CHANNEL: self._notified}, on_connect=self._reconcile)
+        # The node's one LISTEN connection when given (the shared trust store's: service.py),
+        # else one of its own; either way the callbacks run on this store's loop.
+        self._own_listener = listener is None
+        self.listener = listener if listener is not None else ChannelListener(store)
+        self._subscription = self.listener.subscribe(
+            CHANNEL, self._notified, on_connect=self._reconcile, loop=store._loop
+        )
         self._task = store._run(self._start())
         store.fence = self
 
@@ -163,7 +171,10 @@ class Ownership:
     def close(self) -> None:
         if not self.store._loop.is_closed():
             self.store._loop.call_soon_threadsafe(self._task.cancel)
-            self.store._loop.call_soon_threadsafe(self.listener.stop)
+            if self._own_listener:
+                self.store._loop.call_soon_threadsafe(self.listener.stop)
+        if not self._own_listener:
+            self.listener.unsubscribe(self._subscription)  # the listener is its store's to stop
 
     # -- on the store's loop -------------------------------------------------------------------
 
@@ -172,7 +183,8 @@ class Ownership:
         self._retry.discard(device)
 
     async def _start(self) -> "asyncio.Task[None]":
-        self.listener.start()
+        if self._own_listener:
+            self.listener.start()
         return asyncio.get_running_loop().create_task(self._watch())
 
     async def _load(self) -> None:

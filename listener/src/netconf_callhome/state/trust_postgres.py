@@ -24,7 +24,9 @@ the revision. A mutation that raises rolls everything back.
 
 Reads never wait on the database: a poller on the store's own loop reloads the document (one
 repeatable-read transaction) when the revision moved; every change sends ``NOTIFY callhome_trust``
-at commit, which wakes the poller at once on every node (``state.pg_listen``), and the poller also
+at commit, which wakes the poller at once on every node (``state.pg_listen``: the store's
+``listener``, the node's one LISTEN connection, which the ownership fence shares; every
+reconnection wakes the poller, which re-reads what was missed), and the poller also
 checks every ``poll_interval`` (0.5 s) as the fallback. ``load`` returns a copy of the document,
 ``stat_signature`` its revision, and ``subscribe`` callbacks hear of every newer revision written
 elsewhere (the listener reloads its policy then). While the database is unreachable the last
@@ -74,7 +76,9 @@ class PostgresTrustStore(PostgresConnection):
             super().close()
             raise
         # A change on any node is NOTIFYed on CHANNEL (sent by its transaction, at commit): the
-        # poller re-reads at once instead of at its next tick, which stays the fallback.
+        # poller re-reads at once instead of at its next tick, which stays the fallback. The
+        # service subscribes the ownership fence to this listener too: one LISTEN connection per
+        # node (each one costs the database a transaction per notifying commit of any node).
         self._listeners: List[Callable[[int], None]] = []
         self.listener = ChannelListener(self, {CHANNEL: self._notified}, on_connect=self._wake_poller)
         self._poller = self._run(self._start_poller())
