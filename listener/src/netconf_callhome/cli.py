@@ -2,7 +2,7 @@
 """``callhome-listener``: run the listener and talk to it.
 
 callhome-listener serve [--config FILE] [--ssh 0.0.0.0:4334] [--tls ...] ...
-callhome-listener status | devices | device NAME | pending
+callhome-listener status | devices | device NAME | pending [--scope cluster|node]
 callhome-listener approve FINGERPRINT [--device NAME] [--replace]
 callhome-listener revoke NAME [--identity KEY_OR_FINGERPRINT]
 callhome-listener wait NAME [--timeout 60]
@@ -32,6 +32,9 @@ from netconf_callhome.control.client import (
 from netconf_callhome.config import SESSION_MODES
 from netconf_callhome.errors import CallHomeError, ControlError, ListenerRunningError, ListenerUnreachableError
 
+# the control API's scopes of pending (and devices): every node's on a shared database, or the
+# asked node's own (control.server)
+PENDING_SCOPES = ("cluster", "node")
 SPAWN_LOCK = "spawn.lock"  # plugins/plugin_utils/embedded_listener.py: one embedded start at a time
 
 
@@ -115,7 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     devices.add_argument("--status")
     device = sub.add_parser("device", help="show one device")
     device.add_argument("name")
-    sub.add_parser("pending", help="list keys waiting for approval")
+    pending = sub.add_parser("pending", help="list keys waiting for approval")
+    pending.add_argument(
+        "--scope",
+        choices=PENDING_SCOPES,
+        default="cluster",
+        help="on a shared database: 'cluster' every node's keys with the node that saw each (default), "
+        "'node' only those the listener asked has seen; a single listener has only its own",
+    )
     approve = sub.add_parser("approve", help="enroll a pending key")
     approve.add_argument("fingerprint")
     approve.add_argument("--device", default="", help="device name (default: the device it claims to be)")
@@ -470,7 +480,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         elif args.command == "device":
             result = client.call("device", device=args.name)
         elif args.command == "pending":
-            result = client.call("pending")
+            result = client.call("pending", scope=args.scope)
             if not args.json:
                 # several nodes on one database: the node that saw each key (docs/scale-out.md)
                 node = ("node",) if any("node" in r for r in result) else ()

@@ -555,8 +555,12 @@ class ControlServer:
         return {"version": VERSION, "pid": os.getpid(), "uptime": round(time.time() - self._started, 1)}
 
     async def _op_status(self, request: Dict[str, Any]) -> Any:
+        """What this node runs and holds. ``pending`` counts what ``pending`` lists by default:
+        on a shared database every node's keys (``pending_scope: cluster``; ``node`` when the
+        database cannot be read and only this node's own are counted), with this node's own as
+        ``pending_here``; a single node (SQLite) answers its own count only, as before."""
         lst = self.listener
-        return {
+        status = {
             "version": VERSION,
             "pid": os.getpid(),
             "uptime": round(time.time() - self._started, 1),
@@ -579,6 +583,10 @@ class ControlServer:
             "pending": len(lst.registry.pending()),
             "enrolled": len(lst.enrolled_devices()),
         }
+        if self._pending_store() is not None:
+            entries, scope = await self._pending_entries("cluster")
+            status.update(pending=len(entries), pending_here=status["pending"], pending_scope=scope)
+        return status
 
     def _sessions_by_transport(self) -> Dict[str, int]:
         counts = {"ssh": 0, "tls": 0, "restconf": len(self.listener.restconf_sessions)}
@@ -656,17 +664,27 @@ class ControlServer:
         scope = request.get("scope") or "cluster"
         if scope not in ("cluster", "node"):
             raise ControlError("'scope' must be 'cluster' (every node's pending keys) or 'node' (this node's own)")
-        local = self.listener.registry.pending()
+        return (await self._pending_entries(scope))[0]
+
+    def _pending_store(self) -> Optional[PostgresStore]:
+        """The shared database whose pending keys every node sees (None: a single node)."""
         store = self.directory.store if self.directory is not None else None
-        if not isinstance(store, PostgresStore) or scope == "node":
-            return [p.to_dict() for p in local]
+        return store if isinstance(store, PostgresStore) else None
+
+    async def _pending_entries(self, scope: str) -> Tuple[List[Dict[str, Any]], str]:
+        """The pending entries of ``scope`` and the scope they are of: ``node`` when the shared
+        database cannot be read (this node's own then, ``event=cluster.pending_failed``)."""
+        local = self.listener.registry.pending()
+        store = self._pending_store()
+        if store is None or scope == "node":
+            return [p.to_dict() for p in local], "node"
         me = self.directory.node if self.directory is not None else ""
         mine = {p.fingerprint: dict(p.to_dict(), node=me) for p in local}
         try:
             shared = await asyncio.to_thread(store.list_pending)
         except StateStoreError as exc:
             log.warning("event=cluster.pending_failed error=%r (this node's own pending keys are shown)", exc.message)
-            return list(mine.values())
+            return list(mine.values()), "node"
         merged: Dict[str, Dict[str, Any]] = {}
         for doc in shared:
             fingerprint = str(doc.get("fingerprint"))
@@ -678,7 +696,7 @@ class ControlServer:
             else:
                 merged[fingerprint] = doc
         merged.update(mine)  # seen here and not written yet
-        return sorted(merged.values(), key=lambda doc: float(doc.get("first_seen") or 0))
+        return sorted(merged.values(), key=lambda doc: float(doc.get("first_seen") or 0)), "cluster"
 
     async def _op_approve(self, request: Dict[str, Any]) -> Any:
         credentials = request.get("credentials")  # the enroll module's source: pending + credentials

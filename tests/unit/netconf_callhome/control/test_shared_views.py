@@ -4,6 +4,9 @@ the real control socket of a listener in a thread and a real PostgreSQL (tests/p
 
 - ``pending`` lists every node's keys with the node that saw each, merged with this node's own
   entries (the newer one wins), ``scope: node`` this node's own; SQLite answers as before;
+- ``status`` counts what ``pending`` lists by default (``pending``, ``pending_scope``), this
+  node's own as ``pending_here``; this node's own only (``pending_scope: node``) with the
+  database unreadable; SQLite as before;
 - the ``secret`` op's ``dry_run`` and ``list`` on whatever store the listener uses;
 - the ``shared-trust-store`` marker next to the control socket (redacted URL), removed on SQLite.
 """
@@ -19,6 +22,7 @@ import pytest
 
 from netconf_callhome.control.client import SHARED_STORE_MARKER, ControlClient, parse_address, shared_store_of
 from netconf_callhome.errors import ControlError
+from netconf_callhome.state.postgres import StateStoreError
 from netconf_callhome.state.registry import PendingKey, Registry
 from netconf_callhome.state.stores import open_store
 
@@ -89,6 +93,51 @@ def test_pending_on_sqlite_is_this_nodes_own_as_before(listener_in_thread) -> No
     lst.run(_record(lst, _key("SHA256:local")))
     assert [set(e) for e in lst.call("pending")] == [set(_key("x").to_dict())]  # no node field
     assert lst.call("pending", scope="node") == lst.call("pending")
+
+
+def test_status_counts_pending_keys_as_pending_lists_them(postgres, listener_in_thread, tmp_path) -> None:
+    url = postgres.create_database("pending_status_%d" % os.getpid())
+    other = _other_node(url, tmp_path, "node-a")
+    try:
+        other.record_pending(_key("SHA256:on-a-1"))
+        other.record_pending(_key("SHA256:on-a-2"))
+        other.flush()
+        lst = listener_in_thread(state_url=url, node_name="node-b")
+        lst.run(_record(lst, _key("SHA256:on-b")))  # not written yet: counted from this node's entry
+        status = lst.call("status")
+        # node-b loaded node-a's two rows at its start: its own entries are those two and its own
+        here = len(lst.call("pending", scope="node"))
+        assert status["pending"] == len(lst.call("pending")) == 3
+        assert status["pending_here"] == here and status["pending_scope"] == "cluster"
+        other.record_pending(_key("SHA256:on-a-3"))  # after node-b started: only the row has it
+        other.flush()
+        status = lst.call("status")
+        assert status["pending"] == 4 and status["pending_here"] == here
+
+        # the database unreadable: this node's own count, and the scope says so
+        store = lst.listener.control._pending_store()
+        assert store is not None
+
+        def refuse() -> List[Dict[str, Any]]:
+            raise StateStoreError("cannot read the pending keys from the test's database")
+
+        store.list_pending = refuse
+        try:
+            status = lst.call("status")
+            assert status["pending"] == status["pending_here"] == here and status["pending_scope"] == "node"
+        finally:
+            del store.list_pending
+        assert lst.call("status")["pending_scope"] == "cluster"
+    finally:
+        other.close()
+
+
+def test_status_on_sqlite_counts_this_nodes_own_as_before(listener_in_thread) -> None:
+    lst = listener_in_thread()
+    lst.run(_record(lst, _key("SHA256:local")))
+    status = lst.call("status")
+    assert status["pending"] == 1
+    assert "pending_here" not in status and "pending_scope" not in status
 
 
 def test_secret_dry_run_and_list_on_the_file_store(listener_in_thread) -> None:
