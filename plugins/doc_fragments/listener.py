@@ -1,7 +1,14 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Options shared by every module that talks to the call-home listener."""
+"""Options shared by the modules that talk to the call-home listener.
+
+``DOCUMENTATION`` (``netconf.callhome.listener``): the options of ``listener_options.LISTENER_ARGS``
+and the attributes of the read-only modules on them (``listener_info``, ``wait_for_devices``; each
+documents its own ``check_mode``). ``LISTENER_TOKEN`` (``netconf.callhome.listener.listener_token``):
+the two options of ``listener_options.LISTENER_TOKEN_ARGS``, for the modules whose listener is
+optional (``config``, ``enroll``).
+"""
 
 from __future__ import annotations
 
@@ -34,9 +41,29 @@ options:
       - Seconds one control request may take.
     type: float
     default: 30
+attributes:
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is no diff to return.
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on the controller, next to the listener's control socket.
 requirements:
   - the netconf-callhome Python package on the controller (C(pip install netconf-callhome))
 notes:
   - Runs on the controller, where the listener's control socket is; delegate the task to
     C(localhost) or run it in a play on C(localhost).
+"""
+
+    LISTENER_TOKEN = r"""
+options:
+  listener:
+    description:
+      - Control address of the listener (C(unix:/path) or C(tls://host:port)).
+      - Defaults to E(NETCONF_CALLHOME_CONTROL), then C(~/.netconf-callhome/control.sock).
+    type: str
+  listener_token:
+    description: Token for a remote (C(tls://)) listener.
+    type: str
 """

@@ -14,8 +14,10 @@ Every plugin, module and utility file that imports ``netconf_callhome`` does so 
 names (so ``class X(ConfigError)`` and ``except CallHomeError`` still evaluate) and leaves every
 other name unbound; its entry points check :data:`HAS_NETCONF_CALLHOME` before anything else:
 
-* modules: ``module.fail_json(msg=missing_required_lib(PIP_NAME),
-  exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)``;
+* modules: :func:`fail_if_missing` (``module.fail_json(msg=missing_required_lib(PIP_NAME),
+  exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)``), and :func:`fail_on_callhome_error` for the
+  package's errors, with :data:`CallHomeError` and :data:`DeviceNotFoundError` imported from here
+  (bound to :class:`NetconfCallhomeMissing` where the package is missing);
 * connection, inventory and other controller plugins: raise ``AnsibleError`` (or a subclass)
   with :func:`missing_netconf_callhome_msg`.
 
@@ -26,29 +28,15 @@ counts as missing too, with its own import error in the message.
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 import typing as t
 
+from ansible.module_utils.basic import missing_required_lib
+
 PIP_NAME = "netconf-callhome"
 IMPORT_NAME = "netconf_callhome"
-
-try:
-    # Each module the collection's files import from; keep in step with them.
-    import netconf_callhome.control.api  # noqa: F401  pylint: disable=unused-import
-    import netconf_callhome.control.client  # noqa: F401  pylint: disable=unused-import
-    import netconf_callhome.errors  # noqa: F401  pylint: disable=unused-import
-    import netconf_callhome.fingerprints  # noqa: F401  pylint: disable=unused-import
-    import netconf_callhome.policy.trust_ops  # noqa: F401  pylint: disable=unused-import
-    import netconf_callhome.policy.trust_store  # noqa: F401  pylint: disable=unused-import
-except ImportError as exc:
-    HAS_NETCONF_CALLHOME = False
-    NETCONF_CALLHOME_IMPORT_ERROR: t.Optional[ImportError] = exc
-    NETCONF_CALLHOME_IMPORT_TRACEBACK: t.Optional[str] = traceback.format_exc()
-else:
-    HAS_NETCONF_CALLHOME = True
-    NETCONF_CALLHOME_IMPORT_ERROR = None
-    NETCONF_CALLHOME_IMPORT_TRACEBACK = None
 
 
 class NetconfCallhomeMissing(Exception):
@@ -58,6 +46,27 @@ class NetconfCallhomeMissing(Exception):
     them and ``except`` clauses naming them still evaluate. Never raised: every entry point fails
     with :func:`missing_netconf_callhome_msg` first.
     """
+
+
+try:
+    # Each module the collection's files import from; keep in step with them.
+    import netconf_callhome.control.api  # noqa: F401  pylint: disable=unused-import
+    import netconf_callhome.control.client  # noqa: F401  pylint: disable=unused-import
+    import netconf_callhome.errors  # noqa: F401  pylint: disable=unused-import
+    import netconf_callhome.fingerprints  # noqa: F401  pylint: disable=unused-import
+    import netconf_callhome.policy.trust_ops  # noqa: F401  pylint: disable=unused-import
+    import netconf_callhome.policy.trust_store  # noqa: F401  pylint: disable=unused-import
+    # The errors the modules catch, imported once here rather than guarded in each of them.
+    from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
+except ImportError as exc:
+    CallHomeError = DeviceNotFoundError = NetconfCallhomeMissing
+    HAS_NETCONF_CALLHOME = False
+    NETCONF_CALLHOME_IMPORT_ERROR: t.Optional[ImportError] = exc
+    NETCONF_CALLHOME_IMPORT_TRACEBACK: t.Optional[str] = traceback.format_exc()
+else:
+    HAS_NETCONF_CALLHOME = True
+    NETCONF_CALLHOME_IMPORT_ERROR = None
+    NETCONF_CALLHOME_IMPORT_TRACEBACK = None
 
 
 def missing_netconf_callhome_msg(error: t.Optional[BaseException] = None) -> str:
@@ -75,3 +84,24 @@ def missing_netconf_callhome_msg(error: t.Optional[BaseException] = None) -> str
     if error is not None:
         message += ". Importing %s failed: %s" % (IMPORT_NAME, error)
     return message
+
+
+def fail_if_missing(module: t.Any) -> None:
+    """A module's first check: ``fail_json`` with ``missing_required_lib`` and the import traceback.
+
+    ``module`` is the :class:`AnsibleModule`, built first so that its arguments are checked and
+    the failure is reported as Ansible reports any missing library.
+    """
+    if not HAS_NETCONF_CALLHOME:
+        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
+
+
+def fail_on_callhome_error(module: t.Any, exc: t.Any, *, json_details: bool = False) -> None:
+    """``fail_json`` for ``exc``, a :data:`CallHomeError`: its message, ``error_code`` and ``details``.
+
+    The keys are those of the control protocol's errors (``netconf_callhome.control.api.error_result``).
+    ``json_details`` passes ``details`` through JSON first, values it cannot encode as their
+    ``str()``, for callers whose errors may carry such values (objects of the device layer).
+    """
+    details = json.loads(json.dumps(exc.details, default=str)) if json_details else exc.details
+    module.fail_json(msg=exc.message, error_code=exc.code, details=details)

@@ -49,6 +49,8 @@ description:
     the change, waits, and puts the previous entry back itself when the device does not call.
 author:
   - netconf.callhome developers (@netconf-callhome)
+extends_documentation_fragment:
+  - netconf.callhome.listener.listener_token
 options:
   name:
     description: Name of the call-home client entry (C(netconf-client) or C(restconf-client) name / Junos client id).
@@ -291,14 +293,6 @@ options:
     description: Allow O(confirm_callhome) on a device without C(:candidate)/C(:confirmed-commit).
     type: bool
     default: false
-  listener:
-    description:
-      - Control address of the listener (C(unix:/path) or C(tls://host:port)).
-      - Defaults to E(NETCONF_CALLHOME_CONTROL), then C(~/.netconf-callhome/control.sock).
-    type: str
-  listener_token:
-    description: Token for a remote (C(tls://)) listener.
-    type: str
 attributes:
   check_mode:
     support: full
@@ -457,7 +451,6 @@ rpc_error:
 """
 
 import ast
-import json
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_text
@@ -476,17 +469,17 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.p
     parse_rpc_error,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
-    HAS_NETCONF_CALLHOME,
-    NETCONF_CALLHOME_IMPORT_TRACEBACK,
-    PIP_NAME,
-    NetconfCallhomeMissing,
+    CallHomeError,
+    DeviceNotFoundError,
+    fail_if_missing,
+    fail_on_callhome_error,
 )
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import LISTENER_TOKEN_ARGS
 
 try:
     from netconf_callhome.control.client import ControlClient
-    from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
-except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
-    CallHomeError = DeviceNotFoundError = NetconfCallhomeMissing
+except ImportError:  # main() fails with missing_required_lib("netconf-callhome") before any use
+    pass
 
 
 def _unwrap_bytes_repr(text):
@@ -653,8 +646,7 @@ def main():
         confirm_timeout=dict(type="int", default=120),
         require_new_session=dict(type="bool", default=False),
         allow_unconfirmed=dict(type="bool", default=False),
-        listener=dict(type="str"),
-        listener_token=dict(type="str", no_log=True),
+        **LISTENER_TOKEN_ARGS,
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -662,8 +654,7 @@ def main():
                      ("confirm_callhome", True, ["callhome_device"])],
         supports_check_mode=True,
     )
-    if not HAS_NETCONF_CALLHOME:
-        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
+    fail_if_missing(module)
     if not HAS_LXML:
         module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
     p = module.params
@@ -683,7 +674,7 @@ def main():
     except DeviceRpcError as exc:
         module.fail_json(msg=exc.describe(), rpc_error={"message": exc.message, "path": exc.path, "tag": exc.tag})
     except CallHomeError as exc:
-        module.fail_json(msg=exc.message, error_code=exc.code, details=json.loads(json.dumps(exc.details, default=str)))
+        fail_on_callhome_error(module, exc, json_details=True)
     if pusher.warnings:
         result["warnings"] = pusher.warnings
     if not module._diff:

@@ -32,6 +32,8 @@ description:
     that no node would read.
 author:
   - netconf.callhome developers (@netconf-callhome)
+extends_documentation_fragment:
+  - netconf.callhome.listener.listener_token
 options:
   device:
     description: Device name in the trust store (usually the inventory hostname).
@@ -133,12 +135,6 @@ options:
         pinned key is a stronger proof than a secret.
     type: bool
     default: false
-  listener:
-    description: Listener control address (C(unix:/path), C(tls://host:port)); default E(NETCONF_CALLHOME_CONTROL) or C(~/.netconf-callhome/control.sock).
-    type: str
-  listener_token:
-    description: Token for a remote listener.
-    type: str
   trust_store:
     description: Trust store file when the listener does not run (default C(~/.netconf-callhome/trust.json), or the one the running listener reports).
     type: path
@@ -257,20 +253,15 @@ outbound_ssh:
 
 import json
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
-    HAS_NETCONF_CALLHOME,
-    NETCONF_CALLHOME_IMPORT_TRACEBACK,
-    PIP_NAME,
-    NetconfCallhomeMissing,
+    CallHomeError,
+    fail_if_missing,
+    fail_on_callhome_error,
 )
 from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.enroll import Enroller, run
-
-try:
-    from netconf_callhome.errors import CallHomeError
-except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
-    CallHomeError = NetconfCallhomeMissing
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import LISTENER_TOKEN_ARGS
 
 
 def set_outbound_ssh_secret(params, check_mode):
@@ -312,8 +303,7 @@ def main():
                 password_file=dict(type="str", no_log=False),
                 password_env=dict(type="str", no_log=False),
             )),
-            listener=dict(type="str"),
-            listener_token=dict(type="str", no_log=True),
+            **LISTENER_TOKEN_ARGS,
             trust_store=dict(type="path"),
             # A reference (env:/file:), not the secret; no_log all the same, in case a secret is pasted here.
             outbound_ssh_secret=dict(type="str", no_log=True),
@@ -322,14 +312,13 @@ def main():
         required_if=[("state", "present", ["source", "outbound_ssh_secret"], True)],
         supports_check_mode=True,
     )
-    if not HAS_NETCONF_CALLHOME:
-        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
+    fail_if_missing(module)
     secret = module.params["outbound_ssh_secret"] if module.params["state"] == "present" else None
     try:
         result = run(module.params, check_mode=module.check_mode) if module.params["source"] or not secret else None
         secret_out, secret_warnings = set_outbound_ssh_secret(module.params, module.check_mode) if secret else ({}, [])
     except CallHomeError as exc:
-        module.fail_json(msg=exc.message, error_code=exc.code, details=exc.details)
+        fail_on_callhome_error(module, exc)
     out = result.to_dict() if result is not None else {"changed": False, "device": module.params["device"]}
     secret_before = secret_out.pop("outbound_ssh_before", None)
     if secret:

@@ -33,13 +33,6 @@ attributes:
   check_mode:
     support: full
     description: Read only.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no diff to return.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller, next to the listener's control socket.
 """
 
 EXAMPLES = r"""
@@ -88,38 +81,17 @@ pending:
     - {fingerprint: "SHA256:...", key_type: ssh-ed25519, transport: ssh, peer: "192.0.2.9:40022", count: 3, node: node-a}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
-    HAS_NETCONF_CALLHOME,
-    NETCONF_CALLHOME_IMPORT_TRACEBACK,
-    PIP_NAME,
-    NetconfCallhomeMissing,
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import (
+    call_listener,
+    control_api,
+    listener_module,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import LISTENER_ARGS
-
-try:
-    from netconf_callhome.control.api import (
-        client_from_params,
-        error_result,
-        listener_info,
-    )
-    from netconf_callhome.errors import CallHomeError
-except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
-    CallHomeError = NetconfCallhomeMissing
 
 
 def main() -> None:
-    argument_spec = dict(LISTENER_ARGS, status={"type": "str"}, pending={"type": "bool", "default": True})
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_NETCONF_CALLHOME:
-        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
-    try:
-        info = listener_info(
-            client_from_params(module.params), status=module.params["status"], pending=module.params["pending"]
-        )
-    except CallHomeError as exc:
-        module.fail_json(**error_result(exc))
+    module = listener_module(status={"type": "str"}, pending={"type": "bool", "default": True})
+    info = call_listener(module, lambda client: control_api.listener_info(
+        client, status=module.params["status"], pending=module.params["pending"]))
     module.exit_json(changed=False, **info)
 
 

@@ -47,13 +47,6 @@ attributes:
   check_mode:
     support: full
     description: Only reads the listener's registry; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no diff to return.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller, next to the listener's control socket.
 """
 
 EXAMPLES = r"""
@@ -102,49 +95,25 @@ devices:
     edge2: {name: edge2, ready: false, waited: null, status: key-mismatch, last_error: "presented ..."}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.netconf.callhome.plugins.module_utils._netconf_callhome import (
-    HAS_NETCONF_CALLHOME,
-    NETCONF_CALLHOME_IMPORT_TRACEBACK,
-    PIP_NAME,
-    NetconfCallhomeMissing,
+from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import (
+    call_listener,
+    control_api,
+    listener_module,
 )
-from ansible_collections.netconf.callhome.plugins.module_utils.listener_options import LISTENER_ARGS
-
-try:
-    from netconf_callhome.control.api import (
-        client_from_params,
-        describe_missing,
-        error_result,
-        wait_for_devices,
-    )
-    from netconf_callhome.errors import CallHomeError
-except ImportError:  # main() fails with missing_required_lib(PIP_NAME) before any use
-    CallHomeError = NetconfCallhomeMissing
 
 
 def main() -> None:
-    argument_spec = dict(
-        LISTENER_ARGS,
+    module = listener_module(
         devices={"type": "list", "elements": "str", "required": True},
         timeout={"type": "float", "default": 300.0},
         poll_interval={"type": "float", "default": 1.0},
         fail_on_missing={"type": "bool", "default": True},
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_NETCONF_CALLHOME:
-        module.fail_json(msg=missing_required_lib(PIP_NAME), exception=NETCONF_CALLHOME_IMPORT_TRACEBACK)
     params = module.params
-    try:
-        result = wait_for_devices(
-            client_from_params(params), params["devices"], timeout=params["timeout"],
-            poll_interval=max(0.05, params["poll_interval"]),
-        )
-    except CallHomeError as exc:
-        module.fail_json(**error_result(exc))
+    result = call_listener(module, lambda client: control_api.wait_for_devices(
+        client, params["devices"], timeout=params["timeout"], poll_interval=max(0.05, params["poll_interval"])))
     if result["missing"] and params["fail_on_missing"]:
-        module.fail_json(msg=describe_missing(result, params["timeout"]), **result)
+        module.fail_json(msg=control_api.describe_missing(result, params["timeout"]), **result)
     module.exit_json(changed=False, **result)
 
 

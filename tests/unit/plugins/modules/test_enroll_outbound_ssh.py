@@ -4,34 +4,24 @@ trust store file, with or without an identity, check mode, and a pasted secret r
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import typing as t
 from pathlib import Path
 
 import asyncssh
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+
+from module_runner import ModuleRun, run_module  # tests/unit/plugins/modules, on the path (conftest.py)
 
 from ansible_collections.netconf.callhome.plugins.modules import enroll as enroll_module
 
 SECRET = "pasted-Junos-s3cret"
 
 
-def _run(store: Path, check: bool = False, **params: t.Any) -> t.Tuple[int, t.Dict[str, t.Any]]:
+def _run(store: Path, check: bool = False, **params: t.Any) -> ModuleRun:
     args = {"listener": "unix:" + str(store.parent / "no-listener.sock"), "trust_store": str(store)}
     args.update(params)
-    if check:
-        args["_ansible_check_mode"] = True
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))  # pylint: disable=protected-access
-    if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19+
-        basic._ANSIBLE_PROFILE = "legacy"  # pylint: disable=protected-access
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
-        enroll_module.main()
-    return int(exc.value.code or 0), json.loads(out.getvalue())
+    return run_module(enroll_module.main, args, check=check)
 
 
 def test_pre_provisioned_secret_without_an_identity(tmp_path: Path) -> None:

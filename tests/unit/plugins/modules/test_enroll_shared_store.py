@@ -7,8 +7,6 @@ a remote listener that does not answer, a database URL as trust_store)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import typing as t
@@ -16,8 +14,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+
+from module_runner import ModuleRun, run_module  # tests/unit/plugins/modules, on the path (conftest.py)
 
 from ansible_collections.netconf.callhome.plugins.modules import enroll as enroll_module
 
@@ -25,15 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 SECRET = "pasted-Junos-s3cret"
 
 
-def _run(check: bool = False, diff: bool = True, **params: t.Any) -> t.Tuple[int, t.Dict[str, t.Any]]:
-    args = dict(params, _ansible_check_mode=check, _ansible_diff=diff)
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))  # pylint: disable=protected-access
-    if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19+
-        basic._ANSIBLE_PROFILE = "legacy"  # pylint: disable=protected-access
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
-        enroll_module.main()
-    return int(exc.value.code or 0), json.loads(out.getvalue())
+def _run(check: bool = False, diff: bool = True, **params: t.Any) -> ModuleRun:
+    return run_module(enroll_module.main, params, check=check, diff=diff)
 
 
 def _with(task: t.Dict[str, t.Any], **changes: t.Any) -> t.Dict[str, t.Any]:
