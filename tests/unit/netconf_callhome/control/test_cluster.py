@@ -28,16 +28,6 @@ from netconf_callhome.state.cluster_nodes import Holder
 pytestmark = pytest.mark.timeout(60)
 
 
-def _options(tmp_path: Path, ca: trustme.CA, name: str, **extra: Any) -> ClusterOptions:
-    ca_path = tmp_path / "ca.pem"
-    if not ca_path.exists():
-        ca.cert_pem.write_to_path(str(ca_path))
-    cert = ca.issue_cert(name, "127.0.0.1")
-    cert_path, key_path = tmp_path / ("%s.pem" % name), tmp_path / ("%s.key" % name)
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return ClusterOptions(bind="127.0.0.1:0", cert=str(cert_path), key=str(key_path), ca=str(ca_path), **extra)
-
 
 class _Recorder:
     """A dispatch that answers every request with what it got and who sent it."""
@@ -57,14 +47,13 @@ async def _server(options: ClusterOptions, dispatch: Any) -> Tuple[ClusterServer
     return server, await server.start()
 
 
-def test_a_member_is_served_and_named_by_its_certificate(tmp_path: Path) -> None:
-    ca = trustme.CA()
+def test_a_member_is_served_and_named_by_its_certificate(pki: Any) -> None:
 
     async def main() -> None:
         recorder = _Recorder()
-        server, address = await _server(_options(tmp_path, ca, "node-a"), recorder)
+        server, address = await _server(pki.options("node-a"), recorder)
         try:
-            client = ClusterClient(_options(tmp_path, ca, "node-b"))
+            client = ClusterClient(pki.options("node-b"))
             result = await client.call("node-a", address, "wait", {"device": "r1", "wait": 1.5}, timeout=5)
             assert result == {"op": "wait", "peer": "node-b", "request": {"device": "r1", "wait": 1.5}}
             assert recorder.seen == [("wait", {"device": "r1", "wait": 1.5}, "node-b")]
@@ -89,13 +78,12 @@ def _in_thread(func: Any, *args: Any) -> "asyncio.Future[Any]":
     return asyncio.get_running_loop().run_in_executor(None, func, *args)
 
 
-def test_peers_without_a_certificate_of_the_cluster_ca_are_refused(tmp_path: Path, caplog: Any) -> None:
-    ca = trustme.CA()
+def test_peers_without_a_certificate_of_the_cluster_ca_are_refused(pki: Any, tmp_path: Path, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="netconf_callhome.cluster")
 
     async def main() -> None:
         recorder = _Recorder()
-        options = _options(tmp_path, ca, "node-a")
+        options = pki.options("node-a")
         server, address = await _server(options, recorder)
         try:
             anonymous = ssl.create_default_context(cafile=options.ca)
@@ -111,8 +99,7 @@ def test_peers_without_a_certificate_of_the_cluster_ca_are_refused(tmp_path: Pat
             assert await _in_thread(_raw_attempt, address, stranger) == b""
             assert recorder.seen == []
             # the server's certificate is checked by the client side as well
-            (tmp_path / "f").mkdir()
-            foreign = ClusterClient(_options(tmp_path / "f", trustme.CA(), "node-f"))
+            foreign = ClusterClient(pki.options("node-f", ca=trustme.CA()))
             with pytest.raises(NodeUnreachableError):
                 await foreign.call("node-a", address, "devices", {}, timeout=5)
             assert recorder.seen == []
@@ -123,12 +110,11 @@ def test_peers_without_a_certificate_of_the_cluster_ca_are_refused(tmp_path: Pat
     assert "event=cluster.peer_refused" in caplog.text and "reason=certificate" in caplog.text
 
 
-def test_a_silent_peer_is_closed_at_auth_timeout_and_strangers_are_bounded(tmp_path: Path, caplog: Any) -> None:
-    ca = trustme.CA()
+def test_a_silent_peer_is_closed_at_auth_timeout_and_strangers_are_bounded(pki: Any, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="netconf_callhome.cluster")
 
     async def main() -> None:
-        options = _options(tmp_path, ca, "node-a", auth_timeout=0.5, max_unauthenticated=2)
+        options = pki.options("node-a", auth_timeout=0.5, max_unauthenticated=2)
         server, address = await _server(options, _Recorder())
         host, port = address.rsplit(":", 1)
         try:
@@ -151,18 +137,17 @@ def test_a_silent_peer_is_closed_at_auth_timeout_and_strangers_are_bounded(tmp_p
     assert "reason=unauthenticated_limit" in caplog.text
 
 
-def test_a_request_line_over_the_bound_is_refused(tmp_path: Path, caplog: Any) -> None:
-    ca = trustme.CA()
+def test_a_request_line_over_the_bound_is_refused(pki: Any, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="netconf_callhome.cluster")
 
     async def main() -> None:
         recorder = _Recorder()
-        options = _options(tmp_path, ca, "node-a", max_request_bytes=1024)
+        options = pki.options("node-a", max_request_bytes=1024)
         server, address = await _server(options, recorder)
         try:
             member = ssl.create_default_context(cafile=options.ca)
             member.check_hostname = False
-            peer = _options(tmp_path, ca, "node-b")
+            peer = pki.options("node-b")
             member.load_cert_chain(peer.cert, peer.key)
             line = b'{"op": "devices", "pad": "' + b"x" * 4096 + b'"}\n'
             assert await _in_thread(_raw_attempt, address, member, line) == b""
@@ -174,8 +159,7 @@ def test_a_request_line_over_the_bound_is_refused(tmp_path: Path, caplog: Any) -
     assert "reason=request_too_long" in caplog.text
 
 
-def test_an_owner_that_does_not_answer_is_named(tmp_path: Path) -> None:
-    ca = trustme.CA()
+def test_an_owner_that_does_not_answer_is_named(pki: Any, tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
@@ -189,7 +173,7 @@ def test_an_owner_that_does_not_answer_is_named(tmp_path: Path) -> None:
 
     async def main() -> None:
         forwarder = Forwarder(
-            Directory(), ClusterClient(_options(tmp_path, ca, "node-a")),  # type: ignore[arg-type]
+            Directory(), ClusterClient(pki.options("node-a")),  # type: ignore[arg-type]
             held_here=lambda device: False, rpc_dir=str(tmp_path / "rpc"),
         )
         with pytest.raises(NodeUnreachableError) as info:
@@ -201,12 +185,9 @@ def test_an_owner_that_does_not_answer_is_named(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(tmp_path: Path) -> None:
+def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(pki: Any, tmp_path: Path) -> None:
     """endpoint on node-a for a device node-b holds: node-a's answer names a socket of its own;
     a module's send_data frame there reaches node-b's endpoint through rpc, and back."""
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
 
     async def owner(reader: Any, writer: Any, op: str, request: Dict[str, Any], peer: str) -> None:
         if op == "endpoint":
@@ -221,7 +202,7 @@ def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(tmp_path: Path) -> None:
         writer.close()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
+        server, address = await _server(pki.options("node-b"), owner)
 
         class Directory:
             node = "node-a"
@@ -230,7 +211,7 @@ def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(tmp_path: Path) -> None:
                 return Holder(device, "node-b", address, 1, 0.5)
 
         forwarder = Forwarder(
-            Directory(), ClusterClient(_options(tmp_path / "a", ca, "node-a")),  # type: ignore[arg-type]
+            Directory(), ClusterClient(pki.options("node-a")),  # type: ignore[arg-type]
             held_here=lambda device: False, rpc_dir=str(tmp_path / "rpc"),
         )
         try:
@@ -265,13 +246,10 @@ def test_a_proxy_endpoint_carries_json_rpc_to_the_owner(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_proxy_id_routes_an_rpc_from_any_node(tmp_path: Path) -> None:
+def test_a_proxy_id_routes_an_rpc_from_any_node(pki: Any, tmp_path: Path) -> None:
     """A relay behind a balancer may send its rpc to another node than the one that answered
     endpoint: the proxy id names the owner, so node-c forwards it too, and the owner serves its own
     endpoint id when the rpc reaches it directly."""
-    ca = trustme.CA()
-    (tmp_path / "b").mkdir()
-    (tmp_path / "c").mkdir()
     assert parse_proxy_id(proxy_id("node-b.example", "0123abcd")) == ("node-b.example", "0123abcd")
     assert parse_proxy_id("0123abcd") is None and parse_proxy_id("fwd-zz-1") is None
 
@@ -283,7 +261,7 @@ def test_a_proxy_id_routes_an_rpc_from_any_node(tmp_path: Path) -> None:
         writer.close()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
+        server, address = await _server(pki.options("node-b"), owner)
 
         class Directory:
             node = "node-c"
@@ -292,7 +270,7 @@ def test_a_proxy_id_routes_an_rpc_from_any_node(tmp_path: Path) -> None:
                 return address if node == "node-b" else ""
 
         forwarder = Forwarder(
-            Directory(), ClusterClient(_options(tmp_path / "c", ca, "node-c")),  # type: ignore[arg-type]
+            Directory(), ClusterClient(pki.options("node-c")),  # type: ignore[arg-type]
             held_here=lambda device: False, rpc_dir=str(tmp_path / "rpc"),
         )
         try:
@@ -326,7 +304,7 @@ def test_a_proxy_id_routes_an_rpc_from_any_node(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_served_here_when_nobody_else_holds_the_device(tmp_path: Path) -> None:
+def test_served_here_when_nobody_else_holds_the_device(pki: Any, tmp_path: Path) -> None:
     class Directory:
         node = "node-a"
 
@@ -343,7 +321,7 @@ def test_served_here_when_nobody_else_holds_the_device(tmp_path: Path) -> None:
 
     async def main() -> None:
         forwarder = Forwarder(
-            Directory(), ClusterClient(_options(tmp_path, trustme.CA(), "node-a")),  # type: ignore[arg-type]
+            Directory(), ClusterClient(pki.options("node-a", ca=trustme.CA())),  # type: ignore[arg-type]
             held_here=lambda device: False, rpc_dir=str(tmp_path / "rpc"),
         )
         request = {"device": "r1", "wait": 0.3}

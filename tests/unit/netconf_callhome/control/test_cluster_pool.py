@@ -7,14 +7,14 @@ connections, and a remembered owner that no longer holds the device."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import pytest
-import trustme
 
 from netconf_callhome.config import ClusterOptions
 from netconf_callhome.control import cluster as cluster_mod
@@ -25,16 +25,6 @@ from netconf_callhome.state.cluster_nodes import Holder
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def _options(tmp_path: Path, ca: trustme.CA, name: str, **extra: Any) -> ClusterOptions:
-    ca_path = tmp_path / "ca.pem"
-    if not ca_path.exists():
-        ca.cert_pem.write_to_path(str(ca_path))
-    cert = ca.issue_cert(name, "127.0.0.1")
-    cert_path, key_path = tmp_path / ("%s.pem" % name), tmp_path / ("%s.key" % name)
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return ClusterOptions(bind="127.0.0.1:0", cert=str(cert_path), key=str(key_path), ca=str(ca_path), **extra)
 
 
 class _Owner:
@@ -69,6 +59,21 @@ async def _server(options: ClusterOptions, dispatch: Any, **kwargs: Any) -> Tupl
     return server, await server.start()
 
 
+@contextlib.asynccontextmanager
+async def _pair(
+    server_options: ClusterOptions, dispatch: Any, client_options: ClusterOptions, **kwargs: Any
+) -> AsyncIterator[Tuple[ClusterServer, str, ClusterClient]]:
+    """A node's cluster server (``kwargs``: ClusterServer's) and another node's client of it,
+    both closed at the end."""
+    server, address = await _server(server_options, dispatch, **kwargs)
+    client = ClusterClient(client_options)
+    try:
+        yield server, address, client
+    finally:
+        client.close()
+        await server.stop()
+
+
 async def _poll(condition: Any, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
@@ -76,16 +81,11 @@ async def _poll(condition: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_connections_are_reused_for_calls_and_rpcs(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_connections_are_reused_for_calls_and_rpcs(pki: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
-        try:
+        async with _pair(pki.options("node-b"), owner, pki.options("node-a")) as (server, address, client):
             for i in range(5):
                 assert (await client.call("node-b", address, "wait", {"device": "r%d" % i}, timeout=5))["device"] == "r%d" % i
                 assert await client.rpc("node-b", address, "ep", b"x" * (i + 1), timeout=5) == b"x" * (i + 1) + b"!"
@@ -99,24 +99,16 @@ def test_connections_are_reused_for_calls_and_rpcs(tmp_path: Path) -> None:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             if hasattr(socket, "TCP_USER_TIMEOUT"):
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10000
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
-def test_the_pool_is_bounded_per_peer_and_never_makes_a_request_wait(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_the_pool_is_bounded_per_peer_and_never_makes_a_request_wait(pki: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
         owner.release = asyncio.Event()
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_size=2))
-        try:
+        async with _pair(pki.options("node-b"), owner, pki.options("node-a", pool_size=2)) as (server, address, client):
             calls = [asyncio.ensure_future(client.call("node-b", address, "wait", {"device": "r%d" % i}, timeout=5))
                      for i in range(5)]
             await _poll(lambda: len(owner.seen) == 5)  # five at once: five connections, nobody queued
@@ -128,43 +120,27 @@ def test_the_pool_is_bounded_per_peer_and_never_makes_a_request_wait(tmp_path: P
             owner.release = None
             await client.call("node-b", address, "wait", {"device": "again"}, timeout=5)
             assert client.dialled == 5 and client.reused == 1
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
-def test_a_pool_size_of_zero_dials_every_request(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_a_pool_size_of_zero_dials_every_request(pki: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_size=0))
-        try:
+        async with _pair(pki.options("node-b"), owner, pki.options("node-a", pool_size=0)) as (server, address, client):
             for _unused in range(3):
                 await client.call("node-b", address, "wait", {"device": "r1"}, timeout=5)
             assert client.dialled == 3 and client.idle("node-b") == 0 and owner.connections() == 3
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
-def test_a_broken_connection_is_replaced(tmp_path: Path, monkeypatch: Any) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_a_broken_connection_is_replaced(pki: Any, monkeypatch: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
-        try:
+        async with _pair(pki.options("node-b"), owner, pki.options("node-a")) as (server, address, client):
             # the owner answers, then the connection breaks: the pool sees it closed, dials anew
             owner.abort_after = True
             await client.call("node-b", address, "wait", {"device": "r1"}, timeout=5)
@@ -182,22 +158,16 @@ def test_a_broken_connection_is_replaced(tmp_path: Path, monkeypatch: Any) -> No
             assert (await client.call("node-b", address, "wait", {"device": "r3"}, timeout=5))["device"] == "r3"
             assert client.dialled == 3
             assert [request["device"] for _op, request, _c in owner.seen] == ["r1", "r2", "r3"]  # none twice
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
-def test_a_peer_that_is_gone_leaves_no_connection_in_the_pool(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_a_peer_that_is_gone_leaves_no_connection_in_the_pool(pki: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_size=4))
+        server, address = await _server(pki.options("node-b"), owner)
+        client = ClusterClient(pki.options("node-a", pool_size=4))
         try:
             await asyncio.gather(*(client.call("node-b", address, "wait", {"device": "r%d" % i}, timeout=5)
                                    for i in range(3)))
@@ -207,7 +177,7 @@ def test_a_peer_that_is_gone_leaves_no_connection_in_the_pool(tmp_path: Path) ->
                 await client.call("node-b", address, "wait", {"device": "r1"}, timeout=5)
             assert client.idle("node-b") == 0
             # it comes back elsewhere (a restart on another port): the next request succeeds there
-            server2, address2 = await _server(_options(tmp_path / "b", ca, "node-b"), owner)
+            server2, address2 = await _server(pki.options("node-b"), owner)
             try:
                 assert (await client.call("node-b", address2, "wait", {"device": "r9"}, timeout=5))["device"] == "r9"
                 assert client.idle("node-b") == 1
@@ -219,22 +189,17 @@ def test_a_peer_that_is_gone_leaves_no_connection_in_the_pool(tmp_path: Path) ->
     asyncio.run(main())
 
 
-def test_idle_connections_are_closed_on_both_sides(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_idle_connections_are_closed_on_both_sides(pki: Any) -> None:
     owner = _Owner()
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b", pool_idle=0.2), owner)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_idle=0.2))
-        try:
+        async with _pair(pki.options("node-b", pool_idle=0.2), owner, pki.options("node-a", pool_idle=0.2)) as (server, address, client):
             await client.call("node-b", address, "wait", {"device": "r1"}, timeout=5)
             assert client.idle("node-b") == 1 and len(server._kept) == 1
             await _poll(lambda: client.idle("node-b") == 0)  # the client's reaper: pool_idle
             await _poll(lambda: not server._kept)  # the client closed it: the server lets it go
             # a peer that keeps a connection past 2 x pool_idle finds it closed by the server
-            client2 = ClusterClient(_options(tmp_path / "a", ca, "node-a", pool_idle=60))
+            client2 = ClusterClient(pki.options("node-a", pool_idle=60))
             try:
                 await client2.call("node-b", address, "wait", {"device": "r2"}, timeout=5)
                 conn = client2._idle[("node-b", address)][0]
@@ -244,9 +209,6 @@ def test_idle_connections_are_closed_on_both_sides(tmp_path: Path) -> None:
                 assert client2.dialled == 2
             finally:
                 client2.close()
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -259,18 +221,15 @@ async def _kept_connection(address: str, options: ClusterOptions) -> Tuple[async
     return reader, writer
 
 
-def test_a_kept_connection_keeps_the_bounds_of_the_channel(tmp_path: Path, caplog: Any, monkeypatch: Any) -> None:
+def test_a_kept_connection_keeps_the_bounds_of_the_channel(pki: Any, caplog: Any, monkeypatch: Any) -> None:
     """The next request line on a kept connection is bounded like the first (max_request_bytes,
     one JSON object with an op); the kept connections waiting at once are bounded too."""
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     owner = _Owner()
     caplog.set_level(logging.WARNING, logger="netconf_callhome.cluster")
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b", max_request_bytes=1024), owner)
-        options = _options(tmp_path / "a", ca, "node-a")
+        server, address = await _server(pki.options("node-b", max_request_bytes=1024), owner)
+        options = pki.options("node-a")
         try:
             reader, writer = await _kept_connection(address, options)
             writer.write(b'{"op": "wait", "device": "' + b"x" * 4096 + b'"}\n')
@@ -293,17 +252,12 @@ def test_a_kept_connection_keeps_the_bounds_of_the_channel(tmp_path: Path, caplo
     asyncio.run(main())
 
 
-def test_an_owner_answers_not_held_to_a_remembered_route(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_an_owner_answers_not_held_to_a_remembered_route(pki: Any) -> None:
     owner = _Owner()
     held = {"r1"}
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner, holds=lambda d: d in held)
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
-        try:
+        async with _pair(pki.options("node-b"), owner, pki.options("node-a"), holds=lambda d: d in held) as (server, address, client):
             assert (await client.call("node-b", address, "wait", {"device": "r1", "only_if_held": True}, timeout=5))
             with pytest.raises(ControlError, match="device r2 holds no session on this node now") as info:
                 await client.call("node-b", address, "endpoint", {"device": "r2", "only_if_held": True}, timeout=5)
@@ -313,27 +267,21 @@ def test_an_owner_answers_not_held_to_a_remembered_route(tmp_path: Path) -> None
             assert client.dialled == 1 and client.idle("node-b") == 1
             # without only_if_held the owner serves it as before (its own wait for the device)
             assert (await client.call("node-b", address, "wait", {"device": "r2"}, timeout=5))["device"] == "r2"
-        finally:
-            client.close()
-            await server.stop()
 
     asyncio.run(main())
 
 
-def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(tmp_path: Path) -> None:
+def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(pki: Any, tmp_path: Path) -> None:
     """One database lookup for many requests; a remembered owner that answers "not held here" is
     forgotten, the database asked again and the request served by the fresh owner; an owner that
     does not answer is forgotten with its connections."""
-    ca = trustme.CA()
-    for name in ("a", "b", "c"):
-        (tmp_path / name).mkdir()
     owner_b, owner_c = _Owner(), _Owner()
     on_b = {"r1"}
     on_c: set = set()
 
     async def main() -> None:
-        server_b, address_b = await _server(_options(tmp_path / "b", ca, "node-b"), owner_b, holds=lambda d: d in on_b)
-        server_c, address_c = await _server(_options(tmp_path / "c", ca, "node-c"), owner_c, holds=lambda d: d in on_c)
+        server_b, address_b = await _server(pki.options("node-b"), owner_b, holds=lambda d: d in on_b)
+        server_c, address_c = await _server(pki.options("node-c"), owner_c, holds=lambda d: d in on_c)
 
         class Directory:
             node = "node-a"
@@ -347,7 +295,7 @@ def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(tmp_path
                     return Holder(device, "node-c", address_c, 2, 0.1)
                 return None
 
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
+        client = ClusterClient(pki.options("node-a"))
         forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
         try:
             for _unused in range(5):
@@ -381,21 +329,18 @@ def test_the_forwarder_remembers_owners_and_follows_a_device_that_moved(tmp_path
     asyncio.run(main())
 
 
-def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_device(tmp_path: Path) -> None:
+def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_device(pki: Any, tmp_path: Path) -> None:
     """The database still names node-b, which holds no session with the device: node-b answers
     "not held here" (it never waits for the device itself); the forwarder polls the database
     while the client's wait lasts and follows it to node-c once the row moves; with no wait left
     the request is served here."""
-    ca = trustme.CA()
-    for name in ("a", "b", "c"):
-        (tmp_path / name).mkdir()
     owner_b, owner_c = _Owner(), _Owner()
     on_c: set = set()
     row = {"r1": "node-b"}
 
     async def main() -> None:
-        server_b, address_b = await _server(_options(tmp_path / "b", ca, "node-b"), owner_b, holds=lambda d: False)
-        server_c, address_c = await _server(_options(tmp_path / "c", ca, "node-c"), owner_c, holds=lambda d: d in on_c)
+        server_b, address_b = await _server(pki.options("node-b"), owner_b, holds=lambda d: False)
+        server_c, address_c = await _server(pki.options("node-c"), owner_c, holds=lambda d: d in on_c)
         addresses = {"node-b": address_b, "node-c": address_c}
 
         class Directory:
@@ -409,7 +354,7 @@ def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_dev
                 found = {d: await self.holder(d) for d in devices}
                 return {d: h for d, h in found.items() if h is not None}
 
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
+        client = ClusterClient(pki.options("node-a"))
         forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
         try:
             request: Dict[str, Any] = {"device": "r1", "wait": 0}
@@ -433,18 +378,15 @@ def test_a_lagging_database_row_never_routes_a_request_to_a_node_without_the_dev
     asyncio.run(main())
 
 
-def test_a_node_whose_heartbeat_is_stale_is_neither_remembered_nor_reused(tmp_path: Path) -> None:
+def test_a_node_whose_heartbeat_is_stale_is_neither_remembered_nor_reused(pki: Any, tmp_path: Path) -> None:
     """A node that stopped refreshing its heartbeat may have left the cluster: every request asks
     the database again and dials it anew (a dead one then fails within connect_timeout instead
     of a request waiting on a kept connection nobody answers)."""
-    ca = trustme.CA()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     owner = _Owner()
     age = {"value": 60.0}
 
     async def main() -> None:
-        server, address = await _server(_options(tmp_path / "b", ca, "node-b"), owner, holds=lambda d: True)
+        server, address = await _server(pki.options("node-b"), owner, holds=lambda d: True)
 
         class Directory:
             node = "node-a"
@@ -454,7 +396,7 @@ def test_a_node_whose_heartbeat_is_stale_is_neither_remembered_nor_reused(tmp_pa
                 Directory.lookups += 1
                 return Holder(device, "node-b", address, 1, age["value"])
 
-        client = ClusterClient(_options(tmp_path / "a", ca, "node-a"))
+        client = ClusterClient(pki.options("node-a"))
         forwarder = Forwarder(Directory(), client, held_here=lambda d: False, rpc_dir=str(tmp_path / "rpc"))  # type: ignore[arg-type]
         try:
             for _unused in range(3):
