@@ -177,11 +177,17 @@ class ChannelListener:
             future: "concurrent.futures.Future[None]" = asyncio.run_coroutine_threadsafe(sub.on_connect(), sub.loop)
         except RuntimeError:  # its store was closed meanwhile
             return
-        try:
-            # bounded: a store that is stopping never runs it
-            await asyncio.wait_for(asyncio.wrap_future(future), self.store.command_timeout + 5)
-        except asyncio.TimeoutError:
+        # Bounded (a store that is stopping never runs it), and its cancellation (its loop shut
+        # down) is not this task's: asyncio.wait neither raises it nor cancels the future.
+        wrapped = asyncio.wrap_future(future)
+        done, _pending = await asyncio.wait({wrapped}, timeout=self.store.command_timeout + 5)
+        if not done:
+            future.cancel()
             log.warning("event=state.listen_resync_timeout channel=%s", sub.channel)
+        elif not wrapped.cancelled():
+            failure = wrapped.exception()
+            if failure is not None:
+                raise failure  # a database failure: reconnect (every subscriber resyncs again)
 
     async def _run(self) -> None:
         delay = self.retry
