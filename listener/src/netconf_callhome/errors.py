@@ -121,6 +121,12 @@ class ListenerRunningError(CallHomeError):
     code = "listener-running"
 
 
+class StateStoreError(CallHomeError):
+    """The state database cannot be opened or has a schema this listener cannot use."""
+
+    code = "state-store"
+
+
 class NotAuthorizedError(ControlError):
     """The control client did not present a valid token."""
 

@@ -48,7 +48,7 @@ from netconf_callhome.control.cluster import NOT_HELD, ClusterClient, answer_rpc
 from netconf_callhome.errors import CallHomeError, ControlError, NodeUnreachableError
 from netconf_callhome.protocol.rpc_socket import close_frames, listen_frames
 from netconf_callhome.state.cluster_nodes import HEARTBEAT_STALE, Holder, NodeDirectory
-from netconf_callhome.state.postgres import StateStoreError
+from netconf_callhome.errors import StateStoreError
 
 log = logging.getLogger("netconf_callhome.cluster")
 

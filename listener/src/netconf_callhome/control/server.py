@@ -28,6 +28,7 @@ from netconf_callhome.errors import (
     LeaseError,
     NotAuthorizedError,
     RequestTooLargeError,
+    StateStoreError,
 )
 
 from netconf_callhome.config import ListenerConfig, parse_bind
@@ -40,7 +41,7 @@ from netconf_callhome.state.registry import Registry
 from netconf_callhome.state.postgres import redact_url
 from netconf_callhome.state.stores import is_shared
 from netconf_callhome.state.cluster_nodes import NodeDirectory
-from netconf_callhome.state.postgres import PostgresStore, StateStoreError
+from netconf_callhome.state.postgres import PostgresStore
 
 log = logging.getLogger("netconf_callhome.control")
 VERSION = "0.1.0"

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Coroutine, Dict, List, Optional, TypeVar
 
-from netconf_callhome.state.postgres import PostgresConnection, StateStoreError
+from netconf_callhome.errors import StateStoreError
+from netconf_callhome.state.postgres import PostgresConnection
 from netconf_callhome.state.registry import CONNECTED
 
 _T = TypeVar("_T")

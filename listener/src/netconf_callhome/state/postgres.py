@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from typing import Any, Coroutine, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
-from netconf_callhome.errors import CallHomeError, ConfigError
+from netconf_callhome.errors import ConfigError, StateStoreError
 from netconf_callhome.state.registry import (
     CONNECTED,
     HISTORY_MAX_AGE,
@@ -178,12 +178,6 @@ class EpochFence(Protocol):
     """The epoch a device row is written under (implemented by state.ownership.Ownership)."""
 
     def write_epoch(self, device: str, status: str) -> int: ...
-
-
-class StateStoreError(CallHomeError):
-    """The state database cannot be opened or has a schema this listener cannot use."""
-
-    code = "state-store"
 
 
 def redact_url(url: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 
 from netconf_callhome.control.client import SHARED_STORE_MARKER, ControlClient, parse_address, shared_store_of
 from netconf_callhome.errors import ControlError
-from netconf_callhome.state.postgres import StateStoreError
+from netconf_callhome.errors import StateStoreError
 from netconf_callhome.state.registry import PendingKey, Registry
 from netconf_callhome.state.stores import open_store
 

@@ -14,8 +14,8 @@ import time
 import asyncpg
 import pytest
 
-from netconf_callhome.errors import ConfigError
-from netconf_callhome.state.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, StateStoreError, migrate, redact_url
+from netconf_callhome.errors import ConfigError, StateStoreError
+from netconf_callhome.state.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, migrate, redact_url
 from netconf_callhome.state.registry import CONNECTED, DISCONNECTED, Registry, RegistryWriteError
 from netconf_callhome.state.stores import open_store, sqlite_path
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from netconf_callhome.config import ListenerConfig, load_config
-from netconf_callhome.errors import ConfigError
-from netconf_callhome.state.postgres import PostgresStore, StateStoreError
+from netconf_callhome.errors import ConfigError, StateStoreError
+from netconf_callhome.state.postgres import PostgresStore
 
 
 def pgpass_line(password: str) -> str:
