@@ -57,7 +57,10 @@ try:
     import netconf_callhome.policy.trust_ops  # noqa: F401  pylint: disable=unused-import
     import netconf_callhome.policy.trust_store  # noqa: F401  pylint: disable=unused-import
     # The errors the modules catch, imported once here rather than guarded in each of them.
-    from netconf_callhome.errors import CallHomeError, DeviceNotFoundError
+    from netconf_callhome.errors import (  # pylint: disable=unused-import
+        CallHomeError,
+        DeviceNotFoundError,
+    )
 except ImportError as exc:
     CallHomeError = DeviceNotFoundError = NetconfCallhomeMissing
     HAS_NETCONF_CALLHOME = False

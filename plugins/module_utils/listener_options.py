@@ -5,9 +5,10 @@
 
 **PRIVATE** to the collection. :data:`LISTENER_ARGS` is the counterpart of the
 ``netconf.callhome.listener`` doc fragment (``plugins/doc_fragments/listener.py``), and
-:data:`LISTENER_TOKEN_ARGS` of its ``listener_token`` section: keep them in step. It lives in the collection, not in the ``netconf-callhome`` distribution, because a module
-must build its ``AnsibleModule`` (and so its argument spec) even where that distribution is
-missing, to report it with ``fail_json``.
+:data:`LISTENER_TOKEN_ARGS` of its ``listener_token`` section: keep them in step. They live in
+the collection, not in the ``netconf-callhome`` distribution, because a module must build its
+``AnsibleModule`` (and so its argument spec) even where that distribution is missing, to report
+it with ``fail_json``.
 
 A module on these options (``listener_info``, ``wait_for_devices``) starts with
 :func:`listener_module` and asks the listener through :func:`call_listener`, with the functions of

@@ -9,7 +9,6 @@ import typing as t
 from pathlib import Path
 
 import asyncssh
-import pytest
 
 from module_runner import ModuleRun, run_module  # tests/unit/plugins/modules, on the path (conftest.py)
 
