@@ -174,7 +174,7 @@ class ChannelListener:
             await sub.on_connect()
             return
         try:
-            future: "concurrent.futures.Future[None]" = asyncio.run_coroutine_threadsafe(sub.on_connect(), sub.loop)
+            future: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(sub.on_connect(), sub.loop)
         except RuntimeError:  # its store was closed meanwhile
             return
         # Bounded (a store that is stopping never runs it), and its cancellation (its loop shut

@@ -28,7 +28,6 @@ from netconf_callhome.state.cluster_nodes import Holder
 pytestmark = pytest.mark.timeout(60)
 
 
-
 class _Recorder:
     """A dispatch that answers every request with what it got and who sent it."""
 

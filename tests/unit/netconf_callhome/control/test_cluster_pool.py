@@ -26,7 +26,6 @@ from netconf_callhome.state.cluster_nodes import Holder
 pytestmark = pytest.mark.timeout(60)
 
 
-
 class _Owner:
     """A dispatch like the control server's: answers, then closes its writer (which, on a kept
     connection, ends only that request). Records which connection served each request."""

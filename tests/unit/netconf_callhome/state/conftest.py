@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator, List
 
 import pytest
 
+from .ownership_nodes import Node
+
 PEERS = Path(__file__).resolve().parents[3] / "peers"
 if str(PEERS) not in sys.path:
     sys.path.insert(0, str(PEERS))
@@ -48,3 +50,19 @@ def make_store(request: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for store in opened:
         store.close()
+
+
+@pytest.fixture
+def nodes(pg_url: str) -> Iterator[Callable[..., Any]]:
+    """``nodes(name, **kw)``: a listener node (store + ownership) on this test's database,
+    closed after the test."""
+    made: List[Node] = []
+
+    def make(name: str, **kw: Any) -> Node:
+        node = Node(pg_url, name, **kw)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()

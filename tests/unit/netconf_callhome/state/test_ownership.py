@@ -8,71 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import time
-from typing import Any, Callable, List, Tuple
 
-import pytest
-
-from netconf_callhome.state.ownership import Claim, Ownership
-from netconf_callhome.state.postgres import SCHEMA_VERSION, PostgresStore
+from netconf_callhome.state.ownership import Claim
+from netconf_callhome.state.postgres import SCHEMA_VERSION
 from netconf_callhome.state.registry import CONNECTED, DISCONNECTED, KEY_MISMATCH, DeviceRecord
 
-
-def _rows(postgres: Any, url: str, sql: str) -> List[List[str]]:
-    return postgres.psql(sql, database=url.rsplit("/", 1)[1])
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("not within %.1f s: %s" % (timeout, what))
-        time.sleep(0.01)
-
-
-class Node:
-    """One listener node's store and ownership, recording what it was told."""
-
-    def __init__(self, url: str, name: str, reconcile_interval: float = 60.0) -> None:
-        self.store = PostgresStore(url, node=name)
-        self.claims: List[Claim] = []
-        self.moved: List[Tuple[str, str, int, float]] = []
-        self.lock = threading.Lock()
-        self.ownership = Ownership(
-            self.store,
-            on_claimed=self.claims.append,
-            on_moved=lambda d, n, e: self.moved.append((d, n, e, time.monotonic())),
-            reconcile_interval=reconcile_interval,
-        )
-        # LISTEN is up before a test relies on a notification
-        _wait(self.ownership.listener.connected.is_set, 10, "%s listening" % name)
-
-    def claim(self, device: str) -> Claim:
-        claim = self.ownership.claim(device).result(10)
-        assert claim is not None
-        return claim
-
-    def save(self, *records: DeviceRecord) -> None:
-        self.store.save(list(records), [], [])
-
-    def close(self) -> None:
-        self.ownership.close()
-        self.store.close()
-
-
-@pytest.fixture
-def nodes(pg_url: str) -> Any:
-    made: List[Node] = []
-
-    def make(name: str, **kw: Any) -> Node:
-        node = Node(pg_url, name, **kw)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
+from .ownership_nodes import rows as _rows
+from .ownership_nodes import wait_until as _wait
 
 
 def test_the_schema_has_the_ownership_migration(postgres, pg_url, nodes):

@@ -15,22 +15,9 @@ import pytest
 
 from netconf_callhome.state.ownership import BATCH_MAX, Claim
 
-from .test_ownership import Node, _rows, _wait
-
-
-@pytest.fixture
-def nodes(pg_url: str) -> Any:
-    """``nodes(name, **kw)``: a node (store + ownership) on this test's database, closed after."""
-    made: List[Node] = []
-
-    def make(name: str, **kw: Any) -> Node:
-        node = Node(pg_url, name, **kw)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
+from .ownership_nodes import Node
+from .ownership_nodes import rows as _rows
+from .ownership_nodes import wait_until as _wait
 
 
 def _claim_many(node: Node, claims: List[Tuple[str, Optional[int]]], timeout: float = 20) -> List[Any]:

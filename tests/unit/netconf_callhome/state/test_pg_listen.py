@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, List, Tuple
 
 import asyncssh
 import pytest
@@ -21,15 +21,9 @@ from netconf_callhome.state.postgres import PostgresStore
 from netconf_callhome.state.trust_postgres import CHANNEL as TRUST_CHANNEL
 from netconf_callhome.state.trust_postgres import PostgresTrustStore
 
-KEYS = [asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().strip() for _ in range(3)]
+from .ownership_nodes import wait_until as _wait
 
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("not within %.1f s: %s" % (timeout, what))
-        time.sleep(0.01)
+KEYS = [asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().strip() for _unused in range(3)]
 
 
 class CountingTrust(PostgresTrustStore):
@@ -69,7 +63,7 @@ class Node:
             reconcile_interval=60,
             listener=self.trust.listener,
         )
-        _wait(lambda: self.trust.listener.connected.is_set(), 10, "%s listening" % name)
+        _wait(self.trust.listener.connected.is_set, 10, "%s listening" % name)
         _wait(lambda: self.ownership.resyncs >= 1 and self.trust.resyncs >= 1, 10, "%s subscribers resynced" % name)
 
     def claim(self, device: str) -> None:
