@@ -61,7 +61,10 @@ options:
   listener:
     description:
       - Control address of the listener (C(unix:/path) or C(tls://host:port)).
-      - Defaults to E(NETCONF_CALLHOME_CONTROL), then C(~/.netconf-callhome/control.sock).
+      - Defaults to the local V(unix:~/.netconf-callhome/control.sock) (the C(control.sock) under
+        E(NETCONF_CALLHOME_HOME) when that is set); unlike C(listener_info), this module does not read
+        E(NETCONF_CALLHOME_LISTENER), so set it explicitly for a remote listener (in AWX,
+        V({{ ansible_callhome_listener }})).
     type: str
   listener_token:
     description: Token for a remote (C(tls://)) listener.

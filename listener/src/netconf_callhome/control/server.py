@@ -635,7 +635,8 @@ class ControlServer:
                 continue
             out.append(self._device_view(str(rec_doc.get("name")), rec_doc))
         for name in sorted(set(self.listener.enrolled_devices()) - {r["name"] for r in out}):
-            if not status and self.listener.registry.get(name) is None:
+            # enrolled but never called: listed unfiltered and under their own status filter
+            if status in (None, "", "never-seen") and self.listener.registry.get(name) is None:
                 out.append(self._device_view(name, {"name": name, "status": "never-seen"}))
         return out
 

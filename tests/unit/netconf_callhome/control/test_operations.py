@@ -82,6 +82,7 @@ def test_devices_and_device_for_an_enrolled_device_never_seen(listener_in_thread
     expected = {"name": "quiet1", "status": "never-seen", "enrolled": True, "active_leases": 0}
     assert lst.call("devices") == [expected]
     assert lst.call("devices", status="connected") == []
+    assert lst.call("devices", status="never-seen") == [expected]  # the status listener_info documents
     assert lst.call("device", device="quiet1") == expected
     assert lst.call("status")["enrolled"] == 1
 
