@@ -14,15 +14,13 @@ Two listener processes on one real PostgreSQL (tests/peers/postgres_peer.py):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-import pytest
 from harness import ncclient_over_lease, running, wait_until
+from module_runner import run_module
 
 SECRET = "Zt-shared-outbound-s3cret-0815"
 
@@ -36,19 +34,9 @@ def _node(listener_factory: Any, tmp_path: Path, url: str, name: str) -> Any:
 
 def _enroll_module(check: bool = False, **params: Any) -> Tuple[int, Dict[str, Any]]:
     """netconf.callhome.enroll run in this process, as Ansible runs it (its JSON result)."""
-    from ansible.module_utils import basic
-    from ansible.module_utils.common.text.converters import to_bytes
-
     from ansible_collections.netconf.callhome.plugins.modules import enroll as enroll_module
 
-    args = dict(params, _ansible_check_mode=check, _ansible_diff=True)
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))  # pylint: disable=protected-access
-    if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19+
-        basic._ANSIBLE_PROFILE = "legacy"  # pylint: disable=protected-access
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
-        enroll_module.main()
-    return int(exc.value.code or 0), json.loads(out.getvalue())
+    return run_module(enroll_module.main, params, check=check, diff=True)
 
 
 def _outbound_port(node: Any) -> int:
