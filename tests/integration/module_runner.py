@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """``run_module``: a module's ``main()`` run in this process, as Ansible runs it.
 
-Imported by the test files here as ``from module_runner import run_module`` (``conftest.py`` in
-this folder puts the folder on ``sys.path``, as ``tests/conftest.py`` does for ``harness``).
+Imported as ``from module_runner import run_module`` by the module unit tests and the integration
+tests (``tests/conftest.py`` puts this folder on ``sys.path``, as for ``harness``).
 """
 
 from __future__ import annotations
