@@ -221,6 +221,19 @@ def test_a_peer_without_a_cluster_certificate_is_refused(listener_factory, fleet
     a.wait_log("reason=auth_timeout")
 
 
+def _read_through(node: Any, device: str, holder: str) -> None:
+    """``device`` found on ``holder`` through ``node``, and its running configuration read over a
+    lease that ``node`` forwards there."""
+    rec = node.call("wait", device=device, wait=20)
+    assert rec["node"] == holder, rec
+    manager, info = ncclient_over_lease(node.control, device)
+    try:
+        assert info["node"] == holder
+        assert "<data" in manager.get_config("running").xml
+    finally:
+        manager.close_session()
+
+
 def test_owner_down_is_a_clear_error_and_the_next_request_after_the_move_succeeds(
     listener_factory, fleet, postgres, tmp_path
 ):
@@ -249,14 +262,7 @@ def test_owner_down_is_a_clear_error_and_the_next_request_after_the_move_succeed
         assert time.monotonic() - started < 10
     # the device redials another node (its address moved: HAProxy's job in production)
     with running(fleet.simulator(c.ssh_port, 1, "--name-prefix", "mb", wait_connected=1)):
-        rec = a.call("wait", device="mb0001", wait=20)
-        assert rec["node"] == "node-c", rec
-        manager, info = ncclient_over_lease(a.control, "mb0001")
-        try:
-            assert info["node"] == "node-c"
-            assert "<data" in manager.get_config("running").xml
-        finally:
-            manager.close_session()
+        _read_through(a, "mb0001", "node-c")
         assert "event=cluster.lease_forwarded device=mb0001 node=node-c" in a.log()
 
 
@@ -277,14 +283,7 @@ def test_forwarded_requests_reuse_one_connection_and_follow_a_device_between_liv
         assert a.log().count("event=cluster.dialled node=node-b") == 1, a.log()[-3000:]
     wait_until(lambda: _held_by(postgres, database, "mv0001") == [], 15, "mv0001 held by nobody")
     with running(fleet.simulator(c.ssh_port, 1, "--name-prefix", "mv", wait_connected=1)):
-        rec = a.call("wait", device="mv0001", wait=20)
-        assert rec["node"] == "node-c", rec
-        manager, info = ncclient_over_lease(a.control, "mv0001")
-        try:
-            assert info["node"] == "node-c"
-            assert "<data" in manager.get_config("running").xml
-        finally:
-            manager.close_session()
+        _read_through(a, "mv0001", "node-c")
     assert a.log().count("event=cluster.dialled node=node-c") == 1, a.log()[-3000:]
     assert "event=cluster.peer_refused" not in b.log() + c.log()
 
