@@ -53,6 +53,14 @@ def format_peer(peer: Sequence[Any]) -> str:
     return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
 
 
+def describe_peer(peer: Any) -> str:
+    """A connection's ``peername`` for a log line: :func:`format_peer` for an address, the value
+    as text otherwise (a Unix socket's empty name, None after the peer left)."""
+    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+        return format_peer(peer)
+    return str(peer)
+
+
 def peer_ip(peer: str) -> str:
     """The address part of a peer written by :func:`format_peer`."""
     return peer.rsplit(":", 1)[0].strip("[]")

@@ -45,6 +45,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from netconf_callhome.config import ClusterOptions, parse_bind
 from netconf_callhome.errors import ConfigError, ControlError, NodeUnreachableError, error_from_dict
+from netconf_callhome.netutil import describe_peer
 from netconf_callhome.protocol.rpc_socket import MAX_FRAME
 
 log = logging.getLogger("netconf_callhome.cluster")
@@ -134,19 +135,13 @@ class _Refusals:
         if now - self._logged.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
             log.warning(
                 "event=cluster.peer_refused peer=%s reason=%s count=%d error=%r",
-                _peer(peer),
+                describe_peer(peer),
                 reason,
                 self._counts[reason],
                 detail,
             )
             self._logged[reason] = now
             self._counts[reason] = 0
-
-
-def _peer(peer: Any) -> str:
-    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
-        return "[%s]:%s" % (peer[0], peer[1]) if ":" in str(peer[0]) else "%s:%s" % (peer[0], peer[1])
-    return str(peer)
 
 
 class Strangers:
@@ -317,7 +312,7 @@ class ClusterServer:
             writer.transport.abort()
             return
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("event=cluster.peer_dropped peer=%s error=%r", _peer(peer), exc)
+            log.debug("event=cluster.peer_dropped peer=%s error=%r", describe_peer(peer), exc)
             writer.transport.abort()
             return
         finally:
@@ -381,7 +376,7 @@ class ClusterServer:
             writer.transport.abort()
             return None
         except (ConnectionError, OSError) as exc:
-            log.debug("event=cluster.peer_dropped peer=%s error=%r", _peer(peer), exc)
+            log.debug("event=cluster.peer_dropped peer=%s error=%r", describe_peer(peer), exc)
             writer.transport.abort()
             return None
         finally:

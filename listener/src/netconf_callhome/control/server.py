@@ -36,6 +36,7 @@ from netconf_callhome.control.client import SHARED_STORE_MARKER
 from netconf_callhome.control.cluster import Strangers, answer_rpc, read_rpc_body
 from netconf_callhome.control.forward import FORWARDED_OPS, Forwarder, splice
 from netconf_callhome.metrics import Metrics
+from netconf_callhome.netutil import describe_peer
 from netconf_callhome.protocol.session import HeldSession, Lease
 from netconf_callhome.state.registry import Registry
 from netconf_callhome.state.postgres import redact_url
@@ -168,7 +169,7 @@ class _Burst:
         now = time.monotonic()
         if self.count == 0:
             self._first = now
-            log.warning("event=%s peer=%s %s (further ones are counted, not logged)", self.event, _peer(peer), self.what)
+            log.warning("event=%s peer=%s %s (further ones are counted, not logged)", self.event, describe_peer(peer), self.what)
             self._timer = asyncio.get_running_loop().call_later(_BURST_QUIET, self._check)
         self.count += 1
         self._last = now
@@ -188,12 +189,6 @@ class _Burst:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _peer(peer: Any) -> str:
-    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
-        return "[%s]:%s" % (peer[0], peer[1]) if ":" in str(peer[0]) else "%s:%s" % (peer[0], peer[1])
-    return str(peer)
 
 
 class ControlServer:
@@ -328,7 +323,7 @@ class ControlServer:
                     return
         except TimeoutError:
             self._bursts["timeout"].hit(peer)
-            log.debug("event=control.auth_timeout peer=%s", _peer(peer))
+            log.debug("event=control.auth_timeout peer=%s", describe_peer(peer))
             writer.transport.abort()
             return
         except asyncio.CancelledError:
@@ -336,7 +331,7 @@ class ControlServer:
                 return  # made room for a newer stranger
             raise
         except (ssl.SSLError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("event=control.tls_failed peer=%s error=%r", _peer(peer), exc)
+            log.debug("event=control.tls_failed peer=%s error=%r", describe_peer(peer), exc)
             writer.transport.abort()
             return
         finally:
