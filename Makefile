@@ -10,17 +10,17 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-# The interpreter present (python3 first): ansible-core 2.16-2.19 run on 3.10/3.11, 2.20+ on 3.12+.
+# The interpreter present (python3 first; 3.11 or later): ansible-core up to 2.19 runs on 3.11, 2.20+ on 3.12+.
 PYTHON      ?= $(shell command -v python3 || command -v python3.13 || command -v python3.12 || command -v python3.11)
 DIST        := $(ROOT)/dist
 VENV        := $(ROOT)/.venv
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
 # ansible.netcommon/ansible.utils come from the `ansible` wheel that matches the ansible-core pip
-# picks for this Python (2.19 on 3.10/3.11: ansible 12; 2.21 on 3.12+: ansible 14).
+# picks for this Python (2.19 on 3.11: ansible 12; 2.21 on 3.12+: ansible 14).
 PY_MINOR    := $(shell $(PYTHON) -c 'import sys; print(sys.version_info[1])' 2>/dev/null)
 ANSIBLE_NEWEST := ansible>=14,<15
-ANSIBLE_PKG := $(if $(filter 10 11,$(PY_MINOR)),ansible==12.3.0,$(ANSIBLE_NEWEST))
+ANSIBLE_PKG := $(if $(filter 11,$(PY_MINOR)),ansible==12.3.0,$(ANSIBLE_NEWEST))
 DEBIAN_VERSION := $(shell . /etc/os-release 2>/dev/null && echo $$VERSION_ID)
 COLL_LINK   := $(ROOT)/.collections/ansible_collections/netconf/callhome
 DEPS_DIR    := $(ROOT)/.deps/ansible_collections
