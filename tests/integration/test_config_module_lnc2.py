@@ -2,9 +2,10 @@
 """``netconf.callhome.config`` end to end against the libnetconf2 device, with a real listener.
 
 Why: ``test_config_module.py`` proves the module's sequence against the simulator, whose call home
-is played by a "follower" in the test. Here nothing is played: ``lnc2-device`` (libnetconf2 2.0,
-``tests/peers/libnetconf2/device.c``) takes the pushed ``ietf-netconf-server`` configuration through
-its direct NETCONF/SSH endpoint (``ansible.netcommon.netconf`` in real ``ansible-playbook`` runs),
+is played by a "follower" in the test. Here nothing is played: ``lnc2-device`` (libnetconf2 2.0 on
+Debian 12, 3.x on Debian 13 where libnetconf2 applies the configuration through its own
+implementation of the model; ``tests/peers/libnetconf2/device.c``) takes the pushed
+``ietf-netconf-server`` configuration through its direct NETCONF/SSH endpoint (``ansible.netcommon.netconf`` in real ``ansible-playbook`` runs),
 runs its own checks on it, commits it (candidate, confirmed commit with persist-id) and then
 *itself* dials what the configuration names. The listener is the collection's own
 (``callhome-listener serve``) and logs in with a key that only the pushed configuration authorizes
