@@ -39,6 +39,19 @@ CANARY_WAIT = 2.0
 # The listener's message bound during the suite: small enough to reach quickly, large enough that
 # a framing cost quadratic in the buffered bytes shows (32 MiB in SSH packets: ~15 s of CPU).
 MAX_MESSAGE = 32 * MIB
+# Every attack's resource bounds (verdict), counted from the moment its canaries start, for the
+# listener process: peak RSS at most RSS_GROWTH above where it was, and CPU time at most
+# CPU_BASE + CPU_SHARE x the wall time. Attacks that may cost more by design (an endless message
+# up to max_message_bytes, 2,000 pending TLS handshakes) pass their own bounds.
+# Measured (2026-12-02 04:20, load 1.7): the canary loop alone costs the listener ~12% of a core;
+# the costliest attack, 1,000 concurrent leases, 2.2 s of CPU over 5.4 s (41%), +15 MiB; the
+# garbage flood from the canaries' address 1.5 s over 12 s, +0.2 MiB. The bounds leave a factor
+# of 2.5 or more (a loaded machine stretches the wall time more than the CPU time); the
+# defects they catch cost far more (quadratic framing pinned a core for 120 s and took 260 MB, the
+# preamble reader spun a core).
+RSS_GROWTH = 64 * MIB
+CPU_BASE = 3.0
+CPU_SHARE = 0.5
 
 
 # -- process meters -----------------------------------------------------------------------------
@@ -141,15 +154,6 @@ def norm_fingerprint(value: str) -> str:
     return "ssh:" + (text[7:] if text.startswith("SHA256:") else text)
 
 
-def known_options(section: Any, **options: Any) -> Dict[str, Any]:
-    """The subset of ``options`` this listener's configuration knows (a bound whose option has
-    not landed is left at its default: the attack then fails on behaviour, not on a config error)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(section)}
-    return {k: v for k, v in options.items() if k in names}
-
-
 # A killed test run (an outer timeout) runs no finalizer: this watchdog, one per listener, ends the
 # listener when the test process is gone (the listener runs in its own session, by the harness).
 _GUARD = """
@@ -190,12 +194,14 @@ class AttackListener(ListenerProcess):
         self.options = options
         self.allowed: Dict[str, Set[str]] = {}
         self.sampler: Optional[ResourceSampler] = None
+        self.started_mark: Optional[Mark] = None  # the meters when it started (no canaries: from here)
         self._guard: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     def start(self, timeout: float = 30.0) -> "AttackListener":
         super().start(timeout)
         self._guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(self.pid)])
         self.sampler = ResourceSampler(self.pid)
+        self.started_mark = self.sampler.mark()
         return self
 
     @property
@@ -342,9 +348,12 @@ class CanaryLoop:
         self.fleet: Any = None  # the simulated devices (tests/conftest.py SimFleet)
         self.idle: List[str] = []  # enrolled, connected, not leased
         self._drops_at_start = 0
+        self.mark: Optional[Mark] = None  # the listener's meters when the loop started (verdict)
 
     def start(self) -> "CanaryLoop":
         self._drops_at_start = self.drops()
+        if self.lp.sampler is not None:
+            self.mark = self.lp.sampler.mark()
         for thread in self._threads:
             thread.start()
         return self
@@ -423,15 +432,42 @@ class CanaryLoop:
         assert self.ok >= min_ok, "the canary loop hardly ran: " + text
 
 
-def verdict(lp: AttackListener, loop: Optional[CanaryLoop], min_ok: int = 1) -> None:
+def verdict(
+    lp: AttackListener,
+    loop: Optional[CanaryLoop],
+    min_ok: int = 1,
+    *,
+    rss_growth: int = RSS_GROWTH,
+    cpu_base: float = CPU_BASE,
+    cpu_share: float = CPU_SHARE,
+) -> None:
     """What every attack must leave true: nothing handed to a foreign key, canaries untouched,
-    the listener alive."""
+    the listener alive, and its memory and CPU within bounds since the canaries started (peak
+    RSS growth at most ``rss_growth``; CPU time at most ``cpu_base`` + ``cpu_share`` x wall time)."""
     assert lp.proc is not None and lp.proc.poll() is None, "the listener died:\n" + lp.log()[-3000:]
+    if loop is not None and not loop.stopped:
+        loop.wait_more(len(loop.devices))  # and the canaries are still served after the attack
+    mark = loop.mark if loop is not None and loop.mark is not None else lp.started_mark
+    assert lp.sampler is not None and mark is not None, "the listener was never metered"
     if loop is not None:
-        if not loop.stopped:
-            loop.wait_more(len(loop.devices))  # and the canaries are still served after the attack
+        loop.stop()
+    now = lp.sampler.mark()
+    elapsed = now.at - mark.at
+    cpu = now.cpu - mark.cpu
+    grown = lp.sampler.peak_rss_since(mark) - mark.rss
+    cpu_bound = cpu_base + cpu_share * elapsed
+    figures = (
+        "listener pid %d since the canaries started: %.1f s CPU over %.1f s (%.0f%% of a core; bound %.1f s), "
+        "RSS %.1f MiB, peak +%.1f MiB (bound +%.0f MiB), now %.1f MiB"
+        % (lp.pid, cpu, elapsed, 100 * cpu / max(elapsed, 0.001), cpu_bound, mark.rss / MIB, grown / MIB,
+           rss_growth / MIB, now.rss / MIB)
+    )
+    print("verdict: " + figures)
+    if loop is not None:
         loop.assert_clean(min_ok)
     lp.assert_no_foreign_sessions()
+    assert grown <= rss_growth, "the listener's memory grew beyond its bound: " + figures
+    assert cpu <= cpu_bound, "the listener spent more CPU than its bound: " + figures
 
 
 # -- TLS material and SSH keys ------------------------------------------------------------------

@@ -13,8 +13,12 @@
 ``device_process``   factory: a device of ``tests/attacks/devices.py`` in a child process.
 
 Every test ends with :func:`verdict`: no session handed to a key that is not enrolled for its
-device (listener log and registry), no canary failure. Resource bounds are each test's own.
-Everything started here is stopped in finalizers; everything written is under ``tmp_path``.
+device (listener log and registry), no canary failure, and the listener's peak RSS growth and CPU
+time since the canaries started within bounds (``attacklib.RSS_GROWTH``, ``CPU_BASE`` +
+``CPU_SHARE`` x wall time, unless the test passes its own). Every test is bounded in time: each
+file sets ``pytestmark = pytest.mark.timeout(...)``, and a test without one gets
+:data:`TEST_TIMEOUT` here. Everything started here is stopped in finalizers; everything written
+is under ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ if str(HERE) not in sys.path:
 
 from attacklib import AttackListener, CanaryLoop, base_options  # noqa: E402  (tests/attacks)
 from harness import wait_until  # noqa: E402  (tests/integration, put on the path by attacklib)
+
+# The bound on one attack, set by every test file and applied here to any test that has none: a
+# few times the slowest attack's run on the loaded 2-core machine (the whole suite takes ~5 min).
+TEST_TIMEOUT = 300
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.resolve().parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
 @pytest.fixture

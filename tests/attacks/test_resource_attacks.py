@@ -15,14 +15,24 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 
-from attacklib import MIB, AttackListener, CanaryLoop, known_options, proc_fds, tls_options, verdict
+from attacklib import MIB, AttackListener, CanaryLoop, proc_fds, tls_options, verdict
 from harness import wait_until
-from netconf_callhome.config import ControlTCPOptions
 from netconf_callhome.control.client import ControlClient
 from netconf_callhome.errors import CallHomeError
 
-HALF_OPEN = 1500
-PER_HANDSHAKE = 64 * 1024  # issue 10: at most 64 KiB per pending handshake (it was ~280 KB)
+pytestmark = pytest.mark.timeout(300)  # conftest.TEST_TIMEOUT: a hung attack fails, it does not stall make test
+
+# Issue 10's flood: 2,000 half-open connections. Descriptors: the listener raises its soft
+# RLIMIT_NOFILE to the hard limit at start (20,000 here) and the test process does so with
+# ``many_fds``; max_handshakes is set above the flood so that every connection is pending.
+HALF_OPEN = 2000
+# Issue 10: at most 64 KiB per pending handshake (it was ~280 KB); 46 KiB measured with OpenSSL
+# 3.0, the machine this suite runs on (Debian 12). OpenSSL 3.5 (Debian 13) sends a second key
+# share, the post-quantum hybrid X25519MLKEM768, in every ClientHello by default and holds its
+# key state while the device is silent: 64.2-64.5 KiB there, a miss the listener accepts
+# (docs/security.md, "Memory of a pending TLS handshake"); the unit test
+# tests/unit/netconf_callhome/protocol/test_tls_memory.py allows 72 KiB there, and so does this.
+PER_HANDSHAKE = (64 if ssl.OPENSSL_VERSION_INFO < (3, 5) else 72) * 1024
 
 
 def _connect_from(source: str, port: int, timeout: float = 10.0) -> socket.socket:
@@ -39,10 +49,11 @@ def test_half_open_tls_handshakes_memory_bounded_and_returned(
     canaries: Callable[..., CanaryLoop],
     tls_pki: Any,
 ) -> None:
-    """Defect 7: 1,500 TCP connections to the TLS port that never answer the listener's
+    """Defect 7: 2,000 TCP connections to the TLS port that never answer the listener's
     ClientHello cost at most 64 KiB each while pending, and the memory is given back within a
     minute after they are gone (2,000 took the listener from 88 to 645 MB, and it stayed there)."""
-    lp = attack_listener(handshake_timeout=60, **tls_options(tls_pki))  # pending for the whole flood
+    # pending for the whole flood, and none turned away by the handshake bound
+    lp = attack_listener(handshake_timeout=60, max_handshakes=HALF_OPEN + 100, **tls_options(tls_pki))
     loop = canaries(lp)
     assert lp.sampler is not None
     fds = proc_fds(lp.pid)
@@ -70,7 +81,7 @@ def test_half_open_tls_handshakes_memory_bounded_and_returned(
     slack = 16 * MIB
     wait_until(lambda: lp.sampler.rss() <= mark.rss + slack, 60, "the listener's memory to come back",
                detail=lambda: lp.sampler.describe(mark))
-    verdict(lp, loop)
+    verdict(lp, loop, rss_growth=PER_HANDSHAKE * HALF_OPEN + slack)
 
 
 async def _unauthenticated(host: str, port: int, count: int, size: int, bound: float) -> List[Optional[float]]:
@@ -123,7 +134,7 @@ def test_remote_control_unauthenticated_flood_closed_within_auth_bound(
     auth_timeout = 3.0
     lp = attack_listener(control_tcp=dict(
         bind="127.0.0.1:0", cert=str(server.cert_path), key=str(server.key_path), token_file=str(token),
-        **known_options(ControlTCPOptions, auth_timeout=auth_timeout),
+        auth_timeout=auth_timeout,
     ))
     loop = canaries(lp)
     remote = str(lp.call("status")["control_tcp"])
@@ -151,7 +162,7 @@ def test_remote_control_unauthenticated_flood_closed_within_auth_bound(
         len(still_open), bound + 10)
     assert slowest <= bound, "closed only after %.1f s (auth bound %.0f s)" % (slowest, auth_timeout)
     assert lp.sampler.peak_rss_since(mark) - mark.rss <= 100 * MIB, lp.sampler.describe(mark)
-    verdict(lp, loop)
+    verdict(lp, loop, rss_growth=100 * MIB)
 
 
 def _concurrently(count: int, call: Callable[[], Any]) -> List[Tuple[str, str]]:

@@ -16,6 +16,8 @@ import pytest
 from attacklib import AttackListener, CanaryLoop, ssh_identity, tls_options, verdict
 from harness import wait_until
 
+pytestmark = pytest.mark.timeout(300)  # conftest.TEST_TIMEOUT: a hung attack fails, it does not stall make test
+
 
 def _edit_trust_store(lp: AttackListener, change: Callable[[Dict[str, Any]], None]) -> None:
     """What an operator does with an editor: read, change, write the file (renamed into place)."""
