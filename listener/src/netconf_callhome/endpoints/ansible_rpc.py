@@ -21,7 +21,19 @@ manager exist while clients use them and go after ``idle_timeout`` seconds witho
 
 Why an endpoint per *client* (one playbook's inventory host) and not one per device: each client
 gets its own lease, as its ``ansible-connection`` had, so a lock taken by one playbook holds
-against another's edit (``lock-denied`` / ``in-use`` from the multiplexer or the device).
+against another's edit (``lock-denied`` / ``in-use`` from the multiplexer or the device). The
+endpoint is keyed on ``(device, client)`` only: every task of the host reaches the same lease
+whatever its ``ansible_command_timeout``, so its own lock never locks it out. The command timeout
+is the one the task that asked for the endpoint last sent (what ``ansible-connection`` does with
+each task's options), and the ``network_os`` is the first task's until the client ends (the
+sub-plugin ``ansible-connection`` loaded stayed too).
+
+The client ends as with ``ansible-connection``: ansible-core sends ``reset`` on the host's socket
+at the end of every play (``StrategyBase.cleanup``) and for ``meta: reset_connection``. The
+endpoint then closes its lease once the requests in flight have finished, so the multiplexer (or
+the device, for a channel of its own) releases the client's locks and cancels its pending
+confirmed commit at once, not after ``idle_timeout``. The socket stays: the next request (the next
+task of the host, which is handed the same path) gets a fresh lease.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -71,7 +84,8 @@ class EndpointRPCError(Exception):
     """A request failed for a reason of the endpoint (session lost, timeout); the text reaches the module."""
 
 
-Key = Tuple[str, str, str, float]
+Key = Tuple[str, str, str, float]  # a RESTCONF endpoint's: (device, root, network_os, command_timeout)
+ClientKey = Tuple[str, str]  # a NETCONF endpoint's: (device, client)
 
 
 class _AnsibleRuntime:
@@ -162,7 +176,10 @@ class _AnsibleRuntime:
 class Endpoint:
     """One client's persistent connection to one device: socket, lease, manager, sub-plugin."""
 
-    def __init__(self, key: Key, held: HeldSession, path: str, platform: Platform, command_timeout: float) -> None:
+    def __init__(
+        self, key: ClientKey, held: HeldSession, path: str, platform: Platform, command_timeout: float,
+        requested_network_os: str = "auto",
+    ) -> None:
         self.key = key
         self.held = held
         self.device = held.device
@@ -170,6 +187,10 @@ class Endpoint:
         self.id = os.path.basename(path).rsplit(".", 1)[0]
         self.platform = platform
         self.command_timeout = command_timeout
+        self.requested_network_os = requested_network_os
+        # ``reset`` / ``close`` asked: the client ends when the requests in flight have finished
+        self.end_requested = False
+        self.clients = 1  # leases this endpoint has had (a reset ends one, the next request opens one)
         self.lease: Optional[LocalLease] = None
         self.manager: Any = None
         self.sub_plugin: Any = None
@@ -191,14 +212,31 @@ class Endpoint:
             self.lost = reason
             log.info("event=endpoint.session_lost device=%s path=%s reason=%r", self.device, self.path, reason)
 
-    def close_manager(self) -> None:
-        manager, self.manager = self.manager, None
+    def set_command_timeout(self, seconds: float) -> None:
+        """The timeout of the next requests (ncclient reads the manager's at each RPC)."""
+        self.command_timeout = seconds
+        manager = self.manager
         if manager is not None:
-            with contextlib.suppress(Exception):
-                manager._session.close()
-        if self.lease is not None:
-            with contextlib.suppress(OSError):
-                self.lease.close()
+            manager._timeout = seconds
+
+    def detach(self) -> Tuple[Any, Optional[LocalLease]]:
+        """Take the manager and lease off the endpoint (their end is then not a lost session)."""
+        manager, self.manager = self.manager, None
+        lease, self.lease = self.lease, None
+        return manager, lease
+
+    def close_manager(self) -> None:
+        close_client(*self.detach())
+
+
+def close_client(manager: Any, lease: Optional[LocalLease]) -> None:
+    """Close an ncclient manager and its lease (blocking: in the pool)."""
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager._session.close()
+    if lease is not None:
+        with contextlib.suppress(OSError):
+            lease.close()
 
 
 # Arguments that the sub-plugins pass to ncclient as numbers where ncclient needs text.
@@ -270,6 +308,17 @@ class EndpointConnection(ModuleConnection):
 
     # -- what ansible-connection's netconf connection answered itself ----------------------------
 
+    def reset(self) -> None:
+        """The end of the host's connection (end of a play, ``meta: reset_connection``): the
+        client's lease ends once its requests in flight have finished (AnsibleEndpoints._request),
+        which releases its locks and cancels its pending confirmed commit. The next request gets a
+        fresh lease, as the next task got a new session from ``ansible-connection``."""
+        self._endpoint.end_requested = True
+        log.debug("event=endpoint.reset_requested device=%s client=%s", self._endpoint.device,
+                  self._endpoint.key[1] or "-")
+
+    close = reset
+
     def exec_command(self, cmd: str, in_data: Any = None, sudoable: bool = True) -> Any:
         """A raw XML request (netcommon's ``exec_command`` form)."""
         to_ele = _RUNTIME.modules["to_ele"]
@@ -310,13 +359,23 @@ class EndpointConnection(ModuleConnection):
                 ep.session_lost(ep.lost or "%s: %s" % (type(exc).__name__, exc))
                 raise EndpointRPCError(self._lost_text()) from None
             if type(exc).__name__ == "TimeoutExpiredError":
+                timeout = getattr(manager, "_timeout", ep.command_timeout)
                 raise EndpointRPCError(
-                    "device %s: no reply to %s within %g s (ansible_command_timeout)" % (ep.device, name, ep.command_timeout)
+                    "device %s: no reply to %s within %g s (ansible_command_timeout)" % (ep.device, name, timeout)
                 ) from None
             raise
 
 
 _RUNTIME = _AnsibleRuntime()
+
+
+def _method_of(data: bytes) -> str:
+    """The JSON-RPC method of a request, for the debug log (never its parameters)."""
+    try:
+        method = json.loads(data).get("method")
+    except (ValueError, AttributeError):
+        return "-"
+    return method if isinstance(method, str) and len(method) <= 64 else "-"
 
 
 class AnsibleEndpoints:
@@ -339,8 +398,9 @@ class AnsibleEndpoints:
         self.idle_timeout = idle_timeout
         self._max_workers = max_workers
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._endpoints: Dict[Key, Endpoint] = {}
-        self._locks: Dict[Key, asyncio.Lock] = {}
+        # keyed by ClientKey here, by Key in RestconfEndpoints (which shares the socket handling)
+        self._endpoints: Dict[Any, Endpoint] = {}
+        self._locks: Dict[Any, asyncio.Lock] = {}
         self._touch = touch or (lambda: None)
         self._lease_ended = lease_ended or (lambda held: None)
         self._reaper: Optional["asyncio.Task[None]"] = None
@@ -377,19 +437,42 @@ class AnsibleEndpoints:
         collections_paths: Sequence[str] = (),
         client: str = "",
     ) -> Dict[str, Any]:
-        """The endpoint for ``client`` of ``held``'s device: an existing one, or a new one."""
+        """The endpoint for ``client`` of ``held``'s device: an existing one, or a new one.
+
+        Keyed on the device and the client only (see the module's doc): ``command_timeout`` applies
+        to the requests from now on; a ``network_os`` other than the first one's is logged and
+        kept, as ``ansible-connection`` kept its sub-plugin until the connection was reset."""
         started = time.monotonic()
-        key: Key = (held.device, client, network_os or "auto", float(command_timeout))
+        key: ClientKey = (held.device, client)
+        network_os = network_os or "auto"
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             ep = self._endpoints.get(key)
             created = False
-            if ep is not None and not (ep.usable and ep.held is held):
+            if ep is not None and (ep.held is not held or ep.lost is not None or not held.is_open):
                 await self._close(ep, "replaced")
                 ep = None
+            if ep is not None and network_os != ep.requested_network_os and ep.manager is None:
+                # the client ended (reset): the next one may use another sub-plugin
+                await self._close(ep, "network_os changed to %s after a reset" % network_os)
+                ep = None
             if ep is None:
-                ep = await self._create(key, held, network_os or "auto", float(command_timeout), collections_paths)
+                ep = await self._create(key, held, network_os, float(command_timeout), collections_paths)
                 created = True
+            else:
+                if network_os != ep.requested_network_os:
+                    log.info(
+                        "event=endpoint.network_os_kept device=%s client=%s asked=%s kept=%s "
+                        "reason='the sub-plugin of a client stays until the connection is reset'",
+                        ep.device, client or "-", network_os, ep.platform.network_os,
+                    )
+                if ep.manager is None:  # reset by the previous task: a fresh lease for this one
+                    await self._relaunch(ep)
+                    if ep.lost is not None:
+                        reason = ep.lost
+                        await self._close(ep, reason)
+                        raise EndpointError("device %s: %s" % (held.device, reason), details={"device": held.device})
+                ep.set_command_timeout(float(command_timeout))
             ep.last_used = time.monotonic()
         self._ensure_reaper()
         return {
@@ -408,7 +491,8 @@ class AnsibleEndpoints:
         }
 
     async def _create(
-        self, key: Key, held: HeldSession, network_os: str, command_timeout: float, collections_paths: Sequence[str]
+        self, key: ClientKey, held: HeldSession, network_os: str, command_timeout: float,
+        collections_paths: Sequence[str],
     ) -> Endpoint:
         started = time.monotonic()
         capabilities = held.hello.capabilities if held.hello else []
@@ -420,7 +504,7 @@ class AnsibleEndpoints:
             await loop.run_in_executor(pool, self.runtime.load, self.collections_paths or tuple(collections_paths))
             cls = await loop.run_in_executor(pool, self.runtime.netconf_class, platform.network_os)
         path = self._path_for(key)
-        ep = Endpoint(key, held, path, platform, command_timeout)
+        ep = Endpoint(key, held, path, platform, command_timeout, requested_network_os=network_os)
         options = {
             "persistent_command_timeout": int(command_timeout),
             "network_os": platform.network_os,
@@ -434,10 +518,8 @@ class AnsibleEndpoints:
         if getattr(cls, "_load_name", "default").rsplit(".", 1)[-1] != "default":
             with contextlib.suppress(Exception):
                 ep.device_handler = ep.sub_plugin.get_option("ncclient_device_handler") or ep.device_handler
-        ep.lease = await open_local_lease(held)  # LeaseError as for a control-socket lease
-        ep.lease.done.add_done_callback(lambda fut: self._lease_done(ep, fut))
+        await self._lease(ep)  # LeaseError as for a control-socket lease
         try:
-            ep.manager = self._manager(ep)
             await self._listen(ep)
         except BaseException:
             ep.close_manager()
@@ -445,17 +527,59 @@ class AnsibleEndpoints:
         self._endpoints[key] = ep
         log.info(
             "event=endpoint.start device=%s client=%s mode=%s network_os=%s handler=%s path=%s ms=%.1f",
-            ep.device, key[1] or "-", ep.lease.mode, platform.network_os, ep.device_handler, path,
+            ep.device, key[1] or "-", ep.lease.mode if ep.lease else "-", platform.network_os, ep.device_handler, path,
             (time.monotonic() - started) * 1000,
         )
         return ep
 
-    def _lease_done(self, ep: Endpoint, fut: "asyncio.Future[str]") -> None:
+    async def _lease(self, ep: Endpoint) -> None:
+        """A lease of the device's session for the endpoint's client, and its ncclient manager."""
+        lease = await open_local_lease(ep.held)
+        lease.done.add_done_callback(lambda fut: self._lease_done(ep, lease, fut))
+        ep.lease = lease
+        try:
+            ep.manager = self._manager(ep)
+        except BaseException:
+            close_client(*ep.detach())
+            raise
+
+    async def _relaunch(self, ep: Endpoint) -> None:
+        """A fresh lease for an endpoint whose client a reset ended; on failure the endpoint is
+        lost, and its requests fail naming the device and why."""
+        if ep.manager is not None or ep.lost is not None:
+            return
+        if not ep.held.is_open:
+            ep.session_lost("device session closed")
+            return
+        try:
+            await self._lease(ep)
+        except Exception as exc:  # LeaseError, EndpointError: the request reports it
+            ep.session_lost(getattr(exc, "message", None) or "%s: %s" % (type(exc).__name__, exc))
+            return
+        ep.clients += 1
+        log.info("event=endpoint.client_start device=%s client=%s mode=%s lease=%d", ep.device, ep.key[1] or "-",
+                 ep.lease.mode if ep.lease else "-", ep.clients)
+
+    async def _end_client(self, ep: Endpoint, reason: str) -> None:
+        """End the endpoint's client (its lease): the multiplexer releases its locks and cancels its
+        confirmed commit (a device does so for a channel of its own when the channel closes).
+        Waits, a little, for the lease to be over, so that the ``reset`` answered means released."""
+        manager, lease = ep.detach()
+        if manager is None and lease is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(self._executor(), close_client, manager, lease)
+        if lease is not None:
+            await asyncio.wait({lease.done}, timeout=5.0)
+        log.info("event=endpoint.client_end device=%s client=%s requests=%d reason=%r", ep.device,
+                 ep.key[1] or "-", ep.requests, reason)
+
+    def _lease_done(self, ep: Endpoint, lease: LocalLease, fut: "asyncio.Future[str]") -> None:
         reason = "lease ended"
         if not fut.cancelled():
             exc = fut.exception()
             reason = str(exc) if exc is not None else (fut.result() or reason)
-        ep.session_lost(reason)
+        if ep.lease is lease:  # not a lease the endpoint ended itself (reset, close)
+            ep.session_lost(reason)
         with contextlib.suppress(Exception):
             self._lease_ended(ep.held)
 
@@ -484,7 +608,8 @@ class AnsibleEndpoints:
                 return None
 
             def errback(self, ex: Exception) -> None:
-                ep.session_lost("%s: %s" % (type(ex).__name__, ex))
+                if ep.manager is not None and ep.manager._session is session:  # not one the endpoint closed
+                    ep.session_lost("%s: %s" % (type(ex).__name__, ex))
 
         session.add_listener(DropWatcher())
         manager = mods["nc_manager"].Manager(session, device_handler, timeout=ep.command_timeout)
@@ -493,7 +618,7 @@ class AnsibleEndpoints:
 
     # -- the socket ----------------------------------------------------------------------------
 
-    def _path_for(self, key: Key) -> str:
+    def _path_for(self, key: Tuple[Any, ...]) -> str:
         digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:12]
         return os.path.join(self.rpc_dir, "%s.sock" % digest)
 
@@ -527,18 +652,32 @@ class AnsibleEndpoints:
         ep.active += 1
         ep.requests += 1
         self._touch()
+        netconf = isinstance(ep, Endpoint)  # RestconfEndpoints' endpoints come here too: no lease
         try:
+            if netconf and ep.manager is None and ep.lost is None:
+                # a request after a reset, without the next task asking for the endpoint first
+                async with self._locks.setdefault(ep.key, asyncio.Lock()):
+                    await self._relaunch(ep)
             return await asyncio.get_running_loop().run_in_executor(self._executor(), self._handle, ep, data)
         finally:
             ep.active -= 1
             ep.last_used = time.monotonic()
+            if netconf and ep.end_requested and not ep.active:
+                ep.end_requested = False
+                await self._end_client(ep, "reset by Ansible (end of the play or meta: reset_connection)")
 
     def _handle(self, ep: Endpoint, data: bytes) -> bytes:
         """One JSON-RPC request; a server instance per request (its ``_objects`` is a class attribute)."""
+        started = time.monotonic()
         server = self.runtime.modules["JsonRpcServer"]()
         server._objects = {ep.connection}
         response = server.handle_request(data)
-        return response.encode("utf-8") if isinstance(response, str) else bytes(response)
+        out = response.encode("utf-8") if isinstance(response, str) else bytes(response)
+        if log.isEnabledFor(logging.DEBUG):
+            # the method and the outcome only: requests and replies carry configuration and secrets
+            log.debug("event=endpoint.request device=%s client=%s method=%s error=%s ms=%.1f", ep.device,
+                      ep.key[1] or "-", _method_of(data), b'"error"' in out, (time.monotonic() - started) * 1000)
+        return out
 
     # -- idle time and shutdown ----------------------------------------------------------------
 
@@ -567,7 +706,10 @@ class AnsibleEndpoints:
             del self._endpoints[ep.key]
         close_frames(ep.server, ep.path, unlink=self._endpoints.get(ep.key) is None)
         if ep.manager is not None or ep.lease is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor(), ep.close_manager)
+            await asyncio.get_running_loop().run_in_executor(self._executor(), close_client, *ep.detach())
+        lock = self._locks.get(ep.key)
+        if ep.key not in self._endpoints and lock is not None and not lock.locked():
+            del self._locks[ep.key]  # one per client ever seen would grow without bound
         log.info("event=endpoint.end device=%s client=%s requests=%d reason=%r", ep.device, ep.key[1] or "-",
                  ep.requests, reason)
 
@@ -582,7 +724,7 @@ class AnsibleEndpoints:
 
 
 __all__ = (
-    "AnsibleEndpoints", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointGoneError",
+    "AnsibleEndpoints", "ClientKey", "DEFAULT", "Endpoint", "EndpointConnection", "EndpointError", "EndpointGoneError",
     "EndpointRPCError", "ModuleConnection",
     "EndpointUnavailableError", "INSTALL_HINT",
 )

@@ -161,3 +161,175 @@ def test_without_ansible_the_endpoint_says_what_to_install(monkeypatch: pytest.M
     monkeypatch.setattr(builtins, "__import__", no_ansible)
     with pytest.raises(ansible_rpc.EndpointUnavailableError, match=r"netconf-callhome\[ansible\]"):
         ansible_rpc._AnsibleRuntime().load(PATHS)
+
+
+# -- the client's life: reset, the command timeout per task (issue 9 audit) ---------------------
+
+# the device says "running is locked by session N", the multiplexer "... locked by another client"
+LOCK_TAKEN = "lock-denied|in-use|is locked by|locked by another client"
+
+
+def _lock_within(path: str, seconds: float) -> float:
+    """Take the running lock on ``path``, retrying until ``seconds``; the seconds it took."""
+    started = time.monotonic()
+    while True:
+        try:
+            Connection(path).lock(target="running")
+            return time.monotonic() - started
+        except ModuleConnectionError:
+            if time.monotonic() - started > seconds:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=["channel", "shared"])
+def one_device(request: Any, listener_in_thread: Any, sim_devices: Any) -> Any:
+    """A device serving a channel per client (locks held by the device), and one serving one
+    session (locks held by the listener's multiplexer)."""
+    lst = listener_in_thread()
+    fleet = sim_devices(lst, 1, single_session=request.param == "shared")
+    lst.call("wait", device="sim0001", wait=20, timeout=25)
+    return lst, fleet
+
+
+def test_reset_ends_the_client_and_releases_its_lock_at_once(one_device: Any) -> None:
+    """ansible-core resets every host's socket at the end of a play: another playbook's lock
+    must succeed then, not after the endpoint's idle time (60 s)."""
+    lst, _fleet = one_device
+    holder = _endpoint(lst, "sim0001", client="pb1/h1")["socket_path"]
+    other = _endpoint(lst, "sim0001", client="pb2/h1")["socket_path"]
+    Connection(holder).lock(target="running")
+    with pytest.raises(ModuleConnectionError, match=LOCK_TAKEN):
+        Connection(other).lock(target="running")
+    Connection(holder).reset()  # what StrategyBase.cleanup sends
+    assert _lock_within(other, 3.0) < 3.0
+    # the holder's socket serves the host's next task with a fresh lease: a new client, which the
+    # other playbook's lock now holds against
+    assert "<data" in Connection(holder).get_config(source="running")
+    with pytest.raises(ModuleConnectionError, match=LOCK_TAKEN):
+        Connection(holder).lock(target="running")
+    Connection(other).unlock(target="running")
+    assert _lock_within(holder, 3.0) < 3.0
+    Connection(holder).unlock(target="running")
+
+
+def test_the_next_task_after_a_reset_gets_a_fresh_lease_on_the_same_path(device: Any) -> None:
+    lst, _fleet = device
+    first = _endpoint(lst, "sim0001", client="pb1/h1")
+    Connection(first["socket_path"]).lock(target="running")
+    Connection(first["socket_path"]).reset()
+    again = _endpoint(lst, "sim0001", client="pb1/h1")  # meta: reset_connection, then the next task
+    assert again["socket_path"] == first["socket_path"] and not again["created"]
+    Connection(again["socket_path"]).lock(target="running")  # the first lease's lock is gone
+    Connection(again["socket_path"]).unlock(target="running")
+    Connection(again["socket_path"]).close()  # close ends the client as reset does
+    assert "<data" in Connection(again["socket_path"]).get_config(source="running")
+
+
+def test_a_confirmed_commit_is_cancelled_when_the_client_is_reset(one_device: Any) -> None:
+    """A playbook that ends with a confirmed commit pending: the reset at its end rolls it back
+    (RFC 6241 8.4: the session that issued it ended) instead of an idle endpoint 60 s later."""
+    lst, _fleet = one_device
+    path = _endpoint(lst, "sim0001", client="pb1/confirm")["socket_path"]
+    conn = Connection(path)
+    conn.edit_config(config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><system '
+                            'xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><location>pending</location></system>'
+                            '</config>', target="candidate")
+    assert "<ok" in conn.commit(confirmed=True, timeout=600)
+    assert "pending" in Connection(path).get_config(source="running")
+    conn.reset()
+    reader = _endpoint(lst, "sim0001", client="pb2/reader")["socket_path"]
+    deadline = time.monotonic() + 5
+    while "pending" in Connection(reader).get_config(source="running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "pending" not in Connection(reader).get_config(source="running")
+
+
+def test_a_reset_waits_for_the_requests_in_flight(device: Any, slow_replies: Any) -> None:
+    """An ``async`` task's request still running when the play ends: it completes on its lease,
+    and the client ends after it."""
+    lst, _fleet = device
+    holder = _endpoint(lst, "sim0001", client="pb1/h1")["socket_path"]
+    other = _endpoint(lst, "sim0001", client="pb2/h1")["socket_path"]
+    Connection(holder).lock(target="running")
+    outcome: Dict[str, Any] = {}
+
+    def slow_get() -> None:
+        try:
+            outcome["data"] = Connection(holder).get(filter=SLOW_FILTER)
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+
+    slow_replies(1.5)
+    th = threading.Thread(target=slow_get)
+    th.start()
+    deadline = time.monotonic() + 5
+    while not lst.listener.endpoints.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    Connection(holder).reset()
+    with pytest.raises(ModuleConnectionError, match=LOCK_TAKEN):  # the slow request still runs
+        Connection(other).lock(target="running")
+    th.join(20)
+    assert "error" not in outcome, outcome
+    assert _lock_within(other, 3.0) < 3.0
+    Connection(other).unlock(target="running")
+
+
+def test_a_hosts_tasks_with_other_command_timeouts_share_its_lock(device: Any) -> None:
+    """``lock`` in one task, then an edit in a task with ``ansible_command_timeout: 120``: the same
+    client (the same lease), so the host's own lock does not lock it out."""
+    lst, _fleet = device
+    first = _endpoint(lst, "sim0001", client="pb1/h1", command_timeout=10)
+    Connection(first["socket_path"]).lock(target="running")
+    second = _endpoint(lst, "sim0001", client="pb1/h1", command_timeout=120)
+    assert second["socket_path"] == first["socket_path"] and not second["created"]
+    Connection(second["socket_path"]).edit_config(
+        config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><system xmlns="urn:ietf:params:xml:ns:'
+               'yang:ietf-system"><location>own-lock</location></system></config>', target="running")
+    other = _endpoint(lst, "sim0001", client="pb2/h1")["socket_path"]
+    with pytest.raises(ModuleConnectionError, match=LOCK_TAKEN):
+        Connection(other).lock(target="running")
+    Connection(second["socket_path"]).unlock(target="running")
+
+
+SLOW_FILTER = '<filter type="subtree"><slow-reply xmlns="urn:x-netconf-callhome:test"/></filter>'
+
+
+@pytest.fixture()
+def slow_replies(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``slow_replies(seconds)``: the simulated devices answer requests naming ``slow-reply`` that
+    late (on their own loop, without holding up their other sessions)."""
+    import asyncio
+
+    import netconf_server  # tests/peers, what the simulator's devices run
+
+    real = netconf_server.NetconfSession._handle_message
+    state = {"delay": 0.0}
+
+    def handle(self: Any, msg: bytes) -> None:
+        if self.ready and b"slow-reply" in msg and state["delay"] > 0:
+            asyncio.get_running_loop().call_later(
+                state["delay"], lambda: None if self.closed else real(self, msg))
+            return
+        real(self, msg)
+
+    monkeypatch.setattr(netconf_server.NetconfSession, "_handle_message", handle)
+    return lambda seconds: state.__setitem__("delay", seconds)
+
+
+def test_a_slow_reply_fails_within_the_tasks_command_timeout_naming_the_device(device: Any, slow_replies: Any) -> None:
+    lst, _fleet = device
+    slow_replies(4.0)
+    path = _endpoint(lst, "sim0001", client="pb1/h1", command_timeout=1)["socket_path"]
+    started = time.monotonic()
+    with pytest.raises(ModuleConnectionError) as failed:
+        Connection(path).get(filter=SLOW_FILTER)
+    took = time.monotonic() - started
+    assert "sim0001" in str(failed.value) and "within 1 s (ansible_command_timeout)" in str(failed.value)
+    assert 0.9 < took < 3.0, took
+    # the next task of the host with a longer timeout: the same endpoint, its own timeout
+    again = _endpoint(lst, "sim0001", client="pb1/h1", command_timeout=10)
+    assert again["socket_path"] == path
+    started = time.monotonic()
+    assert "<data" in Connection(path).get(filter=SLOW_FILTER)
+    assert 3.5 < time.monotonic() - started < 9.0
