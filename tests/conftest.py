@@ -12,6 +12,12 @@
 ``postgres``            a PostgreSQL server of Debian's packages (``tests/peers/postgres_peer.py``),
                         one per test module (tests that halt it cannot leak into other modules).
 
+A missing peer (``tests/peers/peer_availability.py``) skips a test where peers are optional and
+fails it where they are required (``CALLHOME_REQUIRE_PEERS=1``, set by the Makefile's test
+targets, or ``CI``): :func:`peer_availability.peer_or_skip` does it for the fixtures, and the
+``pytest_runtest_makereport`` hook below for a test that turns a ``PeerUnavailable`` into
+``pytest.skip`` by hand.
+
 Both fixtures are factories so that a test can shape the listener or the fleet; everything they
 start is stopped at teardown, and everything they write is under the test's ``tmp_path``.
 """
@@ -32,6 +38,7 @@ for _path in (TESTS / "integration", TESTS / "peers"):
         sys.path.insert(0, str(_path))
 
 from harness import wait_until as _wait_until  # noqa: E402  (tests/integration, on the path above)
+from peer_availability import REQUIRE_ENV, PeerUnavailable, peers_required  # noqa: E402  (tests/peers)
 
 T = TypeVar("T")
 SIM_PASSWORD = "sim-secret"
@@ -103,6 +110,37 @@ class ListenerThread:
             listener, self.listener = self.listener, None
             self._loop.run(listener.stop(), 30)
         self._loop.close()
+
+
+def _peer_cause(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The :class:`PeerUnavailable` a skip was raised while handling (``__context__``), if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, PeerUnavailable):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: "pytest.CallInfo[None]") -> Iterator[None]:
+    """Where peers are required, a skip caused by a missing peer is a failure.
+
+    Why here as well as in ``peer_or_skip``: a test that catches ``PeerUnavailable`` and calls
+    ``pytest.skip`` itself would otherwise let ``make test`` pass without its peer.
+    """
+    outcome: Any = yield
+    report = outcome.get_result()
+    if not report.skipped or call.excinfo is None or not peers_required():
+        return
+    cause = _peer_cause(call.excinfo.value)
+    if cause is not None:
+        report.outcome = "failed"
+        report.longrepr = "a required peer is unavailable (%s or CI is set): %s: %s" % (
+            REQUIRE_ENV,
+            type(cause).__name__,
+            cause,
+        )
 
 
 @pytest.fixture

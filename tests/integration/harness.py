@@ -265,23 +265,12 @@ def enroll(
 
 @pytest.fixture(scope="module")
 def device_binary() -> Path:
-    """Build the libnetconf2 peer once per module; skip (with make's output) if that is impossible."""
-    from lnc2_peer import PeerBuildError, build_device
+    """Build the libnetconf2 peer once per module; where that is impossible: skip with make's
+    output, or fail where peers are required (tests/peers/peer_availability.py)."""
+    from lnc2_peer import build_device
+    from peer_availability import peer_or_skip
 
-    try:
-        return build_device()
-    except PeerBuildError as exc:
-        pytest.skip(f"lnc2-device cannot be built: {exc}")
-
-
-def _peer_or_skip(make: Callable[[], T], unavailable: Any, what: str) -> T:
-    """A peer from Debian's packages: skipped where it is not installed, a failure under CI."""
-    try:
-        return make()
-    except unavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("%s is required in CI: %s" % (what, exc))
-        pytest.skip(str(exc))
+    return peer_or_skip(build_device, "the libnetconf2 device (lnc2-device)")
 
 
 @pytest.fixture
@@ -289,12 +278,12 @@ def haproxy() -> Iterator[Any]:
     """A factory: ``haproxy(backends, **options)`` starts Debian's HAProxy (tests/peers/haproxy_peer.py)
     in front of ``backends``; all are stopped at the end."""
     from haproxy_peer import HAProxyPeer
-    from haproxy_peer import PeerUnavailable as HAProxyUnavailable
+    from peer_availability import peer_or_skip
 
     started: List[Any] = []
 
     def make(backends: List[Any], **options: Any) -> Any:
-        peer = _peer_or_skip(lambda: HAProxyPeer(backends, **options), HAProxyUnavailable, "HAProxy")
+        peer = peer_or_skip(lambda: HAProxyPeer(backends, **options), "HAProxy")
         started.append(peer)
         return peer.start()
 

@@ -128,16 +128,15 @@ def test_libnetconf2_tls_identity_without_the_ca_is_a_mismatch(device_binary, pk
 
 def test_openssh_sshd_over_reversed_tcp(listener_factory, tmp_path):
     from pki import make_ssh_key
-    from sshd_peer import PeerUnavailable, SshdPeer
+    from peer_availability import peer_or_skip
+    from sshd_peer import SshdPeer
 
     client_key = make_ssh_key(tmp_path / "listener-key", "listener")
     lst = listener_factory()
     lst.start()
-    try:
-        peer = SshdPeer(("127.0.0.1", lst.ssh_port), password_auth=False, redial=True, retry=0.5)
-        peer.__enter__()
-    except PeerUnavailable as exc:
-        pytest.skip("OpenSSH peer unavailable: %s" % exc)
+    peer = peer_or_skip(
+        SshdPeer(("127.0.0.1", lst.ssh_port), password_auth=False, redial=True, retry=0.5).__enter__, "OpenSSH peer"
+    )
     try:
         peer.add_authorized_key(client_key.public_line)
         _enroll(

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(300)
 def test_playbook_over_libnetconf2_ssh_tls_and_openssh(device_binary, listener_factory, tmp_path):
     from lnc2_peer import Lnc2Device
     from pki import make_pki, make_ssh_key
-    from sshd_peer import PeerUnavailable, SshdPeer
+    from peer_availability import peer_or_skip
+    from sshd_peer import SshdPeer
 
     ssh_pki = make_pki(tmp_path / "pki-ssh", device_name="lnc2-ssh", host_key_algorithms=("ed25519",))
     tls_pki = make_pki(tmp_path / "pki-tls", device_name="lnc2-tls")
@@ -37,11 +38,9 @@ def test_playbook_over_libnetconf2_ssh_tls_and_openssh(device_binary, listener_f
         str(tls_pki.listener_cert.key_path),
     )
     lst.start()
-    try:
-        sshd = SshdPeer(("127.0.0.1", lst.ssh_port), password_auth=False, redial=True, retry=0.5)
-        sshd.__enter__()
-    except PeerUnavailable as exc:
-        pytest.skip("OpenSSH peer unavailable: %s" % exc)
+    sshd = peer_or_skip(
+        SshdPeer(("127.0.0.1", lst.ssh_port), password_auth=False, redial=True, retry=0.5).__enter__, "OpenSSH peer"
+    )
     try:
         sshd.add_authorized_key(client_key.public_line)
 

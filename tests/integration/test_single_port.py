@@ -70,9 +70,10 @@ def _containing(text: str, needle: str) -> "str | None":
 
 def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any], listener_factory: Any, fleet: Any, tmp_path: Path) -> None:
     from lnc2_peer import Lnc2Device
-    from nginx_peer import NginxPeer, PeerUnavailable as NginxUnavailable
+    from peer_availability import PeerUnavailable, unavailable
+    from nginx_peer import NginxPeer
     from pki import make_ssh_key
-    from sshd_peer import PeerUnavailable as SshdUnavailable, SshdPeer
+    from sshd_peer import SshdPeer
 
     metrics_port = free_port()
     lst = single_port_listener(
@@ -96,8 +97,8 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
     try:
         sshd = SshdPeer(("127.0.0.1", port), password_auth=False, redial=True, retry=0.5)
         sshd.__enter__()
-    except SshdUnavailable as exc:
-        pytest.skip("OpenSSH peer unavailable: %s" % exc)
+    except PeerUnavailable as exc:
+        unavailable("OpenSSH peer", exc)
     try:
         nginx = NginxPeer(
             ("127.0.0.1", port),
@@ -108,9 +109,9 @@ def test_every_transport_calls_one_port(device_binary: Any, pkis: Dict[str, Any]
             redial=True,
         )
         nginx.__enter__()
-    except NginxUnavailable as exc:
+    except PeerUnavailable as exc:
         sshd.__exit__(None, None, None)
-        pytest.skip("nginx peer unavailable: %s" % exc)
+        unavailable("nginx peer", exc)
     lnc2_ssh = Lnc2Device.from_pki(ssh_dev, ssh_port=port)
     lnc2_tls = Lnc2Device.from_pki(tls_dev, tls_port=port)
     try:

@@ -23,7 +23,8 @@ PEERS = Path(__file__).resolve().parents[1] / "peers"
 sys.path.insert(0, str(PEERS))
 
 from netconf_server import SYSTEM_NS, MiniClient, q  # noqa: E402
-from sshd_peer import PeerUnavailable, SshdPeer  # noqa: E402
+from peer_availability import peer_or_skip  # noqa: E402
+from sshd_peer import SshdPeer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,11 +53,7 @@ def make_peer() -> Iterator[Any]:
     peers: list[SshdPeer] = []
 
     def make(port: int, **kw: Any) -> SshdPeer:
-        peer = SshdPeer(("127.0.0.1", port), **kw)
-        try:
-            peer.__enter__()
-        except PeerUnavailable as exc:
-            pytest.skip(f"OpenSSH peer unavailable: {exc}")
+        peer = peer_or_skip(SshdPeer(("127.0.0.1", port), **kw).__enter__, "OpenSSH peer")
         peers.append(peer)
         return peer
 

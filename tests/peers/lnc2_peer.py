@@ -77,8 +77,10 @@ from typing import IO, Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peer_availability import PeerUnavailable  # noqa: E402
     from pki import TestPki  # noqa: E402
 else:  # pragma: no cover - imported as a package module
+    from .peer_availability import PeerUnavailable
     from .pki import TestPki
 
 __all__ = (
@@ -105,9 +107,10 @@ EXTRA_CHANNEL_MODES = ("accept", "silent", "refuse")
 _REQUIRED_YANG = ("ietf-netconf.yang", "ietf-netconf-monitoring.yang", "ietf-inet-types.yang")
 
 
-class PeerBuildError(RuntimeError):
+class PeerBuildError(PeerUnavailable):
     """``make -C tests/peers`` failed (for example libnetconf2-dev is missing); the message
-    carries make's output so a test can skip with a useful reason."""
+    carries make's output so a test can skip with a useful reason (or fail, where peers are
+    required: see :mod:`peer_availability`)."""
 
 
 def build_device(timeout: float = 300.0) -> Path:

@@ -55,11 +55,16 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Optional, Tuple
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # a script that put only its own dir on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_availability import PeerUnavailable as _PeerUnavailable  # noqa: E402  (tests/peers)
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "nginx")
 JS_MODULE = "ngx_http_js_module.so"
@@ -151,8 +156,10 @@ INTERFACES = {
 }
 
 
-class PeerUnavailable(RuntimeError):
-    """The nginx peer cannot run here (missing binaries); the message says why."""
+class PeerUnavailable(_PeerUnavailable):
+    """The nginx peer cannot run here (missing binaries); the message says why.
+
+    A :class:`peer_availability.PeerUnavailable`: tests skip on it, or fail where peers are required."""
 
 
 def nginx_binary() -> str:

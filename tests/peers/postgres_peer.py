@@ -35,15 +35,23 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # a script that put only its own dir on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_availability import PeerUnavailable as _PeerUnavailable  # noqa: E402  (tests/peers)
 
 SUPERUSER = "callhome"
 DEBIAN_ACCOUNT = "postgres"
 
 
-class PeerUnavailable(RuntimeError):
-    """PostgreSQL cannot be run here (the reason says why)."""
+class PeerUnavailable(_PeerUnavailable):
+    """PostgreSQL cannot be run here (the reason says why).
+
+    A :class:`peer_availability.PeerUnavailable`: tests skip on it, or fail where peers are required."""
 
 
 def bin_dir() -> str:
@@ -261,14 +269,9 @@ class PostgresPeer:
 
 
 def start_or_skip() -> "PostgresPeer":
-    """A started peer; where PostgreSQL cannot run here: a failure in CI (it is a required
-    peer there), else a pytest skip that says why."""
-    import pytest
+    """A started peer; where PostgreSQL cannot run here: a pytest skip that says why, or a
+    failure where peers are required (``peer_availability.peers_required``: the Makefile's test
+    targets, CI)."""
+    from peer_availability import peer_or_skip
 
-    try:
-        return PostgresPeer().start()
-    except PeerUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI: %s" % exc)
-        pytest.skip(str(exc))
-        raise  # not reached: skip raises
+    return peer_or_skip(lambda: PostgresPeer().start(), "PostgreSQL (tests/peers/postgres_peer.py)")

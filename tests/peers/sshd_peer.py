@@ -25,13 +25,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # a script that put only its own dir on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_availability import PeerUnavailable as _PeerUnavailable  # noqa: E402  (tests/peers)
+
 PEERS = Path(__file__).resolve().parent
 SSHD = "/usr/sbin/sshd"
 USER_PREFIX = "nch-"
 
 
-class PeerUnavailable(RuntimeError):
-    """The OpenSSH peer cannot run here (not root, missing binaries); the message says why."""
+class PeerUnavailable(_PeerUnavailable):
+    """The OpenSSH peer cannot run here (not root, missing binaries); the message says why.
+
+    A :class:`peer_availability.PeerUnavailable`: tests skip on it, or fail where peers are required."""
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
