@@ -50,16 +50,89 @@ class KeyMismatchError(CallHomeError):
     code = "key-mismatch"
 
 
-class AuthFailedError(CallHomeError):
-    """The listener could not authenticate to the device with its credentials."""
+class HandshakeError(CallHomeError):
+    """SSH/TLS/NETCONF hello did not complete (timeout, garbage, protocol error).
+
+    The transports classify every failed call home into this branch (``HandshakeFailure.error``);
+    a subclass's ``code`` is the failure's reason in logs, metrics and address blocking
+    (``reason=timeout``, ``netconf_callhome_failures_total{reason=...}``), so codes never change.
+    """
+
+    code = "handshake"
+
+    def __init__(self, message: str, *, details: t.Optional[t.Dict[str, t.Any]] = None, code: str = "") -> None:
+        super().__init__(message, details=details)
+        if code:
+            # A reason no subclass names yet (a transport's own code, e.g. ``proxy-malformed``):
+            # still a HandshakeError, under its own code.
+            self.code = code
+
+
+class AuthFailedError(HandshakeError):
+    """The listener could not authenticate to the device with its credentials (SSH user auth
+    refused, RESTCONF 401/403)."""
 
     code = "auth-failed"
 
 
-class HandshakeError(CallHomeError):
-    """SSH/TLS/NETCONF hello did not complete (timeout, garbage, protocol error)."""
+class HandshakeTimeoutError(HandshakeError):
+    """The call home did not complete within ``handshake_timeout``."""
 
-    code = "handshake"
+    code = "timeout"
+
+
+class ConnectionLostError(HandshakeError):
+    """The device closed or reset the connection before a session was held."""
+
+    code = "connection-lost"
+
+
+class PeerProtocolError(HandshakeError):
+    """The device broke its protocol (SSH, HTTP) during the call home."""
+
+    code = "protocol"
+
+
+class SSHLibraryError(HandshakeError):
+    """asyncssh reported an SSH failure none of the other classes describe."""
+
+    code = "ssh-error"
+
+
+class IdentityRefusedError(HandshakeError):
+    """The device's host key or certificate is not trusted (recorded as a pending key)."""
+
+    code = "host-key"
+
+
+class EnrollFailedError(HandshakeError):
+    """A zero-touch enrollment (outbound-ssh secret) did not reach the trust store in time."""
+
+    code = "enroll-failed"
+
+
+class TransportPinnedError(HandshakeError):
+    """A verified device called on a transport other than the one it is pinned to."""
+
+    code = "transport-pinned"
+
+
+class OutboundSSHPreambleError(HandshakeError):
+    """An outbound-ssh device's preamble (MSG-ID/DEVICE-ID/HMAC) was refused."""
+
+    code = "outbound-ssh-preamble"
+
+
+class HandshakeCancelledError(HandshakeError):
+    """The call home was cut short because the listener is stopping."""
+
+    code = "cancelled"
+
+
+class UnexpectedHandshakeError(HandshakeError):
+    """A failure no transport expected (a bug or an unusual OS error): its type is in the message."""
+
+    code = "error"
 
 
 class SSHBannerError(HandshakeError):
@@ -209,7 +282,31 @@ def _index(cls: t.Type[CallHomeError]) -> None:
         _index(sub)
 
 
+# Control errors first: they cross the control socket, and a handshake reason that shares their
+# code (``timeout``, never sent to a client) must not shadow them.
+_index(ControlError)
 _index(CallHomeError)
+
+# The handshake reasons by code: how a transport's failure (HandshakeFailure) becomes a class.
+_HANDSHAKE_BY_CODE: t.Dict[str, t.Type[HandshakeError]] = {}
+
+
+def _index_handshake(cls: t.Type[HandshakeError]) -> None:
+    _HANDSHAKE_BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index_handshake(sub)
+
+
+_index_handshake(HandshakeError)
+
+
+def handshake_error(reason: str, message: str) -> HandshakeError:
+    """The HandshakeError for a reason code: its subclass when one names it, else a
+    HandshakeError carrying the code (the transports' own reasons, e.g. ``proxy-malformed``)."""
+    cls = _HANDSHAKE_BY_CODE.get(reason)
+    if cls is not None:
+        return cls(message)
+    return HandshakeError(message, code=reason)
 
 
 def error_from_dict(data: t.Mapping[str, t.Any]) -> CallHomeError:

@@ -34,6 +34,7 @@ from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
 from netconf_callhome.endpoints.restconf_rpc import RestconfEndpoints
 from netconf_callhome.fingerprints import cert_fingerprint_spellings
 from netconf_callhome.errors import (
+    AuthFailedError,
     CallHomeError,
     ConfigError,
     DeviceNotFoundError,
@@ -611,7 +612,7 @@ class CallHomeListener:
 
     def handshake_failed(self, failure: HandshakeFailure) -> None:
         if failure.device:
-            status = AUTH_FAILED if failure.reason == "auth-failed" else ERROR
+            status = AUTH_FAILED if isinstance(failure.error, AuthFailedError) else ERROR
             self.registry.update(
                 failure.device,
                 status=status,

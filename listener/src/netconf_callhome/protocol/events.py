@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence
 
+from netconf_callhome.errors import CallHomeError, HandshakeError, handshake_error
+
 if TYPE_CHECKING:
     import asyncssh
 
@@ -46,19 +48,47 @@ class VerifiedDevice:
     fingerprint: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HandshakeFailure:
     """A connection that did not become a held session, classified by the transport.
 
-    ``reason`` is a stable code (``timeout``, ``auth-failed``, ``host-key``, ``protocol``,
-    ``connection-lost``, ``handshake``, ...); ``device`` is empty when trust was never decided.
+    ``error`` is the failure in the error hierarchy (an :class:`~netconf_callhome.errors.HandshakeError`
+    subclass such as ``AuthFailedError``, or the CallHomeError the session raised); ``reason``
+    is its stable code (``timeout``, ``auth-failed``, ``host-key``, ``protocol``,
+    ``connection-lost``, ...), the word logs, metrics and address blocking use. ``device`` is
+    empty when trust was never decided. A transport gives ``error``, or ``reason`` and
+    ``message`` (mapped to the class of that code by :func:`~netconf_callhome.errors.handshake_error`).
     """
 
     transport: str
     peer: str
-    reason: str
-    message: str
+    error: CallHomeError
     device: str = ""
+
+    def __init__(
+        self,
+        transport: str,
+        peer: str,
+        error: Optional[CallHomeError] = None,
+        device: str = "",
+        *,
+        reason: str = "",
+        message: str = "",
+    ) -> None:
+        if error is None:
+            error = handshake_error(reason or HandshakeError.code, message)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "peer", peer)
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "device", device)
+
+    @property
+    def reason(self) -> str:
+        return self.error.code
+
+    @property
+    def message(self) -> str:
+        return self.error.message
 
 
 class TransportEvents(Protocol):

@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional, Protocol, Tuple, Union
 import asyncssh
 from asyncssh.public_key import decode_ssh_public_key
 
+from netconf_callhome.errors import OutboundSSHPreambleError
 from netconf_callhome.netutil import format_peer
 from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin
 from netconf_callhome.protocol.ssh import DeviceSSHClient, HostKeyCheck, SSHTransport
@@ -317,7 +318,7 @@ class OutboundSSHTransport:
 
     def _failed(self, peer: str, message: str) -> None:
         self.ssh.events.handshake_failed(
-            HandshakeFailure(transport="ssh", peer=peer, reason="outbound-ssh-preamble", message=message)
+            HandshakeFailure(transport="ssh", peer=peer, error=OutboundSSHPreambleError(message))
         )
 
 

@@ -27,7 +27,7 @@ Layout:
 * :class:`RestconfTransport` does it all for one accepted call-home socket, as
   :class:`~netconf_callhome.protocol.tls.TLSTransport` does for NETCONF over TLS: admission, TLS,
   the verdict (:class:`RestconfEvents`, implemented by the service), root and YANG library within
-  ``handshake_timeout``, then ``restconf_ready`` or ``handshake_failed`` (:func:`classify`).
+  ``handshake_timeout``, then ``restconf_ready`` or ``handshake_failed`` (:func:`classify_error`).
 
 Device input is hostile: a response's header block and body are bounded
 (:class:`RestconfLimits`), each request has a timeout, HTTP/2 flow-control windows, the
@@ -62,8 +62,14 @@ from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from netconf_callhome.config import ListenerConfig
 from netconf_callhome.errors import (
+    AuthFailedError,
     CallHomeError,
+    ConnectionLostError,
+    HandshakeCancelledError,
     HandshakeError,
+    HandshakeTimeoutError,
+    IdentityRefusedError,
+    PeerProtocolError,
     RestconfConnectionLostError,
     RestconfContentError,
     RestconfError,
@@ -71,6 +77,8 @@ from netconf_callhome.errors import (
     RestconfResponseTooLargeError,
     RestconfStatusError,
     RestconfTimeoutError,
+    TransportPinnedError,
+    UnexpectedHandshakeError,
 )
 from netconf_callhome.netutil import format_peer, peer_ip, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, VerifiedDevice
@@ -1162,7 +1170,7 @@ class RestconfTransport:
     unknown ones pending), then root discovery and the YANG library, all within
     ``handshake_timeout``. The connection is handed over by
     :meth:`RestconfEvents.restconf_ready`; failures are classified as for the other transports
-    (:func:`classify`) and reported by :meth:`RestconfEvents.handshake_failed`.
+    (:func:`classify_error`) and reported by :meth:`RestconfEvents.handshake_failed`.
     """
 
     transport = "restconf"
@@ -1236,7 +1244,7 @@ class RestconfTransport:
                 if verified is None:
                     link.tls.close()
                     self.events.handshake_failed(HandshakeFailure(
-                        transport=self.transport, peer=peer, reason="host-key", message="certificate not accepted"
+                        transport=self.transport, peer=peer, error=IdentityRefusedError("certificate not accepted")
                     ))
                     return None
                 device = verified.device
@@ -1244,7 +1252,7 @@ class RestconfTransport:
                 if refused:
                     link.tls.close()
                     self.events.handshake_failed(HandshakeFailure(
-                        transport=self.transport, peer=peer, reason="transport-pinned", message=refused, device=device
+                        transport=self.transport, peer=peer, error=TransportPinnedError(refused), device=device
                     ))
                     return None
                 conn = link.start(
@@ -1258,15 +1266,13 @@ class RestconfTransport:
                 conn.started = started
                 await conn.discover()
         except BaseException as exc:
+            error = classify_error(exc)
             if conn is not None:
-                conn.close("call-home setup failed: %s" % classify(exc)[1])
+                conn.close("call-home setup failed: %s" % error.message)
             elif link is not None:
                 link.abort()
             # else: open_tls / start_tls closed the socket on their own failures
-            reason, message = classify(exc)
-            self.events.handshake_failed(
-                HandshakeFailure(transport=self.transport, peer=peer, reason=reason, message=message, device=device)
-            )
+            self.events.handshake_failed(HandshakeFailure(transport=self.transport, peer=peer, error=error, device=device))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             if not isinstance(exc, Exception):
@@ -1275,26 +1281,34 @@ class RestconfTransport:
         return conn
 
 
-def classify(exc: BaseException) -> Tuple[str, str]:
-    """(reason code, message) of a failed RESTCONF call home, in the codes the other transports
-    use (``timeout``, ``auth-failed``, ``protocol``, ``connection-lost``, ``handshake``)."""
+def classify_error(exc: BaseException) -> CallHomeError:
+    """A failed RESTCONF call home in the error hierarchy, in the classes (and so the reason
+    codes) the other transports use: ``timeout``, ``auth-failed``, ``protocol``,
+    ``connection-lost``, ``handshake``."""
     if isinstance(exc, (RestconfTimeoutError, TimeoutError, asyncio.TimeoutError)):
-        return "timeout", exc.message if isinstance(exc, CallHomeError) else "call home did not complete in time"
+        return HandshakeTimeoutError(exc.message if isinstance(exc, CallHomeError) else "call home did not complete in time")
     if isinstance(exc, RestconfStatusError) and exc.details.get("status") in (401, 403):
-        return "auth-failed", exc.message
+        return AuthFailedError(exc.message, details=exc.details)
     if isinstance(exc, RestconfConnectionLostError):
-        return "connection-lost", exc.message
+        return ConnectionLostError(exc.message)
     if isinstance(exc, RestconfError):  # protocol, too large, content, other statuses
-        return "protocol", exc.message
+        return PeerProtocolError(exc.message, details=exc.details)
     if isinstance(exc, CallHomeError):
-        return exc.code, exc.message
+        return exc
     if isinstance(exc, ssl.SSLError):
-        return "handshake", "TLS handshake failed: %s" % exc
+        return HandshakeError("TLS handshake failed: %s" % exc)
     if isinstance(exc, (ConnectionError, EOFError)):
-        return "connection-lost", "connection lost during call home: %s" % exc
+        return ConnectionLostError("connection lost during call home: %s" % exc)
     if isinstance(exc, asyncio.CancelledError):
-        return "cancelled", "listener stopping"
-    return "error", "%s: %s" % (type(exc).__name__, exc)
+        return HandshakeCancelledError("listener stopping")
+    return UnexpectedHandshakeError("%s: %s" % (type(exc).__name__, exc))
+
+
+def classify(exc: BaseException) -> Tuple[str, str]:
+    """:func:`classify_error` as (reason code, message), for callers that report the pair
+    (the single call-home port's TLS step, protocol.first_bytes)."""
+    error = classify_error(exc)
+    return error.code, error.message
 
 
 def _authority(peer: str) -> str:
@@ -1500,6 +1514,7 @@ __all__ = (
     "RestconfTransport",
     "TLSLink",
     "classify",
+    "classify_error",
     "YangLibrary",
     "YangModule",
     "open_tls",

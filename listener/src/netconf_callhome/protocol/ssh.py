@@ -20,7 +20,21 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import asyncssh
 
 from netconf_callhome.config import ListenerConfig
-from netconf_callhome.errors import CallHomeError, ConfigError, LeaseError
+from netconf_callhome.errors import (
+    AuthFailedError,
+    CallHomeError,
+    ConfigError,
+    ConnectionLostError,
+    EnrollFailedError,
+    HandshakeError,
+    HandshakeTimeoutError,
+    IdentityRefusedError,
+    LeaseError,
+    PeerProtocolError,
+    SSHLibraryError,
+    UnexpectedHandshakeError,
+    handshake_error,
+)
 from netconf_callhome.netutil import format_peer, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, SSHLogin, TransportEvents
 from netconf_callhome.protocol.session import CHANNEL, HeldSession
@@ -245,21 +259,19 @@ class SSHTransport:
         client.release_slot()
         if client.turned_away:
             return
-        reason, message = describe_ssh_failure(exc)
+        error = ssh_failure(exc)
         device = ""
         if client.refused:
-            reason = client.refused_reason or "host-key"  # already recorded as pending by the events side
-            message = client.refused_message or message
+            # already recorded as pending by the events side; an outbound-ssh refusal names its reason
+            error = handshake_error(client.refused_reason or IdentityRefusedError.code, client.refused_message or error.message)
         elif client.login is not None:
             device = client.login.device
-        elif reason in ("timeout", "connection-lost") and getattr(conn, "_server_version", None):
+        elif isinstance(error, (HandshakeTimeoutError, ConnectionLostError)) and getattr(conn, "_server_version", None):
             # It spoke SSH, so a handshake that timed out or was dropped is what a storm looks like
             # (the listener slow, devices giving up and redialing), not a stalled attacker: blocking
-            # its address would lock out every device behind the same NAT.
-            reason += "-after-banner"
-        self.events.handshake_failed(
-            HandshakeFailure(transport="ssh", peer=client.peer or "?", reason=reason, message=message, device=device)
-        )
+            # its address would lock out every device behind the same NAT. Same class, own reason.
+            error = type(error)(error.message, code=error.code + "-after-banner")
+        self.events.handshake_failed(HandshakeFailure(transport="ssh", peer=client.peer or "?", error=error, device=device))
 
     async def _open_netconf(self, conn: asyncssh.SSHClientConnection, client: DeviceSSHClient) -> None:
         assert client.login is not None
@@ -293,9 +305,8 @@ class SSHTransport:
                 await held.wait_hello()
         except BaseException as exc:
             conn.close()
-            reason, message = classify(exc)
             self.events.handshake_failed(
-                HandshakeFailure(transport="ssh", peer=held.peer, reason=reason, message=message, device=held.device)
+                HandshakeFailure(transport="ssh", peer=held.peer, error=classify(exc), device=held.device)
             )
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -325,34 +336,36 @@ class SSHTransport:
             return True
         conn.close()
         self.events.handshake_failed(
-            HandshakeFailure(transport="ssh", peer=client.peer, reason="enroll-failed", message=refusal)
+            HandshakeFailure(transport="ssh", peer=client.peer, error=EnrollFailedError(refusal))
         )
         return False
 
 
-def classify(exc: BaseException) -> Tuple[str, str]:
-    """(reason code, message) for a failure after trust was decided: ours first, then asyncssh's."""
+def classify(exc: BaseException) -> CallHomeError:
+    """A failure after trust was decided, in the error hierarchy: ours as raised (a HandshakeError
+    from the hello, a FramingError, a ConfigError reading credentials), then asyncssh's."""
     if isinstance(exc, CallHomeError):
-        return exc.code, exc.message
-    return describe_ssh_failure(exc)
+        return exc
+    return ssh_failure(exc)
 
 
-def describe_ssh_failure(exc: Optional[BaseException]) -> Tuple[str, str]:
-    """Map an asyncssh failure to (registry status reason, human message)."""
+def ssh_failure(exc: Optional[BaseException]) -> HandshakeError:
+    """An asyncssh failure (None: the peer closed) as the HandshakeError subclass that names it;
+    its ``code`` is the reason logs and metrics show."""
     if exc is None:
-        return "connection-lost", "the device closed the connection during the SSH handshake"
+        return ConnectionLostError("the device closed the connection during the SSH handshake")
     if isinstance(exc, asyncssh.PermissionDenied):
-        return "auth-failed", "device rejected the listener's credentials"
+        return AuthFailedError("device rejected the listener's credentials")
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return "host-key", "host key not accepted"
+        return IdentityRefusedError("host key not accepted")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", "handshake did not complete in time"
+        return HandshakeTimeoutError("handshake did not complete in time")
     if isinstance(exc, asyncssh.ProtocolError):
-        return "protocol", "SSH protocol error: %s" % exc
+        return PeerProtocolError("SSH protocol error: %s" % exc)
     if isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower():
-        return "timeout", "handshake did not complete in time (%s)" % exc  # asyncssh's login timeout
+        return HandshakeTimeoutError("handshake did not complete in time (%s)" % exc)  # asyncssh's login timeout
     if isinstance(exc, (asyncssh.ConnectionLost, BrokenPipeError, ConnectionResetError)):
-        return "connection-lost", "connection lost during handshake: %s" % exc
+        return ConnectionLostError("connection lost during handshake: %s" % exc)
     if isinstance(exc, asyncssh.Error):
-        return "ssh-error", str(exc)
-    return "error", "%s: %s" % (type(exc).__name__, exc)
+        return SSHLibraryError(str(exc))
+    return UnexpectedHandshakeError("%s: %s" % (type(exc).__name__, exc))

@@ -20,7 +20,7 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from netconf_callhome.config import ListenerConfig
-from netconf_callhome.errors import HandshakeError, SSHBannerError
+from netconf_callhome.errors import HandshakeError, IdentityRefusedError, SSHBannerError, TransportPinnedError
 from netconf_callhome.netutil import format_peer, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, TransportEvents
 from netconf_callhome.protocol.session import SHARED, HeldSession
@@ -315,7 +315,7 @@ class TLSTransport:
                 if verified is None:
                     conn.close()
                     self.events.handshake_failed(
-                        HandshakeFailure(transport="tls", peer=peer, reason="host-key", message="certificate not accepted")
+                        HandshakeFailure(transport="tls", peer=peer, error=IdentityRefusedError("certificate not accepted"))
                     )
                     return
                 device = verified.device
@@ -323,7 +323,7 @@ class TLSTransport:
                 if refused:
                     conn.close()
                     self.events.handshake_failed(
-                        HandshakeFailure(transport="tls", peer=peer, reason="transport-pinned", message=refused, device=device)
+                        HandshakeFailure(transport="tls", peer=peer, error=TransportPinnedError(refused), device=device)
                     )
                     return
                 held = HeldSession(
@@ -341,10 +341,7 @@ class TLSTransport:
             if conn is not None:
                 conn._abort()  # pylint: disable=protected-access
                 conn._release()  # pylint: disable=protected-access  # a timed-out handshake's memory goes now
-            reason, message = classify(exc)
-            self.events.handshake_failed(
-                HandshakeFailure(transport="tls", peer=peer, reason=reason, message=message, device=device)
-            )
+            self.events.handshake_failed(HandshakeFailure(transport="tls", peer=peer, error=classify(exc), device=device))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
