@@ -363,6 +363,11 @@ class EndpointConnection(ModuleConnection):
                 raise EndpointRPCError(
                     "device %s: no reply to %s within %g s (ansible_command_timeout)" % (ep.device, name, timeout)
                 ) from None
+            tag = getattr(exc, "tag", None)
+            if type(exc).__name__ == "RPCError" and isinstance(tag, str) and tag and tag not in str(exc):
+                # Modules show only the text: name the rpc-error's tag (lock-denied and in-use
+                # answers read alike, "locked by another ...") so that an operator can tell them apart.
+                raise EndpointRPCError("%s (rpc-error %s)" % (exc, tag)) from None
             raise
 
 

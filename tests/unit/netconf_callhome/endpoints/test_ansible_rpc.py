@@ -333,3 +333,21 @@ def test_a_slow_reply_fails_within_the_tasks_command_timeout_naming_the_device(d
     started = time.monotonic()
     assert "<data" in Connection(path).get(filter=SLOW_FILTER)
     assert 3.5 < time.monotonic() - started < 9.0
+
+
+def test_the_rpc_error_tag_reaches_the_module(listener_in_thread: Any, sim_devices: Any) -> None:
+    """Modules show only the error text, and the multiplexer's lock-denied and in-use answers read
+    alike: the text names the tag."""
+    lst = listener_in_thread()
+    sim_devices(lst, 1, single_session=True)
+    lst.call("wait", device="sim0001", wait=20, timeout=25)
+    holder = _endpoint(lst, "sim0001", client="pb1/h1")["socket_path"]
+    other = _endpoint(lst, "sim0001", client="pb2/h1")["socket_path"]
+    Connection(holder).lock(target="running")
+    with pytest.raises(ModuleConnectionError, match=r"locked by another client .*\(rpc-error lock-denied\)$"):
+        Connection(other).lock(target="running")
+    with pytest.raises(ModuleConnectionError, match=r"\(rpc-error in-use\)$"):
+        Connection(other).edit_config(
+            config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><system xmlns="urn:ietf:params:xml:ns:'
+                   'yang:ietf-system"><location>x</location></system></config>', target="running")
+    Connection(holder).unlock(target="running")
