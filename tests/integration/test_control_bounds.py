@@ -82,6 +82,12 @@ class Canary:
         self._stop.set()
         self._thread.join(30)
 
+    def served_after(self, more: int = 3, timeout: float = 10.0) -> None:
+        """Until ``more`` further calls have succeeded (the client is served after the flood too)."""
+        want = self.ok + more
+        wait_until(lambda: self.ok >= want, timeout, "%d canary calls after the flood" % more,
+                   detail=lambda: "canary failures: %s" % self.failures[-3:])
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -175,7 +181,7 @@ def test_a_no_newline_flood_is_closed_and_the_token_holder_served(remote: Tuple[
         started = time.monotonic()
         results = asyncio.run(flood())
         elapsed = time.monotonic() - started
-        time.sleep(0.5)
+        canary.served_after()
     closed = sorted(r["closed_after"] for r in results)
     told = [r for r in results if b"request-too-large" in r["answer"]]
     print(
@@ -208,7 +214,7 @@ def test_silent_strangers_are_closed_within_auth_timeout(remote: Tuple[Any, str,
 
     with Canary(address, ca) as canary:
         closed = sorted(asyncio.run(flood()))
-        time.sleep(0.5)
+        canary.served_after()
     evicted = [c for c in closed if c < AUTH_TIMEOUT / 2]
     print(
         "%d silent connections: all closed after %.2f s, %d closed at once to stay within max_unauthenticated=%d; "

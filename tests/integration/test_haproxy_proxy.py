@@ -105,9 +105,13 @@ def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory
         names = ["sim0001"]  # one certificate: one device
     else:
         fleet.enroll(home / "trust.json", names)
-    lst = listener_factory("--config", str(_config(tmp_path / "listener.yml", **options)), home=home).start()
+    # DEBUG: the listener logs each health check it closes (event=proxy.health_check), which
+    # is how this test knows that some went by (asyncssh stays at WARNING, logs.setup_logging)
+    config = str(_config(tmp_path / "listener.yml", **options))
+    lst = listener_factory("--config", config, "--log-level", "DEBUG", home=home).start()
     lb = haproxy([("127.0.0.1", _port(lst, kind))], send_proxy=send_proxy)
     lb.wait_up()
+    checks = lst.log().count("event=proxy.health_check ")
     with running(fleet.simulator(lb.port, len(names), *extra, wait_connected=len(names))):
         records = [lst.wait_device(name, "connected") for name in names]
         peers = sorted(rec["peer"] for rec in records)
@@ -116,8 +120,13 @@ def test_devices_through_haproxy_are_known_by_their_own_address(listener_factory
         lines = _device_lines(lst.log())
         assert len(lines) == len(names) and all("peer=127.0.0.1:" in line for line in lines), lines
         assert all("transport=%s" % ("tls" if kind == "tls" else "ssh") in line for line in lines), lines
-        # several health checks went by (every 300 ms) meanwhile
-        time.sleep(1.0)
+        # several more health checks (every 300 ms) reach the node while the devices are held
+        wait_until(
+            lambda: lst.log().count("event=proxy.health_check ") >= checks + 3,
+            20,
+            "three more health checks",
+            detail=lambda: lst.log()[-3000:],
+        )
     wait_until(lambda: len(_clients(lb)) >= len(names), 20, "HAProxy's log of the connections", detail=lb.log)
     # the recorded peers are exactly the clients HAProxy saw (address and port)
     assert set(peers) <= set(_clients(lb)), (peers, _clients(lb))

@@ -93,12 +93,19 @@ def test_a_device_that_calls_another_node_moves_there(listener_factory, fleet, p
             assert rec["status"] == "disconnected" and rec["last_error"] == "moved to node node-b", rec
             log = a.wait_log("event=device.moved device=mv0001 to_node=node-b epoch=2")
             assert "event=device.owned device=mv0001 epoch=2 previous_node=node-a" in b.wait_log("event=device.owned")
-            # node-a's late news never overwrote node-b's row; the history has both sides
-            time.sleep(1.5)  # two flush intervals of node-a
+            # node-a's late news (its session's end, written by its registry flush) has landed:
+            # it is in the history, and it did not overwrite node-b's row
+            events = "SELECT node, event FROM events WHERE device = 'mv0001' ORDER BY id"
+
+            def landed() -> "List[List[str]] | None":
+                history = postgres.psql(events, database)
+                return history if ["node-a", "disconnected"] in history else None
+
+            history = wait_until(landed, 10, "node-a's disconnected event in the history",
+                                 detail=lambda: str(postgres.psql(events, database)))
             assert postgres.psql(row, database) == [["connected", "node-b"]]
             assert _connected_on(nodes, "mv0001") == ["node-b"]
-            history = postgres.psql("SELECT node, event FROM events WHERE device = 'mv0001' ORDER BY id", database)
-            assert ["node-a", "disconnected"] in history and history.count(["node-b", "connected"]) == 1, history
+            assert history.count(["node-b", "connected"]) == 1, history
             assert "event=device.replaced" not in log
 
 
@@ -165,7 +172,9 @@ def test_an_enrollment_the_database_cannot_keep_is_refused_and_sessions_stay(
             assert "cannot change the trust store postgresql://callhome:***@" in message, message
             assert "(nothing was changed)" in message
             assert postgres.password not in message
-            time.sleep(1.0)
+            # node-a's own poll of the trust store has failed too (it serves the trust as last
+            # read): neither failure may end the session
+            a.wait_log("event=trust.poll_failed", timeout=10)
             assert _status(a, "dn0001") == "connected"  # the session goes on
         finally:
             postgres.resume()
