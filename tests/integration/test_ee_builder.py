@@ -16,10 +16,11 @@ and checks the generated context:
 * the stages' work, done here on the host with the context's own files: the tarball installs with
   ``ansible-galaxy collection install --offline`` (ansible.netcommon and ansible.utils come from
   ``.deps`` here; in the real build from Galaxy or an Automation Hub), the context's
-  ``scripts/introspect.py`` finds the collection's Python requirements (netconf-callhome, not
-  ansible-core) and no run-time system packages, and pip resolves those requirements with
-  ``PIP_FIND_LINKS`` at the context's wheel directory, ``netconf-callhome`` from the wheel there
-  (and not at all without it: no package of that name on the index shadows it).
+  ``scripts/introspect.py`` finds the collection's Python requirements (one line,
+  ``netconf-callhome[ansible]``) and no run-time system packages, and pip resolves those
+  requirements with ``PIP_FIND_LINKS`` at the context's wheel directory, ``netconf-callhome`` from
+  the wheel there (and not at all without it: no package of that name on the index shadows it),
+  ansible-core within the extra's bounds, which are the ones the EE definition asks the image for.
 
 Building the image itself needs a container runtime (podman or docker) and the base image from
 quay.io: out of scope here, as is the Galaxy download of ansible.netcommon and ansible.utils.
@@ -39,6 +40,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -192,7 +194,7 @@ def galaxy_stage(built: Dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     host_reqs.write_text(yaml.safe_dump({"collections": local}))
     target = host_reqs.parent / "usr-share-ansible-collections"
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(DEPS), ANSIBLE_NOCOLOR="1")
-    for name in ("ANSIBLE_CONFIG", "PYTHONPATH"):  # the tests' PYTHONPATH shows this checkout as installed
+    for name in ("ANSIBLE_CONFIG", "PYTHONPATH"):  # neither may show this checkout as installed
         env.pop(name, None)
     _run([_tool("ansible-galaxy"), "collection", "install", "--offline", "-r", str(host_reqs), "-p", str(target)],
          env=env, cwd=str(host_reqs.parent))
@@ -218,9 +220,8 @@ def test_builder_stage_introspects_and_pip_finds_the_wheel(built: Dict[str, Path
     _run([sys.executable, str(scripts / "introspect.py"), "introspect", str(galaxy_stage),
           "--write-pip=%s" % pip_out, "--write-bindep=%s" % bindep_out])
     python = [ln.split("#")[0].strip() for ln in pip_out.read_text().splitlines() if ln.strip()]
-    names = [re.split(r"[<>=!~ \[;]", ln, maxsplit=1)[0].lower() for ln in python]
-    assert "netconf-callhome" in names and "ncclient" in names, python
-    assert "ansible-core" not in names, python  # left to the image (ANSIBLE_INSTALL_REFS)
+    # one requirement, the distribution with its [ansible] extra (the one list, bounds included)
+    assert [(r.name, sorted(r.extras)) for r in map(Requirement, python)] == [("netconf-callhome", ["ansible"])], python
 
     # bindep as assemble runs it on the centos image: nothing at run time, headers only to compile
     depends = Depends(bindep_out.read_text())
@@ -236,13 +237,33 @@ def test_builder_stage_introspects_and_pip_finds_the_wheel(built: Dict[str, Path
     assert got["download_info"]["url"] == (wheels / built["wheel"].name).as_uri()
     for name in ("asyncssh", "cryptography", "pyyaml", "prometheus-client", "ncclient", "jmespath"):
         assert name in resolved, sorted(resolved)
-    assert "ansible-core" not in resolved
+    # ansible-core comes with the [ansible] extra, bounded there (the one place). The image already
+    # holds one (ANSIBLE_INSTALL_REFS, from the definition's ansible_core), which pip keeps when it is
+    # within the extra's bounds and would replace otherwise: the definition asks for exactly them.
+    extra_core = _extra_requirement(built["wheel"], "ansible", "ansible-core")
+    definition = yaml.safe_load((built["ee"] / "execution-environment.yml").read_text())
+    image_core = Requirement(definition["dependencies"]["ansible_core"]["package_pip"])
+    assert image_core.specifier == extra_core.specifier, (str(image_core), str(extra_core))
+    assert resolved["ansible-core"]["metadata"]["version"] in extra_core.specifier
 
     # without the wheel directory nothing provides netconf-callhome
     empty = tmp_path / "no-wheels"
     empty.mkdir()
     res = _pip_dry_run(pip_out, empty, check=False)
     assert res["returncode"] != 0 and "netconf-callhome" in res["stderr"], res
+
+
+def _extra_requirement(wheel: Path, extra: str, name: str) -> Requirement:
+    """The wheel's Requires-Dist for ``name`` under ``extra`` (its METADATA, as pip reads it)."""
+    with zipfile.ZipFile(wheel) as whl:
+        metadata = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        text = whl.read(metadata).decode()
+    for line in text.splitlines():
+        if line.startswith("Requires-Dist:"):
+            req = Requirement(line.split(":", 1)[1].strip())
+            if req.name == name and req.marker is not None and req.marker.evaluate({"extra": extra}):
+                return req
+    raise AssertionError("%s has no %s in its [%s] extra" % (wheel.name, name, extra))
 
 
 def _pip_dry_run(requirements: Path, find_links: Path, check: bool = True) -> Dict:

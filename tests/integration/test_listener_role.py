@@ -13,10 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from harness import ROOT, child_env
 
@@ -73,6 +76,14 @@ def build_wheel(tmp_path: Path) -> Path:
     wheels = list(out.glob("netconf_callhome-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
+
+
+def extra_bounds(wheel: Path, extra: str) -> Dict[str, SpecifierSet]:
+    """{name: specifier} of the wheel's Requires-Dist under ``extra`` (its METADATA, as pip reads it)."""
+    with zipfile.ZipFile(wheel) as whl:
+        text = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    return {r.name: r.specifier for r in reqs if r.marker is not None and r.marker.evaluate({"extra": extra})}
 
 
 def cli(venv: Path, args: List[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -154,12 +165,18 @@ def test_role_installs_the_wheel_renders_files_idempotently_and_the_listener_run
          "from ansible.plugins.loader import init_plugin_loader, netconf_loader\n"
          "init_plugin_loader(sys.argv[1:])\n"
          "cls = netconf_loader.get('ansible.netcommon.default', class_only=True)\n"
-         "print(m.version('ansible-core'), sys.modules[cls.__module__].__file__)",
+         "print(m.version('ansible-core'), sys.modules[cls.__module__].__file__, m.version('ncclient'))",
          str(collections)],
         capture_output=True, text=True, env=env_without_pythonpath(), cwd=str(tmp_path), timeout=120, check=False)
     assert probe.returncode == 0, probe.stdout + probe.stderr
-    core_version, plugin_file = probe.stdout.split()
+    core_version, plugin_file, ncclient_version = probe.stdout.split()
     assert core_version and plugin_file.startswith(str(collections / "ansible_collections/ansible/netcommon")), plugin_file
+    # within the extra's bounds (listener/pyproject.toml, the one place; requirements.txt names the same
+    # extra): a listener host never gets an ansible-core or ncclient the controller's tests did not run
+    bounds = extra_bounds(wheel, "ansible")
+    assert core_version in bounds["ansible-core"], (core_version, str(bounds["ansible-core"]))
+    assert ncclient_version in bounds["ncclient"], (ncclient_version, str(bounds["ncclient"]))
+    assert bounds["ansible-core"].contains("2.21.0") and not bounds["ansible-core"].contains("2.22.0")
 
     # check mode changes nothing, and says what a run would change (a collection file altered);
     # (pip's check mode cannot tell whether a wheel path is installed: that task says "changed")

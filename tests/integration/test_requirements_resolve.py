@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Dict
 
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
 
 # The newest ansible-core minor release each Python runs as a controller (ansible-core's
-# requires-python), capped by requirements.txt's <2.22: 2.19 was the last for 3.11, 2.20 and 2.21
-# need 3.12 or later. (3.10 is below the listener's requires-python: pip refuses it there.)
+# requires-python), capped by the [ansible] extra's <2.22 (listener/pyproject.toml, which
+# requirements.txt names): 2.19 was the last for 3.11, 2.20 and 2.21 need 3.12 or later. (3.10 is
+# below the listener's requires-python: pip refuses it there.)
 NEWEST_CORE = {(3, 11): "2.19", (3, 12): "2.21", (3, 13): "2.21", (3, 14): "2.21"}
 
 
@@ -84,3 +86,31 @@ def test_listener_distribution_comes_from_the_wheel(resolved: Dict[str, Dict], w
     assert resolved["netconf-callhome"]["download_info"]["url"] == wheel.as_uri()
     for name in ("asyncssh", "cryptography", "pyyaml", "prometheus-client", "ncclient", "jmespath"):
         assert name in resolved, sorted(resolved)
+
+
+def test_bounds_live_in_the_distribution_extra_only() -> None:
+    """requirements.txt names the [ansible] extra and bounds nothing itself; the extra bounds each of
+    its packages above and below, so a listener host (the role installs the same extra) and a
+    controller get the same tested ansible-core and ncclient."""
+    from packaging.requirements import Requirement
+
+    lines = [ln.split("#", 1)[0].strip() for ln in (REPO / "requirements.txt").read_text().splitlines()]
+    reqs = [Requirement(ln) for ln in lines if ln]
+    assert [(r.name, sorted(r.extras)) for r in reqs] == [("netconf-callhome", ["ansible"])], lines
+    extra = tomllib.loads((REPO / "listener" / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ansible"]
+    bounded = {_normalize(Requirement(r).name): Requirement(r).specifier for r in extra}
+    assert set(bounded) == {"ansible-core", "ncclient", "jmespath"}, extra
+    for name in ("ansible-core", "ncclient"):
+        ops = {spec.operator for spec in bounded[name]}
+        assert ops & {">=", ">"} and ops & {"<", "<="}, (name, str(bounded[name]))
+    role = yaml.safe_load((REPO / "roles" / "listener" / "defaults" / "main.yml").read_text())
+    assert "ansible" in role["callhome_listener_extras"], role["callhome_listener_extras"]
+
+
+def test_resolved_versions_are_within_the_extra(resolved: Dict[str, Dict]) -> None:
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((REPO / "listener" / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ansible"]
+    for req in map(Requirement, extra):
+        got = resolved[_normalize(req.name)]["metadata"]["version"]
+        assert got in req.specifier, (req.name, got, str(req.specifier))
