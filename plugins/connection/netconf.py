@@ -101,15 +101,40 @@ options:
       - Device platform; selects the netconf sub-plugin and the ncclient device handler.
       - V(auto) (the default) derives it from the capabilities in the device's hello, which the
         listener already holds. It never dials the device to guess.
+      - 'The first task of a host sets it for that host''s connection until the connection ends (at
+        the end of the play, or with C(meta: reset_connection)), as C(ansible-connection) kept the
+        sub-plugin it had loaded; the listener logs C(event=endpoint.network_os_kept) when a later
+        task asks for another one.'
     type: string
     default: auto
     vars:
       - name: ansible_network_os
+  persistent_command_timeout:
+    description:
+      - Seconds to wait for the device's reply to each NETCONF request of the task (C(ansible_command_timeout)).
+        Each task's own value applies to its requests, on the same session as the host's other tasks (a
+        lock taken by one task holds for the next, whatever their timeouts).
+      - 'A request without a reply in time fails the task with C(device NAME: no reply to METHOD within N s
+        (ansible_command_timeout)); the session stays, and the next task uses it.'
+  persistent_connect_timeout:
+    description:
+      - Ignored by this plugin. There is no connection to open per host (the listener holds the device's
+        session); the wait for a device that has not called home yet is bounded by O(callhome_timeout)
+        instead.
+  import_modules:
+    description:
+      - Read by ansible.netcommon's action plugins on the controller (direct execution of the module in the
+        worker process); works as with C(ansible.netcommon.netconf). The module then reaches the listener's
+        endpoint from the worker.
   persistent_log_messages:
     type: boolean
     description:
-      - Log every request and reply of the persistent connection to the Ansible log file
-        (needs C(log_path)). This logs configuration data unredacted.
+      - Ignored by this plugin. No C(ansible-connection) runs, so nothing writes the persistent connection's
+        messages to the Ansible log file, and the listener does not log the requests' contents (they carry
+        configuration and secrets).
+      - To see each request of a host, run the listener with debug logging (C(callhome-listener serve
+        --log-level debug)); it logs C(event=endpoint.request) with the device, the client, the JSON-RPC
+        method, whether it failed and its duration, never its parameters or reply.
     default: false
     ini:
       - section: persistent_connection
@@ -125,6 +150,12 @@ notes:
   - The command timeout (O(persistent_command_timeout), C(ansible_command_timeout)) bounds every
     NETCONF request; a device that drops its session mid-task fails that task, and the next task
     waits for the device to call home again.
+  - 'A host''s connection (its NETCONF session or its share of the device''s one session) lasts from
+    its first task to the end of the play, as with C(ansible-connection). At the end of every play,
+    failed or not, and at C(meta: reset_connection), Ansible resets it and the listener ends it at
+    once, releasing the host''s locks and cancelling its pending confirmed commit; the next task starts
+    a new one. With a remote (V(tls://)) listener, the task''s relay socket is gone by the end of the
+    play, so the listener ends the host''s session after its idle time (60 s) instead.'
 seealso:
   - module: netconf.callhome.wait_for_devices
   - module: netconf.callhome.listener_info
