@@ -1,90 +1,81 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The composition root: builds the layers, wires their events, owns the lifecycle.
+"""The composition root: builds the parts, wires them together, owns the lifecycle.
 
-Nothing imports this module. It owns the listening sockets, the held sessions (one per device:
-a device that calls again replaces its older connection), the registry, the trust policy and
-the control server. The transports reach it only through the narrow interfaces of
-:mod:`netconf_callhome.protocol.events` (it implements ``TransportEvents``; admission is
-:class:`~netconf_callhome.policy.admission.Admission`), and the control server only through
-:class:`~netconf_callhome.control.server.ControlledListener`. Every transport outcome becomes
-one registry update, one log line and metrics, here.
+Nothing imports this module. :class:`CallHomeListener` opens the state (registry, trust store,
+policy), builds one object per responsibility and hands each the others it needs:
+
+- ``devices`` (:class:`~netconf_callhome.sessions.devices.LiveDevices`): who holds a session now,
+  on which transport; their last addresses and certificate identities;
+- ``gate`` (:class:`~netconf_callhome.sessions.trust_gate.TrustGate`): the transports' trust
+  decisions (host key, certificate, outbound-ssh secret); refusals recorded as pending;
+- ``recorder`` (:class:`~netconf_callhome.sessions.recorder.SessionRecorder`): the transports'
+  outcomes; every one becomes one registry update, one log line and metrics;
+- ``waiters`` (:class:`~netconf_callhome.sessions.waiters.DeviceWaiters`): waiting for a device;
+- ``trust`` (:class:`~netconf_callhome.sessions.trust_edits.TrustEdits`): trust operations and
+  every reload's effect on live sessions;
+- ``ownership`` (:class:`~netconf_callhome.sessions.owned.DeviceOwnership`): scale-out claims;
+- the transports, which reach the parts only through :mod:`netconf_callhome.protocol.events`
+  (``_TransportEvents`` below routes decisions to the gate and outcomes to the recorder;
+  admission is :class:`~netconf_callhome.policy.admission.Admission`);
+- the control server, which reaches them only through
+  :class:`~netconf_callhome.control.facade.ListenerFacade` (its ``ControlledListener``).
+
+What is left here is the lifecycle: the listening sockets and accept loops, the tasks the
+listener owns, housekeeping (trust reload, registry flush, idle exit), signals and stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import logging
 import os
 import signal
 import socket
-import ssl
 import time
-from typing import Any, Awaitable, Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple, Type, TypeVar
-
-import asyncssh
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from netconf_callhome.config import PORT_RESTCONF, PORT_SSH, PORT_TLS, ListenerConfig, parse_bind
-from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.cluster import ClusterClient, ClusterServer
+from netconf_callhome.control.facade import ListenerFacade
 from netconf_callhome.control.forward import Forwarder
+from netconf_callhome.control.instance import EMBEDDED, SERVICE, InstanceLock
 from netconf_callhome.control.server import ControlServer
 from netconf_callhome.endpoints.ansible_rpc import AnsibleEndpoints
 from netconf_callhome.endpoints.restconf_rpc import RestconfEndpoints
-from netconf_callhome.fingerprints import cert_fingerprint_spellings
-from netconf_callhome.errors import (
-    AuthFailedError,
-    CallHomeError,
-    ConfigError,
-    DeviceNotFoundError,
-    DeviceNotReadyError,
-    WaitTimeoutError,
-)
+from netconf_callhome.errors import CallHomeError, ConfigError
 from netconf_callhome.metrics import Metrics
-from netconf_callhome.netutil import format_binds, format_peer, make_listening_socket, peer_ip
+from netconf_callhome.netutil import format_binds, format_peer, make_listening_socket
 from netconf_callhome.policy.admission import Admission
-from netconf_callhome.policy import trust_ops
 from netconf_callhome.policy.trust_store import TrustStore
-from netconf_callhome.policy.verdicts import ACCEPTED, MISMATCH, TrustPolicy, Verdict, refusal
+from netconf_callhome.policy.verdicts import TrustPolicy
 from netconf_callhome.policy.zero_touch import EnrollmentWriter
-from netconf_callhome.protocol.events import HandshakeFailure, SSHLogin, VerifiedDevice
+from netconf_callhome.protocol.events import VerifiedDevice
 from netconf_callhome.protocol.first_bytes import SinglePortTransport
+from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport
 from netconf_callhome.protocol.proxy_header import ProxyProtocolGate
-from netconf_callhome.protocol.outbound_ssh import GatedLogin, HostKeyRefusal, OutboundSSHTransport, Preamble
-from netconf_callhome.protocol.restconf import KEEPALIVE_MISSED, BasicCredentials, RestconfConnection, RestconfTransport
-from netconf_callhome.protocol.session import AUTO, HeldSession
-from netconf_callhome.protocol.ssh import PrivateKeyCache, SSHTransport
+from netconf_callhome.protocol.restconf import RestconfTransport
+from netconf_callhome.protocol.ssh import SSHTransport
 from netconf_callhome.protocol.tls import TLSTransport
-from netconf_callhome.sessions.mux import Multiplexer
-from netconf_callhome.sessions.restconf_sessions import RestconfSessions, module_capabilities, restconf_limits
-from netconf_callhome.state.registry import (
-    AUTH_FAILED,
-    CONNECTED,
-    DISCONNECTED,
-    ERROR,
-    KEY_MISMATCH,
-    FlushRetry,
-    PendingKey,
-    Registry,
-    RegistryWriteError,
-)
-from netconf_callhome.state.ownership import Claim, Ownership
+from netconf_callhome.sessions.devices import LiveDevices
+from netconf_callhome.sessions.owned import DeviceOwnership
+from netconf_callhome.sessions.recorder import SessionRecorder
+from netconf_callhome.sessions.restconf_sessions import restconf_limits
+from netconf_callhome.sessions.trust_edits import TrustEdits
+from netconf_callhome.sessions.trust_gate import TrustGate
+from netconf_callhome.sessions.waiters import DeviceWaiters
+from netconf_callhome.state.cluster_nodes import HEARTBEAT_INTERVAL, NodeDirectory
 from netconf_callhome.state.pg_listen import ChannelListener
 from netconf_callhome.state.postgres import PostgresStore
-from netconf_callhome.state.cluster_nodes import HEARTBEAT_INTERVAL, NodeDirectory
+from netconf_callhome.state.registry import FlushRetry, Registry, RegistryWriteError
 from netconf_callhome.state.stores import open_store, open_trust_store
 
 log = logging.getLogger("netconf_callhome.listener")
 
 # Longest pause between registry flush attempts while the database refuses writes (seconds).
 REGISTRY_RETRY_MAX = 30.0
-# Certificate identities of accepted TLS handshakes, by fingerprint (a cache bounded in size: an
-# identity-enrolled session is re-checked against them on every trust change).
-TLS_IDENTITY_CACHE = 4096
 
 ConnectionHandler = Callable[[socket.socket, Tuple[Any, ...]], Awaitable[None]]
-_T = TypeVar("_T")
 
 
 class CallHomeListener:
@@ -102,21 +93,13 @@ class CallHomeListener:
         self.policy = TrustPolicy(self.trust_store, config.tls, config.credentials)
         store = open_store(config.state_dsn(), sqlite_default=config.registry, home=config.home, node=node)
         self.registry = Registry(store)
-        # Scale-out: exactly one node owns a device's session (state.ownership); its claims'
-        # outcomes come back on the store's thread and are handed to this loop (see start).
-        self.ownership: Optional[Ownership] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        if isinstance(store, PostgresStore):
-            # One LISTEN connection per node: the fence hears its channel on the shared trust
-            # store's (each listening connection costs the database a transaction per notifying
-            # commit of any node: docs/performance.md, run X4).
-            shared = getattr(self.trust_store, "listener", None)
-            self.ownership = Ownership(
-                store,
-                on_claimed=self._claimed_threadsafe,
-                on_moved=self._moved_threadsafe,
-                listener=shared if isinstance(shared, ChannelListener) else None,
-            )
+        self.devices = LiveDevices()  # who holds a session now, on which transport
+        # Scale-out: exactly one node owns a device's session (a no-op with SQLite state); its
+        # claims' outcomes come back on the store's thread and are handed to this loop (start).
+        shared = getattr(self.trust_store, "listener", None)
+        self.ownership = DeviceOwnership(
+            store, self.registry, self.devices, listener=shared if isinstance(shared, ChannelListener) else None
+        )
         self.registry.load()
         self.metrics = Metrics(self.registry.counts)
         self.admission = Admission(
@@ -127,22 +110,52 @@ class CallHomeListener:
             admit_rate=config.block_admit_rate,
             on_limit=lambda reason: self.metrics.failures.labels(transport="any", reason=reason).inc(),
         )
+        self._tasks: Set["asyncio.Future[Any]"] = set()
+        self._stopping = asyncio.Event()
+        self.last_activity = time.monotonic()
+
+        # The parts the transports and the control server reach, each with one job.
+        self.waiters = DeviceWaiters(self.devices, self.registry, lambda: self.policy.index.devices)
+        self.trust = TrustEdits(self.trust_store, self.policy, self.registry, self.devices)
+        self.enrollments = EnrollmentWriter(self.trust_store)  # zero-touch (outbound-ssh secrets)
+        self.gate = TrustGate(
+            self.policy,
+            registry=self.registry,
+            devices=self.devices,
+            trust=self.trust,
+            enrollments=self.enrollments,
+            spawn=self.spawn,
+        )
+        self.recorder = SessionRecorder(
+            config,
+            registry=self.registry,
+            metrics=self.metrics,
+            admission=self.admission,
+            devices=self.devices,
+            waiters=self.waiters,
+            ownership=self.ownership,
+            spawn=self.spawn,
+        )
+
+        # The transports: they ask admission, and report to the gate (decisions) and the
+        # recorder (outcomes) through the narrow events of protocol.events.
+        events = _TransportEvents(self.gate, self.recorder, self.spawn)
         # PROXY headers from the load balancers in proxy_protocol_from, on every kind of port
         # (docs/scale-out.md): the device's address is the peer from the accept on.
         self.proxy = ProxyProtocolGate(
             config.proxy_protocol_from,
             timeout=config.proxy_protocol_timeout,
             admission=self.admission,
-            events=self,
+            events=events,
             on_refused=lambda reason: self.metrics.failures.labels(transport="proxy", reason=reason).inc(),
         )
-        self._keys = PrivateKeyCache()
-        self.ssh = SSHTransport(config, admission=self.admission, events=self)
-        self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout, events=self)
-        self.enrollments = EnrollmentWriter(self.trust_store)  # zero-touch (outbound-ssh secrets)
-        self.tls = TLSTransport(config, admission=self.admission, events=self) if config.tls_enabled else None
+        self.ssh = SSHTransport(config, admission=self.admission, events=events)
+        self.outbound_ssh = OutboundSSHTransport(self.ssh, handshake_timeout=config.handshake_timeout, events=events)
+        self.tls = TLSTransport(config, admission=self.admission, events=events) if config.tls_enabled else None
         self.restconf = (
-            RestconfTransport(config, admission=self.admission, events=_RestconfEvents(self), limits=limits)
+            RestconfTransport(
+                config, admission=self.admission, events=_RestconfEvents(self.gate, self.recorder), limits=limits
+            )
             if config.restconf_binds or (config.callhome_binds and config.tls_enabled)
             else None
         )
@@ -151,7 +164,7 @@ class CallHomeListener:
             SinglePortTransport(
                 config,
                 admission=self.admission,
-                events=self,
+                events=events,
                 outbound_ssh=self.outbound_ssh,
                 tls=self.tls,
                 restconf=self.restconf,
@@ -159,22 +172,36 @@ class CallHomeListener:
             if config.callhome_binds
             else None
         )
-        self.sessions: Dict[str, HeldSession] = {}
-        self.restconf_sessions = RestconfSessions()
         self.bound: Dict[str, List[Tuple[str, int]]] = {"ssh": [], "tls": [], "outbound_ssh": [], "restconf": [], "callhome": []}
         self._acceptors: List[Any] = []
         self._listen_socks: List[socket.socket] = []
-        self._tasks: Set["asyncio.Future[Any]"] = set()
-        self._waiters: Dict[str, List["asyncio.Future[None]"]] = {}
-        self._hints: Dict[Tuple[str, str], str] = {}
-        # The certificate identities a TLS session was accepted under, kept to tell after a
-        # trust change whether it is still trusted (an identity-enrolled device has no pinned
-        # fingerprint to look up).
-        self._tls_identities: "collections.OrderedDict[str, List[str]]" = collections.OrderedDict()
-        self._session_identities: Dict[str, List[str]] = {}
-        self._stopping = asyncio.Event()
-        self.last_activity = time.monotonic()
-        self.control = ControlServer(config, self)
+
+        # The connection plugins' endpoints and the control server (through ListenerFacade).
+        self.instance = InstanceLock(config.home)
+        self.endpoints = AnsibleEndpoints(
+            config.home, touch=self.touch, lease_ended=self.recorder.lease_ended, collections_paths=config.collections_paths
+        )
+        # RESTCONF devices' httpapi endpoints (netconf.callhome.httpapi): the same socket directory
+        self.restconf_endpoints = RestconfEndpoints(
+            config.home, self.devices.restconf, touch=self.touch, collections_paths=config.collections_paths
+        )
+        self.control = ControlServer(
+            config,
+            ListenerFacade(
+                registry=self.registry,
+                metrics=self.metrics,
+                policy=self.policy,
+                devices=self.devices,
+                bound=self.bound,
+                waiters=self.waiters,
+                trust=self.trust,
+                recorder=self.recorder,
+                endpoints=self.endpoints,
+                restconf_endpoints=self.restconf_endpoints,
+                touch=self.touch,
+                request_stop=self.request_stop,
+            ),
+        )
         # Scale-out: every device of the shared database on any node, and requests for a device
         # another node holds forwarded there over the mutual-TLS cluster channel (docs/scale-out.md).
         self.cluster: Optional[ClusterServer] = None
@@ -182,21 +209,13 @@ class CallHomeListener:
             self.control.directory = NodeDirectory(store)
             if config.cluster.bind:
                 # holds: a peer routing by a remembered owner asks whether the device is still here
-                self.cluster = ClusterServer(config.cluster, self.control.serve_forwarded, holds=self._connected)
+                self.cluster = ClusterServer(config.cluster, self.control.serve_forwarded, holds=self.devices.connected)
                 self.control.forwarder = Forwarder(
                     self.control.directory,
                     ClusterClient(config.cluster),
-                    held_here=self._connected,
+                    held_here=self.devices.connected,
                     rpc_dir=os.path.join(config.home, "rpc"),
                 )
-        self.instance = InstanceLock(config.home)
-        self.endpoints = AnsibleEndpoints(
-            config.home, touch=self.touch, lease_ended=self.lease_ended, collections_paths=config.collections_paths
-        )
-        # RESTCONF devices' httpapi endpoints (netconf.callhome.httpapi): the same socket directory
-        self.restconf_endpoints = RestconfEndpoints(
-            config.home, self.restconf_sessions, touch=self.touch, collections_paths=config.collections_paths
-        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -204,12 +223,12 @@ class CallHomeListener:
         # One listener per home: checked before a port is bound or the control socket replaced,
         # so a second one names the first (ListenerRunningError) instead of failing on a port.
         self.instance.acquire(mode=EMBEDDED if self.config.idle_exit else SERVICE, control_socket=self.config.control_socket)
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self.ownership.bind(loop)
         subscribe = getattr(self.trust_store, "subscribe", None)
         if subscribe is not None:
             # The shared trust store changed (on any node): reload now, not at the next tick.
-            loop = self._loop
-            subscribe(lambda revision: loop.call_soon_threadsafe(self.reload_trust))
+            subscribe(lambda revision: loop.call_soon_threadsafe(self.trust.reload))
         bind = ""
         try:
             for bind in self.config.ssh_binds:
@@ -302,7 +321,7 @@ class CallHomeListener:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_trust)
+        loop.add_signal_handler(signal.SIGHUP, self.trust.reload)
         await self._stopping.wait()
         await self.stop()
 
@@ -321,15 +340,12 @@ class CallHomeListener:
             self.control.forwarder.close()
         await self.endpoints.close_all()
         await self.restconf_endpoints.close_all()
-        for held in list(self.sessions.values()):
-            held.close("listener stopping")
-        self.restconf_sessions.close_all("listener stopping")
+        self.devices.close_all("listener stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.enrollments.close()
-        if self.ownership is not None:
-            self.ownership.close()
+        self.ownership.close()
         close_trust = getattr(self.trust_store, "close", None)
         if close_trust is not None:
             await asyncio.to_thread(close_trust)
@@ -369,7 +385,7 @@ class CallHomeListener:
         while True:
             await asyncio.sleep(self.registry.flush_interval)
             try:
-                self.reload_trust()
+                self.trust.reload()
             except Exception:  # a bug must not end reloads for good; logged with its traceback
                 log.exception("event=trust.reload_error")
             try:
@@ -398,870 +414,29 @@ class CallHomeListener:
                 log.info("event=listener.idle_exit idle_seconds=%.0f", self.config.idle_exit)
                 self._stopping.set()
 
-    # -- TransportEvents: trust decisions ------------------------------------------------------
 
-    def ssh_host_key(self, key: asyncssh.SSHKey, *, peer: str, device_id: str) -> Optional[SSHLogin]:
-        fingerprint = key.get_fingerprint("sha256")
-        verdict = self.policy.ssh_verdict(fingerprint, hint=self.hint_for(peer_ip(peer), "ssh"), device_id=device_id)
-        if not verdict.accepted:
-            public_line = key.export_public_key("openssh").decode("ascii").strip()
-            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
-            return None
-        return self._ssh_login(verdict)
+class _TransportEvents:
+    """The SSH, TLS, outbound-ssh, PROXY and single-port transports' events: decisions to the
+    trust gate, outcomes to the recorder, tasks to the listener."""
 
-    def outbound_ssh_host_key(
-        self, key: asyncssh.SSHKey, *, peer: str, preamble: Preamble
-    ) -> "SSHLogin | GatedLogin | HostKeyRefusal | None":
-        """OutboundSSHEvents: a Junos device's proved host key, judged with its preamble. No secret
-        for its DEVICE-ID: as on 4334. A secret: the HMAC must verify for the key the handshake
-        proved (policy.outbound_ssh_check); then an enrolled key is accepted, and an unknown one
-        is enrolled under the DEVICE-ID without an operator (zero-touch), unless that device
-        already has another key and its secret does not allow rotation."""
-        fingerprint = key.get_fingerprint("sha256")
-        check = self.policy.outbound_ssh_check(preamble, fingerprint)
-        if check.binding is None and not check.refused:
-            return self.ssh_host_key(key, peer=peer, device_id=preamble.device_id)
-        public_line = key.export_public_key("openssh").decode("ascii").strip()
-        if check.refused:
-            # Recorded with the proved key, so an operator who decides the device is genuine (its
-            # secret was mistyped) can approve it; the DEVICE-ID stays a claim (claim_source).
-            pending = self.registry.record_pending(
-                PendingKey(
-                    fingerprint=fingerprint,
-                    key_type=key.get_algorithm(),
-                    transport="ssh",
-                    public_key=public_line,
-                    peer=peer,
-                    reason=check.refused,
-                    claimed_device=preamble.device_id,
-                    claim_source="device-id" if preamble.device_id else "",
-                )
-            )
-            log_fn = log.error if check.refused == "secret-unavailable" else log.warning
-            log_fn(
-                "event=outbound_ssh.refused device_id=%s peer=%s fingerprint=%s reason=%s count=%d msg=%r",
-                preamble.device_id,
-                peer,
-                fingerprint,
-                check.refused,
-                pending.count,
-                check.message,
-            )
-            return HostKeyRefusal(check.refused, check.message)
-        assert check.binding is not None
-        verdict = self.policy.ssh_verdict(fingerprint, device_id=preamble.device_id)
-        if verdict.accepted:
-            return self._ssh_login(verdict)
-        device = preamble.device_id
-        rotate = verdict.outcome == MISMATCH
-        if rotate and not check.binding.allow_rotation:
-            # The secret proves the caller knows it, not that it is the device whose key is pinned:
-            # a group secret sits on every device of the group. Re-keying is the operator's call.
-            self._refused(verdict, transport="ssh", peer=peer, key_type=key.get_algorithm(), public_key=public_line)
-            message = (
-                "HMAC verified (secret of %s), but %s has another host key enrolled and its secret does not "
-                "allow rotation; approve the new key (callhome-listener approve %s --device %s --replace) if "
-                "the device was really re-keyed" % (check.binding.source, device, fingerprint, device)
-            )
-            log.warning(
-                "event=outbound_ssh.rotation_refused device=%s peer=%s fingerprint=%s msg=%r",
-                device,
-                peer,
-                fingerprint,
-                message,
-            )
-            return HostKeyRefusal("host-key", message)
-        # Zero-touch: the key goes to the trust store off the loop, batched with other devices'
-        # (policy.zero_touch); the SSH login goes on meanwhile, the session waits for the write.
-        gate: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
-        self.spawn(
-            self._zero_touch(gate, verdict, public_line, key.get_algorithm(), peer, rotate, check.binding.source)
-        )
-        return GatedLogin(self._ssh_login(Verdict(ACCEPTED, device, fingerprint)), gate)
-
-    async def _zero_touch(
-        self,
-        gate: "asyncio.Future[str]",
-        verdict: Verdict,
-        public_line: str,
-        key_type: str,
-        peer: str,
-        rotate: bool,
-        source: str,
-    ) -> None:
-        """Write a verified outbound-ssh device's key, then open its session's gate."""
-        device, fingerprint = verdict.device, verdict.fingerprint
-        try:
-            outcome = await self.enrollments.enroll(device, public_line, replace=rotate)
-        except BaseException:
-            if not gate.done():
-                gate.set_result("the listener is stopping")
-            raise
-        if isinstance(outcome, CallHomeError):
-            self._refused(verdict, transport="ssh", peer=peer, key_type=key_type, public_key=public_line)
-            log.error(
-                "event=outbound_ssh.enroll_failed device=%s peer=%s fingerprint=%s error=%r",
-                device,
-                peer,
-                fingerprint,
-                outcome.message,
-            )
-            gate.set_result("zero-touch enrollment of %s failed: %s" % (device, outcome.message))
-            return
-        self.registry.drop_pending(fingerprint)
-        self._trust_changed(device, "key replaced")  # one real reload per written batch (same file after)
-        log.info(
-            "event=device.enrolled device=%s fingerprint=%s peer=%s via=outbound-ssh-secret secret=%s replaced=%s",
-            device,
-            fingerprint,
-            peer,
-            source,
-            ",".join(outcome.replaced) or "-",
-        )
-        trusted = self.policy.still_trusts(device, "ssh", fingerprint)
-        gate.set_result("" if trusted else "%s was enrolled for %s but is not trusted after the reload" % (fingerprint, device))
-
-    def _ssh_login(self, verdict: Verdict) -> SSHLogin:
-        """The login for an accepted SSH key: the device's credentials, read once per file change."""
-        creds = self.policy.credentials_for(verdict.device)
-        try:
-            keys = self._keys.keys(creds.private_key_file)
-        except ConfigError as exc:
-            log.error("event=credentials.error device=%s error=%r", verdict.device, exc.message)
-            keys = []
-        return SSHLogin(
-            device=verdict.device,
-            fingerprint=verdict.fingerprint,
-            username=creds.username,
-            keys=keys,
-            read_password=creds.read_password,
-        )
-
-    def tls_certificate(self, chain: Sequence[bytes], *, peer: str, transport: str = "tls") -> Optional[VerifiedDevice]:
-        """The verdict on a device certificate, for NETCONF over TLS and (``transport``
-        ``restconf``) RESTCONF alike: pending entries and address hints name the transport."""
-        verdict = self.policy.tls_verdict(chain, hint=self.hint_for(peer_ip(peer), transport))
-        if not verdict.accepted:
-            pem = ssl.DER_cert_to_PEM_cert(chain[0])
-            self._refused(verdict, transport=transport, peer=peer, key_type="x509", public_key=pem)
-            return None
-        self._tls_identities[verdict.fingerprint] = list(verdict.identities)
-        self._tls_identities.move_to_end(verdict.fingerprint)
-        while len(self._tls_identities) > TLS_IDENTITY_CACHE:
-            self._tls_identities.popitem(last=False)
-        return VerifiedDevice(device=verdict.device, fingerprint=verdict.fingerprint)
-
-    def hint_for(self, address: str, transport: str) -> str:
-        """The device last connected from this address, if it has no live session now."""
-        device = self._hints.get((address, transport), "")
-        return "" if self._connected(device) else device
-
-    def _connected(self, device: str) -> bool:
-        """Whether the device holds an open session on any transport (NETCONF or RESTCONF)."""
-        held = self.sessions.get(device)
-        return (held is not None and held.is_open) or device in self.restconf_sessions
-
-    def _refused(self, verdict: Verdict, *, transport: str, peer: str, key_type: str, public_key: str) -> None:
-        """An unenrolled or mismatched key: record it, never authenticate, never hand it out.
-
-        The claim (which device it says it is) goes on the pending entry; the claimed device's
-        own record changes only when that device holds no verified session (verdicts.refusal).
-        """
-        outcome = refusal(
-            verdict, key_type=key_type, peer=peer, device_connected=bool(verdict.device) and self._connected(verdict.device)
-        )
-        pending = self.registry.record_pending(
-            PendingKey(
-                fingerprint=verdict.fingerprint,
-                key_type=key_type,
-                transport=transport,
-                public_key=public_key,
-                peer=peer,
-                reason=verdict.outcome,
-                claimed_device=verdict.device,
-                claim_source=verdict.claim_source,
-                identities=list(verdict.identities),
-            )
-        )
-        if outcome.mark_device:
-            self.registry.update(verdict.device, status=KEY_MISMATCH, last_seen=time.time(), last_error=outcome.message)
-        if verdict.device:
-            log.warning(
-                "event=%s device=%s peer=%s transport=%s fingerprint=%s key_type=%s claim_source=%s count=%d msg=%r",
-                outcome.event,
-                verdict.device,
-                peer,
-                transport,
-                verdict.fingerprint,
-                key_type,
-                verdict.claim_source,
-                pending.count,
-                outcome.message,
-            )
-        else:
-            log.warning(
-                "event=device.unknown_key peer=%s transport=%s fingerprint=%s key_type=%s count=%d",
-                peer,
-                transport,
-                verdict.fingerprint,
-                key_type,
-                pending.count,
-            )
-
-    # -- TransportEvents: outcomes -------------------------------------------------------------
-
-    def handshake_failed(self, failure: HandshakeFailure) -> None:
-        if failure.device:
-            status = AUTH_FAILED if isinstance(failure.error, AuthFailedError) else ERROR
-            self.registry.update(
-                failure.device,
-                status=status,
-                peer=failure.peer,
-                transport=failure.transport,
-                last_seen=time.time(),
-                last_error=failure.message,
-            )
-            log.warning(
-                "event=device.session_failed device=%s peer=%s transport=%s reason=%s error=%r",
-                failure.device,
-                failure.peer,
-                failure.transport,
-                failure.reason,
-                failure.message,
-            )
-        elif failure.reason != "host-key":  # a refused key was logged when it was recorded
-            log.warning(
-                "event=handshake.failed peer=%s transport=%s reason=%s error=%r",
-                failure.peer,
-                failure.transport,
-                failure.reason,
-                failure.message,
-            )
-        self.metrics.failures.labels(transport=failure.transport, reason=failure.reason).inc()
-        self.metrics.handshakes.labels(transport=failure.transport, result="failed").inc()
-        self.admission.failed(failure.reason, peer_ip(failure.peer))
-
-    def session_ready(self, held: HeldSession, *, started: float, auth: str) -> None:
-        assert held.hello is not None
-        now = time.time()
-        rec = self.registry.get(held.device)
-        # How its leases run: the operator's pin, else what an earlier connection taught (a
-        # device that refused or ignored a second channel stays shared), else the transport's.
-        mux = Multiplexer(held)
-        held.configure(
-            shared=mux,
-            pinned=self.config.session_modes.get(held.device, AUTO),
-            remembered=rec.session_mode if rec is not None and rec.transport == held.transport else "",
-            channel_hello_timeout=self.config.channel_hello_timeout,
-            on_mode_change=self._mode_changed,
-        )
-        old = self.sessions.get(held.device)
-        self.sessions[held.device] = held
-        if held.transport == "tls":
-            self._session_identities[held.device] = self._tls_identities.get(held.fingerprint, [])
-        held.closed.add_done_callback(lambda fut: self._session_closed(held, fut.result()))
-        if held.transport == "tls" and self.config.liveness_interval > 0:
-            # TLS has no keepalive of its own (SSH sessions have SSH keepalives): a hung device
-            # must not stay 'connected' (RFC 8071 3.1 S7).
-            self.spawn(
-                mux.watch_liveness(
-                    self.config.liveness_interval,
-                    self.config.liveness_timeout,
-                    lambda reason: self.metrics.failures.labels(transport=held.transport, reason="unresponsive").inc(),
-                )
-            )
-        if old is not None and old is not held:
-            old.close("replaced by a new call from %s" % held.peer)
-            log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", held.device, old.peer, held.peer)
-        self.registry.update(
-            held.device,
-            status=CONNECTED,
-            transport=held.transport,
-            peer=held.peer,
-            fingerprint=held.fingerprint,
-            capabilities=list(held.hello.capabilities),
-            session_mode=held.mode,
-            first_connected=(rec.first_connected if rec and rec.first_connected else now),
-            last_connected=now,
-            last_seen=now,
-            last_error="",
-            connect_count=(rec.connect_count if rec else 0) + 1,
-        )
-        self._hints[(peer_ip(held.peer), held.transport)] = held.device
-        elapsed = time.monotonic() - started
-        self.metrics.handshakes.labels(transport=held.transport, result="ok").inc()
-        self.metrics.handshake_seconds.labels(transport=held.transport).observe(elapsed)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "event=device.connected device=%s peer=%s transport=%s fingerprint=%s auth=%s mode=%s capabilities=%d handshake_ms=%.1f",
-                held.device,
-                held.peer,
-                held.transport,
-                held.fingerprint,
-                auth,
-                held.mode,
-                len(held.hello.capabilities),
-                elapsed * 1000,
-            )
-        self._claim(held.device)
-        self._wake(held.device)
-
-    def _session_closed(self, held: HeldSession, reason: str) -> None:
-        if self.sessions.get(held.device) is not held:
-            return  # an older, replaced session
-        del self.sessions[held.device]
-        self._session_identities.pop(held.device, None)
-        now = time.time()
-        conn = self.restconf_sessions.get(held.device)
-        if conn is not None:
-            # The device also holds a RESTCONF connection: it is still connected, through that one.
-            self.registry.update(
-                held.device,
-                status=CONNECTED,
-                transport="restconf",
-                peer=conn.peer,
-                fingerprint=conn.fingerprint,
-                capabilities=module_capabilities(conn.library),
-                last_seen=now,
-            )
-            log.info(
-                "event=device.disconnected device=%s peer=%s transport=%s reason=%r still_connected=restconf",
-                held.device,
-                held.peer,
-                held.transport,
-                reason,
-            )
-            return
-        status = ERROR if held.failed else DISCONNECTED
-        if self.ownership is not None:
-            self.ownership.release(held.device)
-        self.registry.update(held.device, status=status, last_disconnected=now, last_seen=now, last_error=reason)
-        log.info(
-            "event=device.disconnected device=%s peer=%s status=%s reason=%r", held.device, held.peer, status, reason
-        )
-
-    # -- RESTCONF (RestconfEvents through _RestconfEvents) --------------------------------------
-
-    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
-        """HTTP basic credentials when the device's credentials (trust store, else the listener's
-        defaults) name a password; else None: the listener's client certificate alone. An
-        unreadable password reference is a ConfigError, which fails this call home with it."""
-        creds = self.policy.credentials_for(device)
-        if not (creds.password_file or creds.password_env):
-            return None
-        password = creds.read_password()
-        return None if password is None else BasicCredentials(creds.username, password)
-
-    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
-        """A verified RESTCONF device whose root and YANG library were read: held, one per device."""
-        now = time.time()
-        rec = self.registry.get(conn.device)
-        old = self.restconf_sessions.hold(conn, self._tls_identities.get(conn.fingerprint, []))
-        conn.closed.add_done_callback(
-            lambda fut: self._restconf_closed(conn, "cancelled" if fut.cancelled() else fut.result())
-        )
-        if self.config.liveness_interval > 0:
-            # RESTCONF's keepalive: an HTTP/2 PING, or a cheap request on HTTP/1.1, after
-            # liveness_interval s of silence; no answer within liveness_timeout closes it.
-            self.spawn(self._restconf_keepalive(conn))
-        if old is not None:
-            old.close("replaced by a new call from %s" % conn.peer)
-            log.info("event=device.replaced device=%s old_peer=%s new_peer=%s", conn.device, old.peer, conn.peer)
-        capabilities = module_capabilities(conn.library)
-        self.registry.update(
-            conn.device,
-            status=CONNECTED,
-            transport="restconf",
-            peer=conn.peer,
-            fingerprint=conn.fingerprint,
-            capabilities=capabilities,
-            first_connected=(rec.first_connected if rec and rec.first_connected else now),
-            last_connected=now,
-            last_seen=now,
-            last_error="",
-            connect_count=(rec.connect_count if rec else 0) + 1,
-        )
-        self._hints[(peer_ip(conn.peer), "restconf")] = conn.device
-        elapsed = time.monotonic() - started
-        self.metrics.handshakes.labels(transport="restconf", result="ok").inc()
-        self.metrics.handshake_seconds.labels(transport="restconf").observe(elapsed)
-        log.info(
-            "event=device.connected device=%s peer=%s transport=restconf fingerprint=%s http=%s root=%s modules=%d handshake_ms=%.1f",
-            conn.device,
-            conn.peer,
-            conn.fingerprint,
-            conn.http_version,
-            conn.root,
-            len(capabilities),
-            elapsed * 1000,
-        )
-        self._claim(conn.device)
-        self._wake(conn.device)
-
-    async def _restconf_keepalive(self, conn: RestconfConnection) -> None:
-        reason = await conn.keepalive(self.config.liveness_interval, self.config.liveness_timeout)
-        if reason.startswith(KEEPALIVE_MISSED):
-            self.metrics.failures.labels(transport="restconf", reason="unresponsive").inc()
-
-    def _restconf_closed(self, conn: RestconfConnection, reason: str) -> None:
-        if not self.restconf_sessions.release(conn):
-            return  # an older, replaced connection
-        now = time.time()
-        held = self.sessions.get(conn.device)
-        if held is not None and held.is_open:
-            # The device also holds a NETCONF session: its record stays 'connected', now for that one.
-            self.registry.update(
-                conn.device,
-                status=CONNECTED,
-                transport=held.transport,
-                peer=held.peer,
-                fingerprint=held.fingerprint,
-                capabilities=list(held.hello.capabilities) if held.hello is not None else [],
-                last_seen=now,
-            )
-            log.info(
-                "event=device.disconnected device=%s peer=%s transport=restconf reason=%r still_connected=%s",
-                conn.device,
-                conn.peer,
-                reason,
-                held.transport,
-            )
-            return
-        if self.ownership is not None:
-            self.ownership.release(conn.device)
-        self.registry.update(conn.device, status=DISCONNECTED, last_disconnected=now, last_seen=now, last_error=reason)
-        log.info(
-            "event=device.disconnected device=%s peer=%s transport=restconf status=%s reason=%r",
-            conn.device,
-            conn.peer,
-            DISCONNECTED,
-            reason,
-        )
-
-    # -- ownership (scale-out, PostgreSQL): one node owns a device's session ------------------
-
-    def _claim(self, device: str) -> None:
-        """A verified session is up: claim the device for this node (off the loop, on the
-        store's; the outcome comes back through _claimed)."""
-        if self.ownership is not None:
-            self.ownership.claim(device)
-
-    def _claimed_threadsafe(self, claim: Claim) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._claimed, claim)
-
-    def _moved_threadsafe(self, device: str, node: str, epoch: int) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._moved, device, node, epoch)
-
-    def _claimed(self, claim: Claim) -> None:
-        if claim.won:
-            # Rewrite the row under the new epoch: a flush that ran before the claim was fenced off.
-            if self._connected(claim.device):
-                self.registry.update(claim.device)
-            log.info(
-                "event=device.owned device=%s epoch=%d previous_node=%s", claim.device, claim.epoch, claim.previous or "-"
-            )
-            return
-        self._close_device(
-            claim.device,
-            "ownership claim lost to node %s (epoch %d)" % (claim.node, claim.epoch),
-            event="device.claim_lost",
-            node=claim.node,
-            epoch=claim.epoch,
-        )
-
-    def _moved(self, device: str, node: str, epoch: int) -> None:
-        """Another node claimed a device this node owned: its session here is the stale one."""
-        assert self.ownership is not None
-        if self.ownership.claimed.get(device, 0) >= epoch:
-            return  # this node claimed it again since (a newer session here)
-        self._close_device(device, "moved to node %s" % node, event="device.moved", node=node, epoch=epoch)
-
-    def _close_device(self, device: str, reason: str, *, event: str, node: str, epoch: int) -> None:
-        held = self.sessions.get(device)
-        conn = self.restconf_sessions.get(device)
-        if held is None and conn is None:
-            return
-        log.info("event=%s device=%s to_node=%s epoch=%d reason=%r", event, device, node, epoch, reason)
-        if held is not None:
-            held.close(reason)
-        if conn is not None:
-            conn.close(reason)
-
-    def _wake(self, device: str) -> None:
-        """Wake the control operations waiting for the device to connect."""
-        for fut in self._waiters.pop(device, []):
-            if not fut.done():
-                fut.set_result(None)
-
-    def _mode_changed(self, held: HeldSession, mode: str, reason: str) -> None:
-        """A lease found that the device serves one session per connection: remember it at once,
-        for this connection's next leases and the device's next connections."""
-        if self.sessions.get(held.device) is held:
-            self.registry.update(held.device, session_mode=mode)
-
-    def lease_ended(self, held: HeldSession) -> None:
-        """A device that refused a second channel is served shared from now on: record it."""
-        rec = self.registry.get(held.device)
-        if rec is not None and rec.session_mode != held.mode and self.sessions.get(held.device) is held:
-            self.registry.update(held.device, session_mode=held.mode)
-
-    # -- ControlledListener --------------------------------------------------------------------
-
-    def enrolled_devices(self) -> Collection[str]:
-        return self.policy.index.devices
-
-    def reload_trust(self) -> bool:
-        """Re-read the trust store if it changed; then apply the change to live sessions and
-        pending entries (``_trust_reloaded``). Every reload goes through here: housekeeping,
-        SIGHUP, the control op and the service's own trust operations."""
-        changed = self.policy.reload()
-        if changed:
-            self._trust_reloaded()
-        return changed
-
-    async def wait_ready(self, device: str, timeout: float) -> HeldSession:
-        """The device's open NETCONF session, waiting up to ``timeout`` s for it to call home."""
-
-        def netconf() -> Optional[HeldSession]:
-            held = self.sessions.get(device)
-            if held is not None and held.is_open:
-                return held
-            if device in self.restconf_sessions:
-                # Waiting on would only end in a timeout that reads "connected": say why now.
-                raise DeviceNotReadyError(
-                    "device %r is connected over RESTCONF, which has no NETCONF session to lease: use the "
-                    "netconf.callhome.httpapi connection (ansible_network_os ansible.netcommon.restconf) for it" % device,
-                    details={"device": device, "transport": "restconf"},
-                )
-            return None
-
-        return await self._wait_for(device, timeout, netconf)
-
-    async def wait_restconf(self, device: str, timeout: float) -> RestconfConnection:
-        """The device's RESTCONF connection, waiting up to ``timeout`` s for it to call home (4336)."""
-
-        def restconf() -> Optional[RestconfConnection]:
-            conn = self.restconf_sessions.get(device)
-            if conn is not None:
-                return conn
-            held = self.sessions.get(device)
-            if held is not None and held.is_open:
-                # Waiting on would only end in a timeout that reads "connected": say why now.
-                raise DeviceNotReadyError(
-                    "device %r is connected over NETCONF (%s), not RESTCONF: use the netconf.callhome.netconf "
-                    "connection for it, or configure its RESTCONF call home to port 4336" % (device, held.transport),
-                    details={"device": device, "transport": held.transport},
-                )
-            return None
-
-        return await self._wait_for(device, timeout, restconf)
-
-    async def wait_connected(self, device: str, timeout: float) -> None:
-        """Until the device holds an open session on any transport (NETCONF or RESTCONF), at
-        most ``timeout`` s (the ``wait`` operation)."""
-        await self._wait_for(device, timeout, lambda: self._connected(device))
-
-    async def _wait_for(self, device: str, timeout: float, ready: Callable[[], Optional[_T]]) -> _T:
-        """``ready()``'s first truthy value, asked again whenever the device connects."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            found = ready()
-            if found:
-                return found
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._not_ready(device, timeout)
-            fut: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(device, []).append(fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                waiters = self._waiters.get(device)
-                if waiters and fut in waiters:
-                    waiters.remove(fut)
-
-    async def endpoint(
-        self,
-        device: str,
-        *,
-        wait: float,
-        network_os: str,
-        command_timeout: float,
-        collections_paths: List[str],
-        client: str,
-        api: str = "netconf",
-        root_path: str = "",
-    ) -> Dict[str, Any]:
-        """The device's persistent-connection endpoint, waiting up to ``wait`` s for it to call home.
-
-        ``api`` ``netconf``: its NETCONF session (netconf sub-plugins, netconf.callhome.netconf);
-        ``restconf``: its RESTCONF connection (httpapi sub-plugins, netconf.callhome.httpapi)."""
-        if api == "restconf":
-            conn = await self.wait_restconf(device, wait)
-            return await self.restconf_endpoints.open_restconf(
-                conn,
-                network_os=network_os,
-                root_path=root_path,
-                command_timeout=command_timeout,
-                collections_paths=collections_paths,
-                client=client,
-            )
-        held = await self.wait_ready(device, wait)
-        return await self.endpoints.open(
-            held,
-            network_os=network_os,
-            command_timeout=command_timeout,
-            collections_paths=collections_paths,
-            client=client,
-        )
-
-    async def rpc(self, endpoint: str, request: bytes) -> bytes:
-        """One JSON-RPC request for an endpoint, relayed over the control channel (op ``rpc``)."""
-        if self.restconf_endpoints.has(endpoint):
-            return await self.restconf_endpoints.request(endpoint, request)
-        return await self.endpoints.request(endpoint, request)
-
-    def _not_ready(self, device: str, timeout: float) -> CallHomeError:
-        rec = self.registry.get(device)
-        enrolled = device in self.policy.index.devices
-        if rec is None and not enrolled:
-            return DeviceNotFoundError(
-                "device %r is not enrolled and has never called home; enroll its host key or certificate "
-                "(callhome-listener approve / netconf.callhome.enroll)" % device,
-                details={"device": device},
-            )
-        details: Dict[str, Any] = {"device": device, "enrolled": enrolled, "waited": timeout}
-        if rec is not None:
-            details.update(rec.to_dict())
-            details.pop("capabilities", None)
-        cls: Type[CallHomeError] = WaitTimeoutError
-        if rec is not None and rec.status in (KEY_MISMATCH, AUTH_FAILED):
-            cls = DeviceNotReadyError
-        return cls(describe_not_ready(device, timeout, rec, enrolled), details=details)
-
-    # -- trust changes: the rules are trust_ops'; here, their effect on live sessions ---------
-
-    # The trust writes run in a thread (asyncio.to_thread): with state_url on PostgreSQL they are a
-    # database transaction that may wait on other nodes' writers or an unreachable server.
-
-    async def approve(
-        self,
-        fingerprint: str,
-        device: str = "",
-        *,
-        replace: bool = False,
-        credentials: Optional[Dict[str, Any]] = None,
-    ) -> Dict[str, Any]:
-        pending = self.registry.get_pending(fingerprint)
-        # A certificate fingerprint in any accepted notation, and entries recorded before the
-        # one notation (SHA256:AB:..), are found too.
-        spellings = [fingerprint] + list(cert_fingerprint_spellings(fingerprint))
-        for spelling in spellings[1:] if pending is None else []:
-            pending = self.registry.get_pending(spelling)
-            if pending is not None:
-                fingerprint = spelling
-                break
-        store = self.registry.store
-        if pending is None and isinstance(store, PostgresStore):
-            # Scale-out: the key may have been refused on another node (its pending entry is shared).
-            pending = await asyncio.to_thread(store.find_pending, spellings)
-            if pending is not None:
-                fingerprint = pending.fingerprint
-        if pending is None:
-            raise DeviceNotFoundError(
-                "no pending key with fingerprint %s (see 'callhome-listener pending')" % fingerprint
-            )
-        claimed = pending.claimed_device
-        if not device and claimed and self._connected(claimed):
-            # The device the key *claims* holds a verified session right now: the claim is
-            # the presenter's word (a certificate subject anyone can write), and approving it by
-            # default would pin a forged key for a working device in one command.
-            raise ConfigError(
-                "the key %s claims device %r, which is connected with a verified key right now; "
-                "approving it would trust a second key for a working device. If the device was "
-                "really replaced, name it: approve %s --device %s" % (fingerprint, claimed, fingerprint, claimed),
-                details={"device": claimed, "fingerprint": fingerprint},
-            )
-        change = await asyncio.to_thread(
-            trust_ops.approve_pending, self.trust_store, pending, device, replace=replace, credentials=credentials
-        )
-        self.registry.drop_pending(fingerprint)
-        self._trust_changed(change.device, "key replaced")
-        log.info(
-            "event=key.approved device=%s fingerprint=%s transport=%s replaced=%s",
-            change.device,
-            fingerprint,
-            pending.transport,
-            change.replaced,
-        )
-        return change.to_dict()
-
-    async def enroll(
-        self,
-        device: str,
-        kind: str,
-        value: str,
-        *,
-        replace: bool = False,
-        observed: bool = False,
-        credentials: Optional[Dict[str, Any]] = None,
-        dry_run: bool = False,
-    ) -> Dict[str, Any]:
-        """Enroll an identity given by an operator or a module (trust_ops' rules: an observed key
-        never silently joins or replaces another enrolled one)."""
-        change = await asyncio.to_thread(
-            trust_ops.enroll,
-            self.trust_store,
-            device,
-            kind,
-            value,
-            replace=replace,
-            observed=observed,
-            credentials=credentials,
-            dry_run=dry_run,
-        )
-        if not dry_run and change.changed:
-            if change.fingerprint:
-                self.registry.drop_pending(change.fingerprint)
-            self._trust_changed(device, "key replaced")
-            log.info("event=key.enrolled device=%s kind=%s fingerprint=%s", device, kind, change.fingerprint)
-        return change.to_dict()
-
-    async def revoke(self, device: str, identity: Optional[str] = None, *, dry_run: bool = False) -> Dict[str, Any]:
-        change = await asyncio.to_thread(trust_ops.revoke, self.trust_store, device, identity, dry_run=dry_run)
-        if not dry_run:
-            self._trust_changed(device, "key revoked")
-            log.info("event=key.revoked device=%s identity=%s changed=%s", device, identity or "all", change.changed)
-        return change.to_dict()
-
-    async def outbound_ssh_secret(
-        self,
-        action: str,
-        name: str,
-        reference: Optional[str],
-        *,
-        device_ids: Sequence[str] = (),
-        allow_rotation: bool = False,
-        dry_run: bool = False,
-    ) -> Dict[str, Any]:
-        """Set or remove an outbound-ssh secret reference (the control op ``secret``); ``dry_run``
-        computes the change without writing it (the enroll module's check mode); ``list``: every
-        reference in the store this listener uses (the shared one on PostgreSQL), never values."""
-        if action == "list":
-            return await asyncio.to_thread(trust_ops.outbound_ssh_secrets, self.trust_store)
-        if action in ("set", "unset"):
-            result = await asyncio.to_thread(
-                trust_ops.set_outbound_ssh_secret,
-                self.trust_store,
-                name,
-                reference,
-                allow_rotation=allow_rotation,
-                dry_run=dry_run,
-            )
-        else:
-            result = await asyncio.to_thread(
-                trust_ops.set_outbound_ssh_group_secret,
-                self.trust_store,
-                name,
-                list(device_ids) if action == "group" else None,
-                reference,
-                allow_rotation=allow_rotation,
-                dry_run=dry_run,
-            )
-        if result["changed"] and not dry_run:
-            self.reload_trust()
-            log.info("event=secret.changed action=%s name=%s", action, name)  # the reference only, never a value
-        result["trust_store"] = self.trust_store.path
-        return result
-
-    def _trust_changed(self, device: str, reason: str) -> None:
-        """After a trust operation on ``device``: reload the policy and apply it (``reason`` is
-        what that device's session, if no longer trusted, is closed with)."""
-        if self.policy.reload():
-            self._trust_reloaded(device, reason)
-
-    def _trust_reloaded(self, device: str = "", reason: str = "") -> None:
-        """A new trust store is in force. Close exactly the live sessions whose identity it no
-        longer trusts (a pinned key or certificate removed, the certificate identity a TLS
-        session was accepted under revoked); every other device keeps its session. Drop the
-        pending entries whose key is now enrolled, whichever way it was enrolled."""
-        live: List[Tuple[str, str, str, Sequence[str], Callable[[str], None]]] = [
-            (held.device, held.transport, held.fingerprint, self._session_identities.get(held.device, ()), held.close)
-            for held in self.sessions.values()
-        ]
-        live += [
-            (conn.device, "restconf", conn.fingerprint, self.restconf_sessions.identities(conn.device), conn.close)
-            for conn in self.restconf_sessions
-            if not conn.is_closed
-        ]
-        for name, transport, fingerprint, identities, close in live:
-            if self.policy.still_trusts(name, transport, fingerprint, identities):
-                continue
-            why = reason if reason and name == device else "identity no longer enrolled (trust store changed)"
-            log.info(
-                "event=device.untrusted device=%s transport=%s fingerprint=%s reason=%r", name, transport, fingerprint, why
-            )
-            close(why)
-        for pending in self.registry.pending():
-            if self.policy.enrolled_pending(
-                pending.transport, pending.fingerprint, pending.public_key, pending.identities
-            ):
-                self.registry.drop_pending(pending.fingerprint)
-                log.info("event=pending.enrolled fingerprint=%s transport=%s", pending.fingerprint, pending.transport)
+    def __init__(self, gate: TrustGate, recorder: SessionRecorder, spawn: Callable[[Awaitable[Any]], None]) -> None:
+        self.ssh_host_key = gate.ssh_host_key
+        self.outbound_ssh_host_key = gate.outbound_ssh_host_key
+        self.tls_certificate = gate.tls_certificate
+        self.handshake_failed = recorder.handshake_failed
+        self.session_ready = recorder.session_ready
+        self.spawn = spawn
 
 
 class _RestconfEvents:
-    """The service as the RESTCONF transport's events: the certificate verdict of NETCONF over
-    TLS, recorded under transport ``restconf`` (pending entries, address hints)."""
+    """The RESTCONF transport's events: the certificate verdict of NETCONF over TLS, recorded
+    under transport ``restconf`` (pending entries, address hints)."""
 
-    def __init__(self, listener: CallHomeListener) -> None:
-        self._listener = listener
+    def __init__(self, gate: TrustGate, recorder: SessionRecorder) -> None:
+        self._gate = gate
+        self.restconf_credentials = gate.restconf_credentials
+        self.handshake_failed = recorder.handshake_failed
+        self.restconf_ready = recorder.restconf_ready
 
     def tls_certificate(self, chain: Sequence[bytes], *, peer: str) -> Optional[VerifiedDevice]:
-        return self._listener.tls_certificate(chain, peer=peer, transport="restconf")
-
-    def restconf_credentials(self, device: str) -> Optional[BasicCredentials]:
-        return self._listener.restconf_credentials(device)
-
-    def handshake_failed(self, failure: HandshakeFailure) -> None:
-        self._listener.handshake_failed(failure)
-
-    def restconf_ready(self, conn: RestconfConnection, *, started: float) -> None:
-        self._listener.restconf_ready(conn, started=started)
-
-
-def describe_not_ready(device: str, timeout: float, rec: Any, enrolled: bool) -> str:
-    """The sentence an operator reads in a failed task: what happened and what to do."""
-    if rec is None:
-        return (
-            "device %r has not called home within %.0f s; it is enrolled but was never seen. Check that it is "
-            "configured to call home to this listener (netconf.callhome.config) and that the listener's call-home port "
-            "is reachable from it (4334 NETCONF/SSH, 4335 NETCONF/TLS, 4336 RESTCONF, or the ports in listener.yml)"
-            % (device, timeout)
-        )
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec.last_seen)) if rec.last_seen else "never"
-    base = "device %r has no session after waiting %.0f s: status %s, last seen %s from %s" % (
-        device,
-        timeout,
-        rec.status,
-        when,
-        rec.peer or "nowhere",
-    )
-    if rec.status == KEY_MISMATCH:
-        return (
-            base + ". It presented a key that is not enrolled for it (%s); if the change is expected, "
-            "approve it: callhome-listener pending, then callhome-listener approve FINGERPRINT --device %s --replace"
-            % (rec.last_error, device)
-        )
-    if rec.status == AUTH_FAILED:
-        return (
-            base + ". The device rejected the listener's credentials (%s); fix the device's credentials "
-            "in the trust store or the listener's defaults" % rec.last_error
-        )
-    if rec.last_error:
-        return base + " (last error: %s)" % rec.last_error
-    return base
+        return self._gate.tls_certificate(chain, peer=peer, transport="restconf")

@@ -86,7 +86,7 @@ def ready(lst: CallHomeListener, device: str, fingerprint: str, peer: str = "192
     conn.fingerprint = fingerprint
     conn.root = "/restconf"
     conn.library = LIBRARY
-    lst.restconf_ready(conn, started=time.monotonic())
+    lst.recorder.restconf_ready(conn, started=time.monotonic())
     return conn
 
 
@@ -105,7 +105,7 @@ def test_a_ready_restconf_device_is_connected_and_replaced_by_its_next_call(tmp_
     lst = make_listener(tmp_path, {"r1": {"tls_fingerprints": ["SHA256:" + "AB:" * 31 + "AB"]}}, liveness_interval=0)
 
     async def scenario() -> None:
-        waiter = asyncio.ensure_future(lst.wait_connected("r1", 5))
+        waiter = asyncio.ensure_future(lst.waiters.wait_connected("r1", 5))
         await asyncio.sleep(0)
         first = ready(lst, "r1", "fp1")
         await asyncio.wait_for(waiter, 2)  # the wait operation wakes for a RESTCONF device
@@ -113,11 +113,11 @@ def test_a_ready_restconf_device_is_connected_and_replaced_by_its_next_call(tmp_
         assert (rec.status, rec.transport, rec.fingerprint, rec.peer) == (CONNECTED, "restconf", "fp1", "192.0.2.1:40000")
         assert rec.capabilities == [CAP] and rec.connect_count == 1
         assert lst.metrics.handshakes.labels(transport="restconf", result="ok")._value.get() == 1
-        assert lst.hint_for("192.0.2.1", "restconf") == ""  # connected: no hint needed
+        assert lst.devices.hint_for("192.0.2.1", "restconf") == ""  # connected: no hint needed
 
         # a lease needs a NETCONF session: said at once, not after the wait
         with pytest.raises(DeviceNotReadyError, match="connected over RESTCONF"):
-            await lst.wait_ready("r1", 5)
+            await lst.waiters.wait_ready("r1", 5)
 
         second = ready(lst, "r1", "fp1", peer="192.0.2.1:40001")
         await poll(lambda: first.is_closed, 2, "the replaced connection to close")
@@ -129,10 +129,10 @@ def test_a_ready_restconf_device_is_connected_and_replaced_by_its_next_call(tmp_
         second.close("device went away")
         await poll(lambda: lst.registry.get("r1").status == DISCONNECTED, 2, "r1 disconnected")
         assert lst.registry.get("r1").last_error == "device went away"
-        assert "r1" not in lst.restconf_sessions
-        assert lst.hint_for("192.0.2.1", "restconf") == "r1"
+        assert "r1" not in lst.devices.restconf
+        assert lst.devices.hint_for("192.0.2.1", "restconf") == "r1"
         with pytest.raises(WaitTimeoutError):
-            await lst.wait_connected("r1", 0.05)
+            await lst.waiters.wait_connected("r1", 0.05)
 
         third = ready(lst, "r1", "fp1")
         await lst.stop()
@@ -156,7 +156,7 @@ async def netconf_ready(lst: CallHomeListener, device: str, fingerprint: str) ->
     held.attach(Carrier())
     held.data_received(HELLO)
     await held.wait_hello()
-    lst.session_ready(held, started=time.monotonic(), auth="certificate")
+    lst.recorder.session_ready(held, started=time.monotonic(), auth="certificate")
     return held
 
 
@@ -174,14 +174,14 @@ def test_a_device_on_both_transports_stays_connected_through_the_other(tmp_path:
         assert status["sessions"] == 2 and status["sessions_by_transport"] == {"ssh": 0, "tls": 1, "restconf": 1}
         if first_gone == "netconf":
             held.close("device closed the NETCONF session")
-            await poll(lambda: "r1" not in lst.sessions, 2, "the NETCONF session to go")
+            await poll(lambda: "r1" not in lst.devices.sessions, 2, "the NETCONF session to go")
             rec = lst.registry.get("r1")
             assert (rec.status, rec.transport, rec.fingerprint) == (CONNECTED, "restconf", "fp-restconf"), rec
             assert rec.capabilities == [CAP]
             conn.close("device went away")
         else:
             conn.close("device went away")
-            await poll(lambda: len(lst.restconf_sessions) == 0, 2, "the RESTCONF connection to be released")
+            await poll(lambda: len(lst.devices.restconf) == 0, 2, "the RESTCONF connection to be released")
             rec = lst.registry.get("r1")
             assert (rec.status, rec.transport, rec.fingerprint) == (CONNECTED, "tls", "fp-netconf"), rec
             assert rec.capabilities == ["urn:ietf:params:netconf:base:1.0"]
@@ -214,7 +214,7 @@ def test_a_trust_change_closes_only_the_untrusted_restconf_connection(tmp_path: 
 
     async def scenario() -> None:
         one, two = ready(lst, "r1", fp1), ready(lst, "r2", fp2, peer="192.0.2.2:1")
-        await lst.revoke("r1")
+        await lst.trust.revoke("r1")
         assert one.is_closed and one.closed.result() == "key revoked"
         assert not two.is_closed
         await poll(lambda: lst.registry.get("r1").status == DISCONNECTED, 2, "r1 disconnected")
@@ -238,25 +238,25 @@ def test_credentials_basic_with_a_password_reference_else_certificate_only(tmp_p
                    "credentials": {"password_file": str(tmp_path / "missing")}},
         },
     )
-    creds = lst.restconf_credentials("r1")
+    creds = lst.gate.restconf_credentials("r1")
     assert isinstance(creds, BasicCredentials) and creds.username == "admin" and creds.password == "s3cret"
     assert "s3cret" not in repr(creds)
-    assert lst.restconf_credentials("r2") is None  # the client certificate alone
+    assert lst.gate.restconf_credentials("r2") is None  # the client certificate alone
     with pytest.raises(ConfigError, match="cannot read password file"):
-        lst.restconf_credentials("r3")  # fails that call home with this message (classify)
+        lst.gate.restconf_credentials("r3")  # fails that call home with this message (classify)
     lst.registry.close()
 
 
 def test_an_unknown_certificate_is_pending_as_restconf_and_approving_it_enrolls(tmp_path: Path) -> None:
     pki = Pki(tmp_path)
     lst = make_listener(tmp_path, {}, pki)
-    assert lst.tls_certificate([pki.device_der], peer="192.0.2.9:5000", transport="restconf") is None
+    assert lst.gate.tls_certificate([pki.device_der], peer="192.0.2.9:5000", transport="restconf") is None
     (pending,) = lst.registry.pending()
     assert pending.transport == "restconf" and pending.fingerprint == pki.fingerprint
     assert pending.key_type == "x509" and "BEGIN CERTIFICATE" in pending.public_key
-    asyncio.run(lst.approve(pki.fingerprint, "dev1"))
+    asyncio.run(lst.trust.approve(pki.fingerprint, "dev1"))
     assert lst.registry.pending() == []
-    verified = lst.tls_certificate([pki.device_der], peer="192.0.2.9:5000", transport="restconf")
+    verified = lst.gate.tls_certificate([pki.device_der], peer="192.0.2.9:5000", transport="restconf")
     assert verified is not None and verified.device == "dev1"
     # a pending entry enrolled some other way is dropped on the next reload (a certificate, not a host key)
     assert lst.policy.enrolled_pending("restconf", pki.fingerprint, pending.public_key, [])
@@ -362,7 +362,7 @@ def test_a_device_through_the_transport_is_held_by_the_service(tmp_path: Path) -
         assert rec is not None and (rec.status, rec.transport) == (CONNECTED, "restconf"), rec
         assert rec.fingerprint == pki.fingerprint and rec.capabilities == [CAP]
         assert device.authorization and set(device.authorization) == {BasicCredentials("admin", "pw").header()}
-        conn = lst.restconf_sessions.get("dev1")
+        conn = lst.devices.restconf.get("dev1")
         assert conn is not None and conn.http_version == "1.1"
         await lst.stop()
         await asyncio.wait_for(device.lost.wait(), 5)
@@ -379,7 +379,7 @@ def test_an_unknown_device_through_the_transport_gets_no_session(tmp_path: Path)
         device = await call_home(lst, pki)
         (pending,) = lst.registry.pending()
         assert pending.transport == "restconf" and pending.fingerprint == pki.fingerprint
-        assert len(lst.restconf_sessions) == 0 and lst.registry.get("dev1") is None
+        assert len(lst.devices.restconf) == 0 and lst.registry.get("dev1") is None
         assert lst.metrics.failures.labels(transport="restconf", reason="host-key")._value.get() == 1
         await asyncio.wait_for(device.lost.wait(), 5)
         await lst.stop()

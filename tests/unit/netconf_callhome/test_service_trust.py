@@ -73,7 +73,7 @@ async def connect(lst: CallHomeListener, device: str, transport: str, fingerprin
     held.attach(Carrier())
     held.data_received(HELLO)
     await held.wait_hello()
-    lst.session_ready(held, started=time.monotonic(), auth="test")
+    lst.recorder.session_ready(held, started=time.monotonic(), auth="test")
     return held
 
 
@@ -105,7 +105,7 @@ def test_device_id_claim_leaves_a_connected_device_alone(tmp_path: Path, caplog:
     async def scenario() -> None:
         held = await connect(lst, "r1", "ssh", ssh_fingerprint(public_line(real)))
         with caplog.at_level(logging.WARNING, logger="netconf_callhome.listener"):
-            login = lst.ssh_host_key(intruder, peer="198.51.100.7:5000", device_id="r1")
+            login = lst.gate.ssh_host_key(intruder, peer="198.51.100.7:5000", device_id="r1")
         assert login is None  # never authenticated to
         rec = lst.registry.get("r1")
         assert rec.status == CONNECTED and rec.last_error == "" and rec.peer == "192.0.2.1:40000"
@@ -118,7 +118,7 @@ def test_device_id_claim_leaves_a_connected_device_alone(tmp_path: Path, caplog:
 
         # once r1 has no session, the same claim is reported on r1 as before (a replaced device)
         held.close("gone")
-        lst.ssh_host_key(intruder, peer="198.51.100.7:5000", device_id="r1")
+        lst.gate.ssh_host_key(intruder, peer="198.51.100.7:5000", device_id="r1")
         rec = lst.registry.get("r1")
         assert rec.status == KEY_MISMATCH and "not enrolled for it" in rec.last_error
         assert lst.registry.get_pending(pending.fingerprint).count == 2
@@ -134,10 +134,10 @@ def test_certificate_claim_leaves_a_connected_tls_device_alone(tmp_path: Path) -
     forged = der_chain(rogue_ca.issue_cert("r1.example.net"))  # the same subject, another issuer
 
     async def scenario() -> None:
-        accepted = lst.tls_certificate(genuine, peer="192.0.2.1:40000")
+        accepted = lst.gate.tls_certificate(genuine, peer="192.0.2.1:40000")
         assert accepted is not None and accepted.device == "r1"
         held = await connect(lst, "r1", "tls", accepted.fingerprint)
-        assert lst.tls_certificate(forged, peer="198.51.100.7:5000") is None
+        assert lst.gate.tls_certificate(forged, peer="198.51.100.7:5000") is None
         assert lst.registry.get("r1").status == CONNECTED and held.is_open
         (pending,) = lst.registry.pending()
         assert (pending.reason, pending.claimed_device, pending.claim_source) == ("key-mismatch", "r1", "identity")
@@ -155,17 +155,17 @@ def test_approving_a_forged_claim_by_default_is_refused_while_the_device_is_conn
     forged = der_chain(rogue_ca.issue_cert("r1.example.net"))
 
     async def scenario() -> None:
-        accepted = lst.tls_certificate(genuine, peer="192.0.2.1:40000")
+        accepted = lst.gate.tls_certificate(genuine, peer="192.0.2.1:40000")
         assert accepted is not None
         held = await connect(lst, "r1", "tls", accepted.fingerprint)
-        assert lst.tls_certificate(forged, peer="198.51.100.7:5000") is None
+        assert lst.gate.tls_certificate(forged, peer="198.51.100.7:5000") is None
         (pending,) = lst.registry.pending()
         with pytest.raises(ConfigError, match="connected with a verified key right now.*--device r1"):
-            await lst.approve(pending.fingerprint)
+            await lst.trust.approve(pending.fingerprint)
         assert "tls_fingerprints" not in lst.trust_store.load()["devices"]["r1"]  # nothing trusted
         assert held.is_open and lst.registry.get_pending(pending.fingerprint) is not None
         # named explicitly, it is the operator's decision (a device really replaced)
-        await lst.approve(pending.fingerprint, "r1")
+        await lst.trust.approve(pending.fingerprint, "r1")
         assert lst.registry.get_pending(pending.fingerprint) is None
 
     asyncio.run(scenario())
@@ -189,31 +189,31 @@ def test_trust_changes_close_only_untrusted_sessions(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
-        verified = lst.tls_certificate(der_chain(ca.issue_cert("r1.example.net")), peer="192.0.2.1:1")
+        verified = lst.gate.tls_certificate(der_chain(ca.issue_cert("r1.example.net")), peer="192.0.2.1:1")
         assert verified is not None
         r1 = await connect(lst, "r1", "tls", verified.fingerprint)
         r2 = await connect(lst, "r2", "ssh", ssh_fingerprint(public_line(ssh_dev)))
         pinned_fp = trust_ops.explicit_identity("certificate", pinned.cert_chain_pems[0].bytes().decode()).fingerprint
-        await lst.enroll("r3", "tls_fingerprints", pinned_fp)
-        verified3 = lst.tls_certificate(der_chain(pinned), peer="192.0.2.3:1")
+        await lst.trust.enroll("r3", "tls_fingerprints", pinned_fp)
+        verified3 = lst.gate.tls_certificate(der_chain(pinned), peer="192.0.2.3:1")
         assert verified3 is not None and verified3.device == "r3"
         r3 = await connect(lst, "r3", "tls", pinned_fp)
 
         # unrelated changes: another device enrolled, another key for r2, a file edit + reload
-        await lst.enroll("r4", "ssh_host_keys", public_line(other))
-        await lst.enroll("r1", "tls_identities", "serial:R1-SPARE")
+        await lst.trust.enroll("r4", "ssh_host_keys", public_line(other))
+        await lst.trust.enroll("r1", "tls_identities", "serial:R1-SPARE")
         trust_ops.enroll(lst.trust_store, "r5", "tls_identities", "cn:r5")
-        lst.reload_trust()
+        lst.trust.reload()
         assert r1.is_open and r2.is_open and r3.is_open
 
         # revoking exactly the identity r1 was accepted under closes r1 only
-        await lst.revoke("r1", "dns:r1.example.net")
+        await lst.trust.revoke("r1", "dns:r1.example.net")
         await poll(lambda: not r1.is_open, 5, "r1 to be closed")
         assert r1.closed.result() == "key revoked"
         assert r2.is_open and r3.is_open
         # a pinned certificate removed by hand (no listener op): closed on the next reload
         trust_ops.revoke(lst.trust_store, "r3", pinned_fp)
-        assert lst.reload_trust()
+        assert lst.trust.reload()
         await poll(lambda: not r3.is_open, 5, "r3 to be closed")
         assert r2.is_open
 
@@ -229,12 +229,12 @@ def test_pending_entry_goes_when_its_key_is_enrolled_another_way(tmp_path: Path)
     lst = make_listener(tmp_path, {"r1": {"ssh_host_keys": [public_line(known)]}})
 
     async def scenario() -> None:
-        lst.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
-        lst.ssh_host_key(ssh_key(), peer="192.0.2.8:1", device_id="")
+        lst.gate.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
+        lst.gate.ssh_host_key(ssh_key(), peer="192.0.2.8:1", device_id="")
         assert len(lst.registry.pending()) == 2
         # the enroll module writes the file itself, then the listener reloads
         trust_ops.enroll(lst.trust_store, "r9", "ssh_host_keys", public_line(stray))
-        assert lst.reload_trust()
+        assert lst.trust.reload()
         assert [p.fingerprint for p in lst.registry.pending()] != [stray.get_fingerprint("sha256")]
         assert lst.registry.get_pending(stray.get_fingerprint("sha256")) is None
         assert len(lst.registry.pending()) == 1
@@ -248,10 +248,10 @@ def test_approve_applies_the_credentials(tmp_path: Path) -> None:
     lst = make_listener(tmp_path, {})
 
     async def scenario() -> None:
-        lst.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
+        lst.gate.ssh_host_key(stray, peer="192.0.2.9:1", device_id="")
         fp = stray.get_fingerprint("sha256")
         creds = {"username": "admin", "password_env": "R9_PW", "password_file": None}
-        result = await lst.approve(fp, "r9", credentials=creds)
+        result = await lst.trust.approve(fp, "r9", credentials=creds)
         assert result["device"] == "r9"
         entry = json.loads((tmp_path / "trust.json").read_text())["devices"]["r9"]
         assert entry["credentials"] == {"username": "admin", "password_env": "R9_PW"}

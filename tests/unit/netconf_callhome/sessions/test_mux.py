@@ -894,7 +894,7 @@ def test_the_service_remembers_a_fallback_and_the_lease_answer_names_the_real_mo
             held.data_received(hello(BASE_10, BASE_11) + EOM)
             await held.wait_hello()
             held.mode = CHANNEL
-            lst.session_ready(held, started=time.monotonic(), auth="publickey")
+            lst.recorder.session_ready(held, started=time.monotonic(), auth="publickey")
             assert lst.registry.get("r1").session_mode == CHANNEL  # type: ignore[union-attr]
 
             info, stream = await control_lease(cfg.control_socket, {"device": "r1"})
@@ -942,14 +942,14 @@ def test_the_service_remembers_a_fallback_and_the_lease_answer_names_the_real_mo
             held2.data_received(hello(BASE_10, BASE_11) + EOM)
             await held2.wait_hello()
             held2.mode = CHANNEL
-            lst.session_ready(held2, started=time.monotonic(), auth="publickey")
+            lst.recorder.session_ready(held2, started=time.monotonic(), auth="publickey")
             assert held2.mode == SHARED
             info, stream = await control_lease(cfg.control_socket, {"device": "r1"})
             assert info["mode"] == SHARED and channels2.opened == 0
             stream[1].close()
         finally:
             await lst.control.stop()
-            for h in list(lst.sessions.values()):
+            for h in list(lst.devices.sessions.values()):
                 h.close("test over")
             lst.registry.close()
 
@@ -971,7 +971,7 @@ def test_a_pinned_channel_that_stays_silent_fails_the_lease_clearly(tmp_path: Pa
             held.data_received(hello(BASE_10, BASE_11) + EOM)
             await held.wait_hello()
             held.mode = CHANNEL
-            lst.session_ready(held, started=time.monotonic(), auth="publickey")
+            lst.recorder.session_ready(held, started=time.monotonic(), auth="publickey")
             r, w = await asyncio.open_unix_connection(cfg.control_socket)
             w.write(json.dumps({"op": "lease", "device": "r1"}).encode() + b"\n")
             answer = json.loads(await asyncio.wait_for(r.readline(), 5))
