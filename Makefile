@@ -2,7 +2,7 @@
 #   make demo   the main job: listener, devices calling home, enrollment, registry
 #   make test   unit tests, integration tests against real peers, ansible-test sanity, on this
 #               machine's Python/ansible-core and (on Debian 12) again on Python 3.13 with the
-#               newest ansible-core in a Debian 13 root (tests/stack2)
+#               newest ansible-core in a Debian 13 root (tests/stack2), then the demo (demo-check)
 #   make dist   the collection tarball and the listener wheel, in dist/
 
 SHELL := /bin/bash
@@ -31,14 +31,20 @@ SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 DEB_PKGS    := python3-venv gcc make pkg-config libnetconf2-dev $(if $(filter 12,$(DEBIAN_VERSION)),libyang2-dev,libyang-dev) libssh-dev libssl-dev \
                openssh-server openssh-client socat shellcheck git nginx libnginx-mod-http-js postgresql haproxy
 
+# The tests import the collection's plugin code (ansible_collections.netconf.callhome...) from the
+# clone's collections path: pytest's own pythonpath option puts it on sys.path of the test process
+# only. Nothing gets PYTHONPATH: what the tests start finds what it needs as installed (the venv's
+# netconf-callhome; ansible-playbook the collections of ansible.cfg's collections_path).
+PYTEST      := $(PY) -m pytest -o pythonpath=$(ROOT)/.collections
+
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup system-deps venv collections peers unit typecheck integration attacks sanity stack2 test-stack2 test demo bench dist clean
+.PHONY: help setup system-deps venv collections peers unit typecheck integration attacks sanity stack2 test-stack2 test demo demo-check bench dist clean
 
 help:
 	@echo "make demo   run the main job (listener, simulated + libnetconf2 devices calling home)"
-	@echo "make test   unit + integration (real peers) + ansible-test sanity"
+	@echo "make test   unit + integration (real peers) + ansible-test sanity + the demo"
 	@echo "make bench  benchmarks (see docs/performance.md)"
 
 setup: system-deps venv collections
@@ -85,17 +91,17 @@ peers: setup
 	$(MAKE) -C tests/peers
 
 unit: setup
-	cd $(COLL_LINK) && PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/unit
+	cd $(COLL_LINK) && $(PYTEST) -q -rs --import-mode=importlib tests/unit
 
 # Every peer is installed (system-deps) and built (peers) first, so a missing one is a failure
 # here, not a skip (CALLHOME_REQUIRE_PEERS: tests/peers/peer_availability.py).
 integration: setup peers
-	cd $(COLL_LINK) && CALLHOME_REQUIRE_PEERS=1 PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/integration
+	cd $(COLL_LINK) && CALLHOME_REQUIRE_PEERS=1 $(PYTEST) -q -rs --import-mode=importlib tests/integration
 
 # The attack suite (issue 10): each attack against a real listener process while enrolled devices
 # are leased in a loop; asserts no session for a foreign key, no canary failure, CPU/RSS bounds.
 attacks: setup
-	cd $(COLL_LINK) && CALLHOME_REQUIRE_PEERS=1 PYTHONPATH=$(ROOT)/.collections $(PY) -m pytest -q -rs --import-mode=importlib tests/attacks
+	cd $(COLL_LINK) && CALLHOME_REQUIRE_PEERS=1 $(PYTEST) -q -rs --import-mode=importlib tests/attacks
 
 sanity: setup
 	$(PY) tests/sanity/run_sanity.py
@@ -104,7 +110,7 @@ sanity: setup
 typecheck: setup
 	cd $(ROOT)/listener && $(PY) -m mypy --config-file pyproject.toml -p netconf_callhome
 
-test: unit typecheck integration attacks sanity stack2
+test: unit typecheck integration attacks sanity stack2 demo-check
 
 # The second stack runs where the machine's own is older than the newest (Debian 12: Python 3.11,
 # ansible-core 2.19). On Debian 13 the machine's stack is already Python 3.13 / ansible-core 2.21.
@@ -116,9 +122,16 @@ stack2:
 	  echo "stack 2 not needed: this machine (Debian $(DEBIAN_VERSION), Python 3.$(PY_MINOR)) runs the newest stack natively"; \
 	else echo "stack 2 cannot run here: it needs Debian 12 (a Debian 13 root made with debootstrap) or Python 3.12 or later natively (found Python 3.$(PY_MINOR))" >&2; exit 1; fi
 
-# The demo script uses the collection's embedded-listener helper, found on the clone's collections path.
+# The demo script uses the collection's embedded-listener helper, which it loads through Ansible's
+# collection finder from the clone's collections path. It exits 1 on a wrong result (a device not
+# connected, a key left pending, the playbook failed).
 demo: setup peers
-	cd $(ROOT) && PYTHONPATH=$(ROOT)/.collections $(PY) demo/run_demo.py
+	cd $(ROOT) && $(PY) demo/run_demo.py
+
+# The same demo as the last step of `make test` (a fresh clone passes both), with the libnetconf2
+# devices required, not skipped. Prints "demo: 6 connected, 0 pending, playbook ok" or exits 1.
+demo-check: setup peers
+	cd $(ROOT) && $(PY) demo/run_demo.py --check
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -322,10 +322,14 @@ class Listener:
         cmd += list(extra)
         self.cmd = (prefix or []) + cmd
         child_env = env()
-        if listener_src:  # another netconf_callhome (e.g. a worktree of an older commit), for A/B runs
-            child_env["PYTHONPATH"] = os.pathsep.join(p for p in (listener_src, child_env.get("PYTHONPATH", "")) if p)
+        # Another netconf_callhome (a worktree of an older commit's listener/src), for A/B runs: run
+        # there, since `python -m` puts its working directory first on sys.path, ahead of the venv's
+        # editable install of this tree (no PYTHONPATH; every path of the command is absolute).
+        if listener_src:
+            child_env.pop("PYTHONSAFEPATH", None)  # that would leave the working directory off sys.path
         self.proc = subprocess.Popen(
             self.cmd, stdout=subprocess.DEVNULL, stderr=open(self.home / "listener.log", "w"), env=child_env,
+            cwd=listener_src or None,
         )
         from netconf_callhome.control.client import ControlClient
 

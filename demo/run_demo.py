@@ -8,7 +8,10 @@
 3. Enroll them the way an operator does: list the pending keys the listener recorded, approve each.
 4. Show the registry, then run ``ansible-playbook playbooks/demo.yml``, which reads every device's
    configuration over call home through ``netconf.callhome.netconf``.
-5. Stop everything it started.
+5. Check the result: every device connected, no key left pending, the playbook passed; exit 1 when
+   not (``--check``, what ``make demo-check`` and so ``make test`` run, also fails when the
+   libnetconf2 devices cannot be built instead of going on with the simulated ones).
+6. Stop everything it started.
 """
 
 from __future__ import annotations
@@ -27,8 +30,14 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "peers"))
 
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
 from netconf_callhome.control.client import ControlClient  # noqa: E402
 from netconf_callhome.fingerprints import normalize_cert_fingerprint  # noqa: E402
+
+# The collection's plugin code comes through Ansible's collection finder on the clone's collections
+# paths (those of ansible.cfg), as ansible-playbook finds it: no PYTHONPATH. The listener itself is
+# the venv's netconf-callhome distribution.
+init_plugin_loader([str(ROOT / ".collections"), str(ROOT / ".deps")])
 from ansible_collections.netconf.callhome.plugins.plugin_utils.embedded_listener import ensure_listener  # noqa: E402
 
 LISTENER = [sys.executable, "-m", "netconf_callhome"]
@@ -63,6 +72,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--devices", type=int, default=4, help="simulated devices (default 4)")
     parser.add_argument("--keep", action="store_true", help="leave the listener and devices running")
+    parser.add_argument("--check", action="store_true",
+                        help="fail (exit 1) when the libnetconf2 devices are not available, as on a wrong result")
     args = parser.parse_args()
 
     import simulator
@@ -115,6 +126,9 @@ def main() -> int:
                 devices.append(dev.start())
             expected = args.devices + 2
         except PeerBuildError as exc:
+            if args.check:
+                print("demo: FAILED, the libnetconf2 devices are not available: %s" % exc)
+                return 1
             print("libnetconf2 device not available, continuing with simulated devices only: %s" % exc)
             expected = args.devices
 
@@ -148,7 +162,7 @@ def main() -> int:
              "playbooks/demo.yml", "--forks", "8"],
             cwd=ROOT, env=env, check=False,
         )
-        return res.returncode
+        return _verdict(client, sorted(set(names.values())), expected, res.returncode)
     finally:
         if not args.keep:
             for dev in devices:
@@ -159,6 +173,28 @@ def main() -> int:
                 client.call("shutdown")
             except Exception as exc:  # already gone is fine
                 print("listener shutdown: %s" % exc)
+
+
+def _verdict(client: ControlClient, enrolled: List[str], expected: int, playbook_rc: int) -> int:
+    """0 when every enrolled device is connected, no key is pending and the playbook passed; the one
+    line printed ("demo: 6 connected, 0 pending, playbook ok") is what a reader (or CI log) checks."""
+    connected = sorted(rec["name"] for rec in client.call("devices") if rec.get("status") == "connected")
+    pending = client.call("pending")
+    line = "%d connected, %d pending, playbook %s" % (
+        len(connected), len(pending), "ok" if playbook_rc == 0 else "failed (rc=%d)" % playbook_rc)
+    wrong = []
+    if len(enrolled) != expected:
+        wrong.append("%d of %d devices enrolled" % (len(enrolled), expected))
+    if sorted(set(enrolled) - set(connected)):
+        wrong.append("not connected: %s" % ", ".join(sorted(set(enrolled) - set(connected))))
+    if len(connected) != expected:
+        wrong.append("expected %d connected" % expected)
+    if pending:
+        wrong.append("left pending: %s" % ", ".join(entry["fingerprint"] for entry in pending))
+    if playbook_rc != 0:
+        wrong.append("the playbook failed")
+    _say("demo: %s%s" % (line, "" if not wrong else " -- FAILED: " + "; ".join(wrong)))
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":
