@@ -4,7 +4,8 @@ endpoint (TCP + TLS + bearer token) for AWX and containers.
 
 The wire protocol is described in :mod:`netconf_callhome.control.client`. One request per
 connection; ``lease`` turns the connection into a NETCONF byte stream. The server reaches the
-listener only through :class:`ControlledListener`, which the service implements.
+listener only through :class:`ControlledListener` (state to read, device access, trust
+operations, lifecycle), which :class:`~netconf_callhome.control.facade.ListenerFacade` implements.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ _REJECT_GRACE = 1.0  # at most this long to let a rejected stranger read its err
 _CLUSTER_OPS = frozenset(("ping", "status", "devices", "device", "wait", "endpoint", "lease", "rpc"))
 
 
-class ControlledListener(Protocol):
-    """What the control operations need from the listener: state to read, a few actions."""
+# What the control operations need from the listener, by concern. The service hands in one
+# object implementing all four (control.facade.ListenerFacade, built from the service's parts);
+# a test hands in a fake of the group it exercises.
+
+
+class ListenerState(Protocol):
+    """What the read operations show (``status``, ``devices``, ``device``, ``pending``)."""
 
     @property
     def registry(self) -> Registry: ...
@@ -74,13 +80,37 @@ class ControlledListener(Protocol):
 
     def enrolled_devices(self) -> Collection[str]: ...
 
+
+class DeviceAccess(Protocol):
+    """Waiting for a device and handing out its session (``wait``, ``lease``, ``endpoint``, ``rpc``)."""
+
     async def wait_ready(self, device: str, timeout: float) -> HeldSession: ...
 
     async def wait_connected(self, device: str, timeout: float) -> None:
         """Until the device holds a session on any transport (NETCONF or RESTCONF)."""
 
-    # The trust operations are coroutines: their writes run off the event loop (a shared trust
-    # store is a database transaction).
+    def lease_ended(self, held: HeldSession) -> None: ...
+
+    async def endpoint(
+        self,
+        device: str,
+        *,
+        wait: float,
+        network_os: str,
+        command_timeout: float,
+        collections_paths: List[str],
+        client: str,
+        api: str = "netconf",
+        root_path: str = "",
+    ) -> Dict[str, Any]: ...
+
+    async def rpc(self, endpoint: str, request: bytes) -> bytes: ...
+
+
+class TrustOperations(Protocol):
+    """Trust changes (``approve``, ``enroll``, ``revoke``, ``secret``, ``reload``). Coroutines:
+    their writes run off the event loop (a shared trust store is a database transaction)."""
+
     async def approve(
         self,
         fingerprint: str,
@@ -117,26 +147,17 @@ class ControlledListener(Protocol):
 
     def reload_trust(self) -> bool: ...
 
-    def lease_ended(self, held: HeldSession) -> None: ...
 
-    async def endpoint(
-        self,
-        device: str,
-        *,
-        wait: float,
-        network_os: str,
-        command_timeout: float,
-        collections_paths: List[str],
-        client: str,
-        api: str = "netconf",
-        root_path: str = "",
-    ) -> Dict[str, Any]: ...
-
-    async def rpc(self, endpoint: str, request: bytes) -> bytes: ...
+class Lifecycle(Protocol):
+    """``touch`` postpones an embedded listener's idle exit; ``request_stop`` is ``shutdown``."""
 
     def touch(self) -> None: ...
 
     def request_stop(self) -> None: ...
+
+
+class ControlledListener(ListenerState, DeviceAccess, TrustOperations, Lifecycle, Protocol):
+    """Everything the control operations need from the listener: the four groups above."""
 
 
 def listen_backlog() -> int:
