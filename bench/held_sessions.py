@@ -132,11 +132,11 @@ async def _tracemalloc_inproc(n: int, manifest: Dict[str, Dict[str, str]], top: 
     sim = await loop.run_in_executor(None, lambda: b.start_simulator(listener=port, count=n))
     try:
         deadline = time.monotonic() + 300
-        while len(listener.sessions) < n and time.monotonic() < deadline:
+        while len(listener.devices.sessions) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
         snap1 = tracemalloc.take_snapshot()
-        held = len(listener.sessions)
+        held = len(listener.devices.sessions)
         stats = snap1.compare_to(snap0, "lineno")
         total = sum(s.size_diff for s in stats)
         by_file: Dict[str, int] = {}
