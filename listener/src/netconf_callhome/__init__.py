@@ -12,8 +12,9 @@ tests/unit/netconf_callhome/test_layers.py):
    ``secrets``, ``zero_touch``
 3. ``state/``: ``registry``, ``stores``, ``postgres``, ``trust_postgres``, ``ownership``,
    ``cluster_nodes``, ``pg_listen``; and ``metrics``
-4. ``sessions/``: ``mux``, ``xmlscan``, ``local``, ``restconf_sessions``
-5. ``control/``: ``client``, ``api``, ``server``, ``instance``, ``cluster``, ``forward``; and
+4. ``sessions/``: ``mux``, ``xmlscan``, ``local``, ``restconf_sessions``; the service's parts
+   ``devices``, ``trust_gate``, ``recorder``, ``waiters``, ``trust_edits``, ``owned``
+5. ``control/``: ``client``, ``api``, ``server``, ``facade``, ``instance``, ``cluster``, ``forward``; and
    ``endpoints/``: ``ansible_rpc``, ``restconf_rpc``, ``ncclient_session``, ``platform`` (the only
    modules that import Ansible and ncclient, lazily: the ``ansible`` extra)
 6. ``service`` (the composition root) and ``cli`` (``callhome-listener``): nothing imports them
