@@ -24,11 +24,11 @@ from test_playbook_callhome import (  # noqa: E402  (helpers of the playbook tes
     PASSWORD,
     VENV_BIN,
     Listener,
-    _enroll,
     _env,
     _recap,
 )
 
+from harness import Fleet  # noqa: E402
 from simulator import start_simulator_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,7 +52,7 @@ def listener(home: Path) -> Iterator[Listener]:
 def single(listener: Listener, home: Path) -> Iterator[str]:
     """One simulated device that serves one NETCONF session (refuses a second channel)."""
     name = "one0001"
-    _enroll(home, home / "keys", [name])
+    Fleet(home / "sims", PASSWORD).enroll(home / "trust.json", [name], keys_dir=home / "keys")
     listener.call("reload")
     sim = start_simulator_process(
         ["--listener", "127.0.0.1:%d" % listener.ssh_port, "--count", "1", "--name-prefix", "one",
