@@ -9,6 +9,11 @@
                         listener from their own event loop thread, optionally enrolled first.
 ``wait_until``          the polling helper of ``tests/integration/harness.py``: tests poll for a
                         condition, they never sleep a fixed time hoping it holds.
+``loop_thread``         an asyncio loop in a daemon thread (``harness.LoopThread``, the one that
+                        runs the listener and the simulated devices here too), closed at teardown.
+``device_password``,    the simulated devices' password file and host keys; ``sim_devices`` (in a
+``sim_keys_dir``        thread) and the integration tests' ``fleet`` (``harness.Fleet``: processes)
+                        both use them, so a device name is one identity whichever runs it.
 ``postgres``            a PostgreSQL server of Debian's packages (``tests/peers/postgres_peer.py``),
                         one per test module (tests that halt it cannot leak into other modules).
 
@@ -24,9 +29,7 @@ start is stopped at teardown, and everything they write is under the test's ``tm
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, TypeVar
 
@@ -37,35 +40,11 @@ for _path in (TESTS / "integration", TESTS / "peers"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from harness import wait_until as _wait_until  # noqa: E402  (tests/integration, on the path above)
+from harness import SIM_PASSWORD, LoopThread  # noqa: E402  (tests/integration, on the path above)
+from harness import wait_until as _wait_until  # noqa: E402
 from peer_availability import REQUIRE_ENV, PeerUnavailable, peers_required  # noqa: E402  (tests/peers)
 
 T = TypeVar("T")
-SIM_PASSWORD = "sim-secret"
-
-
-class LoopThread:
-    """An asyncio event loop running in a daemon thread; ``run`` executes a coroutine on it."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def run(self, coro: "Coroutine[Any, Any, T]", timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(20)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 class ListenerThread:
@@ -158,6 +137,22 @@ def postgres() -> Iterator[Any]:
         yield peer
     finally:
         peer.stop()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    """An asyncio event loop in a daemon thread (``run(coro)`` from the test's thread), closed at teardown."""
+    loop = LoopThread("test-loop")
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def sim_keys_dir(tmp_path: Path) -> Path:
+    """Where the simulated devices' host keys persist (one key per device name per test)."""
+    return tmp_path / "sim-keys"
 
 
 @pytest.fixture
@@ -257,10 +252,10 @@ class SimFleet:
 
 
 @pytest.fixture
-def sim_devices(tmp_path: Path) -> Iterator[Callable[..., SimFleet]]:
+def sim_devices(sim_keys_dir: Path) -> Iterator[Callable[..., SimFleet]]:
     """Factory: ``sim_devices(listener, count=1, enroll=True, wait_connected=True, **SimConfig)``.
 
-    Devices are named sim0001...; their host keys persist under ``tmp_path/sim-keys`` (pass
+    Devices are named sim0001...; their host keys persist under ``sim_keys_dir`` (pass
     ``keys_dir`` for a second identity). ``enroll`` puts their keys in the listener's trust store
     through the control protocol first; ``wait_connected`` waits until every device is CONNECTED
     (authenticated SSH; the listener's NETCONF session may still be opening).
@@ -277,7 +272,7 @@ def sim_devices(tmp_path: Path) -> Iterator[Callable[..., SimFleet]]:
         **options: Any,
     ) -> SimFleet:
         names = ["sim%04d" % i for i in range(1, count + 1)]
-        fleet = SimFleet(listener, names, keys_dir or tmp_path / "sim-keys", options)
+        fleet = SimFleet(listener, names, keys_dir or sim_keys_dir, options)
         fleets.append(fleet)
         if enroll:
             for name in names:

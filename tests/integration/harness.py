@@ -4,6 +4,7 @@ control socket, and the simulated devices of ``tests/peers/simulator.py`` in the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,9 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
 
@@ -32,6 +34,34 @@ from netconf_callhome.policy.trust_store import (  # noqa: E402
 
 LISTENER_CMD = [sys.executable, "-m", "netconf_callhome"]
 T = TypeVar("T")
+#: The password the simulated devices accept (``Fleet``, and ``sim_devices`` of tests/conftest.py).
+SIM_PASSWORD = "sim-secret"
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread; ``run`` executes a coroutine on it and
+    waits for its result. The one loop-in-a-thread of the tests (tests/conftest.py's listener
+    and simulated devices, the ``loop_thread`` fixture, test-local servers)."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: "Coroutine[Any, Any, T]", timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(20)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 def wait_until(
@@ -184,16 +214,27 @@ class ListenerProcess:
 
 
 class Fleet:
-    """Enrollment helpers around the simulator's key files."""
+    """Simulated devices in their own process (``simulator.py``) and their enrollment, for tests
+    of a listener process. The ``fleet`` fixture shares its keys and password file with
+    ``sim_devices`` (tests/conftest.py), which runs the same simulator in a thread."""
 
-    def __init__(self, base: Path, password: str = "sim-secret") -> None:
+    def __init__(
+        self,
+        base: Path,
+        password: str = SIM_PASSWORD,
+        *,
+        keys_dir: Optional[Path] = None,
+        password_file: Optional[Path] = None,
+    ) -> None:
         self.base = base
-        self.keys_dir = base / "keys"
+        self.keys_dir = keys_dir or base / "keys"
         self.password = password
-        self.password_file = base / "device-password"
         base.mkdir(parents=True, exist_ok=True)
-        self.password_file.write_text(password + "\n")
-        os.chmod(self.password_file, 0o600)
+        if password_file is None:
+            password_file = base / "device-password"
+            password_file.write_text(password + "\n")
+            os.chmod(password_file, 0o600)
+        self.password_file = password_file
 
     def keys(self, names: List[str], keys_dir: Optional[Path] = None) -> Dict[str, Any]:
         import simulator  # tests/peers
@@ -314,8 +355,10 @@ def cluster_certs(directory: Path, names: List[str]) -> Dict[str, Dict[str, str]
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return Fleet(tmp_path / "fleet")
+def fleet(tmp_path: Path, sim_keys_dir: Path, device_password: Path) -> Fleet:
+    """Simulated devices as processes, with the identities (``sim_keys_dir``) and the password
+    file (``device_password``) of tests/conftest.py's ``sim_devices``."""
+    return Fleet(tmp_path / "fleet", keys_dir=sim_keys_dir, password_file=device_password)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from ansible_collections.netconf.callhome.plugins.module_utils.callhome_config.r
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
+from harness import LoopThread  # noqa: E402  (tests/integration, on the path: tests/conftest.py)
 from lnc2_peer import Lnc2Device, free_port  # noqa: E402
 from pki import SshKey, TestPki, make_pki, make_ssh_key  # noqa: E402
 
@@ -106,8 +107,9 @@ def delete_config(whole_call_home: bool = True) -> str:
 
 class ReverseListener:
     """A minimal SSH call-home client (RFC 8071 listener): accepts TCP, runs SSH as the client
-    with ``key``, opens the netconf subsystem, reads the device's hello and sends its own. Runs its own event
-    loop in a thread so tests can make blocking ncclient calls meanwhile."""
+    with ``key``, opens the netconf subsystem, reads the device's hello and sends its own. Runs on
+    its own event loop in a thread (harness.LoopThread) so tests can make blocking ncclient calls
+    meanwhile."""
 
     def __init__(self, key: SshKey) -> None:
         self.key = key
@@ -115,22 +117,25 @@ class ReverseListener:
         self.sessions: list[dict[str, Any]] = []  # one per NETCONF session seen
         self.closed = 0  # sessions the device ended
         self._cond = threading.Condition()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._loop: LoopThread | None = None
         self._server: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> ReverseListener:
-        self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
-        fut.result(TIMEOUT)
+        self._loop = LoopThread("reverse-listener")
+        try:
+            self._loop.run(self._start(), TIMEOUT)
+        except BaseException:
+            self._loop.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(TIMEOUT)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(TIMEOUT)
-        self._loop.close()
+        assert self._loop is not None
+        try:
+            self._loop.run(self._stop(), TIMEOUT)
+        finally:
+            self._loop.close()
 
     async def _start(self) -> None:
         self._server = await asyncssh.listen_reverse(

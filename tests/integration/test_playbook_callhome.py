@@ -29,15 +29,10 @@ COLLECTIONS = REPO / ".collections"
 sys.path.insert(0, str(PEERS))
 sys.path.insert(0, str(COLLECTIONS))
 
-from harness import wait_until  # noqa: E402
-from simulator import ensure_keys, public_line, start_simulator_process  # noqa: E402
+from harness import Fleet, wait_until  # noqa: E402
 
 from netconf_callhome.control.client import ControlClient  # noqa: E402
 from netconf_callhome.errors import CallHomeError  # noqa: E402
-from netconf_callhome.policy.trust_store import (  # noqa: E402
-    TrustStore,
-    add_identity,
-)
 
 pytestmark = pytest.mark.timeout(300)
 PASSWORD = "callhome-test-pw"
@@ -77,15 +72,10 @@ def _write_config(home: Path, ssh_port: int) -> Path:
     return cfg
 
 
-def _enroll(home: Path, keys_dir: Path, names: List[str]) -> None:
-    keys = ensure_keys(keys_dir, names)
-
-    def mutate(data: Dict[str, Any]) -> bool:
-        for name in names:
-            add_identity(data, name, kind="ssh_host_keys", value=public_line(keys[name]))
-        return True
-
-    TrustStore(str(home / "trust.json")).update(mutate)
+def _sims(home: Path) -> Fleet:
+    """The simulated devices of a listener home (harness.Fleet, as the other integration tests
+    have them): keys under ``home/keys``, this module's password."""
+    return Fleet(home / "sims", PASSWORD, keys_dir=home / "keys", password_file=home / "pw")
 
 
 def _client(home: Path) -> ControlClient:
@@ -143,16 +133,14 @@ def listener(home: Path) -> Iterator[Listener]:
 
 
 @pytest.fixture(scope="module")
-def fleet(listener: Listener, home: Path) -> Iterator[List[str]]:
-    """Three enrolled simulated devices, each from its own loopback address, already called home."""
+def called_home(listener: Listener, home: Path) -> Iterator[List[str]]:
+    """Three enrolled simulated devices, each from its own loopback address, already called home
+    (their names; one simulator process for the module)."""
     names = ["dev0001", "dev0002", "dev0003"]
-    _enroll(home, home / "keys", names)
+    sims = _sims(home)
+    sims.enroll(home / "trust.json", names)
     listener.call("reload")
-    sim = start_simulator_process(
-        ["--listener", "127.0.0.1:%d" % listener.ssh_port, "--count", "3", "--name-prefix", "dev",
-         "--keys-dir", str(home / "keys"), "--password", PASSWORD],
-        wait_connected=3,
-    )
+    sim = sims.simulator(listener.ssh_port, 3, "--name-prefix", "dev", wait_connected=3)
     try:
         listener.wait_connected(names)
         yield names
@@ -193,15 +181,15 @@ def _recap(output: str) -> Dict[str, Dict[str, int]]:
     return out
 
 
-def test_netconf_get_rpc_config_on_several_hosts_with_forks(home: Path, fleet: List[str]) -> None:
-    inv = _inventory(home, fleet, "ops", new_location="rack-42")
+def test_netconf_get_rpc_config_on_several_hosts_with_forks(home: Path, called_home: List[str]) -> None:
+    inv = _inventory(home, called_home, "ops", new_location="rack-42")
     started = time.monotonic()
     res = _playbook(home, "netconf_ops.yml", inv, "--forks", "3")
     elapsed = time.monotonic() - started
     assert res.returncode == 0, res.stdout + res.stderr
     recap = _recap(res.stdout)
-    assert sorted(recap) == sorted(fleet)
-    for host in fleet:
+    assert sorted(recap) == sorted(called_home)
+    for host in called_home:
         assert recap[host]["failed"] == 0 and recap[host]["unreachable"] == 0, res.stdout
         assert recap[host]["ok"] == 6 and recap[host]["changed"] == 1, res.stdout
     assert elapsed < 120, "three hosts took %.1f s" % elapsed
@@ -209,7 +197,8 @@ def test_netconf_get_rpc_config_on_several_hosts_with_forks(home: Path, fleet: L
 
 def test_device_that_calls_late_is_waited_for(home: Path, listener: Listener) -> None:
     name = "late0001"
-    _enroll(home, home / "keys", [name])
+    sims = _sims(home)
+    sims.enroll(home / "trust.json", [name])
     listener.call("reload")
     inv = _inventory(home, [name], "late", ansible_callhome_timeout=90, ansible_callhome_progress_interval=1)
     proc = subprocess.Popen(
@@ -223,11 +212,7 @@ def test_device_that_calls_late_is_waited_for(home: Path, listener: Listener) ->
         time.sleep(4)
         assert proc.poll() is None, proc.communicate()[0]
         assert listener.call("device", device=name)["status"] == "never-seen"
-        sim = start_simulator_process(
-            ["--listener", "127.0.0.1:%d" % listener.ssh_port, "--count", "1", "--name-prefix", "late",
-             "--keys-dir", str(home / "keys"), "--password", PASSWORD],
-            wait_connected=1,
-        )
+        sim = sims.simulator(listener.ssh_port, 1, "--name-prefix", "late", wait_connected=1)
         out = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
@@ -243,7 +228,7 @@ def test_device_that_calls_late_is_waited_for(home: Path, listener: Listener) ->
 
 def test_device_that_never_calls_fails_clearly(home: Path, listener: Listener) -> None:
     name = "ghost0001"
-    _enroll(home, home / "keys", [name])  # enrolled, but no simulator ever runs for it
+    _sims(home).enroll(home / "trust.json", [name])  # enrolled, but no simulator ever runs for it
     listener.call("reload")
     inv = _inventory(home, [name], "ghost", ansible_callhome_timeout=3)
     started = time.monotonic()
@@ -257,11 +242,9 @@ def test_device_that_never_calls_fails_clearly(home: Path, listener: Listener) -
 
 def test_unenrolled_device_never_gets_a_session(home: Path, listener: Listener) -> None:
     name = "rogue0001"
-    keys = ensure_keys(home / "rogue-keys", [name])
-    sim = start_simulator_process(
-        ["--listener", "127.0.0.1:%d" % listener.ssh_port, "--count", "1", "--name-prefix", "rogue",
-         "--keys-dir", str(home / "rogue-keys"), "--password", PASSWORD],
-    )
+    sims = _sims(home)
+    keys = sims.keys([name], keys_dir=home / "rogue-keys")
+    sim = sims.simulator(listener.ssh_port, 1, "--name-prefix", "rogue", keys_dir=home / "rogue-keys")
     try:
         fingerprint = keys[name].get_fingerprint("sha256")
         wait_until(lambda: any(p["fingerprint"] == fingerprint for p in listener.call("pending")), 20,
@@ -275,15 +258,15 @@ def test_unenrolled_device_never_gets_a_session(home: Path, listener: Listener) 
     assert sim.count("READY") == 0  # no NETCONF session was ever opened on it
 
 
-def test_collection_modules(home: Path, fleet: List[str]) -> None:
+def test_collection_modules(home: Path, called_home: List[str]) -> None:
     inv = home / "localhost.ini"
     inv.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
-    res = _playbook(home, "modules.yml", inv, "-e", json.dumps({"wait_devices": fleet}))
+    res = _playbook(home, "modules.yml", inv, "-e", json.dumps({"wait_devices": called_home}))
     assert res.returncode == 0, res.stdout + res.stderr
     assert _recap(res.stdout)["localhost"]["ok"] == 4
 
 
-def test_registry_inventory_plugin(home: Path, fleet: List[str]) -> None:
+def test_registry_inventory_plugin(home: Path, called_home: List[str]) -> None:
     src = home / "fleet.callhome.yml"
     src.write_text(
         "plugin: netconf.callhome.registry\nstatuses: [connected]\n"
@@ -296,8 +279,8 @@ def test_registry_inventory_plugin(home: Path, fleet: List[str]) -> None:
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert sorted(data["callhome_connected"]["hosts"]) == fleet
-    assert sorted(data["via_ssh"]["hosts"]) == fleet
+    assert sorted(data["callhome_connected"]["hosts"]) == called_home
+    assert sorted(data["via_ssh"]["hosts"]) == called_home
     hostvars = data["_meta"]["hostvars"]["dev0001"]
     assert _plain(hostvars["ansible_connection"]) == "netconf.callhome.netconf"
     assert _plain(hostvars["callhome_device"]) == "dev0001"
@@ -315,13 +298,11 @@ def test_embedded_default_starts_a_listener(tmp_path: Path) -> None:
     ssh_port = _free_port()
     cfg = _write_config(home, ssh_port)
     name = "emb0001"
-    _enroll(home, home / "keys", [name])
+    sims = _sims(home)
+    sims.enroll(home / "trust.json", [name])
     with pytest.raises(CallHomeError):
         _client(home).call("ping", timeout=1)  # nothing runs there yet
-    sim = start_simulator_process(
-        ["--listener", "127.0.0.1:%d" % ssh_port, "--count", "1", "--name-prefix", "emb",
-         "--keys-dir", str(home / "keys"), "--password", PASSWORD, "--retry", "0.3"],
-    )
+    sim = sims.simulator(ssh_port, 1, "--name-prefix", "emb", "--retry", "0.3")
     try:
         inv = _inventory(home, [name], "emb", ansible_callhome_timeout=60, ansible_callhome_listener_config=str(cfg),
                          ansible_callhome_idle_exit=120)

@@ -40,21 +40,6 @@ JSON = [("content-type", "application/yang-data+json")]
 Handler = Callable[[str, str, Dict[str, str], bytes], Any]
 
 
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class ScriptedConnection:
     """What the endpoint uses of a held RestconfConnection, answering with ``handler``."""
 
@@ -96,7 +81,8 @@ def device_ok(method: str, path: str, headers: Dict[str, str], body: bytes) -> A
 
 
 class Harness:
-    def __init__(self, tmp: Path, loop: LoopThread, idle_timeout: float = 60.0) -> None:
+    def __init__(self, tmp: Path, loop: Any, idle_timeout: float = 60.0) -> None:
+        """``loop``: the ``loop_thread`` fixture (tests/conftest.py), which runs the endpoints."""
         self.loop = loop
         self.sessions = RestconfSessions()
         self.endpoints = loop.run(self._make(str(tmp), idle_timeout))
@@ -120,18 +106,16 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Any:
-    loop = LoopThread()
+def harness(tmp_path: Path, loop_thread: Any) -> Any:
     made: List[Harness] = []
 
     def make(**kwargs: Any) -> Harness:
-        made.append(Harness(tmp_path, loop, **kwargs))
+        made.append(Harness(tmp_path, loop_thread, **kwargs))
         return made[-1]
 
     yield make
     for h in made:
-        h.close()
-    loop.close()
+        h.close()  # before loop_thread's teardown closes the loop
 
 
 def get(path: str, socket_path: str, **kwargs: Any) -> Any:
