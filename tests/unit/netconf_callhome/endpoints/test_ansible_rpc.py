@@ -351,3 +351,20 @@ def test_the_rpc_error_tag_reaches_the_module(listener_in_thread: Any, sim_devic
             config='<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><system xmlns="urn:ietf:params:xml:ns:'
                    'yang:ietf-system"><location>x</location></system></config>', target="running")
     Connection(holder).unlock(target="running")
+
+
+def test_a_hosts_network_os_is_its_first_tasks_until_a_reset(device: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A later task asking for another network_os keeps the host's session (and its lock), as
+    ansible-connection kept its sub-plugin; after a reset the next task gets the one it asks for."""
+    lst, _fleet = device
+    first = _endpoint(lst, "sim0001", client="pb1/h1", network_os="auto")
+    Connection(first["socket_path"]).lock(target="running")
+    with caplog.at_level("INFO", logger="netconf_callhome.endpoints"):
+        second = _endpoint(lst, "sim0001", client="pb1/h1", network_os="ansible.netcommon.default")
+    assert second["socket_path"] == first["socket_path"] and not second["created"]
+    assert "event=endpoint.network_os_kept" in caplog.text
+    Connection(second["socket_path"]).unlock(target="running")  # the same lease: its own lock
+    Connection(second["socket_path"]).reset()
+    third = _endpoint(lst, "sim0001", client="pb1/h1", network_os="ansible.netcommon.default")
+    assert third["created"] and third["socket_path"] == first["socket_path"]
+    assert "<data" in Connection(third["socket_path"]).get_config(source="running")
