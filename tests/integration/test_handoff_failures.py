@@ -28,18 +28,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import wait_until  # noqa: E402
+from harness import Fleet, wait_until  # noqa: E402
 from test_playbook_callhome import (  # noqa: E402  (the playbook tests' listener set-up)
     PASSWORD,
     VENV_BIN,
     Listener,
-    _enroll,
     _env,
     _recap,
 )
@@ -178,12 +177,13 @@ def _not_connected(listener: Listener, name: str) -> bool:
 
 
 def _lose_mid_task(listener: Listener, home: Path, prefix: str, single_session: bool,
-                   lose: Callable[[SimulatorProcess], None]) -> Tuple[str, float, float]:
+                   lose: Callable[[SimulatorProcess], None]) -> Tuple[str, Dict[str, float]]:
     """Run PLAY; while its "In flight" RPC waits on the frozen device, ``lose`` the device; start
-    the device again once the "After" task waits for it. Returns the output, the seconds from the
-    RPC reaching the device to the task's failure, and from ``lose`` to the failure."""
+    the device again once the "After" task waits for it. Returns the output and the seconds from
+    the gate's opening (before the task's RPC), from the RPC reaching the device and from ``lose``
+    to the task's failure."""
     name = "%s0001" % prefix
-    _enroll(home, home / "keys", [name])
+    Fleet(home / "sims", PASSWORD).enroll(home / "trust.json", [name], keys_dir=home / "keys")
     listener.call("reload")
     gates = home / ("gates-" + prefix)
     gates.mkdir()
@@ -203,6 +203,7 @@ def _lose_mid_task(listener: Listener, home: Path, prefix: str, single_session: 
         assert "ok: [%s]" % name in play.output, play.output[-4000:]
         os.kill(device.proc.pid, signal.SIGSTOP)
         (gates / "one").touch()
+        opened = time.monotonic()
         play.wait_line(r"^TASK \[In flight\]", 60)
         # the module's RPC has reached the device: sent by the listener, never read
         wait_until(lambda: (_receive_queue(device.proc.pid, listener.ssh_port) or 0) > 0, 60,
@@ -231,7 +232,7 @@ def _lose_mid_task(listener: Listener, home: Path, prefix: str, single_session: 
     assert play.proc.returncode == 0, out[-6000:]
     recap = _recap(out)[name]
     assert recap["failed"] == 0 and recap["unreachable"] == 0 and recap["ignored"] == 1, out[-4000:]
-    return out, failed_at - in_flight, failed_at - lost_at
+    return out, {"since_gate": failed_at - opened, "since_rpc": failed_at - in_flight, "since_lost": failed_at - lost_at}
 
 
 def _failure_message(out: str, name: str) -> str:
@@ -255,13 +256,13 @@ def test_a_device_killed_mid_rpc_fails_the_task_and_the_next_task_waits_for_it(
 ) -> None:
     prefix = "killed%s" % ("s" if single_session else "c")
     name = "%s0001" % prefix
-    out, _since_rpc, since_kill = _lose_mid_task(listener, home, prefix, single_session, _kill)
+    out, times = _lose_mid_task(listener, home, prefix, single_session, _kill)
     msg = _failure_message(out, name)
     # names the device, says what happened and what comes next; no stale "run again" advice
     assert "device %s: its NETCONF session ended" % name in msg, msg
     assert "the next task waits for the device to call home again" in msg, msg
     # the connection reset ends the task at once, well within its command timeout
-    assert since_kill < COMMAND_TIMEOUT, "failed %.1f s after the device was killed" % since_kill
+    assert times["since_lost"] < COMMAND_TIMEOUT, "failed %.1f s after the device was killed" % times["since_lost"]
     # and the next task waited for the device's new call and ran on it
     assert "ok: [%s]" % name in out.split("TASK [After]", 1)[1], out[-4000:]
 
@@ -272,9 +273,10 @@ def test_a_device_that_hangs_mid_rpc_fails_the_task_at_its_command_timeout(
 ) -> None:
     prefix = "hung%s" % ("s" if single_session else "c")
     name = "%s0001" % prefix
-    out, since_rpc, _since_lost = _lose_mid_task(listener, home, prefix, single_session, _keep_frozen)
+    out, times = _lose_mid_task(listener, home, prefix, single_session, _keep_frozen)
     msg = _failure_message(out, name)
     assert "device %s: no reply to" % name in msg and "within %d s (ansible_command_timeout)" % COMMAND_TIMEOUT in msg, msg
-    # not before the command timeout, and not much after it (the module's start is in the margin)
-    assert COMMAND_TIMEOUT - 1 <= since_rpc < COMMAND_TIMEOUT + 10, "failed %.1f s after the RPC was sent" % since_rpc
+    # not before the command timeout (counted from before the RPC was sent), and not much after it
+    assert times["since_gate"] >= COMMAND_TIMEOUT, times
+    assert times["since_rpc"] < COMMAND_TIMEOUT + 10, times
     assert "ok: [%s]" % name in out.split("TASK [After]", 1)[1], out[-4000:]
