@@ -160,6 +160,7 @@ def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(
     import yaml
     from harness import enroll
     from nginx_peer import PeerUnavailable
+    from peer_availability import unavailable
     from pki import make_pki
     from test_listener_restconf import DEVICE as NGINX_DEVICE, restconf_args, restconf_port
 
@@ -180,7 +181,7 @@ def test_restconf_safe_rollout_confirms_after_nginx_called_the_listener(
             callhome_port=port, confirm_callhome=True, callhome_device=NGINX_DEVICE, callhome_timeout=40,
             confirm_timeout=90, listener="unix:%s" % lst.status["control_socket"]))
         if isinstance(follower.error, PeerUnavailable):
-            pytest.skip("nginx peer unavailable: %s" % follower.error)
+            unavailable("nginx peer", follower.error)  # skip, or fail where peers are required
         assert follower.error is None, follower.error
         assert not result.get("failed"), "%s\nlistener: %s" % (result.get("msg"), lst.log()[-3000:])
         assert result["changed"] is True and follower.dialed == port
