@@ -80,7 +80,7 @@ total_start=$(date +%s)
 for part in "${parts[@]}"; do
     case $part in
     unit)
-        run_part unit "cd $coll && python -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests/unit" ;;
+        run_part unit "cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests/unit" ;;
     peers)
         run_part peers "make -C tests/peers BIN_DIR=$S2_PEERS_BIN >/dev/null && cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -q -rs -p no:cacheprovider --import-mode=importlib $PEER_TESTS" ;;
     sanity)
