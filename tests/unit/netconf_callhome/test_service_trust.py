@@ -19,12 +19,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from netconf_callhome.config import ListenerConfig, TLSOptions
-from netconf_callhome.errors import ConfigError
+from netconf_callhome.errors import AuthFailedError, ConfigError, HandshakeTimeoutError
 from netconf_callhome.fingerprints import ssh_fingerprint
 from netconf_callhome.policy import trust_ops
 from netconf_callhome.protocol.session import HeldSession
 from netconf_callhome.service import CallHomeListener
-from netconf_callhome.state.registry import CONNECTED, KEY_MISMATCH, SQLiteStore
+from netconf_callhome.protocol.events import HandshakeFailure
+from netconf_callhome.state.registry import AUTH_FAILED, CONNECTED, ERROR, KEY_MISMATCH, SQLiteStore
 
 HELLO = (
     b'<hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><capabilities>'
@@ -311,3 +312,27 @@ def test_housekeeping_goes_on_while_the_registry_is_locked(
 
     asyncio.run(run())
     lst.registry.close()
+
+
+# -- issue 7: a failure's class decides the device's status; its code is the reason ----------------
+
+
+def test_an_auth_failed_error_marks_the_device_auth_failed_and_counts_its_reason(tmp_path: Path) -> None:
+    lst = make_listener(tmp_path, {})
+
+    async def scenario() -> None:
+        lst.recorder.handshake_failed(
+            HandshakeFailure(transport="ssh", peer="192.0.2.5:4000", error=AuthFailedError("denied"), device="r1")
+        )
+        lst.recorder.handshake_failed(
+            HandshakeFailure(transport="tls", peer="192.0.2.6:4000", error=HandshakeTimeoutError("slow"), device="r2")
+        )
+        r1, r2 = lst.registry.get("r1"), lst.registry.get("r2")
+        assert (r1.status, r1.last_error) == (AUTH_FAILED, "denied")
+        assert (r2.status, r2.last_error) == (ERROR, "slow")
+        sample = lst.metrics.registry.get_sample_value
+        assert sample("callhome_failures_total", {"transport": "ssh", "reason": "auth-failed"}) == 1
+        assert sample("callhome_failures_total", {"transport": "tls", "reason": "timeout"}) == 1
+        await lst.stop()
+
+    asyncio.run(scenario())
