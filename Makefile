@@ -91,7 +91,7 @@ peers: setup
 	$(MAKE) -C tests/peers
 
 unit: setup
-	cd $(COLL_LINK) && $(PYTEST) -q -rs --import-mode=importlib tests/unit
+	cd $(COLL_LINK) && CALLHOME_REQUIRE_PEERS=1 $(PYTEST) -q -rs --import-mode=importlib tests/unit
 
 # Every peer is installed (system-deps) and built (peers) first, so a missing one is a failure
 # here, not a skip (CALLHOME_REQUIRE_PEERS: tests/peers/peer_availability.py).

@@ -49,7 +49,6 @@ run_part() {
     s2_chroot /bin/bash -c "
         set -e
         export PATH=$S2_VENV/bin:\$PATH CALLHOME_PEERS_BIN=$S2_PEERS_BIN ANSIBLE_CONFIG=$REPO/ansible.cfg
-        export PYTHONPATH=$REPO/.collections
         [ -e $coll ] || { mkdir -p $REPO/.collections/ansible_collections/netconf && ln -sfn ../../.. $coll; }
         cd $REPO
         $cmd" 2>&1 | tee "$log"
@@ -80,9 +79,9 @@ total_start=$(date +%s)
 for part in "${parts[@]}"; do
     case $part in
     unit)
-        run_part unit "cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests/unit" ;;
+        run_part unit "cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -o pythonpath=$REPO/.collections -q -rs -p no:cacheprovider --import-mode=importlib tests/unit" ;;
     peers)
-        run_part peers "make -C tests/peers BIN_DIR=$S2_PEERS_BIN >/dev/null && cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -q -rs -p no:cacheprovider --import-mode=importlib $PEER_TESTS" ;;
+        run_part peers "make -C tests/peers BIN_DIR=$S2_PEERS_BIN >/dev/null && cd $coll && CALLHOME_REQUIRE_PEERS=1 python -m pytest -o pythonpath=$REPO/.collections -q -rs -p no:cacheprovider --import-mode=importlib $PEER_TESTS" ;;
     sanity)
         run_part sanity "python tests/sanity/run_sanity.py" ;;
     *)
