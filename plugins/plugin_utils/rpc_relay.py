@@ -113,12 +113,17 @@ class Relay:
 
 
 def error_response(request: bytes, message: str) -> bytes:
-    """A JSON-RPC error for ``request``: ``Connection`` raises it in the module as ConnectionError."""
+    """A JSON-RPC error for ``request``: ``Connection`` raises it in the module as ConnectionError.
+
+    The text goes in ``data`` as well as ``message``, the shape of ansible-core's
+    ``JsonRpcServer.internal_error``: netcommon's ``NetconfConnection.parse_rpc_error`` reads only
+    ``data``, and would show ``b'None'`` instead of why the relay failed."""
     try:
         req_id = json.loads(request.decode("utf-8")).get("id")
     except (ValueError, AttributeError, UnicodeDecodeError):
         req_id = None
-    return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": {"code": -32603, "message": message}}).encode("utf-8")
+    error = {"code": -32603, "message": message, "data": message}
+    return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": error}).encode("utf-8")
 
 
 def control_rpc(open_socket: t.Callable[[], socket.socket], token: t.Optional[str], endpoint: str,

@@ -48,3 +48,21 @@ def test_a_failed_exchange_is_the_modules_connection_error() -> None:
             Connection(relay.path).get_config(source="running")
     finally:
         relay.close()
+
+
+def test_a_failed_exchange_reaches_netcommons_netconf_modules_with_its_text() -> None:
+    """netcommon's ``NetconfConnection`` (what ``netconf_*`` modules talk through) raises the
+    error's ``data``, not its ``message``: without it the module said ``b'None'``."""
+    netconf = pytest.importorskip(
+        "ansible_collections.ansible.netcommon.plugins.module_utils.network.common.netconf",
+        reason="ansible.netcommon is not on the collections path")
+
+    def exchange(data: bytes) -> bytes:
+        raise RelayError("device d1: the call-home listener at tls://x:1: connection refused", "listener-unreachable")
+
+    relay = Relay(exchange)
+    try:
+        with pytest.raises(ModuleConnectionError, match="connection refused"):
+            netconf.NetconfConnection(relay.path).get_config(source="running")
+    finally:
+        relay.close()
