@@ -1382,6 +1382,9 @@ static struct ly_ctx *cfg_ctx;  /* libnetconf2's configuration modules */
 static pthread_mutex_t apply_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t applying_thread;
 static volatile int applying;
+/* the configuration being applied adds (or re-adds) call-home clients: only then do call-home
+ * threads wait for it in acquire_ctx() */
+static volatile int applying_adds;
 static struct lyd_node *base_cfg;
 
 /** The command line's users (authorized keys, password) on an SSH endpoint of a call-home
@@ -1406,9 +1409,10 @@ add_cmdline_users(const char *client, const char *endpt, struct lyd_node **cfg)
 }
 
 /** The pushed entries `sigs` (printed netconf-client XML) plus running's truststore, merged into
- * a copy of base_cfg, validated and applied. Returns 0 on success. */
+ * a copy of base_cfg, validated and applied. `adds`: the configuration adds a call-home client
+ * (see acquire_ctx()). Returns 0 on success. */
 static int
-apply_config(char **sigs, int n)
+apply_config(char **sigs, int n, int adds)
 {
     struct lyd_node *cfg = NULL, *pushed_tree = NULL, *ts;
     struct ly_set *set = NULL;
@@ -1469,9 +1473,11 @@ apply_config(char **sigs, int n)
     }
     pthread_mutex_lock(&apply_lock);
     applying_thread = pthread_self();
+    applying_adds = adds;
     applying = 1;
     r = nc_server_config_setup_data(cfg);
     applying = 0;
+    applying_adds = 0;
     pthread_mutex_unlock(&apply_lock);
     if (r) {
         r = -1;
@@ -1558,7 +1564,7 @@ reconcile(void)
                 applied[napplied++] = pushed[j].sig;
             }
         }
-        if (apply_config(applied, napplied)) {
+        if (apply_config(applied, napplied, 0)) {
             logline("cannot remove call-home clients from libnetconf2's configuration");
         }
         for (j = pushed_count - 1; j >= 0; j--) {
@@ -1588,7 +1594,7 @@ reconcile(void)
         }
         applied[napplied++] = sigs[i];
         log_endpoints(entries[i], names[i]);
-        if (apply_config(applied, napplied)) {
+        if (apply_config(applied, napplied, 1)) {
             logline("callhome client %s: cannot apply the configuration", names[i]);
             free(sigs[i]);
             continue;
@@ -2792,6 +2798,10 @@ build_base_config(void)
  * nc_server_config_setup_data() is still adding that client's users, and a client that reaches
  * authentication before them meets a user key without data ("Invalid argument base64
  * (nc_server_ssh_create_ssh_pubkey())") and, retrying, a double free (seen on a loaded machine).
+ * Only a configuration that adds clients is waited for: one that removes a client waits for that
+ * client's thread to end, and a thread of it that waited here would hold the removal up until
+ * this wait gave up, then authenticate against a configuration being taken apart (the same error
+ * and a crash after a cancel-commit's rollback).
  */
 static const struct ly_ctx *
 acquire_ctx(void *data)
@@ -2799,7 +2809,7 @@ acquire_ctx(void *data)
     struct timespec until;
 
     (void)data;
-    if (!(applying && pthread_equal(applying_thread, pthread_self()))) {
+    if (applying_adds && !pthread_equal(applying_thread, pthread_self())) {
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 5;
         if (!pthread_mutex_timedlock(&apply_lock, &until)) {
@@ -2833,7 +2843,7 @@ setup_v3(void)
     if (opts.tls.host) {
         logline("ch-tls connecting to %s:%u (client %s-tls)", opts.tls.host, opts.tls.port, opts.name);
     }
-    if (apply_config(NULL, 0)) {
+    if (apply_config(NULL, 0, 1)) {
         die("cannot apply the command line's configuration");
     }
     if (opts.direct.host) {
