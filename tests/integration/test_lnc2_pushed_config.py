@@ -331,7 +331,7 @@ def test_confirmed_commit_without_confirm_rolls_back(
     call-home session ends and the device stops calling."""
     with device.connect_direct() as mgr:
         mgr.edit_config(target="candidate", config=callhome_config(listener.port, b64_of(pushed_key)))
-        mgr.commit(confirmed=True, timeout="4", persist="tok-1")
+        mgr.commit(confirmed=True, timeout="6", persist="tok-1")  # outlasts the call home under load
         listener.wait_sessions(1)
         assert CLIENT in mgr.get_config("running").data_xml
         listener.wait_closed(1, timeout=15.0)
@@ -346,13 +346,18 @@ def test_confirmed_commit_confirmed_with_persist_id_stays(
 ) -> None:
     """Confirming with the persist-id (from another session, as the collection does) keeps the
     configuration past the timeout; cancel-commit of a second confirmed commit rolls back to it."""
+    # The confirm timeout must outlast the call home and a second SSH connection on a loaded
+    # machine (3 s did not, once: the device had rolled back before the confirming commit came).
+    confirm_timeout = 8
     with device.connect_direct() as mgr:
         mgr.edit_config(target="candidate", config=callhome_config(listener.port, b64_of(pushed_key)))
-        mgr.commit(confirmed=True, timeout="3", persist="tok-2")
+        committed = time.monotonic()
+        mgr.commit(confirmed=True, timeout=str(confirm_timeout), persist="tok-2")
         listener.wait_sessions(1)
     with device.connect_direct() as mgr:
         mgr.dispatch(to_ele(f'<commit xmlns="{NC_NS}"><persist-id>tok-2</persist-id></commit>'))
-        time.sleep(4.5)  # past the 3 s confirm timeout: asserts the absence of a rollback, not a poll
+        # Until past the confirm timeout: asserts the absence of a rollback, so a window, not a poll.
+        time.sleep(max(0.0, committed + confirm_timeout + 1.5 - time.monotonic()))
         assert CLIENT in mgr.get_config("running").data_xml
         assert listener.closed == 0, "the confirmed configuration must not be rolled back"
         # a second confirmed commit, cancelled: back to the confirmed state (client kept)
