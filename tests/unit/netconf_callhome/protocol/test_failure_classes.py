@@ -51,7 +51,7 @@ from netconf_callhome.protocol.events import HandshakeFailure
 )
 def test_ssh_failures_are_handshake_errors(exc: Optional[BaseException], cls: type, code: str) -> None:
     error = ssh.ssh_failure(exc)
-    assert type(error) is cls and isinstance(error, HandshakeError)
+    assert error.__class__ is cls and isinstance(error, HandshakeError)
     assert error.code == code and error.message
 
 
@@ -79,7 +79,7 @@ def test_ssh_classify_keeps_our_own_errors() -> None:
 )
 def test_restconf_failures_are_handshake_errors(exc: BaseException, cls: type, code: str) -> None:
     error = restconf.classify_error(exc)
-    assert type(error) is cls and error.code == code
+    assert error.__class__ is cls and error.code == code
     assert restconf.classify(exc) == (code, error.message)
 
 
@@ -94,20 +94,20 @@ def test_failure_reason_and_message_come_from_the_error() -> None:
 )
 def test_failure_given_a_reason_gets_the_class_of_that_code(reason: str, cls: type) -> None:
     failure = HandshakeFailure(transport="tls", peer="p", reason=reason, message="m")
-    assert type(failure.error) is cls and failure.reason == reason and failure.message == "m"
+    assert failure.error.__class__ is cls and failure.reason == reason and failure.message == "m"
 
 
 def test_a_transport_reason_without_a_class_is_still_a_handshake_error() -> None:
     failure = HandshakeFailure(transport="callhome", peer="p", reason="proxy-malformed", message="bad header")
-    assert type(failure.error) is HandshakeError and failure.reason == "proxy-malformed"
+    assert failure.error.__class__ is HandshakeError and failure.reason == "proxy-malformed"
     assert HandshakeError.code == "handshake"  # the instance's code did not leak into the class
 
 
 def test_handshake_codes_do_not_shadow_control_errors_on_the_wire() -> None:
     # HandshakeTimeoutError shares "timeout" with WaitTimeoutError; a client must still get the latter.
     rebuilt = errors.error_from_dict({"code": "timeout", "message": "waited"})
-    assert type(rebuilt) is WaitTimeoutError
-    assert type(errors.error_from_dict({"code": "auth-failed", "message": "x"})) is AuthFailedError
+    assert rebuilt.__class__ is WaitTimeoutError
+    assert errors.error_from_dict({"code": "auth-failed", "message": "x"}).__class__ is AuthFailedError
 
 
 class _Events:
@@ -139,7 +139,7 @@ def test_ssh_failure_after_a_banner_keeps_its_class_under_its_own_reason(exc: Op
     ssh.SSHTransport._failed(transport, _conn(_client(), None), exc)  # type: ignore[arg-type]
     after, before = events.failures
     assert after.reason == code + "-after-banner" and before.reason == code
-    assert type(after.error) is type(before.error)
+    assert after.error.__class__ is type(before.error)
 
 
 def test_ssh_refused_key_is_an_identity_refusal_or_the_outbound_reason() -> None:
