@@ -203,10 +203,6 @@ class Endpoint:
         self.last_used = time.monotonic()
         self.created = time.time()
 
-    @property
-    def usable(self) -> bool:
-        return self.lost is None and self.held.is_open and self.manager is not None
-
     def session_lost(self, reason: str) -> None:
         if self.lost is None:
             self.lost = reason
