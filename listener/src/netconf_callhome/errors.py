@@ -273,31 +273,25 @@ class RestconfStatusError(RestconfError):
     code = "restconf-status"
 
 
-_BY_CODE: t.Dict[str, t.Type[CallHomeError]] = {}
+_E = t.TypeVar("_E", bound=CallHomeError)
 
 
-def _index(cls: t.Type[CallHomeError]) -> None:
-    _BY_CODE.setdefault(cls.code, cls)
+def _index(cls: t.Type[_E], by_code: t.Dict[str, t.Type[_E]]) -> None:
+    """``cls`` and its subclasses by code into ``by_code`` (the first class of a code stays)."""
+    by_code.setdefault(cls.code, cls)
     for sub in cls.__subclasses__():
-        _index(sub)
+        _index(sub, by_code)
 
 
+_BY_CODE: t.Dict[str, t.Type[CallHomeError]] = {}
 # Control errors first: they cross the control socket, and a handshake reason that shares their
 # code (``timeout``, never sent to a client) must not shadow them.
-_index(ControlError)
-_index(CallHomeError)
+_index(ControlError, _BY_CODE)
+_index(CallHomeError, _BY_CODE)
 
 # The handshake reasons by code: how a transport's failure (HandshakeFailure) becomes a class.
 _HANDSHAKE_BY_CODE: t.Dict[str, t.Type[HandshakeError]] = {}
-
-
-def _index_handshake(cls: t.Type[HandshakeError]) -> None:
-    _HANDSHAKE_BY_CODE.setdefault(cls.code, cls)
-    for sub in cls.__subclasses__():
-        _index_handshake(sub)
-
-
-_index_handshake(HandshakeError)
+_index(HandshakeError, _HANDSHAKE_BY_CODE)
 
 
 def handshake_error(reason: str, message: str) -> HandshakeError:
