@@ -43,11 +43,11 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from netconf_callhome.config import ListenerConfig
-from netconf_callhome.errors import SSHBannerError
+from netconf_callhome.errors import SSHBannerError, handshake_error
 from netconf_callhome.netutil import format_peer, set_tcp_keepalive
 from netconf_callhome.protocol.events import Admission, HandshakeFailure, TransportEvents
 from netconf_callhome.protocol.outbound_ssh import OutboundSSHTransport, start_ssh
-from netconf_callhome.protocol.restconf import RestconfTransport, classify, tls_link
+from netconf_callhome.protocol.restconf import RestconfTransport, classify_error, tls_link
 from netconf_callhome.protocol.tls import TLSTransport, start_tls
 
 log = logging.getLogger("netconf_callhome.callhome")
@@ -272,16 +272,16 @@ class SinglePortTransport:
                 # ALPN. A NETCONF-over-TLS device ignores the ALPN extension (RFC 7301 section 3.1).
                 conn = await start_tls(self.restconf.context, transport=transport)
         except BaseException as exc:
-            reason, message = classify(exc)  # RESTCONF's: it knows TLS failures (NETCONF's knows SSH's)
+            error = classify_error(exc)  # RESTCONF's: it knows TLS failures (NETCONF's knows SSH's)
             if isinstance(exc, SSHBannerError):
                 # Its banner came after the silence (a slow device, or a storm through a slow
                 # path): not counted against the address; the device redials.
-                reason = "slow-ssh-banner"
-                message = "%s; its banner came after callhome_silence (%g s): raise it, or let the device call the SSH port" % (
-                    exc.message,
-                    self.config.callhome_silence,
+                error = handshake_error(
+                    "slow-ssh-banner",
+                    "%s; its banner came after callhome_silence (%g s): raise it, or let the device call the SSH port"
+                    % (exc.message, self.config.callhome_silence),
                 )
-            self.events.handshake_failed(HandshakeFailure(transport=TLS, peer=peer, reason=reason, message=message))
+            self.events.handshake_failed(HandshakeFailure(transport=TLS, peer=peer, error=error))
             if not isinstance(exc, Exception):
                 raise
             return

@@ -1304,13 +1304,6 @@ def classify_error(exc: BaseException) -> CallHomeError:
     return UnexpectedHandshakeError("%s: %s" % (type(exc).__name__, exc))
 
 
-def classify(exc: BaseException) -> Tuple[str, str]:
-    """:func:`classify_error` as (reason code, message), for callers that report the pair
-    (the single call-home port's TLS step, protocol.first_bytes)."""
-    error = classify_error(exc)
-    return error.code, error.message
-
-
 def _authority(peer: str) -> str:
     """The Host / :authority sent: the device's address as the listener sees it."""
     address = peer_ip(peer)
@@ -1513,7 +1506,6 @@ __all__ = (
     "RestconfLimits",
     "RestconfTransport",
     "TLSLink",
-    "classify",
     "classify_error",
     "YangLibrary",
     "YangModule",
